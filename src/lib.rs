@@ -1,0 +1,36 @@
+//! # wsgrace
+//!
+//! Graceful WebSocket connection management for chat-style backends on actix.
+//!
+//! Every connection is a [`Session`] actor that holds its own close state. A close is either
+//! **awaited** ([`Close`], the semantics of .NET `WebSocket.CloseAsync`: send the close
+//! frame, wait for the peer's, then answer) or **fire-and-forget** ([`CloseOutput`], .NET
+//! `CloseOutputAsync`: send the close frame, answer at once, keep reading). A close the peer
+//! never acknowledges ends in an abort after the close timeout.
+//!
+//! ```text
+//!   HTTP upgrade ──► session::start ──► Session actor ◄── Close / CloseOutput / Abort / SendText
+//!                                         │   ▲
+//!                    transport (bytes) ◄──┘   └── CloseMachine (close.rs, pure)
+//!
+//!   Open ──(our close)──► CloseSent ──(peer close)──► Closed
+//!   Open ──(peer close)─► CloseReceived ──(our reply)──► Closed
+//!   any ──(abort, timeout, vanished peer)──► Aborted
+//! ```
+//!
+//! The close-state machine in [`close`] knows nothing of actix or sockets; the session actor
+//! feeds it and carries out its actions; [`transport`] is the only module that touches bytes.
+
+pub mod close;
+pub mod session;
+pub mod transport;
+
+pub use close::{
+    CloseError, CloseMachine, CloseMode, CloseOutcome, CloseRecord, CloseResult, CloseState,
+    CloseStatus, Initiator,
+};
+pub use session::{
+    start, Abort, Close, CloseOutput, SendText, Session, SessionConfig, SessionEnd, SessionHandle,
+    SessionHandler, SessionId,
+};
+pub use tokio_util::sync::CancellationToken;

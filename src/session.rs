@@ -1,0 +1,567 @@
+//! The session actor: one per WebSocket connection.
+//!
+//! It feeds what happens (frames in, close requests, timers) to its [`CloseMachine`] and
+//! carries out the machine's [`Action`]s (frames out, answers, the end of the connection). It
+//! runs the heartbeat and the client timeout, bounds its outbound queue, and hands complete
+//! text messages to the application's [`SessionHandler`]. It must not decide close semantics
+//! itself (that is `close.rs`) nor touch bytes (that is `transport.rs`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
+    ResponseFuture, StreamHandler, WrapFuture,
+};
+use actix_http::ws::{CloseCode, CloseReason, Message as Frame};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures::channel::oneshot;
+use log::{debug, info, warn};
+use tokio_util::sync::CancellationToken;
+
+use crate::close::{
+    Action, CloseError, CloseMachine, CloseOutcome, CloseRecord, CloseState, CloseStatus,
+    DataVerdict, Input, WaiterId,
+};
+use crate::transport::{self, Inbound, InboundError, InboundFrames, OutboundQueue};
+
+/// A session's id, unique in the process.
+pub type SessionId = u64;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The limits and timers of a session. Defaults are those of `config.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// How often the server pings.
+    pub heartbeat_interval: Duration,
+    /// No frame at all for this long: the session is aborted.
+    pub client_timeout: Duration,
+    /// Largest accepted message (after reassembly); larger: close 1009.
+    pub max_message_bytes: usize,
+    /// Most frames queued for a client that does not read; more: close 1008.
+    pub outbound_queue: usize,
+    /// How long a close waits for the peer's ack before the session is aborted.
+    pub close_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            heartbeat_interval: Duration::from_millis(5000),
+            client_timeout: Duration::from_millis(15000),
+            max_message_bytes: 65536,
+            outbound_queue: 1024,
+            close_timeout: Duration::from_millis(5000),
+        }
+    }
+}
+
+/// What the application does with a session's messages. One value per session; it lives on
+/// the session's thread.
+pub trait SessionHandler: 'static {
+    /// The session started; `session` reaches it from anywhere.
+    fn on_start(&mut self, _session: &SessionHandle) {}
+
+    /// A complete text message from the peer. Called in `Open`, and in `CloseSent` after a
+    /// fire-and-forget close; never after an awaited close or once the peer closed.
+    fn on_message(&mut self, session: &SessionHandle, text: ByteString);
+
+    /// The session ended (once, in `Closed` or `Aborted`).
+    fn on_end(&mut self, _session: &SessionHandle, _end: &SessionEnd) {}
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEnd {
+    /// Closed or Aborted.
+    pub state: CloseState,
+    /// Who closed, in which mode, with what result.
+    pub record: CloseRecord,
+    /// Data messages from the peer not delivered because the session was closing.
+    pub dropped_after_close: u64,
+    /// Outbound messages dropped because the client did not read.
+    pub dropped_slow_consumer: u64,
+    /// From our close frame to the peer's ack, for server-initiated closes that were acked.
+    pub handshake: Option<Duration>,
+}
+
+/// Awaited close (`CloseAsync`). Valid in Open, CloseReceived and CloseSent. Answers once the
+/// peer's close frame arrived ([`CloseOutcome::Acked`]) or after the close timeout
+/// ([`CloseOutcome::TimedOut`], the connection aborted), or `Cancelled` when `cancel` fires.
+#[derive(Debug, Clone)]
+pub struct Close {
+    /// What to send; `None`: a close frame without a code.
+    pub status: Option<CloseStatus>,
+    /// Cancels the wait (the close frame, once sent, stays sent).
+    pub cancel: Option<CancellationToken>,
+}
+
+impl Message for Close {
+    type Result = Result<CloseOutcome, CloseError>;
+}
+
+/// Fire-and-forget close (`CloseOutputAsync`). Valid in Open and CloseReceived; answers
+/// [`CloseOutcome::Sent`] as soon as the frame is queued. The session keeps reading until the
+/// peer's ack or the close timeout.
+#[derive(Debug, Clone)]
+pub struct CloseOutput {
+    /// What to send; `None`: a close frame without a code.
+    pub status: Option<CloseStatus>,
+}
+
+impl Message for CloseOutput {
+    type Result = Result<CloseOutcome, CloseError>;
+}
+
+/// Drops the connection now, without a handshake. Waiting closers get `Aborted`.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Abort;
+
+/// Sends a text message. Valid in Open (and CloseReceived); `OutputClosed` once our close
+/// frame is sent. A full outbound queue closes the session with 1008 "slow consumer".
+#[derive(Debug, Clone)]
+pub struct SendText(pub ByteString);
+
+impl Message for SendText {
+    type Result = Result<(), CloseError>;
+}
+
+/// A cheap, cloneable, thread-safe handle to a session.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    id: SessionId,
+    addr: Addr<Session>,
+    state: Arc<AtomicU8>,
+}
+
+impl SessionHandle {
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The actor's address, for messages not wrapped here.
+    pub fn addr(&self) -> &Addr<Session> {
+        &self.addr
+    }
+
+    /// The session's close state, as of its last transition.
+    pub fn state(&self) -> CloseState {
+        state_from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// The error for a request that reached no session: it ended, closed or aborted.
+    fn gone(&self) -> CloseError {
+        match self.state() {
+            CloseState::Aborted => CloseError::Aborted,
+            _ => CloseError::AlreadyClosed,
+        }
+    }
+
+    /// Awaited close; see [`Close`]. A session that is gone answers `AlreadyClosed`, or
+    /// `Aborted` if it ended that way.
+    pub async fn close(&self, status: Option<CloseStatus>) -> Result<CloseOutcome, CloseError> {
+        self.close_with_cancel(status, None).await
+    }
+
+    /// Awaited close that `cancel` can cancel; see [`Close`].
+    pub async fn close_with_cancel(
+        &self,
+        status: Option<CloseStatus>,
+        cancel: Option<CancellationToken>,
+    ) -> Result<CloseOutcome, CloseError> {
+        let msg = Close { status, cancel };
+        self.addr
+            .send(msg)
+            .await
+            .unwrap_or_else(|_| Err(self.gone()))
+    }
+
+    /// Fire-and-forget close; see [`CloseOutput`].
+    pub async fn close_output(
+        &self,
+        status: Option<CloseStatus>,
+    ) -> Result<CloseOutcome, CloseError> {
+        self.addr
+            .send(CloseOutput { status })
+            .await
+            .unwrap_or_else(|_| Err(self.gone()))
+    }
+
+    /// Sends a text message and waits until it is queued; see [`SendText`].
+    pub async fn send_text(&self, text: impl Into<ByteString>) -> Result<(), CloseError> {
+        self.addr
+            .send(SendText(text.into()))
+            .await
+            .unwrap_or_else(|_| Err(self.gone()))
+    }
+
+    /// Queues a text message without waiting for an answer (the fan-out path).
+    pub fn deliver(&self, text: ByteString) {
+        self.addr.do_send(SendText(text));
+    }
+
+    /// Aborts the session.
+    pub fn abort(&self) {
+        self.addr.do_send(Abort);
+    }
+}
+
+/// Upgrades `req` to a WebSocket served by a new session actor.
+///
+/// Answers the handshake error as an HTTP error (400) when `req` is no valid upgrade.
+pub fn start(
+    req: &HttpRequest,
+    payload: web::Payload,
+    handler: impl SessionHandler,
+    config: SessionConfig,
+) -> Result<(SessionHandle, HttpResponse), actix_web::Error> {
+    let mut response = actix_web_actors::ws::handshake(req)?;
+    let (queue, body) = transport::outbound();
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let max_message_bytes = config.max_message_bytes;
+    let state = Arc::new(AtomicU8::new(state_to_u8(CloseState::Open)));
+    let shared_state = state.clone();
+    let addr = Session::create(move |ctx| {
+        ctx.add_stream(InboundFrames::new(payload, max_message_bytes));
+        Session {
+            id,
+            handle: SessionHandle {
+                id,
+                addr: ctx.address(),
+                state: shared_state,
+            },
+            handler: Box::new(handler),
+            config,
+            machine: CloseMachine::default(),
+            queue,
+            waiters: HashMap::new(),
+            next_waiter: 0,
+            last_seen: Instant::now(),
+            close_sent_at: None,
+            handshake: None,
+            dropped_after_close: 0,
+            dropped_slow_consumer: 0,
+        }
+    });
+    Ok((SessionHandle { id, addr, state }, response.streaming(body)))
+}
+
+/// The session actor. Create it with [`start`].
+pub struct Session {
+    id: SessionId,
+    handle: SessionHandle,
+    handler: Box<dyn SessionHandler>,
+    config: SessionConfig,
+    machine: CloseMachine,
+    queue: OutboundQueue,
+    waiters: HashMap<WaiterId, oneshot::Sender<Result<CloseOutcome, CloseError>>>,
+    next_waiter: WaiterId,
+    last_seen: Instant,
+    close_sent_at: Option<Instant>,
+    handshake: Option<Duration>,
+    dropped_after_close: u64,
+    dropped_slow_consumer: u64,
+}
+
+impl Session {
+    /// Feeds the machine and carries out its actions; logs the transition.
+    fn feed(&mut self, input: Input, ctx: &mut Context<Self>) -> Result<(), CloseError> {
+        let before = self.machine.state();
+        let actions = self.machine.handle(input)?;
+        let after = self.machine.state();
+        if before != after {
+            debug!("session={} {} -> {}", self.id, before, after);
+            self.handle
+                .state
+                .store(state_to_u8(after), Ordering::Release);
+        }
+        for action in actions {
+            self.carry_out(action, ctx);
+        }
+        Ok(())
+    }
+
+    fn carry_out(&mut self, action: Action, ctx: &mut Context<Self>) {
+        match action {
+            Action::SendClose(status) => {
+                self.close_sent_at = Some(Instant::now());
+                self.queue.push(Frame::Close(status.map(close_reason)));
+            }
+            Action::StartAckTimer => {
+                ctx.run_later(self.config.close_timeout, |act, ctx| {
+                    if act.machine.state() == CloseState::CloseSent {
+                        info!(
+                            "session={} no close ack within {:?}: aborting",
+                            act.id, act.config.close_timeout
+                        );
+                    }
+                    act.feed_infallible(Input::AckTimeout, ctx);
+                });
+            }
+            Action::EndConnection => {
+                if let (Some(sent), CloseState::Closed) = (self.close_sent_at, self.machine.state())
+                {
+                    self.handshake = Some(sent.elapsed());
+                }
+                self.queue.end();
+                ctx.stop();
+            }
+            Action::AbortConnection => {
+                self.queue.abort();
+                ctx.stop();
+            }
+            Action::Answer { waiter, result } => {
+                if let Some(tx) = self.waiters.remove(&waiter) {
+                    // The caller may have stopped listening; nothing to do then.
+                    let _ = tx.send(result);
+                }
+            }
+        }
+    }
+
+    /// Feeds an input that no state refuses (timers, peer events, aborts).
+    fn feed_infallible(&mut self, input: Input, ctx: &mut Context<Self>) {
+        if let Err(err) = self.feed(input, ctx) {
+            log::error!("session={} internal: refused input: {err}", self.id);
+        }
+    }
+
+    fn fail(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        match CloseStatus::new(code, reason) {
+            Ok(status) => self.feed_infallible(Input::Fail(status), ctx),
+            Err(err) => {
+                log::error!("session={} internal: bad failure status: {err}", self.id);
+                self.feed_infallible(Input::Abort, ctx);
+            }
+        }
+    }
+
+    fn send_text(&mut self, text: ByteString, ctx: &mut Context<Self>) -> Result<(), CloseError> {
+        self.machine.check_send()?;
+        if self.queue.len() >= self.config.outbound_queue {
+            let dropped = self.queue.discard() as u64 + 1;
+            self.dropped_slow_consumer += dropped;
+            warn!(
+                "session={} slow consumer: {} frames queued; closing 1008",
+                self.id, self.config.outbound_queue
+            );
+            self.fail(1008, "slow consumer", ctx);
+            return Err(CloseError::OutputClosed);
+        }
+        self.queue.push(Frame::Text(text));
+        Ok(())
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.last_seen.elapsed() >= self.config.client_timeout {
+            warn!(
+                "session={} no frame for {:?}: aborting",
+                self.id, self.config.client_timeout
+            );
+            self.feed_infallible(Input::Abort, ctx);
+        } else if self.machine.check_send().is_ok() {
+            self.queue.push(Frame::Ping(Bytes::new()));
+        }
+    }
+}
+
+fn state_to_u8(state: CloseState) -> u8 {
+    match state {
+        CloseState::Open => 0,
+        CloseState::CloseSent => 1,
+        CloseState::CloseReceived => 2,
+        CloseState::Closed => 3,
+        CloseState::Aborted => 4,
+    }
+}
+
+fn state_from_u8(value: u8) -> CloseState {
+    match value {
+        0 => CloseState::Open,
+        1 => CloseState::CloseSent,
+        2 => CloseState::CloseReceived,
+        3 => CloseState::Closed,
+        _ => CloseState::Aborted,
+    }
+}
+
+fn close_reason(status: CloseStatus) -> CloseReason {
+    let code = CloseCode::from(status.code());
+    let description = match status.reason() {
+        "" => None,
+        reason => Some(reason.to_owned()),
+    };
+    CloseReason { code, description }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.handler.on_start(&self.handle);
+        debug!("session={} started", self.id);
+        ctx.run_interval(self.config.heartbeat_interval, |act, ctx| {
+            act.heartbeat(ctx)
+        });
+        // The client timeout is checked more often than it lasts, so that a silent peer is
+        // aborted at most a tenth of it late.
+        let check = (self.config.client_timeout / 10).max(Duration::from_millis(10));
+        ctx.run_interval(check, |act, ctx| {
+            if act.last_seen.elapsed() >= act.config.client_timeout {
+                act.heartbeat(ctx);
+            }
+        });
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        // The actor stops only through the machine's end actions, or when its context is
+        // dropped; make sure the machine, the connection and the callers agree.
+        if !self.machine.state().is_terminal() {
+            self.feed_infallible(Input::Abort, ctx);
+        }
+        for (_, tx) in self.waiters.drain() {
+            let _ = tx.send(Err(CloseError::Aborted));
+        }
+        let state = self.machine.state();
+        let Some(record) = self.machine.record() else {
+            log::error!(
+                "session={} internal: stopped without a close record",
+                self.id
+            );
+            return;
+        };
+        let end = SessionEnd {
+            state,
+            record,
+            dropped_after_close: self.dropped_after_close,
+            dropped_slow_consumer: self.dropped_slow_consumer,
+            handshake: self.handshake,
+        };
+        debug!(
+            "session={} ended {} ({} {} {})",
+            self.id,
+            state,
+            record.initiator.as_str(),
+            record.mode,
+            record.result.as_str()
+        );
+        self.handler.on_end(&self.handle, &end);
+    }
+}
+
+impl StreamHandler<Result<Inbound, InboundError>> for Session {
+    fn handle(&mut self, item: Result<Inbound, InboundError>, ctx: &mut Self::Context) {
+        if self.machine.state().is_terminal() {
+            return;
+        }
+        self.last_seen = Instant::now();
+        match item {
+            Ok(Inbound::Text(text)) => match self.machine.on_data() {
+                DataVerdict::Deliver => {
+                    self.handler.on_message(&self.handle, text);
+                }
+                DataVerdict::Drop => {
+                    self.dropped_after_close += 1;
+                    debug!(
+                        "session={} dropped a message in {}",
+                        self.id,
+                        self.machine.state()
+                    );
+                }
+            },
+            Ok(Inbound::Ping(payload)) => {
+                if self.machine.check_send().is_ok() {
+                    self.queue.push(Frame::Pong(payload));
+                }
+            }
+            Ok(Inbound::Pong) => {}
+            Ok(Inbound::Close(status)) => self.feed_infallible(Input::PeerClose(status), ctx),
+            Err(err) => match err.close_code() {
+                Some(code) => {
+                    warn!("session={} bad input: {err}; closing {code}", self.id);
+                    self.fail(code, err.close_reason(), ctx);
+                }
+                None => {
+                    info!("session={} transport ended: {err}", self.id);
+                    self.feed_infallible(Input::TransportEnded, ctx);
+                }
+            },
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        if !self.machine.state().is_terminal() {
+            info!(
+                "session={} connection ended in {}",
+                self.id,
+                self.machine.state()
+            );
+            self.feed_infallible(Input::TransportEnded, ctx);
+        }
+    }
+}
+
+impl Handler<Close> for Session {
+    type Result = ResponseFuture<Result<CloseOutcome, CloseError>>;
+
+    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) -> Self::Result {
+        let waiter = self.next_waiter;
+        self.next_waiter += 1;
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(waiter, tx);
+        let input = Input::Close {
+            waiter,
+            status: msg.status,
+        };
+        if let Err(err) = self.feed(input, ctx) {
+            self.waiters.remove(&waiter);
+            return Box::pin(async move { Err(err) });
+        }
+        if let Some(cancel) = msg.cancel {
+            if self.waiters.contains_key(&waiter) {
+                ctx.spawn(
+                    cancel
+                        .cancelled_owned()
+                        .into_actor(self)
+                        .map(move |(), act, ctx| act.feed_infallible(Input::Cancel(waiter), ctx)),
+                );
+            }
+        }
+        Box::pin(async move { rx.await.unwrap_or(Err(CloseError::Aborted)) })
+    }
+}
+
+impl Handler<CloseOutput> for Session {
+    type Result = Result<CloseOutcome, CloseError>;
+
+    fn handle(&mut self, msg: CloseOutput, ctx: &mut Self::Context) -> Self::Result {
+        self.feed(Input::CloseOutput(msg.status), ctx)?;
+        Ok(CloseOutcome::Sent)
+    }
+}
+
+impl Handler<Abort> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Abort, ctx: &mut Self::Context) {
+        if !self.machine.state().is_terminal() {
+            info!("session={} aborted by the application", self.id);
+        }
+        self.feed_infallible(Input::Abort, ctx);
+    }
+}
+
+impl Handler<SendText> for Session {
+    type Result = Result<(), CloseError>;
+
+    fn handle(&mut self, msg: SendText, ctx: &mut Self::Context) -> Self::Result {
+        self.send_text(msg.0, ctx)
+    }
+}
