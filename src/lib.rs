@@ -22,7 +22,11 @@
 //! feeds it and carries out its actions; [`transport`] is the only module that touches bytes.
 
 pub mod close;
+pub mod config;
+pub mod server;
 pub mod session;
+pub mod shutdown;
+pub mod supervisor;
 pub mod transport;
 
 pub use close::{

@@ -1,1 +1,49 @@
-fn main() {}
+//! The `wsgrace` server binary: CLI, config, logger, run. A thin shell over the library;
+//! anything it needs that the library does not expose is a gap in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use wsgrace::config::Config;
+
+/// Chat-style WebSocket server that closes connections properly and drains on SIGTERM.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file.
+    #[arg(long, default_value = "config.toml")]
+    config: PathBuf,
+    /// Listen address; overrides `server.bind`.
+    #[arg(long)]
+    bind: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(bind) = cli.bind {
+        config.server.bind = bind;
+        if let Err(err) = config.validate(&cli.config) {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    }
+    let result = actix_web::rt::System::new().block_on(wsgrace::server::serve(config, |addr| {
+        println!("listening on {addr}");
+    }));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("server failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

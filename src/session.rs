@@ -24,8 +24,8 @@ use log::{debug, info, warn};
 use tokio_util::sync::CancellationToken;
 
 use crate::close::{
-    Action, CloseError, CloseMachine, CloseOutcome, CloseRecord, CloseState, CloseStatus,
-    DataVerdict, Input, WaiterId,
+    Action, CloseError, CloseMachine, CloseMode, CloseOutcome, CloseRecord, CloseState,
+    CloseStatus, DataVerdict, Input, WaiterId,
 };
 use crate::transport::{self, Inbound, InboundError, InboundFrames, OutboundQueue};
 
@@ -47,6 +47,8 @@ pub struct SessionConfig {
     pub outbound_queue: usize,
     /// How long a close waits for the peer's ack before the session is aborted.
     pub close_timeout: Duration,
+    /// The mode offered to [`SessionHandler::shutdown_mode`] when shutdown reaches the session.
+    pub close_mode: CloseMode,
 }
 
 impl Default for SessionConfig {
@@ -57,6 +59,7 @@ impl Default for SessionConfig {
             max_message_bytes: 65536,
             outbound_queue: 1024,
             close_timeout: Duration::from_millis(5000),
+            close_mode: CloseMode::Awaited,
         }
     }
 }
@@ -71,6 +74,12 @@ pub trait SessionHandler: 'static {
     /// fire-and-forget close; never after an awaited close or once the peer closed.
     fn on_message(&mut self, session: &SessionHandle, text: ByteString);
 
+    /// Shutdown reached the session: how should it close? `default` is the session's
+    /// configured [`SessionConfig::close_mode`].
+    fn shutdown_mode(&mut self, default: CloseMode) -> CloseMode {
+        default
+    }
+
     /// The session ended (once, in `Closed` or `Aborted`).
     fn on_end(&mut self, _session: &SessionHandle, _end: &SessionEnd) {}
 }
@@ -84,6 +93,8 @@ pub struct SessionEnd {
     pub record: CloseRecord,
     /// Data messages from the peer not delivered because the session was closing.
     pub dropped_after_close: u64,
+    /// Data messages from the peer delivered after our fire-and-forget close frame.
+    pub delivered_after_close: u64,
     /// Outbound messages dropped because the client did not read.
     pub dropped_slow_consumer: u64,
     /// From our close frame to the peer's ack, for server-initiated closes that were acked.
@@ -130,6 +141,16 @@ pub struct SendText(pub ByteString);
 
 impl Message for SendText {
     type Result = Result<(), CloseError>;
+}
+
+/// Shutdown reached the session: it closes with `status` in the mode its handler chooses
+/// ([`SessionHandler::shutdown_mode`]). Ignored once the close frame is sent or the session
+/// ended; the end is reported through [`SessionHandler::on_end`].
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    /// The close status to send.
+    pub status: Option<CloseStatus>,
 }
 
 /// A cheap, cloneable, thread-safe handle to a session.
@@ -211,6 +232,11 @@ impl SessionHandle {
     pub fn abort(&self) {
         self.addr.do_send(Abort);
     }
+
+    /// Tells the session to close for shutdown; see [`Shutdown`].
+    pub fn shutdown(&self, status: Option<CloseStatus>) {
+        self.addr.do_send(Shutdown { status });
+    }
 }
 
 /// Upgrades `req` to a WebSocket served by a new session actor.
@@ -247,6 +273,7 @@ pub fn start(
             close_sent_at: None,
             handshake: None,
             dropped_after_close: 0,
+            delivered_after_close: 0,
             dropped_slow_consumer: 0,
         }
     });
@@ -267,6 +294,7 @@ pub struct Session {
     close_sent_at: Option<Instant>,
     handshake: Option<Duration>,
     dropped_after_close: u64,
+    delivered_after_close: u64,
     dropped_slow_consumer: u64,
 }
 
@@ -441,6 +469,7 @@ impl Actor for Session {
             state,
             record,
             dropped_after_close: self.dropped_after_close,
+            delivered_after_close: self.delivered_after_close,
             dropped_slow_consumer: self.dropped_slow_consumer,
             handshake: self.handshake,
         };
@@ -465,6 +494,9 @@ impl StreamHandler<Result<Inbound, InboundError>> for Session {
         match item {
             Ok(Inbound::Text(text)) => match self.machine.on_data() {
                 DataVerdict::Deliver => {
+                    if self.machine.state() == CloseState::CloseSent {
+                        self.delivered_after_close += 1;
+                    }
                     self.handler.on_message(&self.handle, text);
                 }
                 DataVerdict::Drop => {
@@ -555,6 +587,31 @@ impl Handler<Abort> for Session {
             info!("session={} aborted by the application", self.id);
         }
         self.feed_infallible(Input::Abort, ctx);
+    }
+}
+
+impl Handler<Shutdown> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
+        if self.machine.state() != CloseState::Open {
+            return;
+        }
+        let mode = self.handler.shutdown_mode(self.config.close_mode);
+        debug!("session={} shutting down, {mode}", self.id);
+        let input = match mode {
+            CloseMode::Awaited => {
+                // Nobody waits on this close: the end is reported through the handler.
+                let waiter = self.next_waiter;
+                self.next_waiter += 1;
+                Input::Close {
+                    waiter,
+                    status: msg.status,
+                }
+            }
+            CloseMode::FireAndForget => Input::CloseOutput(msg.status),
+        };
+        self.feed_infallible(input, ctx);
     }
 }
 

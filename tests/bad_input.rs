@@ -49,7 +49,10 @@ async fn expect_failure(bytes: &[Vec<u8>], codes: &[u16]) {
     }
     let close = bad.expect_close().await;
     let code = close.close_code().expect("a close code");
-    assert!(codes.contains(&code), "closed {code}, expected one of {codes:?}");
+    assert!(
+        codes.contains(&code),
+        "closed {code}, expected one of {codes:?}"
+    );
     bad.expect_eof().await;
     let (end, delivered) = server.ended(bad_session.id()).await;
     assert_eq!(end.record.result, CloseResult::Error);

@@ -11,7 +11,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use wsgrace::{
-    CancellationToken, CloseError, CloseOutcome, CloseResult, CloseState, CloseStatus, Initiator,
+    CancellationToken, Close, CloseError, CloseOutcome, CloseResult, CloseState, CloseStatus,
+    Initiator,
 };
 
 fn status(code: u16, reason: &str) -> Option<CloseStatus> {
@@ -273,8 +274,16 @@ async fn an_awaited_close_after_close_output_waits_for_the_same_ack() {
     let session = server.next_session().await;
 
     session.close_output(status(1001, "")).await.expect("sent");
-    let closer = session.clone();
-    let close = tokio::spawn(async move { closer.close(status(1000, "ignored")).await });
+    // `Addr::send` queues at once; the next request's answer proves the close was handled
+    // (one mailbox, in order) before the client acks.
+    let close = tokio::spawn(session.addr().send(Close {
+        status: status(1000, "ignored"),
+        cancel: None,
+    }));
+    assert_eq!(
+        session.close_output(None).await,
+        Err(CloseError::OutputClosed)
+    );
     let frame = client.expect_close().await;
     assert_eq!(
         frame.close_code(),
@@ -285,7 +294,8 @@ async fn an_awaited_close_after_close_output_waits_for_the_same_ack() {
     let outcome = timeout(DEADLINE, close)
         .await
         .expect("answer")
-        .expect("task");
+        .expect("task")
+        .expect("mailbox");
     assert_eq!(outcome, Ok(CloseOutcome::Acked(status(1001, ""))));
     client.expect_eof().await;
 }

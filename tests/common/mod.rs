@@ -384,3 +384,5 @@ fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
         header + len,
     ))
 }
+
+pub mod process;

@@ -1,0 +1,786 @@
+//! The server's configuration: serde structs mirroring `config.toml`, their defaults, and
+//! validation that names the offending key.
+//!
+//! One struct per TOML table, each `deny_unknown_fields` so that a typo is an error rather
+//! than a silently ignored setting. The defaults are defined once, in the `Default` impls
+//! below, and the shipped `config.toml` repeats them key for key (a unit test holds the two
+//! together). Every error is a [`ConfigError`] whose one-line `Display` names the file, the
+//! dotted key path (`session.max_frame_bytes`, `close.room_modes.lobby`) and the problem.
+//!
+//! This module must not do I/O beyond reading the one file it is given, and must not know
+//! about actix: the binary and embedding applications turn a [`Config`] into their own
+//! settings.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::close::{is_sendable_code, CloseMode, MAX_REASON_BYTES};
+
+/// Allowed `session.heartbeat_interval_ms`: 10 ms to one hour.
+const HEARTBEAT_INTERVAL_MS: RangeInclusive<u64> = 10..=3_600_000;
+/// Allowed `session.client_timeout_ms`: 10 ms to one day (and above the heartbeat interval).
+const CLIENT_TIMEOUT_MS: RangeInclusive<u64> = 10..=86_400_000;
+/// Allowed `session.max_frame_bytes`: at least a control frame's payload, at most 64 MiB.
+const MAX_FRAME_BYTES: RangeInclusive<usize> = 125..=64 * 1024 * 1024;
+/// Allowed `session.outbound_queue`.
+const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
+/// Allowed `close.timeout_ms`: 1 ms to ten minutes.
+const CLOSE_TIMEOUT_MS: RangeInclusive<u64> = 1..=600_000;
+/// Allowed `server.workers` (0 = one per core).
+const WORKERS: RangeInclusive<usize> = 0..=1024;
+/// Allowed `server.max_connections`.
+const MAX_CONNECTIONS: RangeInclusive<usize> = 1..=10_000_000;
+/// Allowed `shutdown.drain_timeout_ms`: 1 ms to one hour.
+const DRAIN_TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;
+/// Allowed `shutdown.batch_interval_ms`: up to ten minutes.
+const BATCH_INTERVAL_MS: RangeInclusive<u64> = 0..=600_000;
+/// The longest room (or nick) name.
+const MAX_NAME_CHARS: usize = 64;
+
+/// The whole configuration file: one field per TOML table.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: listening and upgrade admission.
+    pub server: ServerConfig,
+    /// `[session]`: per-connection timing and limits.
+    pub session: SessionSettings,
+    /// `[close]`: how server-initiated closes behave.
+    pub close: CloseSettings,
+    /// `[shutdown]`: the drain on SIGTERM / SIGINT.
+    pub shutdown: ShutdownSettings,
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address, `IP:PORT`; port 0 picks a free port.
+    pub bind: String,
+    /// actix-web worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Open connections beyond which upgrades get HTTP 503.
+    pub max_connections: usize,
+    /// If not empty, an upgrade whose `Origin` header is not one of these gets HTTP 403.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: "127.0.0.1:8080".to_owned(),
+            workers: 0,
+            max_connections: 100_000,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// The `[session]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSettings {
+    /// The server pings each session this often, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// A session that sends no frame at all (pong included) for this long is aborted, in
+    /// milliseconds. Greater than `heartbeat_interval_ms`.
+    pub client_timeout_ms: u64,
+    /// The largest incoming message, reassembled, in bytes; a larger one is closed with 1009.
+    pub max_frame_bytes: usize,
+    /// Outgoing messages a session may have queued; beyond this it is closed with 1008.
+    pub outbound_queue: usize,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            heartbeat_interval_ms: 5_000,
+            client_timeout_ms: 15_000,
+            max_frame_bytes: 65_536,
+            outbound_queue: 1_024,
+        }
+    }
+}
+
+/// The `[close]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloseSettings {
+    /// The mode of server-initiated closes, unless `room_modes` names the session's room.
+    pub mode: CloseMode,
+    /// How long a closing session waits for the peer's close frame before it aborts, in
+    /// milliseconds, counted from the moment its own close frame is sent.
+    pub timeout_ms: u64,
+    /// Room name → close mode, overriding `mode` for that room's sessions.
+    pub room_modes: BTreeMap<String, CloseMode>,
+}
+
+impl Default for CloseSettings {
+    fn default() -> Self {
+        CloseSettings {
+            mode: CloseMode::Awaited,
+            timeout_ms: 5_000,
+            room_modes: BTreeMap::new(),
+        }
+    }
+}
+
+/// The `[shutdown]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// The close code sent to every session on shutdown; a sendable code.
+    pub code: u16,
+    /// The close reason sent on shutdown, at most 123 bytes of UTF-8.
+    pub reason: String,
+    /// Hard deadline for the whole drain, from the first signal, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// Close sessions in batches of this many; 0 = all at once.
+    pub batch_size: usize,
+    /// Milliseconds between two batches.
+    pub batch_interval_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings {
+            code: 1001,
+            reason: "server shutting down".to_owned(),
+            drain_timeout_ms: 10_000,
+            batch_size: 0,
+            batch_interval_ms: 0,
+        }
+    }
+}
+
+/// Why a configuration file was refused. `Display` is one line: the file, the key (where
+/// there is one) and the problem, e.g.
+/// `config.toml: session.max_frame_bytes: must be between 125 and 67108864, got 0`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, unreadable, not UTF-8).
+    #[error("{path}: cannot read the file: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{path}: line {line}, column {column}: invalid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column (in characters) of the error.
+        column: usize,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// A key that no table has, e.g. `session.bogus`.
+    #[error("{path}: {key}: unknown key{expected}")]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The unknown key's full dotted path.
+        key: String,
+        /// The keys allowed there, as `" (expected ...)"`, or empty.
+        expected: String,
+    },
+    /// A value of the wrong type, e.g. a string where a number belongs, or an unknown mode.
+    #[error("{path}: {key}: {message}")]
+    WrongType {
+        /// The file.
+        path: PathBuf,
+        /// The key's dotted path.
+        key: String,
+        /// What was expected and what was found.
+        message: String,
+    },
+    /// A value of the right type outside its allowed range or form.
+    #[error("{path}: {key}: {message}")]
+    InvalidValue {
+        /// The file.
+        path: PathBuf,
+        /// The key's dotted path.
+        key: String,
+        /// The rule and the value that broke it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key path the error is about, if it is about one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+            ConfigError::UnknownKey { key, .. }
+            | ConfigError::WrongType { key, .. }
+            | ConfigError::InvalidValue { key, .. } => Some(key),
+        }
+    }
+
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            ConfigError::Read { path, .. }
+            | ConfigError::Syntax { path, .. }
+            | ConfigError::UnknownKey { path, .. }
+            | ConfigError::WrongType { path, .. }
+            | ConfigError::InvalidValue { path, .. } => path,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`, the contents of the file at `path` (used in errors only).
+    /// Missing keys and tables take their defaults; an empty text is the default config.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // Parse the syntax on its own first, so that a syntax error is told apart from a
+        // value error by construction rather than by its message.
+        if let Err(err) = text.parse::<toml::Table>() {
+            let (line, column) = err
+                .span()
+                .map_or((1, 1), |span| line_column(text, span.start));
+            return Err(ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: one_line(err.message()),
+            });
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|err| value_error(path, &err.path().to_string(), err.inner().message()))?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks every value against its allowed range; `path` names the file in errors.
+    ///
+    /// [`Config::parse`] calls this; call it again after changing a config in code (e.g. a
+    /// command-line override of `server.bind`).
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let check = Check { path };
+
+        let server = &self.server;
+        if let Err(err) = server.bind.parse::<SocketAddr>() {
+            return Err(check.invalid(
+                "server.bind",
+                format!("{err}: expected IP:PORT, got {:?}", server.bind),
+            ));
+        }
+        check.range("server.workers", server.workers, WORKERS)?;
+        check.range(
+            "server.max_connections",
+            server.max_connections,
+            MAX_CONNECTIONS,
+        )?;
+        for (index, origin) in server.allowed_origins.iter().enumerate() {
+            let key = format!("server.allowed_origins[{index}]");
+            if origin.is_empty() {
+                return Err(check.invalid(&key, "must not be empty".to_owned()));
+            }
+            if origin.chars().any(char::is_whitespace) || origin.ends_with('/') {
+                return Err(check.invalid(
+                    &key,
+                    format!(
+                        "must be an origin as browsers send it, scheme://host[:port] with no \
+                         whitespace or trailing slash, got {origin:?}"
+                    ),
+                ));
+            }
+        }
+
+        let session = &self.session;
+        check.range(
+            "session.heartbeat_interval_ms",
+            session.heartbeat_interval_ms,
+            HEARTBEAT_INTERVAL_MS,
+        )?;
+        check.range(
+            "session.client_timeout_ms",
+            session.client_timeout_ms,
+            CLIENT_TIMEOUT_MS,
+        )?;
+        if session.client_timeout_ms <= session.heartbeat_interval_ms {
+            return Err(check.invalid(
+                "session.client_timeout_ms",
+                format!(
+                    "must be greater than session.heartbeat_interval_ms ({}), got {}",
+                    session.heartbeat_interval_ms, session.client_timeout_ms
+                ),
+            ));
+        }
+        check.range(
+            "session.max_frame_bytes",
+            session.max_frame_bytes,
+            MAX_FRAME_BYTES,
+        )?;
+        check.range(
+            "session.outbound_queue",
+            session.outbound_queue,
+            OUTBOUND_QUEUE,
+        )?;
+
+        let close = &self.close;
+        check.range("close.timeout_ms", close.timeout_ms, CLOSE_TIMEOUT_MS)?;
+        for room in close.room_modes.keys() {
+            if !is_valid_name(room) {
+                return Err(check.invalid(
+                    &format!("close.room_modes.{}", room.escape_debug()),
+                    format!(
+                        "not a valid room name: 1-{MAX_NAME_CHARS} characters of A-Z a-z 0-9 _ . -"
+                    ),
+                ));
+            }
+        }
+
+        let shutdown = &self.shutdown;
+        if !is_sendable_code(shutdown.code) {
+            return Err(check.invalid(
+                "shutdown.code",
+                format!(
+                    "close code {} may not be sent (allowed: 1000-1003, 1007-1014, 3000-4999)",
+                    shutdown.code
+                ),
+            ));
+        }
+        if shutdown.reason.len() > MAX_REASON_BYTES {
+            return Err(check.invalid(
+                "shutdown.reason",
+                format!(
+                    "must be at most {MAX_REASON_BYTES} bytes of UTF-8, got {}",
+                    shutdown.reason.len()
+                ),
+            ));
+        }
+        check.range(
+            "shutdown.drain_timeout_ms",
+            shutdown.drain_timeout_ms,
+            DRAIN_TIMEOUT_MS,
+        )?;
+        check.range(
+            "shutdown.batch_interval_ms",
+            shutdown.batch_interval_ms,
+            BATCH_INTERVAL_MS,
+        )?;
+        Ok(())
+    }
+
+    /// The close mode for a session in `room`: its `close.room_modes` entry if there is one,
+    /// else `close.mode`.
+    pub fn mode_for_room(&self, room: &str) -> CloseMode {
+        self.close
+            .room_modes
+            .get(room)
+            .copied()
+            .unwrap_or(self.close.mode)
+    }
+}
+
+/// Whether `s` is a valid room or nick name: 1 to 64 characters of `[A-Za-z0-9_.-]`.
+pub fn is_valid_name(s: &str) -> bool {
+    (1..=MAX_NAME_CHARS).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Builds the errors of one validation pass for one file.
+struct Check<'a> {
+    path: &'a Path,
+}
+
+impl Check<'_> {
+    fn invalid(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::InvalidValue {
+            path: self.path.to_owned(),
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    fn range<T: PartialOrd + Display>(
+        &self,
+        key: &str,
+        value: T,
+        allowed: RangeInclusive<T>,
+    ) -> Result<(), ConfigError> {
+        if allowed.contains(&value) {
+            return Ok(());
+        }
+        Err(self.invalid(
+            key,
+            format!(
+                "must be between {} and {}, got {value}",
+                allowed.start(),
+                allowed.end()
+            ),
+        ))
+    }
+}
+
+/// Turns a deserialization error at dotted `key` into an unknown-key or wrong-type error.
+fn value_error(path: &Path, key: &str, message: &str) -> ConfigError {
+    let message = one_line(message);
+    // serde words every `deny_unknown_fields` refusal as "unknown field `NAME`, expected ...";
+    // serde_path_to_error has already put NAME at the end of `key`.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let expected = rest
+            .split_once("`, ")
+            .map(|(_, expected)| format!(" ({expected})"))
+            .unwrap_or_default();
+        return ConfigError::UnknownKey {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            expected,
+        };
+    }
+    // A table given as a plain value reads "expected struct SessionSettings": name the TOML
+    // notion rather than the Rust type.
+    let message = match message.split_once("expected struct ") {
+        Some((found, _)) => format!("{found}expected a table"),
+        None => message,
+    };
+    ConfigError::WrongType {
+        path: path.to_owned(),
+        key: key.to_owned(),
+        message,
+    }
+}
+
+/// 1-based line and character column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before.get(line_start..).map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Joins a multi-line parser message into one line, so that every error is one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../config.toml");
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn error(text: &str) -> ConfigError {
+        match parse(text) {
+            Ok(config) => panic!("expected an error for {text:?}, got {config:?}"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn shipped_config_is_the_defaults() {
+        assert_eq!(parse(SHIPPED).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn shipped_config_names_every_key() {
+        // The shipped file documents every key: each default-valued key appears uncommented.
+        let table: toml::Table = SHIPPED.parse().unwrap();
+        let keys = |name: &str| -> Vec<String> {
+            let mut keys: Vec<String> = table[name].as_table().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(
+            keys("server"),
+            ["allowed_origins", "bind", "max_connections", "workers"]
+        );
+        assert_eq!(
+            keys("session"),
+            [
+                "client_timeout_ms",
+                "heartbeat_interval_ms",
+                "max_frame_bytes",
+                "outbound_queue"
+            ]
+        );
+        assert_eq!(keys("close"), ["mode", "room_modes", "timeout_ms"]);
+        assert_eq!(
+            keys("shutdown"),
+            [
+                "batch_interval_ms",
+                "batch_size",
+                "code",
+                "drain_timeout_ms",
+                "reason"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("# nothing\n\n").unwrap(), Config::default());
+        assert_eq!(
+            parse("[server]\n[session]\n[close]\n[shutdown]\n").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate(Path::new("x")).unwrap();
+    }
+
+    #[test]
+    fn missing_keys_keep_their_defaults() {
+        let config = parse("[session]\nmax_frame_bytes = 1024\n").unwrap();
+        assert_eq!(config.session.max_frame_bytes, 1024);
+        assert_eq!(config.session.heartbeat_interval_ms, 5_000);
+        assert_eq!(config.server, ServerConfig::default());
+    }
+
+    #[test]
+    fn room_override() {
+        let config =
+            parse("[close]\nmode = \"awaited\"\n[close.room_modes]\nlobby = \"fire_and_forget\"\n")
+                .unwrap();
+        assert_eq!(config.mode_for_room("lobby"), CloseMode::FireAndForget);
+        assert_eq!(config.mode_for_room("other"), CloseMode::Awaited);
+
+        let config =
+            parse("[close]\nmode = \"fire_and_forget\"\nroom_modes = { ops = \"awaited\" }")
+                .unwrap();
+        assert_eq!(config.mode_for_room("ops"), CloseMode::Awaited);
+        assert_eq!(config.mode_for_room("lobby"), CloseMode::FireAndForget);
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let path = Path::new("/nonexistent/wsgrace/config.toml");
+        let err = Config::load(path).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+        assert_eq!(err.path(), path);
+        assert_eq!(err.key(), None);
+        assert!(err
+            .to_string()
+            .starts_with("/nonexistent/wsgrace/config.toml: "));
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let err = error("[session]\nheartbeat_interval_ms = = 3\n");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Syntax {
+                    line: 2,
+                    column: 25,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.key(), None);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("test.toml: line 2, column 25: invalid TOML: "),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
+
+        let err = error("[session\n");
+        assert!(
+            matches!(err, ConfigError::Syntax { line: 1, .. }),
+            "{err:?}"
+        );
+        let err = error("[session]\nheartbeat_interval_ms = 1\nheartbeat_interval_ms = 2\n");
+        assert!(
+            matches!(err, ConfigError::Syntax { line: 3, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_their_full_path() {
+        for (text, key) in [
+            ("[session]\nbogus = 1\n", "session.bogus"),
+            ("bogus = 1\n", "bogus"),
+            ("[bogus]\n", "bogus"),
+            ("[close]\nroom_mode = {}\n", "close.room_mode"),
+            ("[server]\nport = 80\n", "server.port"),
+        ] {
+            let err = error(text);
+            assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err:?}");
+            assert_eq!(err.key(), Some(key), "{text:?}");
+            assert!(err
+                .to_string()
+                .starts_with(&format!("test.toml: {key}: unknown key")));
+        }
+        let text = error("[session]\nbogus = 1\n").to_string();
+        assert!(
+            text.contains("expected one of `heartbeat_interval_ms`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_their_key() {
+        for (text, key) in [
+            ("[close]\nmode = \"sometimes\"\n", "close.mode"),
+            (
+                "[close.room_modes]\nlobby = \"sometimes\"\n",
+                "close.room_modes.lobby",
+            ),
+            (
+                "[session]\nmax_frame_bytes = \"big\"\n",
+                "session.max_frame_bytes",
+            ),
+            ("[session]\noutbound_queue = -1\n", "session.outbound_queue"),
+            ("[shutdown]\ncode = 70000\n", "shutdown.code"),
+            (
+                "[server]\nallowed_origins = [\"a\", 3]\n",
+                "server.allowed_origins[1]",
+            ),
+            ("session = 3\n", "session"),
+        ] {
+            let err = error(text);
+            assert!(matches!(err, ConfigError::WrongType { .. }), "{err:?}");
+            assert_eq!(err.key(), Some(key), "{text:?}");
+            let shown = err.to_string();
+            assert!(shown.starts_with(&format!("test.toml: {key}: ")), "{shown}");
+            assert!(!shown.contains('\n'), "{shown}");
+        }
+        let shown = error("session = 3\n").to_string();
+        assert!(shown.ends_with("expected a table"), "{shown}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_key() {
+        for (text, key) in [
+            ("[server]\nbind = \"localhost\"\n", "server.bind"),
+            ("[server]\nbind = \"127.0.0.1\"\n", "server.bind"),
+            ("[server]\nworkers = 1025\n", "server.workers"),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[server]\nallowed_origins = [\"https://a.example\", \"\"]\n",
+                "server.allowed_origins[1]",
+            ),
+            (
+                "[server]\nallowed_origins = [\"https://a.example/\"]\n",
+                "server.allowed_origins[0]",
+            ),
+            (
+                "[session]\nheartbeat_interval_ms = 9\n",
+                "session.heartbeat_interval_ms",
+            ),
+            (
+                "[session]\nclient_timeout_ms = 86400001\n",
+                "session.client_timeout_ms",
+            ),
+            (
+                "[session]\nclient_timeout_ms = 5000\n",
+                "session.client_timeout_ms",
+            ),
+            (
+                "[session]\nmax_frame_bytes = 0\n",
+                "session.max_frame_bytes",
+            ),
+            (
+                "[session]\nmax_frame_bytes = 67108865\n",
+                "session.max_frame_bytes",
+            ),
+            ("[session]\noutbound_queue = 0\n", "session.outbound_queue"),
+            ("[close]\ntimeout_ms = 0\n", "close.timeout_ms"),
+            (
+                "[close.room_modes]\n\"no spaces\" = \"awaited\"\n",
+                "close.room_modes.no spaces",
+            ),
+            (
+                "[close.room_modes]\n\"\" = \"awaited\"\n",
+                "close.room_modes.",
+            ),
+            ("[shutdown]\ncode = 1005\n", "shutdown.code"),
+            ("[shutdown]\ncode = 999\n", "shutdown.code"),
+            (
+                "[shutdown]\ndrain_timeout_ms = 0\n",
+                "shutdown.drain_timeout_ms",
+            ),
+            (
+                "[shutdown]\nbatch_interval_ms = 600001\n",
+                "shutdown.batch_interval_ms",
+            ),
+        ] {
+            let err = error(text);
+            assert!(matches!(err, ConfigError::InvalidValue { .. }), "{err:?}");
+            assert_eq!(err.key(), Some(key), "{text:?}");
+        }
+        assert_eq!(
+            error("[session]\nmax_frame_bytes = 0\n").to_string(),
+            "test.toml: session.max_frame_bytes: must be between 125 and 67108864, got 0"
+        );
+    }
+
+    #[test]
+    fn shutdown_reason_is_limited_to_123_bytes() {
+        let ok = format!("[shutdown]\nreason = \"{}\"\n", "r".repeat(123));
+        assert_eq!(parse(&ok).unwrap().shutdown.reason.len(), 123);
+        // 62 two-byte characters: 124 bytes, though only 62 characters.
+        let long = format!("[shutdown]\nreason = \"{}\"\n", "é".repeat(62));
+        let err = error(&long);
+        assert_eq!(err.key(), Some("shutdown.reason"));
+        assert!(err.to_string().ends_with("got 124"), "{err}");
+    }
+
+    #[test]
+    fn bounds_are_inclusive() {
+        let config = parse(
+            "[server]\nworkers = 1024\nmax_connections = 1\n\
+             [session]\nheartbeat_interval_ms = 10\nclient_timeout_ms = 11\n\
+             max_frame_bytes = 125\noutbound_queue = 1\n\
+             [close]\ntimeout_ms = 1\n\
+             [shutdown]\ncode = 4999\ndrain_timeout_ms = 1\nbatch_interval_ms = 600000\n",
+        );
+        assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
+    fn a_newline_in_a_room_name_stays_on_one_line() {
+        let err = error("[close.room_modes]\n\"a\\nb\" = \"awaited\"\n");
+        assert_eq!(err.key(), Some("close.room_modes.a\\nb"));
+        assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn valid_names() {
+        for name in ["lobby", "a", "A-z_0.9", &"x".repeat(64)] {
+            assert!(is_valid_name(name), "{name:?}");
+        }
+        for name in ["", "no spaces", "é", "a/b", "a\n", &"x".repeat(65)] {
+            assert!(!is_valid_name(name), "{name:?}");
+        }
+    }
+}

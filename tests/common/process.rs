@@ -1,0 +1,201 @@
+//! The real `wsgrace` binary as a child process: started on port 0 with a config written
+//! for the test, signalled, and waited for with deadlines. Plain HTTP requests by hand.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::DEADLINE;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// Writes `text` to a fresh file in the temp dir and returns its path.
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("wsgrace-{}-{n}-{name}", std::process::id()));
+    std::fs::write(&path, text).expect("write temp file");
+    path
+}
+
+/// A running server binary.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    extra_stdout: Arc<Mutex<Vec<String>>>,
+    _config: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `config` (TOML) on `127.0.0.1:0` and waits for its
+    /// `listening on` line.
+    pub fn start(config: &str) -> ServerProcess {
+        let path = temp_file("config.toml", config);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgrace"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--bind")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the wsgrace binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let (line_tx, line_rx) = mpsc::channel();
+        let extra_stdout = Arc::new(Mutex::new(Vec::new()));
+        let extra = extra_stdout.clone();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = line_tx.send(line);
+            }
+            // Anything more on stdout breaks the contract of one line.
+            for line in lines.map_while(Result::ok) {
+                extra.lock().expect("stdout lock").push(line);
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut pipe = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                eprint!("{text}");
+                sink.lock().expect("stderr lock").push_str(&text);
+            }
+        });
+        let line = line_rx
+            .recv_timeout(DEADLINE)
+            .expect("no `listening on` line");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .parse()
+            .expect("an address");
+        ServerProcess {
+            child,
+            addr,
+            stderr,
+            extra_stdout,
+            _config: path,
+        }
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit; panics after `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "the server did not exit within {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Lines on stdout after `listening on`: the contract is that there are none.
+    pub fn extra_stdout(&self) -> Vec<String> {
+        self.extra_stdout.lock().expect("stdout lock").clone()
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.stderr();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(start.elapsed() < DEADLINE, "no log line with {needle:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns the status code.
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut stream = tokio::time::timeout(DEADLINE, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("connection"))
+    {
+        request.push_str("Connection: close\r\n");
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut byte))
+            .await
+            .expect("no response")
+            .expect("read");
+        assert!(n > 0, "connection closed before a status line");
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"))
+}
+
+/// The headers of a WebSocket upgrade, for [`http_get`].
+pub const UPGRADE: [(&str, &str); 4] = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ("Sec-WebSocket-Version", "13"),
+];
