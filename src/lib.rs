@@ -23,6 +23,7 @@
 
 pub mod close;
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod shutdown;
@@ -35,6 +36,8 @@ pub use close::{
 };
 pub use session::{
     start, Abort, Close, CloseOutput, SendText, Session, SessionConfig, SessionEnd, SessionHandle,
-    SessionHandler, SessionId,
+    SessionHandler, SessionId, Shutdown,
 };
+pub use shutdown::Readiness;
+pub use supervisor::{ChatHandler, DrainReport, Supervisor};
 pub use tokio_util::sync::CancellationToken;

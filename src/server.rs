@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::close::{CloseMode, CloseStatus};
 use crate::config::{is_valid_name, Config};
+use crate::metrics::{self, metrics};
 use crate::session::{self, SessionConfig, SessionEnd, SessionHandle, SessionHandler};
 use crate::shutdown::{self, DrainPlan, Readiness};
 use crate::supervisor::{ChatHandler, DrainReport, Supervisor};
@@ -62,13 +63,36 @@ impl AppState {
     }
 }
 
-/// Mounts `/ws`, `/healthz` and `/readyz`.
+/// The chat page served at `/`.
+const CHAT_PAGE: &str = include_str!("chat.html");
+
+/// Mounts `/`, `/ws`, `/healthz`, `/readyz` and `/metrics`.
 pub fn routes(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(state.clone()))
             .route("/ws", web::get().to(upgrade))
             .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz));
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics_text))
+            .route("/", web::get().to(chat_page));
+    }
+}
+
+async fn chat_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(CHAT_PAGE)
+}
+
+async fn metrics_text() -> HttpResponse {
+    match metrics::encode() {
+        Ok(text) => HttpResponse::Ok()
+            .content_type(metrics::CONTENT_TYPE)
+            .body(text),
+        Err(err) => {
+            log::error!("encoding metrics failed: {err}");
+            HttpResponse::InternalServerError().finish()
+        }
     }
 }
 
@@ -96,22 +120,29 @@ async fn upgrade(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     if !state.readiness.is_ready() {
+        metrics().refused("draining");
         return HttpResponse::ServiceUnavailable().body("draining\n");
     }
     if let Err(refusal) = check_origin(&req, &state.config.server.allowed_origins) {
         warn!("upgrade refused: {refusal}");
+        metrics().refused("origin");
         return HttpResponse::Forbidden().body(format!("{refusal}\n"));
     }
     let query = match web::Query::<JoinQuery>::from_query(req.query_string()) {
         Ok(query) => query.into_inner(),
-        Err(err) => return HttpResponse::BadRequest().body(format!("bad query: {err}\n")),
+        Err(err) => {
+            metrics().refused("bad_query");
+            return HttpResponse::BadRequest().body(format!("bad query: {err}\n"));
+        }
     };
     let room = query.room.unwrap_or_else(|| "lobby".to_owned());
     if !is_valid_name(&room) {
+        metrics().refused("bad_room");
         return HttpResponse::BadRequest().body("room must be 1-64 characters of [A-Za-z0-9_.-]\n");
     }
     if let Some(name) = &query.name {
         if !is_valid_name(name) {
+            metrics().refused("bad_name");
             return HttpResponse::BadRequest()
                 .body("name must be 1-64 characters of [A-Za-z0-9_.-]\n");
         }
@@ -123,6 +154,7 @@ async fn upgrade(
             "upgrade refused: {} connections open",
             state.config.server.max_connections
         );
+        metrics().refused("max_connections");
         return HttpResponse::ServiceUnavailable().body("too many connections\n");
     }
     let config = state.session_config(&room);
@@ -132,7 +164,10 @@ async fn upgrade(
     };
     match session::start(&req, payload, handler, config) {
         Ok((_, response)) => response,
-        Err(err) => err.error_response(),
+        Err(err) => {
+            metrics().refused("handshake");
+            err.error_response()
+        }
     }
 }
 

@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::close::{
     Action, CloseError, CloseMachine, CloseMode, CloseOutcome, CloseRecord, CloseState,
-    CloseStatus, DataVerdict, Input, WaiterId,
+    CloseStatus, DataVerdict, Initiator, Input, WaiterId,
 };
+use crate::metrics::{metrics, DropReason};
 use crate::transport::{self, Inbound, InboundError, InboundFrames, OutboundQueue};
 
 /// A session's id, unique in the process.
@@ -334,7 +335,14 @@ impl Session {
                 });
             }
             Action::EndConnection => {
-                if let (Some(sent), CloseState::Closed) = (self.close_sent_at, self.machine.state())
+                // The handshake time is that of our close frame to the peer's ack: only for
+                // closes we started.
+                let server_initiated = self
+                    .machine
+                    .record()
+                    .is_some_and(|r| r.initiator == Initiator::Server);
+                if let (Some(sent), CloseState::Closed, true) =
+                    (self.close_sent_at, self.machine.state(), server_initiated)
                 {
                     self.handshake = Some(sent.elapsed());
                 }
@@ -362,6 +370,7 @@ impl Session {
     }
 
     fn fail(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        metrics().protocol_error(code);
         match CloseStatus::new(code, reason) {
             Ok(status) => self.feed_infallible(Input::Fail(status), ctx),
             Err(err) => {
@@ -372,10 +381,14 @@ impl Session {
     }
 
     fn send_text(&mut self, text: ByteString, ctx: &mut Context<Self>) -> Result<(), CloseError> {
-        self.machine.check_send()?;
+        if let Err(err) = self.machine.check_send() {
+            metrics().dropped(DropReason::OutputClosed, 1);
+            return Err(err);
+        }
         if self.queue.len() >= self.config.outbound_queue {
             let dropped = self.queue.discard() as u64 + 1;
             self.dropped_slow_consumer += dropped;
+            metrics().dropped(DropReason::SlowConsumer, dropped);
             warn!(
                 "session={} slow consumer: {} frames queued; closing 1008",
                 self.id, self.config.outbound_queue
@@ -384,6 +397,7 @@ impl Session {
             return Err(CloseError::OutputClosed);
         }
         self.queue.push(Frame::Text(text));
+        metrics().messages_out.inc();
         Ok(())
     }
 
@@ -433,6 +447,8 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        metrics().connections_open.inc();
+        metrics().connections_total.inc();
         self.handler.on_start(&self.handle);
         debug!("session={} started", self.id);
         ctx.run_interval(self.config.heartbeat_interval, |act, ctx| {
@@ -457,6 +473,7 @@ impl Actor for Session {
         for (_, tx) in self.waiters.drain() {
             let _ = tx.send(Err(CloseError::Aborted));
         }
+        metrics().connections_open.dec();
         let state = self.machine.state();
         let Some(record) = self.machine.record() else {
             log::error!(
@@ -465,6 +482,12 @@ impl Actor for Session {
             );
             return;
         };
+        metrics().record_close(&record);
+        if let Some(handshake) = self.handshake {
+            metrics()
+                .close_handshake_seconds
+                .observe(handshake.as_secs_f64());
+        }
         let end = SessionEnd {
             state,
             record,
@@ -491,6 +514,9 @@ impl StreamHandler<Result<Inbound, InboundError>> for Session {
             return;
         }
         self.last_seen = Instant::now();
+        if let Ok(Inbound::Text(_)) = &item {
+            metrics().messages_in.inc();
+        }
         match item {
             Ok(Inbound::Text(text)) => match self.machine.on_data() {
                 DataVerdict::Deliver => {
@@ -501,6 +527,7 @@ impl StreamHandler<Result<Inbound, InboundError>> for Session {
                 }
                 DataVerdict::Drop => {
                     self.dropped_after_close += 1;
+                    metrics().dropped(DropReason::AfterClose, 1);
                     debug!(
                         "session={} dropped a message in {}",
                         self.id,

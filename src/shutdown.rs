@@ -94,6 +94,7 @@ pub async fn drain(
     force: impl std::future::Future<Output = ()>,
 ) -> DrainReport {
     readiness.set_draining();
+    crate::metrics::metrics().draining.set(1);
     let started = std::time::Instant::now();
     let hard_cap = plan.deadline + Duration::from_millis(900);
     let request = supervisor.send(Drain {

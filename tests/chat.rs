@@ -3,23 +3,12 @@
 
 mod common;
 
-use common::process::{http_get, ServerProcess, UPGRADE};
+use common::process::{connect, http_get, ServerProcess, Ws, UPGRADE};
 use common::DEADLINE;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(url: String) -> Ws {
-    let (ws, _) = timeout(DEADLINE, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    ws
-}
 
 /// The next JSON event from the server (pings are answered by tungstenite).
 async fn next_event(ws: &mut Ws) -> Value {

@@ -1,0 +1,212 @@
+//! The process's metric handles, registered once, and their Prometheus exposition.
+//!
+//! Sessions, the upgrade route and the drain record into [`metrics()`]; `/metrics` serves
+//! [`encode`]. The exposition text is produced by `prometheus-client` (OpenMetrics text
+//! format), never formatted by hand. This module must not decide anything: it only counts.
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::close::CloseRecord;
+
+/// Labels of `wsgrace_closes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// `client` or `server`.
+    pub initiator: &'static str,
+    /// `awaited` or `fire_and_forget`.
+    pub mode: &'static str,
+    /// `acked`, `timeout`, `aborted` or `error`.
+    pub outcome: &'static str,
+}
+
+/// Labels of counters split by a reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Why a message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// From a peer, after an awaited close frame or the peer's close.
+    AfterClose,
+    /// To a client that does not read.
+    SlowConsumer,
+    /// To a session whose output is closed (its close frame is sent).
+    OutputClosed,
+}
+
+impl DropReason {
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::AfterClose => "after_close",
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::OutputClosed => "output_closed",
+        }
+    }
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    /// Sessions open now.
+    pub connections_open: Gauge,
+    /// Sessions ever started.
+    pub connections_total: Counter,
+    /// Ended sessions by who closed, the mode and the result.
+    pub closes: Family<CloseLabels, Counter>,
+    /// Text messages received from clients.
+    pub messages_in: Counter,
+    /// Text messages queued to clients.
+    pub messages_out: Counter,
+    /// Messages dropped, by reason.
+    pub messages_dropped: Family<ReasonLabels, Counter>,
+    /// From the server's close frame to the peer's ack.
+    pub close_handshake_seconds: Histogram,
+    /// 1 while draining.
+    pub draining: Gauge,
+    /// Upgrades answered with an HTTP error, by reason.
+    pub upgrades_refused: Family<ReasonLabels, Counter>,
+    /// Sessions failed for bad input, by close code.
+    pub protocol_errors: Family<ReasonLabels, Counter>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            connections_open: Gauge::default(),
+            connections_total: Counter::default(),
+            closes: Family::default(),
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            messages_dropped: Family::default(),
+            // 100 µs .. ~13 s
+            close_handshake_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            draining: Gauge::default(),
+            upgrades_refused: Family::default(),
+            protocol_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "wsgrace_connections_open",
+            "WebSocket sessions open now",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "wsgrace_connections",
+            "WebSocket sessions started",
+            metrics.connections_total.clone(),
+        );
+        registry.register(
+            "wsgrace_closes",
+            "Ended sessions by initiator, close mode and outcome",
+            metrics.closes.clone(),
+        );
+        registry.register(
+            "wsgrace_messages_in",
+            "Text messages received from clients",
+            metrics.messages_in.clone(),
+        );
+        registry.register(
+            "wsgrace_messages_out",
+            "Text messages queued to clients",
+            metrics.messages_out.clone(),
+        );
+        registry.register(
+            "wsgrace_messages_dropped",
+            "Messages dropped, by reason",
+            metrics.messages_dropped.clone(),
+        );
+        registry.register(
+            "wsgrace_close_handshake_seconds",
+            "Time from the server's close frame to the peer's ack",
+            metrics.close_handshake_seconds.clone(),
+        );
+        registry.register(
+            "wsgrace_draining",
+            "1 while the server drains",
+            metrics.draining.clone(),
+        );
+        registry.register(
+            "wsgrace_upgrades_refused",
+            "Upgrades answered with an HTTP error, by reason",
+            metrics.upgrades_refused.clone(),
+        );
+        registry.register(
+            "wsgrace_protocol_errors",
+            "Sessions failed for bad input, by close code",
+            metrics.protocol_errors.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts an ended session.
+    pub fn record_close(&self, record: &CloseRecord) {
+        self.closes
+            .get_or_create(&CloseLabels {
+                initiator: record.initiator.as_str(),
+                mode: record.mode.as_str(),
+                outcome: record.result.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts `n` dropped messages.
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.messages_dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts a refused upgrade.
+    pub fn refused(&self, reason: &'static str) {
+        self.upgrades_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a session failed with `code`.
+    pub fn protocol_error(&self, code: u16) {
+        let reason = match code {
+            1002 => "1002",
+            1003 => "1003",
+            1007 => "1007",
+            1008 => "1008",
+            1009 => "1009",
+            _ => "other",
+        };
+        self.protocol_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The exposition text of every metric.
+pub fn encode() -> Result<String, std::fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &metrics().registry)?;
+    Ok(text)
+}
+
+/// The content type of [`encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
