@@ -21,7 +21,7 @@ use crate::close::{CloseMode, CloseStatus};
 use crate::config::{is_valid_name, Config};
 use crate::metrics::{self, metrics};
 use crate::session::{self, SessionConfig, SessionEnd, SessionHandle, SessionHandler};
-use crate::shutdown::{self, DrainPlan, Readiness};
+use crate::shutdown::{self, DrainPlan, Readiness, Signals};
 use crate::supervisor::{ChatHandler, DrainReport, Supervisor};
 
 /// What the routes share.
@@ -235,12 +235,14 @@ pub async fn serve(
     config: Config,
     on_listening: impl FnOnce(SocketAddr),
 ) -> std::io::Result<DrainReport> {
+    let signals = Signals::install().map_err(std::io::Error::other)?;
     let config = Arc::new(config);
     let supervisor = Supervisor::new().start();
     let readiness = Readiness::new();
     let state = AppState::new(config.clone(), supervisor.clone(), readiness.clone());
     let mut server = HttpServer::new(move || App::new().configure(routes(state.clone())))
         .disable_signals()
+        .on_connect(crate::transport::on_connect)
         // Close right after the handshake instead of lingering for the client (RFC 6455 §7.1.1).
         .client_disconnect_timeout(Duration::ZERO)
         .client_request_timeout(Duration::from_secs(5))
@@ -262,17 +264,14 @@ pub async fn serve(
         batch_interval: Duration::from_millis(config.shutdown.batch_interval_ms),
     };
     let drain = actix_rt::spawn(shutdown::drain_on_signal(
+        signals,
         supervisor,
         readiness,
         plan,
         server.handle(),
     ));
     server.await?;
-    match drain.await {
-        Ok(Ok(report)) => Ok(report),
-        Ok(Err(err)) => Err(std::io::Error::other(err)),
-        Err(err) => Err(std::io::Error::other(err)),
-    }
+    drain.await.map_err(std::io::Error::other)
 }
 
 fn shutdown_status(config: &Config) -> Option<CloseStatus> {

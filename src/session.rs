@@ -28,7 +28,9 @@ use crate::close::{
     CloseStatus, DataVerdict, Initiator, Input, WaiterId,
 };
 use crate::metrics::{metrics, DropReason};
-use crate::transport::{self, Inbound, InboundError, InboundFrames, OutboundQueue};
+use crate::transport::{
+    self, ConnectionHandle, Inbound, InboundError, InboundFrames, OutboundQueue,
+};
 
 /// A session's id, unique in the process.
 pub type SessionId = u64;
@@ -251,6 +253,7 @@ pub fn start(
 ) -> Result<(SessionHandle, HttpResponse), actix_web::Error> {
     let mut response = actix_web_actors::ws::handshake(req)?;
     let (queue, body) = transport::outbound();
+    let connection = req.conn_data::<ConnectionHandle>().cloned();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let max_message_bytes = config.max_message_bytes;
     let state = Arc::new(AtomicU8::new(state_to_u8(CloseState::Open)));
@@ -268,6 +271,7 @@ pub fn start(
             config,
             machine: CloseMachine::default(),
             queue,
+            connection,
             waiters: HashMap::new(),
             next_waiter: 0,
             last_seen: Instant::now(),
@@ -289,6 +293,9 @@ pub struct Session {
     config: SessionConfig,
     machine: CloseMachine,
     queue: OutboundQueue,
+    /// Cuts a stuck connection; present when the server registered
+    /// [`transport::on_connect`].
+    connection: Option<ConnectionHandle>,
     waiters: HashMap<WaiterId, oneshot::Sender<Result<CloseOutcome, CloseError>>>,
     next_waiter: WaiterId,
     last_seen: Instant,
@@ -347,10 +354,14 @@ impl Session {
                     self.handshake = Some(sent.elapsed());
                 }
                 self.queue.end();
+                self.cut_if_stuck();
                 ctx.stop();
             }
             Action::AbortConnection => {
                 self.queue.abort();
+                if let Some(connection) = &self.connection {
+                    connection.shutdown();
+                }
                 ctx.stop();
             }
             Action::Answer { waiter, result } => {
@@ -360,6 +371,23 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// A connection whose last frames cannot be flushed (the peer stopped reading) is cut
+    /// after the close timeout, so that it cannot hold the dispatcher forever.
+    fn cut_if_stuck(&self) {
+        let Some(connection) = self.connection.clone() else {
+            return;
+        };
+        let queue = self.queue.clone();
+        let (id, timeout) = (self.id, self.config.close_timeout);
+        actix_rt::spawn(async move {
+            actix_rt::time::sleep(timeout).await;
+            if !queue.is_finished() {
+                warn!("session={id} last frames not flushed within {timeout:?}: cutting");
+                connection.shutdown();
+            }
+        });
     }
 
     /// Feeds an input that no state refuses (timers, peer events, aborts).

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_rt::signal::unix::{signal, SignalKind};
+use actix_rt::signal::unix::{signal, Signal, SignalKind};
 use actix_web::dev::ServerHandle;
 use log::{info, warn};
 
@@ -59,16 +59,33 @@ pub struct DrainPlan {
 #[error("cannot listen for signals: {0}")]
 pub struct SignalError(#[from] std::io::Error);
 
+/// SIGTERM and SIGINT, caught from the moment this value exists: create it before the server
+/// announces itself, so that an early signal drains instead of killing the process.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    pub fn install() -> Result<Signals, SignalError> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Waits for SIGTERM or SIGINT, then drains and stops `server`. A second signal during the
 /// drain aborts every session and stops at once. Returns the drain report.
 pub async fn drain_on_signal(
+    signals: Signals,
     supervisor: Addr<Supervisor>,
     readiness: Readiness,
     plan: DrainPlan,
     server: ServerHandle,
-) -> Result<DrainReport, SignalError> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+) -> DrainReport {
+    let Signals { mut term, mut int } = signals;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: draining"),
         _ = int.recv() => info!("SIGINT: draining"),
@@ -82,7 +99,7 @@ pub async fn drain_on_signal(
     let report = drain(supervisor, readiness, plan, second).await;
     info!("drain finished: {report}");
     server.stop(false).await;
-    Ok(report)
+    report
 }
 
 /// Drains through `supervisor`: readiness off, every session told, answer by the deadline.

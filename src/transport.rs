@@ -15,8 +15,11 @@
 //! beyond "these bytes are (not) a valid frame". Replacing actix-web-actors means replacing
 //! this file.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -252,6 +255,8 @@ struct Shared {
     frames: VecDeque<Message>,
     end: OutboundEnd,
     waker: Option<Waker>,
+    /// The dispatcher is done with the body: flushed, failed or dropped.
+    finished: bool,
 }
 
 /// The session's side of its outbound frames. Cloning shares the queue.
@@ -277,6 +282,7 @@ pub fn outbound() -> (OutboundQueue, OutboundBody) {
         frames: VecDeque::new(),
         end: OutboundEnd::Running,
         waker: None,
+        finished: false,
     }));
     (
         OutboundQueue {
@@ -326,6 +332,12 @@ impl OutboundQueue {
         texts
     }
 
+    /// Whether the dispatcher is done with the connection's response: everything flushed, or
+    /// the connection dropped.
+    pub fn is_finished(&self) -> bool {
+        self.shared.borrow().finished
+    }
+
     /// Flushes what is queued, then ends the connection.
     pub fn end(&self) {
         self.finish(OutboundEnd::Flush);
@@ -362,6 +374,7 @@ impl Stream for OutboundBody {
         let this = self.get_mut();
         let mut shared = this.shared.borrow_mut();
         if shared.end == OutboundEnd::Abort {
+            shared.finished = true;
             return Poll::Ready(Some(Err(SessionAborted.into())));
         }
         let mut out = BytesMut::new();
@@ -382,8 +395,47 @@ impl Stream for OutboundBody {
                 shared.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
-            OutboundEnd::Flush | OutboundEnd::Abort => Poll::Ready(None),
+            OutboundEnd::Flush | OutboundEnd::Abort => {
+                shared.finished = true;
+                Poll::Ready(None)
+            }
         }
+    }
+}
+
+impl Drop for OutboundBody {
+    fn drop(&mut self) {
+        self.shared.borrow_mut().finished = true;
+    }
+}
+
+/// A second handle on a connection's TCP socket, to cut a connection that the HTTP dispatcher
+/// can no longer end by itself: one whose peer stopped reading, so that the dispatcher never
+/// polls the response body again. Shutting the socket down fails its pending write.
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle(Rc<std::net::TcpStream>);
+
+impl ConnectionHandle {
+    /// Shuts the socket down in both directions; the dispatcher then drops the connection.
+    pub fn shutdown(&self) {
+        // The peer may be gone already; then there is nothing to cut.
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
+/// For `HttpServer::on_connect`: keeps a [`ConnectionHandle`] in the connection's data, where
+/// [`crate::session::start`] finds it. It costs one file descriptor per connection. Without it
+/// sessions still end, but a peer that stops reading holds its connection until the kernel
+/// gives up on it.
+pub fn on_connect(connection: &dyn Any, data: &mut actix_web::dev::Extensions) {
+    let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+        return;
+    };
+    match tcp.as_fd().try_clone_to_owned() {
+        Ok(fd) => {
+            data.insert(ConnectionHandle(Rc::new(std::net::TcpStream::from(fd))));
+        }
+        Err(err) => log::warn!("cannot keep a handle on a new connection: {err}"),
     }
 }
 

@@ -78,6 +78,7 @@ impl TestServer {
                 })
                 .workers(1)
                 .disable_signals()
+                .on_connect(wsgrace::transport::on_connect)
                 .client_disconnect_timeout(Duration::ZERO)
                 .bind("127.0.0.1:0")?;
                 let addr = server.addrs()[0];
