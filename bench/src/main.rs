@@ -1,0 +1,152 @@
+//! `loadgen`: the load generator for wsgrace's benchmarks. Each subcommand starts the
+//! server as a child process, runs one bounded scenario against it over loopback, stops
+//! it, and prints one JSON object on stdout (progress goes to stderr). Exit status: 0 when
+//! the scenario completed, 1 when it timed out or saw failures (the JSON still says what it
+//! has), 2 when it could not run at all.
+//!
+//! One current-thread tokio runtime: the generator shares the machine's cores with the
+//! server and should cost as little as it can.
+
+mod client;
+mod scenarios;
+mod server_proc;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use scenarios::{Ctx, Outcome};
+use server_proc::ServerOpts;
+
+/// Load generator for wsgrace: hold, fanout, drain and close-latency scenarios.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The server binary.
+    #[arg(long, global = true, default_value = "target/release/wsgrace")]
+    server: PathBuf,
+    /// Base config for the server; the scenario's own keys are laid over it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// server.workers for the server (default: the config's, else one per core).
+    #[arg(long, global = true)]
+    workers: Option<u32>,
+    /// Overall time limit of the scenario in seconds; past it, report and exit 1.
+    #[arg(long, global = true, default_value_t = 120)]
+    timeout_secs: u64,
+    /// Echo the server's stderr (prefixed `[server]`) to ours.
+    #[arg(long, global = true)]
+    server_log: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Open N idle connections; connect rate and server RSS per connection.
+    Hold(scenarios::hold::HoldArgs),
+    /// N members of one room, one sends M messages; throughput, latency, losses, order.
+    Fanout(scenarios::fanout::FanoutArgs),
+    /// N connections (K deaf to the close frame), then SIGTERM; how the drain went.
+    Drain(scenarios::drain::DrainArgs),
+    /// M client-initiated close round trips; time to the close frame and to EOF.
+    CloseLatency(scenarios::close_latency::CloseLatencyArgs),
+}
+
+impl Scenario {
+    fn name(&self) -> &'static str {
+        match self {
+            Scenario::Hold(_) => "hold",
+            Scenario::Fanout(_) => "fanout",
+            Scenario::Drain(_) => "drain",
+            Scenario::CloseLatency(_) => "close-latency",
+        }
+    }
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit (the server child inherits it); returns the
+/// limit now in force.
+fn raise_nofile() -> libc::rlim_t {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let nofile = raise_nofile();
+    eprintln!("loadgen: RLIMIT_NOFILE {nofile}");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadgen: cannot build the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ctx = Ctx {
+        server: ServerOpts {
+            binary: cli.server.clone(),
+            config: cli.config.clone(),
+            workers: cli.workers,
+            echo_log: cli.server_log,
+        },
+        deadline: tokio::time::Instant::now() + Duration::from_secs(cli.timeout_secs),
+        nofile,
+    };
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&runtime, async {
+        match &cli.scenario {
+            Scenario::Hold(args) => scenarios::hold::run(&ctx, args).await,
+            Scenario::Fanout(args) => scenarios::fanout::run(&ctx, args).await,
+            Scenario::Drain(args) => scenarios::drain::run(&ctx, args).await,
+            Scenario::CloseLatency(args) => scenarios::close_latency::run(&ctx, args).await,
+        }
+    });
+    // Client tasks still alive are dropped with the LocalSet; nothing waits on them.
+    drop(local);
+    match result {
+        Ok(Outcome { mut report, ok }) => {
+            if let Some(obj) = report.as_object_mut() {
+                obj.insert("nofile_limit".into(), json!(nofile));
+                obj.insert("timeout_secs".into(), json!(cli.timeout_secs));
+            }
+            println!("{report}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            println!(
+                "{}",
+                json!({ "scenario": cli.scenario.name(), "error": e, "complete": false })
+            );
+            eprintln!("loadgen: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! `fanout N M`: N members of room "fanout"; member 0 sends M messages, each carrying its
+//! send time (`t=<nanos since a base Instant>`), keeping at most W in flight (sent minus
+//! what the slowest receiver has). Measures deliveries per second, send→receive latency,
+//! losses and order violations. Receivers find `"seq":` and `"text":"t=` by byte search
+//! instead of parsing JSON: the server serializes these fields itself.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::rc::Rc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
+
+use super::{
+    connect_many, hist_json, micros, ms, new_histogram, own_rss, stop_json, ConnectStats, Ctx,
+    Outcome,
+};
+use crate::client::{Frame, Read, WsReader, WsWriter};
+use crate::server_proc::ServerProc;
+
+#[derive(Debug, clap::Args)]
+pub struct FanoutArgs {
+    /// Members of the room.
+    pub n: usize,
+    /// Messages member 0 sends.
+    pub m: usize,
+    /// Messages in flight at most: sent minus those the slowest receiver has.
+    #[arg(long, default_value_t = 64)]
+    pub window: u64,
+    /// Send rate limit in messages per second; 0 = as fast as the window allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// After the last send, wait at most this long for the deliveries, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub wait_ms: u64,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// session.outbound_queue for the server: large, so no member is a slow consumer.
+    #[arg(long, default_value_t = 65_536)]
+    pub outbound_queue: i64,
+}
+
+/// State shared by the sender and all receivers (one thread: cells suffice).
+struct Shared {
+    n: usize,
+    base: Instant,
+    /// `reached[k]`: receivers that have k+1 messages or more.
+    reached: Vec<Cell<u32>>,
+    /// Messages every receiver has (the slowest receiver's count).
+    slowest: Cell<u64>,
+    window_open: Notify,
+    received: Cell<u64>,
+    expected: u64,
+    all_received: Notify,
+    last_delivery: Cell<Option<Instant>>,
+    latency: RefCell<Histogram<u64>>,
+    out_of_order: Cell<u64>,
+    gaps: Cell<u64>,
+    regressions: Cell<u64>,
+    unparsed: Cell<u64>,
+    other_types: Cell<u64>,
+    /// Close frames seen before the scenario stopped the server: code → count.
+    early_closes: RefCell<BTreeMap<String, u64>>,
+    ended_early: Cell<u64>,
+    stopping: Cell<bool>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn digits(bytes: &[u8]) -> Option<u64> {
+    let mut value: u64 = 0;
+    let mut any = false;
+    for &b in bytes {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        any = true;
+    }
+    any.then_some(value)
+}
+
+/// `(seq, t)` of a chat message, `None` for other types or unparsable text.
+fn parse_message(payload: &[u8]) -> Option<Option<(u64, u64)>> {
+    const TYPE: &[u8] = br#"{"type":"message""#;
+    if !payload.starts_with(TYPE) && find(payload, br#""type":"message""#).is_none() {
+        return None;
+    }
+    let seq = find(payload, br#""seq":"#).and_then(|i| digits(&payload[i + 6..]));
+    let t = find(payload, br#""text":"t="#).and_then(|i| digits(&payload[i + 10..]));
+    Some(seq.zip(t))
+}
+
+async fn receiver(mut rd: WsReader, wr: Rc<Mutex<WsWriter>>, shared: Rc<Shared>) {
+    let mut count: usize = 0;
+    let mut last_seq: u64 = 0;
+    loop {
+        match rd.next().await {
+            Read::Frame(Frame::Message { payload, .. }) => {
+                let now = Instant::now();
+                let Some(parsed) = parse_message(payload) else {
+                    shared.other_types.set(shared.other_types.get() + 1);
+                    continue;
+                };
+                let Some((seq, t)) = parsed else {
+                    shared.unparsed.set(shared.unparsed.get() + 1);
+                    continue;
+                };
+                if seq != last_seq + 1 {
+                    shared.out_of_order.set(shared.out_of_order.get() + 1);
+                    if seq > last_seq {
+                        shared.gaps.set(shared.gaps.get() + 1);
+                    } else {
+                        shared.regressions.set(shared.regressions.get() + 1);
+                    }
+                }
+                last_seq = seq;
+                let sent = shared.base + Duration::from_nanos(t);
+                let _ = shared
+                    .latency
+                    .borrow_mut()
+                    .record(micros(now.saturating_duration_since(sent)));
+                if let Some(reached) = shared.reached.get(count) {
+                    reached.set(reached.get() + 1);
+                    if reached.get() as usize == shared.n {
+                        shared.slowest.set(shared.slowest.get() + 1);
+                        shared.window_open.notify_one();
+                    }
+                }
+                count += 1;
+                let received = shared.received.get() + 1;
+                shared.received.set(received);
+                shared.last_delivery.set(Some(now));
+                if received == shared.expected {
+                    shared.all_received.notify_one();
+                }
+            }
+            Read::Frame(Frame::Ping(p)) => {
+                let _ = wr.lock().await.pong(p).await;
+            }
+            Read::Frame(Frame::Pong) => {}
+            Read::Frame(Frame::Close { code, .. }) => {
+                if !shared.stopping.get() {
+                    let key = code.map_or("none".to_string(), |c| c.to_string());
+                    *shared.early_closes.borrow_mut().entry(key).or_default() += 1;
+                }
+                let _ = wr.lock().await.close(code, b"").await;
+            }
+            Read::End(_) => {
+                if !shared.stopping.get() {
+                    shared.ended_early.set(shared.ended_early.get() + 1);
+                    // The window can no longer open, nor every delivery arrive: wake the
+                    // sender so that it gives up now rather than at the deadline.
+                    shared.window_open.notify_one();
+                    shared.all_received.notify_one();
+                }
+                return;
+            }
+        }
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
+    if args.n == 0 {
+        return Err("fanout needs at least one member".into());
+    }
+    let overrides = [
+        ("server", "max_connections", super::max_connections(args.n)),
+        (
+            "session",
+            "outbound_queue",
+            toml::Value::Integer(args.outbound_queue),
+        ),
+    ];
+    ctx.check_nofile(args.n);
+    let mut server =
+        ServerProc::start(&ctx.server, &overrides, "fanout", Duration::from_secs(10)).await?;
+    eprintln!("fanout: server pid {} on {}", server.pid, server.addr);
+    let shared = Rc::new(Shared {
+        n: args.n,
+        base: Instant::now(),
+        reached: (0..args.m).map(|_| Cell::new(0)).collect(),
+        slowest: Cell::new(0),
+        window_open: Notify::new(),
+        received: Cell::new(0),
+        expected: (args.n * args.m) as u64,
+        all_received: Notify::new(),
+        last_delivery: Cell::new(None),
+        latency: RefCell::new(new_histogram()),
+        out_of_order: Cell::new(0),
+        gaps: Cell::new(0),
+        regressions: Cell::new(0),
+        unparsed: Cell::new(0),
+        other_types: Cell::new(0),
+        early_closes: RefCell::new(BTreeMap::new()),
+        ended_early: Cell::new(0),
+        stopping: Cell::new(false),
+    });
+    let sender: Rc<RefCell<Option<Rc<Mutex<WsWriter>>>>> = Rc::new(RefCell::new(None));
+    let on_connected = {
+        let (shared, sender) = (shared.clone(), sender.clone());
+        Rc::new(move |i: usize, rd, wr| {
+            let wr = Rc::new(Mutex::new(wr));
+            if i == 0 {
+                *sender.borrow_mut() = Some(wr.clone());
+            }
+            tokio::task::spawn_local(receiver(rd, wr, shared.clone()));
+        })
+    };
+    let stats = Rc::new(ConnectStats::default());
+    let connecting = connect_many(
+        server.addr,
+        args.n,
+        args.concurrency,
+        Rc::new(Vec::new()),
+        Rc::new(|i| format!("/ws?room=fanout&name=m{i}")),
+        on_connected,
+        stats.clone(),
+    );
+    let connected_all = tokio::time::timeout_at(ctx.deadline, connecting)
+        .await
+        .is_ok()
+        && stats.connected.get() == args.n;
+    let writer = sender.borrow_mut().take();
+    let mut sent: u64 = 0;
+    let mut send_error = None;
+    let mut first_send = None;
+    let mut last_send = None;
+    let mut timed_out = !connected_all;
+    if let (true, Some(writer)) = (connected_all, writer) {
+        eprintln!(
+            "fanout: {} members joined; sending {} messages",
+            args.n, args.m
+        );
+        let mut text = Vec::with_capacity(32);
+        let start = Instant::now();
+        first_send = Some(start);
+        'send: for i in 0..args.m as u64 {
+            while sent - shared.slowest.get() >= args.window {
+                if shared.ended_early.get() > 0 {
+                    break 'send;
+                }
+                let wait = shared.window_open.notified();
+                if tokio::time::timeout_at(ctx.deadline, wait).await.is_err() {
+                    timed_out = true;
+                    break 'send;
+                }
+            }
+            if args.rate > 0.0 {
+                let at = start + Duration::from_secs_f64(i as f64 / args.rate);
+                tokio::time::sleep_until(at.min(ctx.deadline)).await;
+            }
+            text.clear();
+            let now = Instant::now();
+            let _ = write!(text, "t={}", now.duration_since(shared.base).as_nanos());
+            if let Err(e) = writer.lock().await.text(&text).await {
+                send_error = Some(e.to_string());
+                break;
+            }
+            sent += 1;
+            last_send = Some(now);
+            if now >= ctx.deadline {
+                timed_out = true;
+                break;
+            }
+        }
+        if !timed_out {
+            let limit = (Instant::now() + Duration::from_millis(args.wait_ms)).min(ctx.deadline);
+            while shared.received.get() < sent * args.n as u64 && shared.ended_early.get() == 0 {
+                let wait = shared.all_received.notified();
+                if tokio::time::timeout_at(limit, wait).await.is_err() {
+                    break;
+                }
+            }
+        }
+    } else {
+        eprintln!(
+            "fanout: only {} of {} members joined",
+            stats.connected.get(),
+            args.n
+        );
+    }
+    shared.stopping.set(true);
+    let received = shared.received.get();
+    let expected = sent * args.n as u64;
+    let duration = match (first_send, shared.last_delivery.get()) {
+        (Some(f), Some(l)) => l.saturating_duration_since(f),
+        _ => Duration::ZERO,
+    };
+    let send_duration = match (first_send, last_send) {
+        (Some(f), Some(l)) => l.saturating_duration_since(f),
+        _ => Duration::ZERO,
+    };
+    let rate = |count: u64, d: Duration| {
+        if d.is_zero() {
+            0.0
+        } else {
+            (count as f64 / d.as_secs_f64()).round()
+        }
+    };
+    let rss = server.rss_bytes();
+    eprintln!("fanout: {received}/{expected} delivered; stopping the server");
+    let lost = expected.saturating_sub(received);
+    let member_lost = shared.ended_early.get() > 0;
+    let ok =
+        !timed_out && !member_lost && send_error.is_none() && sent == args.m as u64 && lost == 0;
+    // Everything is read before the stop: deliveries during the drain are not the run's.
+    let mut report = json!({
+        "scenario": "fanout",
+        "n": args.n,
+        "m": args.m,
+        "window": args.window,
+        "rate_limit": args.rate,
+        "complete": ok,
+        "timed_out": timed_out,
+        "stopped_early_member_lost": member_lost,
+        "connect": stats.json(),
+        "sent": sent,
+        "send_error": send_error,
+        "expected": expected,
+        "received": received,
+        "lost": lost,
+        "out_of_order": shared.out_of_order.get(),
+        "seq_gaps": shared.gaps.get(),
+        "seq_regressions": shared.regressions.get(),
+        "unparsed": shared.unparsed.get(),
+        "other_types": shared.other_types.get(),
+        "early_closes": *shared.early_closes.borrow(),
+        "ended_early": shared.ended_early.get(),
+        "duration_ms": ms(duration),
+        "send_duration_ms": ms(send_duration),
+        "sends_per_s": rate(sent, send_duration),
+        "deliveries_per_s": rate(received, duration),
+        "latency": hist_json(&shared.latency.borrow()),
+        "server_rss_bytes": rss,
+        "loadgen_rss_bytes": own_rss(),
+    });
+    let stop = stop_json(&mut server, Duration::from_secs(15)).await;
+    if let Some(obj) = report.as_object_mut() {
+        obj.insert("server".into(), stop);
+    }
+    Ok(Outcome { report, ok })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_chat_messages() {
+        let m = br#"{"type":"message","room":"fanout","from":"m0","text":"t=12345","seq":7}"#;
+        assert_eq!(parse_message(m), Some(Some((7, 12345))));
+        assert_eq!(
+            parse_message(br#"{"type":"welcome","room":"r","name":"n"}"#),
+            None
+        );
+        let bad = br#"{"type":"message","room":"r","from":"x","text":"hi","seq":1}"#;
+        assert_eq!(parse_message(bad), Some(None));
+    }
+}

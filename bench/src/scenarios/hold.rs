@@ -1,0 +1,120 @@
+//! `hold N`: open N idle connections (room "hold") that answer pings; measure the connect
+//! rate and the server's RSS before and after, hence bytes per connection.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::{connect_many, idle, ms, own_rss, source_addrs, stop_json, ConnectStats, Ctx, Outcome};
+use crate::server_proc::ServerProc;
+
+#[derive(Debug, clap::Args)]
+pub struct HoldArgs {
+    /// Connections to open.
+    pub n: usize,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// Wait this long after the last connection before reading the RSS, in ms.
+    #[arg(long, default_value_t = 1000)]
+    pub settle_ms: u64,
+    /// Above this many connections, bind clients to 127.0.0.2, 127.0.0.3, ...
+    #[arg(long, default_value_t = 25_000)]
+    pub spread_above: usize,
+    /// Connections per source address when spreading.
+    #[arg(long, default_value_t = 20_000)]
+    pub per_addr: usize,
+}
+
+pub async fn run(ctx: &Ctx, args: &HoldArgs) -> Result<Outcome, String> {
+    let overrides = [("server", "max_connections", super::max_connections(args.n))];
+    ctx.check_nofile(args.n);
+    let mut server =
+        ServerProc::start(&ctx.server, &overrides, "hold", Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = server.rss_bytes();
+    eprintln!(
+        "hold: server pid {} on {}, rss {:?}",
+        server.pid, server.addr, rss_before
+    );
+
+    let stats = Rc::new(ConnectStats::default());
+    let ended = Rc::new(Cell::new(0usize));
+    let on_connected = {
+        let ended = ended.clone();
+        Rc::new(move |_i: usize, rd, wr| {
+            let ended = ended.clone();
+            tokio::task::spawn_local(async move {
+                idle(rd, wr, false).await;
+                ended.set(ended.get() + 1);
+            });
+        })
+    };
+    let sources = Rc::new(source_addrs(args.n, args.spread_above, args.per_addr));
+    let started = Instant::now();
+    let progress = {
+        let stats = stats.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                eprintln!(
+                    "hold: {} connected, {} failed",
+                    stats.connected.get(),
+                    stats.failed.get()
+                );
+            }
+        })
+    };
+    let connecting = connect_many(
+        server.addr,
+        args.n,
+        args.concurrency,
+        sources.clone(),
+        Rc::new(|i| format!("/ws?room=hold&name=h{i}")),
+        on_connected,
+        stats.clone(),
+    );
+    let finished = tokio::time::timeout_at(ctx.deadline, connecting)
+        .await
+        .is_ok();
+    let connect_time = started.elapsed();
+    progress.abort();
+    let connected = stats.connected.get();
+    if finished {
+        let settle = Instant::now() + Duration::from_millis(args.settle_ms);
+        tokio::time::sleep_until(settle.min(ctx.deadline)).await;
+    }
+    let rss_after = server.rss_bytes();
+    let still_open = connected.saturating_sub(ended.get());
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if still_open > 0 => Some((a.saturating_sub(b)) / still_open as u64),
+        _ => None,
+    };
+    eprintln!("hold: {connected} connected in {connect_time:?}; stopping the server");
+    let grace = Duration::from_secs(15);
+    let stop = stop_json(&mut server, grace).await;
+    let report = json!({
+        "scenario": "hold",
+        "n": args.n,
+        "complete": finished,
+        "timed_out": !finished,
+        "connect": stats.json(),
+        "source_addrs": sources.len(),
+        "connect_ms": ms(connect_time),
+        "connect_rate_per_s": (connected as f64 / connect_time.as_secs_f64()).round(),
+        "ended_before_measure": connected - still_open,
+        "open_at_measure": still_open,
+        "rss_before_bytes": rss_before,
+        "rss_after_bytes": rss_after,
+        "rss_per_conn_bytes": per_conn,
+        "loadgen_rss_bytes": own_rss(),
+        "server": stop,
+    });
+    Ok(Outcome {
+        report,
+        ok: finished && stats.failed.get() == 0,
+    })
+}

@@ -1,0 +1,291 @@
+//! What every scenario shares: the run context (server options, the overall deadline),
+//! opening many connections with bounded concurrency, waiting for the welcome, the idle
+//! member loop (answer pings, answer or ignore the close, watch how TCP ends), and
+//! turning histograms into JSON. Scenario-specific measuring lives in the sibling files.
+
+pub mod close_latency;
+pub mod drain;
+pub mod fanout;
+pub mod hold;
+
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::client::{self, End, Frame, Read, WsReader, WsWriter};
+use crate::server_proc::{Exit, ServerOpts, ServerProc};
+
+/// What a scenario gets from the command line besides its own arguments.
+pub struct Ctx {
+    pub server: ServerOpts,
+    /// The overall deadline: past it, a scenario reports what it has and fails.
+    pub deadline: Instant,
+    /// RLIMIT_NOFILE in force for us and the server.
+    pub nofile: u64,
+}
+
+impl Ctx {
+    /// Warns when `n` connections may not fit the descriptor limit: we need one per
+    /// connection, and the server (which inherits the limit) may need two: wsgrace keeps a
+    /// duplicate of each socket to cut stuck connections.
+    pub fn check_nofile(&self, n: usize) {
+        let server_needs = 2 * n as u64 + 64;
+        if server_needs > self.nofile {
+            eprintln!(
+                "warning: {n} connections may need {server_needs} descriptors in the server; \
+                 RLIMIT_NOFILE is {}: expect failed or stalled connections",
+                self.nofile
+            );
+        }
+    }
+}
+
+/// A scenario's result: the JSON line, and whether it completed.
+pub struct Outcome {
+    pub report: Value,
+    pub ok: bool,
+}
+
+/// Counters of a `connect_many` run, readable while it runs and after a timeout.
+#[derive(Default)]
+pub struct ConnectStats {
+    pub connected: Cell<usize>,
+    pub failed: Cell<usize>,
+    pub first_error: RefCell<Option<String>>,
+}
+
+impl ConnectStats {
+    pub fn json(&self) -> Value {
+        json!({
+            "connected": self.connected.get(),
+            "failed": self.failed.get(),
+            "first_error": *self.first_error.borrow(),
+        })
+    }
+}
+
+/// `server.max_connections` for a scenario of `n` connections: ample, within the range
+/// the server accepts.
+pub fn max_connections(n: usize) -> toml::Value {
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    toml::Value::Integer(n.saturating_mul(2).clamp(1000, 10_000_000))
+}
+
+/// How long one connection may take from connect to welcome.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Source addresses for `n` connections: the default one below `spread_above`, else
+/// 127.0.0.2, 127.0.0.3, ... with at most `per_addr` connections each.
+pub fn source_addrs(n: usize, spread_above: usize, per_addr: usize) -> Vec<IpAddr> {
+    if n <= spread_above || per_addr == 0 {
+        return Vec::new();
+    }
+    let count = n.div_ceil(per_addr).min(250);
+    (0..count)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
+        .collect()
+}
+
+/// Opens connections `0..n` on `path(i)`, `concurrency` at a time; each one that gets its
+/// welcome is handed to `on_connected` (which must spawn its reader at once: pings do not
+/// wait). Returns when all were tried; `stats` shows progress meanwhile.
+pub async fn connect_many(
+    addr: SocketAddr,
+    n: usize,
+    concurrency: usize,
+    sources: Rc<Vec<IpAddr>>,
+    path: Rc<dyn Fn(usize) -> String>,
+    on_connected: Rc<dyn Fn(usize, WsReader, WsWriter)>,
+    stats: Rc<ConnectStats>,
+) {
+    let next = Rc::new(Cell::new(0usize));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.clamp(1, n.max(1)) {
+        let (next, sources, path, on_connected, stats) = (
+            next.clone(),
+            sources.clone(),
+            path.clone(),
+            on_connected.clone(),
+            stats.clone(),
+        );
+        workers.push(tokio::task::spawn_local(async move {
+            loop {
+                let i = next.get();
+                if i >= n {
+                    break;
+                }
+                next.set(i + 1);
+                let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+                let attempt = async {
+                    let (mut rd, mut wr) =
+                        client::connect(addr, source, &path(i), i as u64).await?;
+                    await_welcome(&mut rd, &mut wr).await?;
+                    Ok::<_, std::io::Error>((rd, wr))
+                };
+                // A server out of descriptors leaves accepted-but-unserved sockets in its
+                // backlog: without a bound, one such handshake would stall the run.
+                let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
+                    Ok(result) => result,
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no welcome within {HANDSHAKE_TIMEOUT:?}"),
+                    )),
+                };
+                match result {
+                    Ok((rd, wr)) => {
+                        stats.connected.set(stats.connected.get() + 1);
+                        on_connected(i, rd, wr);
+                    }
+                    Err(e) => {
+                        stats.failed.set(stats.failed.get() + 1);
+                        let mut first = stats.first_error.borrow_mut();
+                        if first.is_none() {
+                            eprintln!("connection {i} failed: {e}");
+                            *first = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+}
+
+/// Reads until the first data message (the welcome), answering pings.
+pub async fn await_welcome(rd: &mut WsReader, wr: &mut WsWriter) -> std::io::Result<()> {
+    loop {
+        match rd.next().await {
+            Read::Frame(Frame::Message { .. }) => return Ok(()),
+            Read::Frame(Frame::Ping(p)) => wr.pong(p).await?,
+            Read::Frame(Frame::Pong) => {}
+            Read::Frame(Frame::Close { code, .. }) => {
+                return Err(std::io::Error::other(format!(
+                    "closed before the welcome: {code:?}"
+                )))
+            }
+            Read::End(end) => {
+                return Err(std::io::Error::other(format!(
+                    "connection ended before the welcome: {end:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// How an idle member's connection went.
+#[derive(Debug, Clone)]
+pub struct IdleOutcome {
+    pub close_code: Option<u16>,
+    pub close_reason: String,
+    /// When the server's close frame arrived, if it did.
+    pub close_at: Option<Instant>,
+    /// Whether our close reply was written.
+    pub replied: bool,
+    pub end: End,
+    pub end_at: Instant,
+    /// Data frames that arrived after the server's close frame (a protocol violation).
+    pub frames_after_close: u32,
+    /// Data messages before the close.
+    pub messages: u64,
+}
+
+/// An idle member: answers pings; on the server's close frame replies with the same code
+/// unless `deaf` (a deaf member stays silent but keeps answering pings); reads until TCP
+/// ends.
+pub async fn idle(mut rd: WsReader, mut wr: WsWriter, deaf: bool) -> IdleOutcome {
+    let mut out = IdleOutcome {
+        close_code: None,
+        close_reason: String::new(),
+        close_at: None,
+        replied: false,
+        end: End::Eof,
+        end_at: Instant::now(),
+        frames_after_close: 0,
+        messages: 0,
+    };
+    loop {
+        match rd.next().await {
+            Read::Frame(Frame::Ping(p)) => {
+                let _ = wr.pong(p).await;
+            }
+            Read::Frame(Frame::Pong) => {}
+            Read::Frame(Frame::Message { .. }) => {
+                if out.close_at.is_some() {
+                    out.frames_after_close += 1;
+                } else {
+                    out.messages += 1;
+                }
+            }
+            Read::Frame(Frame::Close { code, reason }) => {
+                if out.close_at.is_some() {
+                    out.frames_after_close += 1;
+                    continue;
+                }
+                out.close_at = Some(Instant::now());
+                out.close_code = code;
+                out.close_reason = String::from_utf8_lossy(reason).into_owned();
+                if !deaf {
+                    out.replied = wr.close(code, b"").await.is_ok();
+                }
+            }
+            Read::End(end) => {
+                out.end = end;
+                out.end_at = Instant::now();
+                return out;
+            }
+        }
+    }
+}
+
+/// A latency histogram in microseconds, 1 µs .. 10 min, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant bounds are valid")
+}
+
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// p50/p90/p99/max/mean of a µs histogram, in milliseconds.
+pub fn hist_json(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return json!({ "count": 0 });
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    json!({
+        "count": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.50)),
+        "p90_ms": ms(h.value_at_quantile(0.90)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "max_ms": ms(h.max()),
+        "mean_ms": (h.mean() / 1000.0 * 1000.0).round() / 1000.0,
+    })
+}
+
+pub fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Stops the server at the end of a scenario and describes how it went.
+pub async fn stop_json(server: &mut ServerProc, grace: Duration) -> Value {
+    let started = Instant::now();
+    let Exit { code, killed } = server.stop(grace, false).await;
+    json!({
+        "stop_ms": ms(started.elapsed()),
+        "exit_code": code,
+        "killed": killed,
+        "drain_log": server.drain_line().await,
+    })
+}
+
+/// Our own RSS, to show what the generator costs.
+pub fn own_rss() -> Option<u64> {
+    crate::server_proc::rss_of(i32::try_from(std::process::id()).ok()?)
+}
