@@ -33,6 +33,10 @@ const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
 const CLOSE_TIMEOUT_MS: RangeInclusive<u64> = 1..=600_000;
 /// Allowed `server.workers` (0 = one per core).
 const WORKERS: RangeInclusive<usize> = 0..=1024;
+/// Allowed `server.request_timeout_ms`: 100 ms to ten minutes.
+const REQUEST_TIMEOUT_MS: RangeInclusive<u64> = 100..=600_000;
+/// Allowed `session.max_messages_per_sec` (0 = no limit).
+const MAX_MESSAGES_PER_SEC: RangeInclusive<u32> = 0..=1_000_000;
 /// Allowed `server.max_connections`.
 const MAX_CONNECTIONS: RangeInclusive<usize> = 1..=10_000_000;
 /// Allowed `shutdown.drain_timeout_ms`: 1 ms to one hour.
@@ -68,6 +72,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// If not empty, an upgrade whose `Origin` header is not one of these gets HTTP 403.
     pub allowed_origins: Vec<String>,
+    /// A client must send its whole request head within this many milliseconds, else 408
+    /// and the connection is closed (slowloris).
+    pub request_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +84,7 @@ impl Default for ServerConfig {
             workers: 0,
             max_connections: 100_000,
             allowed_origins: Vec::new(),
+            request_timeout_ms: 5_000,
         }
     }
 }
@@ -94,6 +102,9 @@ pub struct SessionSettings {
     pub max_frame_bytes: usize,
     /// Outgoing messages a session may have queued; beyond this it is closed with 1008.
     pub outbound_queue: usize,
+    /// Incoming messages per second one session may send (bursts up to one second's worth);
+    /// beyond this it is closed with 1008. 0 = no limit.
+    pub max_messages_per_sec: u32,
 }
 
 impl Default for SessionSettings {
@@ -103,6 +114,7 @@ impl Default for SessionSettings {
             client_timeout_ms: 15_000,
             max_frame_bytes: 65_536,
             outbound_queue: 1_024,
+            max_messages_per_sec: 0,
         }
     }
 }
@@ -291,6 +303,11 @@ impl Config {
             server.max_connections,
             MAX_CONNECTIONS,
         )?;
+        check.range(
+            "server.request_timeout_ms",
+            server.request_timeout_ms,
+            REQUEST_TIMEOUT_MS,
+        )?;
         for (index, origin) in server.allowed_origins.iter().enumerate() {
             let key = format!("server.allowed_origins[{index}]");
             if origin.is_empty() {
@@ -317,6 +334,11 @@ impl Config {
             "session.client_timeout_ms",
             session.client_timeout_ms,
             CLIENT_TIMEOUT_MS,
+        )?;
+        check.range(
+            "session.max_messages_per_sec",
+            session.max_messages_per_sec,
+            MAX_MESSAGES_PER_SEC,
         )?;
         if session.client_timeout_ms <= session.heartbeat_interval_ms {
             return Err(check.invalid(
@@ -516,7 +538,13 @@ mod tests {
         };
         assert_eq!(
             keys("server"),
-            ["allowed_origins", "bind", "max_connections", "workers"]
+            [
+                "allowed_origins",
+                "bind",
+                "max_connections",
+                "request_timeout_ms",
+                "workers"
+            ]
         );
         assert_eq!(
             keys("session"),
@@ -524,6 +552,7 @@ mod tests {
                 "client_timeout_ms",
                 "heartbeat_interval_ms",
                 "max_frame_bytes",
+                "max_messages_per_sec",
                 "outbound_queue"
             ]
         );

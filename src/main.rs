@@ -21,7 +21,10 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // actix-http's WebSocket codec logs a peer's fragmented control frame at error level;
+    // wsgrace logs that bad input itself, at warn, with the session.
+    let filter = "info,actix_http::ws=off";
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
     let mut config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(err) => {

@@ -59,6 +59,7 @@ impl AppState {
             outbound_queue: c.session.outbound_queue,
             close_timeout: Duration::from_millis(c.close.timeout_ms),
             close_mode: c.mode_for_room(room),
+            max_messages_per_sec: c.session.max_messages_per_sec,
         }
     }
 }
@@ -242,10 +243,12 @@ pub async fn serve(
     let state = AppState::new(config.clone(), supervisor.clone(), readiness.clone());
     let mut server = HttpServer::new(move || App::new().configure(routes(state.clone())))
         .disable_signals()
-        .on_connect(crate::transport::on_connect)
+        .on_connect(crate::transport::on_connect(Duration::from_millis(
+            config.session.client_timeout_ms,
+        )))
         // Close right after the handshake instead of lingering for the client (RFC 6455 §7.1.1).
         .client_disconnect_timeout(Duration::ZERO)
-        .client_request_timeout(Duration::from_secs(5))
+        .client_request_timeout(Duration::from_millis(config.server.request_timeout_ms))
         .shutdown_timeout(1)
         .max_connections(config.server.max_connections.saturating_add(1024))
         .backlog(4096);

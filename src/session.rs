@@ -28,9 +28,7 @@ use crate::close::{
     CloseStatus, DataVerdict, Initiator, Input, WaiterId,
 };
 use crate::metrics::{metrics, DropReason};
-use crate::transport::{
-    self, ConnectionHandle, Inbound, InboundError, InboundFrames, OutboundQueue,
-};
+use crate::transport::{self, Inbound, InboundError, InboundFrames, OutboundQueue};
 
 /// A session's id, unique in the process.
 pub type SessionId = u64;
@@ -52,6 +50,9 @@ pub struct SessionConfig {
     pub close_timeout: Duration,
     /// The mode offered to [`SessionHandler::shutdown_mode`] when shutdown reaches the session.
     pub close_mode: CloseMode,
+    /// Incoming messages per second, with bursts of one second's worth; more: close 1008.
+    /// 0 = no limit.
+    pub max_messages_per_sec: u32,
 }
 
 impl Default for SessionConfig {
@@ -63,6 +64,7 @@ impl Default for SessionConfig {
             outbound_queue: 1024,
             close_timeout: Duration::from_millis(5000),
             close_mode: CloseMode::Awaited,
+            max_messages_per_sec: 0,
         }
     }
 }
@@ -253,9 +255,9 @@ pub fn start(
 ) -> Result<(SessionHandle, HttpResponse), actix_web::Error> {
     let mut response = actix_web_actors::ws::handshake(req)?;
     let (queue, body) = transport::outbound();
-    let connection = req.conn_data::<ConnectionHandle>().cloned();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let max_message_bytes = config.max_message_bytes;
+    let max_messages_per_sec = config.max_messages_per_sec;
     let state = Arc::new(AtomicU8::new(state_to_u8(CloseState::Open)));
     let shared_state = state.clone();
     let addr = Session::create(move |ctx| {
@@ -271,10 +273,10 @@ pub fn start(
             config,
             machine: CloseMachine::default(),
             queue,
-            connection,
             waiters: HashMap::new(),
             next_waiter: 0,
             last_seen: Instant::now(),
+            rate: RateLimit::new(max_messages_per_sec),
             close_sent_at: None,
             handshake: None,
             dropped_after_close: 0,
@@ -293,12 +295,10 @@ pub struct Session {
     config: SessionConfig,
     machine: CloseMachine,
     queue: OutboundQueue,
-    /// Cuts a stuck connection; present when the server registered
-    /// [`transport::on_connect`].
-    connection: Option<ConnectionHandle>,
     waiters: HashMap<WaiterId, oneshot::Sender<Result<CloseOutcome, CloseError>>>,
     next_waiter: WaiterId,
     last_seen: Instant,
+    rate: RateLimit,
     close_sent_at: Option<Instant>,
     handshake: Option<Duration>,
     dropped_after_close: u64,
@@ -354,14 +354,10 @@ impl Session {
                     self.handshake = Some(sent.elapsed());
                 }
                 self.queue.end();
-                self.cut_if_stuck();
                 ctx.stop();
             }
             Action::AbortConnection => {
                 self.queue.abort();
-                if let Some(connection) = &self.connection {
-                    connection.shutdown();
-                }
                 ctx.stop();
             }
             Action::Answer { waiter, result } => {
@@ -371,23 +367,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// A connection whose last frames cannot be flushed (the peer stopped reading) is cut
-    /// after the close timeout, so that it cannot hold the dispatcher forever.
-    fn cut_if_stuck(&self) {
-        let Some(connection) = self.connection.clone() else {
-            return;
-        };
-        let queue = self.queue.clone();
-        let (id, timeout) = (self.id, self.config.close_timeout);
-        actix_rt::spawn(async move {
-            actix_rt::time::sleep(timeout).await;
-            if !queue.is_finished() {
-                warn!("session={id} last frames not flushed within {timeout:?}: cutting");
-                connection.shutdown();
-            }
-        });
     }
 
     /// Feeds an input that no state refuses (timers, peer events, aborts).
@@ -438,6 +417,41 @@ impl Session {
             self.feed_infallible(Input::Abort, ctx);
         } else if self.machine.check_send().is_ok() {
             self.queue.push(Frame::Ping(Bytes::new()));
+        }
+    }
+}
+
+/// A token bucket: `per_sec` tokens a second, holding at most one second's worth.
+#[derive(Debug)]
+struct RateLimit {
+    per_sec: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32) -> Self {
+        RateLimit {
+            per_sec: f64::from(per_sec),
+            tokens: f64::from(per_sec),
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes a token for a message that arrived at `now`; false when none is left. A limit of
+    /// 0 allows everything.
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.per_sec == 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -544,6 +558,11 @@ impl StreamHandler<Result<Inbound, InboundError>> for Session {
         self.last_seen = Instant::now();
         if let Ok(Inbound::Text(_)) = &item {
             metrics().messages_in.inc();
+            if !self.rate.allow(self.last_seen) {
+                warn!("session={} over its message rate: closing 1008", self.id);
+                self.fail(1008, "rate limit", ctx);
+                return;
+            }
         }
         match item {
             Ok(Inbound::Text(text)) => match self.machine.on_data() {

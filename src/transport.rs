@@ -18,8 +18,6 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::net::Shutdown;
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -92,13 +90,9 @@ impl InboundError {
     }
 }
 
-/// Maps a codec error. `header` is the undecoded input, to tell an over-long message from a
-/// 64-bit length with its top bit set, which actix-http reports alike.
-fn classify(err: ProtocolError, header: &[u8], limit: usize) -> InboundError {
+/// Maps a codec error. Over-long frames are caught by [`check_header`] first.
+fn classify(err: ProtocolError, limit: usize) -> InboundError {
     match err {
-        ProtocolError::Overflow if has_invalid_64bit_length(header) => {
-            InboundError::Protocol("64-bit payload length with the top bit set".into())
-        }
         ProtocolError::Overflow => InboundError::TooBig(limit),
         // The decoder's only I/O error is "non-zero reserved bits"; transport errors come
         // from the payload, not from here.
@@ -107,10 +101,45 @@ fn classify(err: ProtocolError, header: &[u8], limit: usize) -> InboundError {
     }
 }
 
-fn has_invalid_64bit_length(header: &[u8]) -> bool {
-    match header {
-        [_, second, top, ..] => second & 0x7f == 127 && top & 0x80 != 0,
-        _ => false,
+/// Judges the next frame by its header alone, before its payload arrives: actix-http's codec
+/// checks the size limit only once the whole payload is buffered, which lets a peer that
+/// announces a huge frame make the server buffer it.
+fn check_header(buf: &[u8], limit: usize) -> Result<(), InboundError> {
+    let [first, second, rest @ ..] = buf else {
+        return Ok(());
+    };
+    // The codec answers these exactly; leave them to it, as they come first in the header.
+    let reserved_bits = first & 0x70 != 0;
+    let unmasked = second & 0x80 == 0;
+    let opcode = first & 0x0f;
+    let known_opcode = matches!(opcode, 0x0..=0x2 | 0x8..=0xA);
+    if reserved_bits || unmasked || !known_opcode {
+        return Ok(());
+    }
+    let length = match second & 0x7f {
+        126 => match rest {
+            [a, b, ..] => u64::from(u16::from_be_bytes([*a, *b])),
+            _ => return Ok(()),
+        },
+        127 => match rest.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(bytes) => u64::from_be_bytes(bytes),
+            None => return Ok(()),
+        },
+        n => u64::from(n),
+    };
+    let is_control = opcode >= 0x8;
+    if length >> 63 != 0 {
+        Err(InboundError::Protocol(
+            "64-bit payload length with the top bit set".into(),
+        ))
+    } else if is_control && length > 125 {
+        Err(InboundError::Protocol(format!(
+            "control frame of {length} bytes (at most 125)"
+        )))
+    } else if length > limit as u64 {
+        Err(InboundError::TooBig(limit))
+    } else {
+        Ok(())
     }
 }
 
@@ -208,6 +237,10 @@ where
             if this.done {
                 return Poll::Ready(None);
             }
+            if let Err(err) = check_header(&this.buf, this.max_message_bytes) {
+                this.done = true;
+                return Poll::Ready(Some(Err(err)));
+            }
             match this.codec.decode(&mut this.buf) {
                 Ok(Some(frame)) => {
                     if let Some(event) = this.assemble(frame) {
@@ -219,7 +252,7 @@ where
                 Ok(None) => {}
                 Err(err) => {
                     this.done = true;
-                    let err = classify(err, &this.buf, this.max_message_bytes);
+                    let err = classify(err, this.max_message_bytes);
                     return Poll::Ready(Some(Err(err)));
                 }
             }
@@ -255,8 +288,6 @@ struct Shared {
     frames: VecDeque<Message>,
     end: OutboundEnd,
     waker: Option<Waker>,
-    /// The dispatcher is done with the body: flushed, failed or dropped.
-    finished: bool,
 }
 
 /// The session's side of its outbound frames. Cloning shares the queue.
@@ -282,7 +313,6 @@ pub fn outbound() -> (OutboundQueue, OutboundBody) {
         frames: VecDeque::new(),
         end: OutboundEnd::Running,
         waker: None,
-        finished: false,
     }));
     (
         OutboundQueue {
@@ -332,12 +362,6 @@ impl OutboundQueue {
         texts
     }
 
-    /// Whether the dispatcher is done with the connection's response: everything flushed, or
-    /// the connection dropped.
-    pub fn is_finished(&self) -> bool {
-        self.shared.borrow().finished
-    }
-
     /// Flushes what is queued, then ends the connection.
     pub fn end(&self) {
         self.finish(OutboundEnd::Flush);
@@ -360,12 +384,12 @@ impl OutboundQueue {
     }
 }
 
-/// The error that makes the dispatcher drop an aborted connection.
+/// An outbound frame could not be encoded: the connection is dropped.
 #[derive(Debug, thiserror::Error)]
-#[error("websocket session aborted")]
-struct SessionAborted;
+#[error("websocket frame could not be encoded")]
+struct EncodeFailed;
 
-impl actix_web::ResponseError for SessionAborted {}
+impl actix_web::ResponseError for EncodeFailed {}
 
 impl Stream for OutboundBody {
     type Item = Result<Bytes, actix_web::Error>;
@@ -374,8 +398,9 @@ impl Stream for OutboundBody {
         let this = self.get_mut();
         let mut shared = this.shared.borrow_mut();
         if shared.end == OutboundEnd::Abort {
-            shared.finished = true;
-            return Poll::Ready(Some(Err(SessionAborted.into())));
+            // Nothing more is written; ending the body closes the connection (an error here
+            // would do the same, with an error line in actix-http's log for every abort).
+            return Poll::Ready(None);
         }
         let mut out = BytesMut::new();
         while out.len() < ENCODE_BATCH_BYTES {
@@ -384,7 +409,7 @@ impl Stream for OutboundBody {
             };
             if let Err(err) = this.codec.encode(frame, &mut out) {
                 log::error!("encoding an outbound frame failed: {err}");
-                return Poll::Ready(Some(Err(SessionAborted.into())));
+                return Poll::Ready(Some(Err(EncodeFailed.into())));
             }
         }
         if !out.is_empty() {
@@ -395,47 +420,28 @@ impl Stream for OutboundBody {
                 shared.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
-            OutboundEnd::Flush | OutboundEnd::Abort => {
-                shared.finished = true;
-                Poll::Ready(None)
-            }
+            OutboundEnd::Flush | OutboundEnd::Abort => Poll::Ready(None),
         }
     }
 }
 
-impl Drop for OutboundBody {
-    fn drop(&mut self) {
-        self.shared.borrow_mut().finished = true;
-    }
-}
-
-/// A second handle on a connection's TCP socket, to cut a connection that the HTTP dispatcher
-/// can no longer end by itself: one whose peer stopped reading, so that the dispatcher never
-/// polls the response body again. Shutting the socket down fails its pending write.
-#[derive(Debug, Clone)]
-pub struct ConnectionHandle(Rc<std::net::TcpStream>);
-
-impl ConnectionHandle {
-    /// Shuts the socket down in both directions; the dispatcher then drops the connection.
-    pub fn shutdown(&self) {
-        // The peer may be gone already; then there is nothing to cut.
-        let _ = self.0.shutdown(Shutdown::Both);
-    }
-}
-
-/// For `HttpServer::on_connect`: keeps a [`ConnectionHandle`] in the connection's data, where
-/// [`crate::session::start`] finds it. It costs one file descriptor per connection. Without it
-/// sessions still end, but a peer that stops reading holds its connection until the kernel
-/// gives up on it.
-pub fn on_connect(connection: &dyn Any, data: &mut actix_web::dev::Extensions) {
-    let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() else {
-        return;
-    };
-    match tcp.as_fd().try_clone_to_owned() {
-        Ok(fd) => {
-            data.insert(ConnectionHandle(Rc::new(std::net::TcpStream::from(fd))));
+/// For `HttpServer::on_connect`: bounds how long the kernel keeps a connection whose peer
+/// stopped acknowledging data (it stopped reading, or vanished) with `TCP_USER_TIMEOUT`.
+///
+/// Such a connection cannot be ended from the session: the HTTP dispatcher only polls the
+/// response body when it can write, so an abort or the end of a close handshake waits behind
+/// bytes the peer never takes. With this, the kernel drops the connection once sent data stays
+/// unacknowledged for `timeout` (zero-window probes included), and the dispatcher with it.
+pub fn on_connect(
+    timeout: std::time::Duration,
+) -> impl Fn(&dyn Any, &mut actix_web::dev::Extensions) + Send + Sync + Clone + 'static {
+    move |connection: &dyn Any, _: &mut actix_web::dev::Extensions| {
+        let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+            return;
+        };
+        if let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout)) {
+            log::warn!("cannot set TCP_USER_TIMEOUT on a new connection: {err}");
         }
-        Err(err) => log::warn!("cannot keep a handle on a new connection: {err}"),
     }
 }
 
@@ -456,16 +462,34 @@ mod tests {
     }
 
     #[test]
-    fn overflow_is_split_by_the_length_field() {
-        let top_bit = [0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0];
-        let large = [0x81, 0xff, 0x00, 0, 0, 0, 0x10, 0, 0, 0];
-        assert!(matches!(
-            classify(ProtocolError::Overflow, &top_bit, 10),
-            InboundError::Protocol(_)
-        ));
+    fn headers_are_judged_before_their_payload() {
+        let limit = 1024;
+        // Masked text, 16-bit length 2000: over the limit, with no payload yet.
         assert_eq!(
-            classify(ProtocolError::Overflow, &large, 10),
-            InboundError::TooBig(10)
+            check_header(&[0x81, 0x80 | 126, 0x07, 0xd0], limit),
+            Err(InboundError::TooBig(limit))
         );
+        // 64-bit length with the top bit set.
+        let mut top = vec![0x81, 0x80 | 127, 0x80];
+        top.extend_from_slice(&[0; 7]);
+        assert!(matches!(
+            check_header(&top, limit),
+            Err(InboundError::Protocol(_))
+        ));
+        // A ping of 126 bytes is a protocol error under the limit, and over it too.
+        assert!(matches!(
+            check_header(&[0x89, 0x80 | 126, 0x00, 0x7e], limit),
+            Err(InboundError::Protocol(_))
+        ));
+        assert!(matches!(
+            check_header(&[0x89, 0x80 | 126, 0x04, 0x01], limit),
+            Err(InboundError::Protocol(_))
+        ));
+        // Within the limit, incomplete headers, and what the codec judges: left alone.
+        assert_eq!(check_header(&[0x81, 0x80 | 125], limit), Ok(()));
+        assert_eq!(check_header(&[0x81, 0x80 | 126, 0x07], limit), Ok(()));
+        assert_eq!(check_header(&[0x81], limit), Ok(()));
+        assert_eq!(check_header(&[0xC1, 0x80 | 126, 0x07, 0xd0], limit), Ok(()));
+        assert_eq!(check_header(&[0x81, 126, 0x07, 0xd0], limit), Ok(()));
     }
 }

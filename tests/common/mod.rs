@@ -78,7 +78,7 @@ impl TestServer {
                 })
                 .workers(1)
                 .disable_signals()
-                .on_connect(wsgrace::transport::on_connect)
+                .on_connect(wsgrace::transport::on_connect(Duration::from_secs(15)))
                 .client_disconnect_timeout(Duration::ZERO)
                 .bind("127.0.0.1:0")?;
                 let addr = server.addrs()[0];
@@ -281,6 +281,17 @@ impl RawClient {
         n
     }
 
+    /// The client's local port.
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().expect("local address").port()
+    }
+
+    /// Drops the connection with a TCP reset (SO_LINGER 0), as a vanishing client does.
+    pub fn reset(self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        drop(self.stream);
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         // The server may already have closed; a write error is then expected.
         let _ = self.stream.write_all(bytes).await;
@@ -329,32 +340,49 @@ impl RawClient {
         }
     }
 
-    /// Reads until a close frame; panics on EOF first.
+    /// Reads until a close frame; panics on EOF first, or when none came by the deadline
+    /// (pings keep arriving, so each read's own deadline is not enough).
     pub async fn expect_close(&mut self) -> RawFrame {
-        loop {
-            match self.next_frame().await {
-                Some(frame) if frame.opcode == OP_CLOSE => return frame,
-                Some(_) => continue,
-                None => panic!("connection closed without a close frame"),
+        let read = async {
+            let mut skipped = 0usize;
+            loop {
+                match self.next_frame().await {
+                    Some(frame) if frame.opcode == OP_CLOSE => return frame,
+                    Some(_) => skipped += 1,
+                    None => panic!("connection closed without a close frame ({skipped} frames)"),
+                }
             }
-        }
+        };
+        timeout(DEADLINE * 3, read)
+            .await
+            .expect("no close frame before the deadline")
     }
 
     /// Asserts that the server closes the TCP connection (with no further frame but pings).
     pub async fn expect_eof(&mut self) {
-        while let Some(frame) = self.read_frame().await {
-            assert_eq!(
-                frame.opcode, OP_PING,
-                "unexpected frame before EOF: {frame:?}"
-            );
-        }
+        let read = async {
+            while let Some(frame) = self.read_frame().await {
+                assert_eq!(
+                    frame.opcode, OP_PING,
+                    "unexpected frame before EOF: {frame:?}"
+                );
+            }
+        };
+        timeout(DEADLINE, read)
+            .await
+            .expect("the server did not close the connection");
     }
 
     /// Reads until EOF; asserts that no close frame came. Other frames are skipped.
     pub async fn expect_eof_without_close(&mut self) {
-        while let Some(frame) = self.read_frame().await {
-            assert_ne!(frame.opcode, OP_CLOSE, "a close frame came: {frame:?}");
-        }
+        let read = async {
+            while let Some(frame) = self.read_frame().await {
+                assert_ne!(frame.opcode, OP_CLOSE, "a close frame came: {frame:?}");
+            }
+        };
+        timeout(DEADLINE * 3, read)
+            .await
+            .expect("the server did not close the connection");
     }
 }
 

@@ -1,0 +1,221 @@
+//! Faults and abuse against the real binary (issue: reliability): clients that vanish in the
+//! middle of a close, half-open clients, slowloris, a reader that stops while its room is
+//! flooded, and a client over the message rate. Each ends with the right answer, and the
+//! server releases what the connection held.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::process::{connect, ServerProcess};
+use common::{RawClient, DEADLINE, OP_TEXT};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn joined(server: &ServerProcess, query: &str, recv_buffer: Option<u32>) -> RawClient {
+    let path = format!("/ws{query}");
+    let mut client = RawClient::connect_with_buffer(server.addr, &path, recv_buffer).await;
+    let welcome = client.next_frame().await.expect("welcome");
+    assert_eq!(welcome.opcode, OP_TEXT);
+    client
+}
+
+/// Sends `count` messages of `size` bytes to `room` from a client that reads its own copies
+/// (so that it is no slow consumer itself), and returns once it has received all of them:
+/// by then the server has fanned every message out to the room. Returns the client's sink.
+async fn flood(
+    server: &ServerProcess,
+    room: &str,
+    count: usize,
+    size: usize,
+) -> futures::stream::SplitSink<common::process::Ws, Message> {
+    let (mut sink, mut stream) = connect(server.ws_url(&format!("?room={room}")))
+        .await
+        .split();
+    let (all_seen, seen_all) = tokio::sync::oneshot::channel();
+    // Reads on after the flood too, so that tungstenite keeps answering the server's pings.
+    tokio::spawn(async move {
+        let mut seen = 0;
+        let mut all_seen = Some(all_seen);
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(&msg, Message::Text(text) if text.contains("\"message\"")) {
+                seen += 1;
+            }
+            if seen == count {
+                if let Some(tx) = all_seen.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    let text = "f".repeat(size);
+    for _ in 0..count {
+        sink.send(Message::Text(text.clone())).await.expect("flood");
+    }
+    timeout(DEADLINE * 3, seen_all)
+        .await
+        .expect("the flood was not fanned out before the deadline")
+        .expect("the flooder lost its connection");
+    sink
+}
+
+/// Whether the kernel still has the server's end (`server_port`) of the connection from
+/// `client_port` on loopback, in any state but TIME_WAIT (from /proc/net/tcp).
+fn server_holds_connection(server_port: u16, client_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let local = format!(":{server_port:04X}");
+    let remote = format!(":{client_port:04X}");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        matches!(fields.as_slice(), [_, l, r, state, ..]
+            if l.ends_with(&local) && r.ends_with(&remote) && *state != "06")
+    })
+}
+
+/// Waits until `check` holds, polling.
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_resets_after_the_close_frame_is_aborted_without_waiting() {
+    let mut server =
+        ServerProcess::start("[close]\ntimeout_ms = 20000\n[shutdown]\ndrain_timeout_ms = 30000\n");
+    let mut client = joined(&server, "", None).await;
+    let signalled = Instant::now();
+    server.sigterm();
+    assert_eq!(client.expect_close().await.close_code(), Some(1001));
+    client.reset();
+    assert!(server.wait_exit(DEADLINE).await.success());
+    // Far below the 20 s close timeout: the reset ended the session at once.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
+    let log = server.stderr();
+    assert!(log.contains("aborted=1"), "{log}");
+}
+
+#[tokio::test]
+async fn a_half_open_client_in_a_busy_room_is_cut_and_its_socket_released() {
+    let server = ServerProcess::start(
+        "[session]\nheartbeat_interval_ms = 100\nclient_timeout_ms = 1000\noutbound_queue = 256\n",
+    );
+    // Never reads nor writes again after its welcome, with a tiny receive window; the room
+    // gets more than any socket buffer holds, so the server's writes to it block.
+    let half_open = joined(&server, "?room=busy", Some(4096)).await;
+    let port = half_open.local_port();
+    assert!(server_holds_connection(server.addr.port(), port));
+    let mut flooder = flood(&server, "busy", 3000, 2048).await;
+    // The half-open session ends (slow consumer or client timeout) and the server's side of
+    // its TCP connection goes away although it cannot take the bytes queued for it.
+    wait_until("the half-open connection to be released", || {
+        !server_holds_connection(server.addr.port(), port)
+    })
+    .await;
+    // The flooder is still served.
+    flooder
+        .send(Message::Text("still here".into()))
+        .await
+        .expect("the flooder was cut too");
+    drop(half_open);
+}
+
+#[tokio::test]
+async fn slowloris_is_cut_off_by_the_request_timeout() {
+    let server = ServerProcess::start("[server]\nrequest_timeout_ms = 500\n");
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    let started = Instant::now();
+    let (mut read, mut write) = stream.split();
+    let trickle = async {
+        for byte in request.as_bytes() {
+            if write.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut answer = Vec::new();
+    let cut = async {
+        let _ = read.read_to_end(&mut answer).await;
+    };
+    tokio::select! {
+        _ = cut => {}
+        _ = trickle => panic!("the whole request was trickled in without being cut off"),
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "cut after {took:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "unexpected answer {answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_in_a_flooded_room_is_closed_1008_with_memory_bounded() {
+    let server = ServerProcess::start("[session]\noutbound_queue = 256\n");
+    let mut stopped = joined(&server, "?room=flood", Some(4096)).await;
+    let rss_before = server.rss_bytes();
+    // 3000 × 4 KiB = 12 MiB through the room while one member reads nothing.
+    let _flooder = flood(&server, "flood", 3000, 4096).await;
+    let rss_after = server.rss_bytes();
+    let close = stopped.expect_close().await;
+    assert_eq!(close.close_code(), Some(1008));
+    assert_eq!(close.close_reason(), "slow consumer");
+    let grown = rss_after.saturating_sub(rss_before);
+    assert!(
+        grown < 32 * 1024 * 1024,
+        "server RSS grew by {grown} bytes while one reader stopped"
+    );
+}
+
+#[tokio::test]
+async fn a_client_over_the_message_rate_is_closed_1008() {
+    let server = ServerProcess::start("[session]\nmax_messages_per_sec = 20\n");
+    let mut calm = connect(server.ws_url("?room=rate")).await;
+    let mut noisy = connect(server.ws_url("?room=rate")).await;
+    for n in 0..200 {
+        if noisy
+            .send(Message::Text(format!("spam {n}")))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let close = loop {
+        match timeout(DEADLINE, noisy.next()).await.expect("no close") {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close code"),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1008);
+    assert_eq!(close.reason, "rate limit");
+    // A client under the rate is untouched.
+    calm.send(Message::Text("hello".into()))
+        .await
+        .expect("send");
+    loop {
+        match timeout(DEADLINE, calm.next()).await.expect("no message") {
+            Some(Ok(Message::Text(t))) if t.contains("\"hello\"") => break,
+            Some(Ok(_)) => continue,
+            other => panic!("calm client lost: {other:?}"),
+        }
+    }
+}
