@@ -103,17 +103,19 @@ async fn a_client_that_resets_after_the_close_frame_is_aborted_without_waiting()
     assert!(log.contains("aborted=1"), "{log}");
 }
 
-#[tokio::test]
+// Two runtime threads, so that the flooder's reader (which answers the server's pings and
+// takes its own copies) keeps up while the flood is written, also on a loaded machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_open_client_in_a_busy_room_is_cut_and_its_socket_released() {
     let server = ServerProcess::start(
-        "[session]\nheartbeat_interval_ms = 100\nclient_timeout_ms = 1000\noutbound_queue = 256\n",
+        "[session]\nheartbeat_interval_ms = 500\nclient_timeout_ms = 3000\noutbound_queue = 512\n",
     );
     // Never reads nor writes again after its welcome, with a tiny receive window; the room
     // gets more than any socket buffer holds, so the server's writes to it block.
     let half_open = joined(&server, "?room=busy", Some(4096)).await;
     let port = half_open.local_port();
     assert!(server_holds_connection(server.addr.port(), port));
-    let mut flooder = flood(&server, "busy", 3000, 2048).await;
+    let mut flooder = flood(&server, "busy", 4000, 2048).await;
     // The half-open session ends (slow consumer or client timeout) and the server's side of
     // its TCP connection goes away although it cannot take the bytes queued for it.
     wait_until("the half-open connection to be released", || {
@@ -166,7 +168,7 @@ async fn slowloris_is_cut_off_by_the_request_timeout() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_in_a_flooded_room_is_closed_1008_with_memory_bounded() {
     let server = ServerProcess::start("[session]\noutbound_queue = 256\n");
     let mut stopped = joined(&server, "?room=flood", Some(4096)).await;
