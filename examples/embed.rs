@@ -38,6 +38,7 @@ impl SessionHandler for Echo {
             session: session.clone(),
             room: "echo".into(),
             name: format!("user-{}", session.id()),
+            shard: wsgrace::fanout::local_shard(),
         });
     }
 

@@ -23,6 +23,7 @@
 
 pub mod close;
 pub mod config;
+pub mod fanout;
 pub mod metrics;
 pub mod server;
 pub mod session;

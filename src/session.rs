@@ -6,6 +6,7 @@
 //! text messages to the application's [`SessionHandler`]. It must not decide close semantics
 //! itself (that is `close.rs`) nor touch bytes (that is `transport.rs`).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -28,12 +29,49 @@ use crate::close::{
     CloseStatus, DataVerdict, Initiator, Input, WaiterId,
 };
 use crate::metrics::{metrics, DropReason};
-use crate::transport::{self, Inbound, InboundError, InboundFrames, OutboundQueue};
+use crate::transport::{self, Inbound, InboundError, InboundFrames, OutboundQueue, Refused};
 
 /// A session's id, unique in the process.
 pub type SessionId = u64;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The outboxes of the sessions running on this thread, for [`local_outbox`].
+    static OUTBOXES: RefCell<HashMap<SessionId, Outbox>> = RefCell::new(HashMap::new());
+}
+
+/// The direct way into a session's outbound queue, for code running on the session's own
+/// thread (the fan-out shards): no actor message, no allocation per delivery. The queue
+/// itself refuses data after the close frame and beyond `session.outbound_queue`; a full
+/// queue makes the session close 1008 "slow consumer".
+#[derive(Clone)]
+pub struct Outbox {
+    queue: OutboundQueue,
+    limit: usize,
+    session: Addr<Session>,
+}
+
+impl Outbox {
+    /// Queues `text` for the peer, or says why not.
+    pub fn offer(&self, text: ByteString) -> Result<(), Refused> {
+        let result = self.queue.offer_text(text, self.limit);
+        if let Err(Refused::Full { first: true }) = result {
+            self.session.do_send(Overflowed);
+        }
+        result
+    }
+}
+
+/// The outbox of session `id` if it runs on the calling thread.
+pub fn local_outbox(id: SessionId) -> Option<Outbox> {
+    OUTBOXES.with(|outboxes| outboxes.borrow().get(&id).cloned())
+}
+
+/// The outbound queue overflowed: the session closes 1008 "slow consumer".
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+struct Overflowed;
 
 /// The limits and timers of a session. Defaults are those of `config.toml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -392,20 +430,36 @@ impl Session {
             metrics().dropped(DropReason::OutputClosed, 1);
             return Err(err);
         }
-        if self.queue.len() >= self.config.outbound_queue {
-            let dropped = self.queue.discard() as u64 + 1;
-            self.dropped_slow_consumer += dropped;
-            metrics().dropped(DropReason::SlowConsumer, dropped);
-            warn!(
-                "session={} slow consumer: {} frames queued; closing 1008",
-                self.id, self.config.outbound_queue
-            );
-            self.fail(1008, "slow consumer", ctx);
-            return Err(CloseError::OutputClosed);
+        match self.queue.offer_text(text, self.config.outbound_queue) {
+            Ok(()) => {
+                metrics().messages_out.inc();
+                Ok(())
+            }
+            Err(Refused::OutputClosed) => {
+                metrics().dropped(DropReason::OutputClosed, 1);
+                Err(CloseError::OutputClosed)
+            }
+            Err(Refused::Full { .. }) => {
+                self.slow_consumer(1, ctx);
+                Err(CloseError::OutputClosed)
+            }
         }
-        self.queue.push(Frame::Text(text));
-        metrics().messages_out.inc();
-        Ok(())
+    }
+
+    /// The peer does not read: drop what is queued (it would only delay the close frame)
+    /// and close 1008. `refused` messages were already turned away.
+    fn slow_consumer(&mut self, refused: u64, ctx: &mut Context<Self>) {
+        if self.machine.check_send().is_err() {
+            return;
+        }
+        let dropped = self.queue.discard() as u64 + refused;
+        self.dropped_slow_consumer += dropped;
+        metrics().dropped(DropReason::SlowConsumer, dropped);
+        warn!(
+            "session={} slow consumer: {} frames queued; closing 1008",
+            self.id, self.config.outbound_queue
+        );
+        self.fail(1008, "slow consumer", ctx);
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -489,6 +543,12 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let outbox = Outbox {
+            queue: self.queue.clone(),
+            limit: self.config.outbound_queue,
+            session: ctx.address(),
+        };
+        OUTBOXES.with(|outboxes| outboxes.borrow_mut().insert(self.id, outbox));
         metrics().connections_open.inc();
         metrics().connections_total.inc();
         self.handler.on_start(&self.handle);
@@ -515,6 +575,7 @@ impl Actor for Session {
         for (_, tx) in self.waiters.drain() {
             let _ = tx.send(Err(CloseError::Aborted));
         }
+        OUTBOXES.with(|outboxes| outboxes.borrow_mut().remove(&self.id));
         metrics().connections_open.dec();
         let state = self.machine.state();
         let Some(record) = self.machine.record() else {
@@ -686,6 +747,14 @@ impl Handler<Shutdown> for Session {
             CloseMode::FireAndForget => Input::CloseOutput(msg.status),
         };
         self.feed_infallible(input, ctx);
+    }
+}
+
+impl Handler<Overflowed> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Overflowed, ctx: &mut Self::Context) {
+        self.slow_consumer(1, ctx);
     }
 }
 

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
@@ -24,6 +25,7 @@ use log::{debug, info};
 use serde::Serialize;
 
 use crate::close::{CloseMode, CloseResult, CloseStatus, Initiator};
+use crate::fanout::{local_shard, Admit, Deliver, Remove, Shard};
 use crate::session::{SessionEnd, SessionHandle, SessionHandler, SessionId};
 
 /// A session joins `room` as `name`.
@@ -36,6 +38,9 @@ pub struct Join {
     pub room: String,
     /// Its nickname.
     pub name: String,
+    /// The fan-out shard of the session's thread ([`crate::fanout::local_shard`], called on
+    /// that thread).
+    pub shard: Addr<Shard>,
 }
 
 /// A session ended.
@@ -140,14 +145,16 @@ impl fmt::Display for DrainReport {
 
 struct Member {
     session: SessionHandle,
-    room: String,
+    room: Arc<str>,
     name: String,
+    shard: Addr<Shard>,
 }
 
 #[derive(Default)]
 struct Room {
     seq: u64,
-    members: Vec<SessionHandle>,
+    /// Shards with members in the room, and how many each has.
+    shards: HashMap<Addr<Shard>, usize>,
 }
 
 struct DrainState {
@@ -162,7 +169,7 @@ struct DrainState {
 #[derive(Default)]
 pub struct Supervisor {
     members: HashMap<SessionId, Member>,
-    rooms: HashMap<String, Room>,
+    rooms: HashMap<Arc<str>, Room>,
     drain: Option<DrainState>,
 }
 
@@ -250,18 +257,25 @@ impl Handler<Join> for Supervisor {
             room: &msg.room,
             name: &msg.name,
         };
-        if let Some(json) = to_json(&welcome) {
-            msg.session.deliver(json);
-        }
-        let room = self.rooms.entry(msg.room.clone()).or_default();
-        room.members.push(msg.session.clone());
+        let Some(welcome) = to_json(&welcome) else {
+            return;
+        };
+        let room_name: Arc<str> = Arc::from(msg.room.as_str());
+        let room = self.rooms.entry(room_name.clone()).or_default();
+        *room.shards.entry(msg.shard.clone()).or_default() += 1;
+        msg.shard.do_send(Admit {
+            room: room_name.clone(),
+            id,
+            welcome,
+        });
         debug!("session={id} joined room {} as {}", msg.room, msg.name);
         self.members.insert(
             id,
             Member {
                 session: msg.session,
-                room: msg.room,
+                room: room_name,
                 name: msg.name,
+                shard: msg.shard,
             },
         );
     }
@@ -274,9 +288,18 @@ impl Handler<Leave> for Supervisor {
         let Some(member) = self.members.remove(&msg.id) else {
             return;
         };
+        member.shard.do_send(Remove {
+            room: member.room.clone(),
+            id: msg.id,
+        });
         if let Some(room) = self.rooms.get_mut(&member.room) {
-            room.members.retain(|s| s.id() != msg.id);
-            if room.members.is_empty() {
+            if let Some(count) = room.shards.get_mut(&member.shard) {
+                *count -= 1;
+                if *count == 0 {
+                    room.shards.remove(&member.shard);
+                }
+            }
+            if room.shards.is_empty() {
                 self.rooms.remove(&member.room);
             }
         }
@@ -310,8 +333,11 @@ impl Handler<Broadcast> for Supervisor {
         let Some(json) = to_json(&message) else {
             return;
         };
-        for session in &room.members {
-            session.deliver(json.clone());
+        for shard in room.shards.keys() {
+            shard.do_send(Deliver {
+                room: member.room.clone(),
+                text: json.clone(),
+            });
         }
     }
 }
@@ -435,6 +461,7 @@ impl SessionHandler for ChatHandler {
             session: session.clone(),
             room: self.room.clone(),
             name,
+            shard: local_shard(),
         });
     }
 

@@ -288,6 +288,22 @@ struct Shared {
     frames: VecDeque<Message>,
     end: OutboundEnd,
     waker: Option<Waker>,
+    /// A close frame is queued: no data frame may follow it.
+    close_queued: bool,
+    /// A text was refused because the queue was full; reported once.
+    overflowed: bool,
+}
+
+/// Why [`OutboundQueue::offer_text`] refused a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// A close frame is queued, or the connection ended: nothing may follow.
+    OutputClosed,
+    /// The queue holds its limit: the peer does not read. `first` is true the first time.
+    Full {
+        /// Whether this is the first refusal for a full queue.
+        first: bool,
+    },
 }
 
 /// The session's side of its outbound frames. Cloning shares the queue.
@@ -313,6 +329,8 @@ pub fn outbound() -> (OutboundQueue, OutboundBody) {
         frames: VecDeque::new(),
         end: OutboundEnd::Running,
         waker: None,
+        close_queued: false,
+        overflowed: false,
     }));
     (
         OutboundQueue {
@@ -336,12 +354,36 @@ impl OutboundQueue {
         self.len() == 0
     }
 
-    /// Queues a frame. After [`end`](Self::end) or [`abort`](Self::abort) it is discarded.
+    /// Queues a text unless a close frame is queued or `limit` frames are waiting: the one
+    /// check of every outgoing data frame, whoever sends it.
+    pub fn offer_text(&self, text: ByteString, limit: usize) -> Result<(), Refused> {
+        let mut shared = self.shared.borrow_mut();
+        if shared.close_queued || shared.end != OutboundEnd::Running {
+            return Err(Refused::OutputClosed);
+        }
+        if shared.frames.len() >= limit {
+            let first = !shared.overflowed;
+            shared.overflowed = true;
+            return Err(Refused::Full { first });
+        }
+        Self::enqueue(&mut shared, Message::Text(text));
+        Ok(())
+    }
+
+    /// Queues a control frame. After a close frame only the end may follow; after
+    /// [`end`](Self::end) or [`abort`](Self::abort) it is discarded.
     pub fn push(&self, frame: Message) {
         let mut shared = self.shared.borrow_mut();
-        if shared.end != OutboundEnd::Running {
+        if shared.end != OutboundEnd::Running || shared.close_queued {
             return;
         }
+        if matches!(frame, Message::Close(_)) {
+            shared.close_queued = true;
+        }
+        Self::enqueue(&mut shared, frame);
+    }
+
+    fn enqueue(shared: &mut Shared, frame: Message) {
         shared.frames.push_back(frame);
         if shared.frames.len() == 1 {
             if let Some(waker) = shared.waker.take() {

@@ -1,0 +1,140 @@
+//! Fan-out shards: one per worker thread, holding that thread's room members and delivering
+//! room messages straight into their outboxes.
+//!
+//! The supervisor orders a room's messages and serializes each once; it then sends one
+//! [`Deliver`] per shard that has members in the room, instead of one actor message per
+//! member. The shard copies the bytes once into its own thread's memory (so that reference
+//! counts are not shared between cores) and offers them to each local member's
+//! [`Outbox`]: a queue push, no allocation, no cross-thread traffic. A shard's mailbox is
+//! FIFO and the supervisor sends in `seq` order, so every member sees one order. It must not
+//! decide anything about closes: the outbox refuses what may not be sent.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::{Actor, Addr, Context, Handler, Message};
+use bytestring::ByteString;
+use log::debug;
+
+use crate::metrics::{metrics, DropReason};
+use crate::session::{local_outbox, Outbox, SessionId};
+use crate::transport::Refused;
+
+thread_local! {
+    static LOCAL: RefCell<Option<Addr<Shard>>> = const { RefCell::new(None) };
+}
+
+/// The shard of the calling thread, started on first use. Call it on a worker thread (an
+/// actix arbiter), where that thread's sessions run.
+pub fn local_shard() -> Addr<Shard> {
+    LOCAL.with(|local| {
+        local
+            .borrow_mut()
+            .get_or_insert_with(|| Shard::default().start())
+            .clone()
+    })
+}
+
+/// The fan-out actor of one worker thread.
+#[derive(Default)]
+pub struct Shard {
+    rooms: HashMap<Arc<str>, Vec<(SessionId, Outbox)>>,
+}
+
+impl Actor for Shard {
+    type Context = Context<Self>;
+}
+
+/// Adds session `id` (which runs on this shard's thread) to `room`, and queues `welcome` to it
+/// first, so that it comes before every room message the session will see.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Admit {
+    /// The room.
+    pub room: Arc<str>,
+    /// The session.
+    pub id: SessionId,
+    /// Its first message.
+    pub welcome: ByteString,
+}
+
+/// Removes session `id` from `room`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Remove {
+    /// The room.
+    pub room: Arc<str>,
+    /// The session.
+    pub id: SessionId,
+}
+
+/// Delivers one serialized room message to every local member of `room`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    /// The room.
+    pub room: Arc<str>,
+    /// The message, serialized once by the supervisor.
+    pub text: ByteString,
+}
+
+impl Handler<Admit> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Admit, _: &mut Self::Context) {
+        // A session that ended before its admission has no outbox any more.
+        let Some(outbox) = local_outbox(msg.id) else {
+            debug!("session={} gone before it joined {}", msg.id, msg.room);
+            return;
+        };
+        if outbox.offer(msg.welcome).is_ok() {
+            metrics().messages_out.inc();
+        }
+        self.rooms
+            .entry(msg.room)
+            .or_default()
+            .push((msg.id, outbox));
+    }
+}
+
+impl Handler<Remove> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Remove, _: &mut Self::Context) {
+        if let Some(members) = self.rooms.get_mut(&msg.room) {
+            members.retain(|(id, _)| *id != msg.id);
+            if members.is_empty() {
+                self.rooms.remove(&msg.room);
+            }
+        }
+    }
+}
+
+impl Handler<Deliver> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
+        let Some(members) = self.rooms.get(&msg.room) else {
+            return;
+        };
+        // One copy per thread: the members' clones then touch only this core's memory.
+        let text = ByteString::from(String::from(&*msg.text));
+        let (mut sent, mut closed, mut full) = (0u64, 0u64, 0u64);
+        for (_, outbox) in members {
+            match outbox.offer(text.clone()) {
+                Ok(()) => sent += 1,
+                Err(Refused::OutputClosed) => closed += 1,
+                // The first refusal is counted by the session when it closes 1008.
+                Err(Refused::Full { first }) => full += u64::from(!first),
+            }
+        }
+        metrics().messages_out.inc_by(sent);
+        if closed > 0 {
+            metrics().dropped(DropReason::OutputClosed, closed);
+        }
+        if full > 0 {
+            metrics().dropped(DropReason::SlowConsumer, full);
+        }
+    }
+}
