@@ -314,6 +314,7 @@ pub fn start(
             waiters: HashMap::new(),
             next_waiter: 0,
             last_seen: Instant::now(),
+            last_ping: Instant::now(),
             rate: RateLimit::new(max_messages_per_sec),
             close_sent_at: None,
             handshake: None,
@@ -336,6 +337,7 @@ pub struct Session {
     waiters: HashMap<WaiterId, oneshot::Sender<Result<CloseOutcome, CloseError>>>,
     next_waiter: WaiterId,
     last_seen: Instant,
+    last_ping: Instant,
     rate: RateLimit,
     close_sent_at: Option<Instant>,
     handshake: Option<Duration>,
@@ -462,16 +464,38 @@ impl Session {
         self.fail(1008, "slow consumer", ctx);
     }
 
-    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        if self.last_seen.elapsed() >= self.config.client_timeout {
+    /// One timer per session drives both the heartbeat and the client timeout: it fires at
+    /// the next ping or at the moment the peer's silence reaches the timeout, whichever comes
+    /// first (a timer per duty would cost memory on every idle connection).
+    fn schedule_tick(&mut self, ctx: &mut Context<Self>) {
+        let next_ping = self.last_ping + self.config.heartbeat_interval;
+        let deadline = self.last_seen + self.config.client_timeout;
+        let at = next_ping.min(deadline);
+        ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
+            act.tick(ctx)
+        });
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.machine.state().is_terminal() {
+            return;
+        }
+        let now = Instant::now();
+        if now.saturating_duration_since(self.last_seen) >= self.config.client_timeout {
             warn!(
                 "session={} no frame for {:?}: aborting",
                 self.id, self.config.client_timeout
             );
             self.feed_infallible(Input::Abort, ctx);
-        } else if self.machine.check_send().is_ok() {
-            self.queue.push(Frame::Ping(Bytes::new()));
+            return;
         }
+        if now.saturating_duration_since(self.last_ping) >= self.config.heartbeat_interval {
+            self.last_ping = now;
+            if self.machine.check_send().is_ok() {
+                self.queue.push(Frame::Ping(Bytes::new()));
+            }
+        }
+        self.schedule_tick(ctx);
     }
 }
 
@@ -553,17 +577,8 @@ impl Actor for Session {
         metrics().connections_total.inc();
         self.handler.on_start(&self.handle);
         debug!("session={} started", self.id);
-        ctx.run_interval(self.config.heartbeat_interval, |act, ctx| {
-            act.heartbeat(ctx)
-        });
-        // The client timeout is checked more often than it lasts, so that a silent peer is
-        // aborted at most a tenth of it late.
-        let check = (self.config.client_timeout / 10).max(Duration::from_millis(10));
-        ctx.run_interval(check, |act, ctx| {
-            if act.last_seen.elapsed() >= act.config.client_timeout {
-                act.heartbeat(ctx);
-            }
-        });
+        self.last_ping = Instant::now();
+        self.schedule_tick(ctx);
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
