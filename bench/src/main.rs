@@ -8,6 +8,7 @@
 //! server and should cost as little as it can.
 
 mod client;
+mod compare;
 mod scenarios;
 mod server_proc;
 
@@ -40,6 +41,11 @@ struct Cli {
     /// Echo the server's stderr (prefixed `[server]`) to ours.
     #[arg(long, global = true)]
     server_log: bool,
+    /// Also run the same scenario against this server binary (e.g.
+    /// target/release/baseline) right after `--server`, each with its own time limit, and
+    /// print a third JSON line with both runs' key numbers and their ratio.
+    #[arg(long, global = true)]
+    compare: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -106,9 +112,37 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (code, report) = run_once(&cli, &cli.server, nofile, &runtime);
+    println!("{report}");
+    let Some(other) = &cli.compare else {
+        return ExitCode::from(code);
+    };
+    eprintln!("loadgen: now against {}", other.display());
+    let (other_code, other_report) = run_once(&cli, other, nofile, &runtime);
+    println!("{other_report}");
+    println!(
+        "{}",
+        compare::ratios(
+            cli.scenario.name(),
+            &cli.server.display().to_string(),
+            &report,
+            &other.display().to_string(),
+            &other_report,
+        )
+    );
+    ExitCode::from(code.max(other_code))
+}
+
+/// Runs the scenario once against `binary`: the exit status and the JSON report.
+fn run_once(
+    cli: &Cli,
+    binary: &std::path::Path,
+    nofile: libc::rlim_t,
+    runtime: &tokio::runtime::Runtime,
+) -> (u8, serde_json::Value) {
     let ctx = Ctx {
         server: ServerOpts {
-            binary: cli.server.clone(),
+            binary: binary.to_path_buf(),
             config: cli.config.clone(),
             workers: cli.workers,
             echo_log: cli.server_log,
@@ -117,7 +151,7 @@ fn main() -> ExitCode {
         nofile,
     };
     let local = tokio::task::LocalSet::new();
-    let result = local.block_on(&runtime, async {
+    let result = local.block_on(runtime, async {
         match &cli.scenario {
             Scenario::Hold(args) => scenarios::hold::run(&ctx, args).await,
             Scenario::Fanout(args) => scenarios::fanout::run(&ctx, args).await,
@@ -127,26 +161,25 @@ fn main() -> ExitCode {
     });
     // Client tasks still alive are dropped with the LocalSet; nothing waits on them.
     drop(local);
+    let binary = binary.display().to_string();
     match result {
         Ok(Outcome { mut report, ok }) => {
             if let Some(obj) = report.as_object_mut() {
                 obj.insert("nofile_limit".into(), json!(nofile));
                 obj.insert("timeout_secs".into(), json!(cli.timeout_secs));
+                obj.insert("server_binary".into(), json!(binary));
             }
-            println!("{report}");
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            (if ok { 0 } else { 1 }, report)
         }
         Err(e) => {
-            println!(
-                "{}",
-                json!({ "scenario": cli.scenario.name(), "error": e, "complete": false })
-            );
             eprintln!("loadgen: {e}");
-            ExitCode::from(2)
+            let report = json!({
+                "scenario": cli.scenario.name(),
+                "error": e,
+                "complete": false,
+                "server_binary": binary,
+            });
+            (2, report)
         }
     }
 }
