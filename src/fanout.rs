@@ -3,9 +3,9 @@
 //!
 //! The supervisor orders a room's messages and serializes each once; it then sends one
 //! [`Deliver`] per shard that has members in the room, instead of one actor message per
-//! member. The shard copies the bytes once into its own thread's memory (so that reference
-//! counts are not shared between cores) and offers them to each local member's
-//! [`Outbox`]: a queue push, no allocation, no cross-thread traffic. A shard's mailbox is
+//! member. The shard encodes the frame once in its own thread's memory (so that reference
+//! counts are not shared between cores) and offers it to each local member's [`Outbox`]: a
+//! queue push and an `Rc` clone, no allocation, no cross-thread traffic. A shard's mailbox is
 //! FIFO and the supervisor sends in `seq` order, so every member sees one order. It must not
 //! decide anything about closes: the outbox refuses what may not be sent.
 
@@ -19,7 +19,7 @@ use log::debug;
 
 use crate::metrics::{metrics, DropReason};
 use crate::session::{local_outbox, Outbox, SessionId};
-use crate::transport::Refused;
+use crate::transport::{encode_text, Refused};
 
 thread_local! {
     static LOCAL: RefCell<Option<Addr<Shard>>> = const { RefCell::new(None) };
@@ -158,11 +158,13 @@ impl Handler<Deliver> for Shard {
         let Some(members) = self.rooms.get(&msg.room) else {
             return;
         };
-        // One copy per thread: the members' clones then touch only this core's memory.
-        let text = ByteString::from(String::from(&*msg.text));
+        // Encoded once per thread: each member gets an `Rc` clone of the same frame bytes,
+        // copied into its connection's buffer when written (no per-member encoding, no
+        // atomic reference counts shared between cores).
+        let frame = encode_text(&msg.text);
         let (mut sent, mut closed, mut full) = (0u64, 0u64, 0u64);
         for (_, outbox) in &members.list {
-            match outbox.offer(text.clone()) {
+            match outbox.offer_encoded(frame.clone()) {
                 Ok(()) => sent += 1,
                 Err(Refused::OutputClosed) => closed += 1,
                 // The first refusal is counted by the session when it closes 1008.

@@ -55,7 +55,15 @@ pub struct Outbox {
 impl Outbox {
     /// Queues `text` for the peer, or says why not.
     pub fn offer(&self, text: ByteString) -> Result<(), Refused> {
-        let result = self.queue.offer_text(text, self.limit);
+        self.report(self.queue.offer_text(text, self.limit))
+    }
+
+    /// Queues a text frame encoded once for many peers ([`transport::encode_text`]).
+    pub fn offer_encoded(&self, frame: std::rc::Rc<[u8]>) -> Result<(), Refused> {
+        self.report(self.queue.offer_encoded(frame, self.limit))
+    }
+
+    fn report(&self, result: Result<(), Refused>) -> Result<(), Refused> {
         if let Err(Refused::Full { first: true }) = result {
             self.session.do_send(Overflowed);
         }

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use actix_codec::{Decoder, Encoder};
-use actix_http::ws::{Codec, Frame, Item, Message, ProtocolError};
+use actix_http::ws::{Codec, Frame, Item, Message, OpCode, ProtocolError};
 use actix_web::error::PayloadError;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
@@ -285,13 +285,30 @@ enum OutboundEnd {
 
 #[derive(Debug)]
 struct Shared {
-    frames: VecDeque<Message>,
+    frames: VecDeque<Outgoing>,
     end: OutboundEnd,
     waker: Option<Waker>,
     /// A close frame is queued: no data frame may follow it.
     close_queued: bool,
     /// A text was refused because the queue was full; reported once.
     overflowed: bool,
+}
+
+/// A queued outbound frame.
+#[derive(Debug)]
+enum Outgoing {
+    /// Encoded when the dispatcher takes it.
+    Frame(Message),
+    /// A text frame encoded once for many recipients ([`encode_text`]): copied, not encoded.
+    Encoded(Rc<[u8]>),
+}
+
+/// Encodes `text` as a server's (unmasked) text frame, to be offered to many sessions with
+/// [`OutboundQueue::offer_encoded`]: one encoding, and an `Rc` clone per recipient.
+pub fn encode_text(text: &str) -> Rc<[u8]> {
+    let mut out = BytesMut::with_capacity(text.len() + 10);
+    actix_http::ws::Parser::write_message(&mut out, text, OpCode::Text, true, false);
+    Rc::from(&out[..])
 }
 
 /// Why [`OutboundQueue::offer_text`] refused a text.
@@ -357,6 +374,15 @@ impl OutboundQueue {
     /// Queues a text unless a close frame is queued or `limit` frames are waiting: the one
     /// check of every outgoing data frame, whoever sends it.
     pub fn offer_text(&self, text: ByteString, limit: usize) -> Result<(), Refused> {
+        self.offer(Outgoing::Frame(Message::Text(text)), limit)
+    }
+
+    /// [`offer_text`](Self::offer_text) for a text frame already encoded by [`encode_text`].
+    pub fn offer_encoded(&self, frame: Rc<[u8]>, limit: usize) -> Result<(), Refused> {
+        self.offer(Outgoing::Encoded(frame), limit)
+    }
+
+    fn offer(&self, data: Outgoing, limit: usize) -> Result<(), Refused> {
         let mut shared = self.shared.borrow_mut();
         if shared.close_queued || shared.end != OutboundEnd::Running {
             return Err(Refused::OutputClosed);
@@ -366,7 +392,7 @@ impl OutboundQueue {
             shared.overflowed = true;
             return Err(Refused::Full { first });
         }
-        Self::enqueue(&mut shared, Message::Text(text));
+        Self::enqueue(&mut shared, data);
         Ok(())
     }
 
@@ -380,10 +406,10 @@ impl OutboundQueue {
         if matches!(frame, Message::Close(_)) {
             shared.close_queued = true;
         }
-        Self::enqueue(&mut shared, frame);
+        Self::enqueue(&mut shared, Outgoing::Frame(frame));
     }
 
-    fn enqueue(shared: &mut Shared, frame: Message) {
+    fn enqueue(shared: &mut Shared, frame: Outgoing) {
         shared.frames.push_back(frame);
         if shared.frames.len() == 1 {
             if let Some(waker) = shared.waker.take() {
@@ -398,7 +424,7 @@ impl OutboundQueue {
         let texts = shared
             .frames
             .iter()
-            .filter(|f| matches!(f, Message::Text(_)))
+            .filter(|f| matches!(f, Outgoing::Frame(Message::Text(_)) | Outgoing::Encoded(_)))
             .count();
         shared.frames.clear();
         texts
@@ -446,12 +472,15 @@ impl Stream for OutboundBody {
         }
         let mut out = BytesMut::new();
         while out.len() < ENCODE_BATCH_BYTES {
-            let Some(frame) = shared.frames.pop_front() else {
-                break;
-            };
-            if let Err(err) = this.codec.encode(frame, &mut out) {
-                log::error!("encoding an outbound frame failed: {err}");
-                return Poll::Ready(Some(Err(EncodeFailed.into())));
+            match shared.frames.pop_front() {
+                None => break,
+                Some(Outgoing::Encoded(frame)) => out.extend_from_slice(&frame),
+                Some(Outgoing::Frame(frame)) => {
+                    if let Err(err) = this.codec.encode(frame, &mut out) {
+                        log::error!("encoding an outbound frame failed: {err}");
+                        return Poll::Ready(Some(Err(EncodeFailed.into())));
+                    }
+                }
             }
         }
         if !out.is_empty() {
@@ -501,6 +530,20 @@ mod tests {
         assert_eq!(InboundError::TooBig(1).close_code(), Some(1009));
         assert_eq!(InboundError::Binary.close_code(), Some(1003));
         assert_eq!(InboundError::Transport(String::new()).close_code(), None);
+    }
+
+    #[test]
+    fn an_encoded_text_is_the_codecs_frame() {
+        for text in ["", "hi", &"x".repeat(126), &"y".repeat(70_000)] {
+            let mut expected = BytesMut::new();
+            Codec::new()
+                .encode(
+                    Message::Text(ByteString::from(text.to_owned())),
+                    &mut expected,
+                )
+                .unwrap();
+            assert_eq!(&encode_text(text)[..], &expected[..]);
+        }
     }
 
     #[test]

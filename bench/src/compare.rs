@@ -19,6 +19,7 @@ fn key_metrics(scenario: &str) -> &'static [&'static str] {
             "/lost",
             "/out_of_order",
             "/server_rss_bytes",
+            "/server_cpu_ns_per_delivery",
             "/server/stop_ms",
         ],
         "drain" => &[

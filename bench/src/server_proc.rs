@@ -172,6 +172,11 @@ impl ServerProc {
         rss_of(self.pid)
     }
 
+    /// CPU time the server has used so far (user + system, all threads), from /proc/PID/stat.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        cpu_time_of(self.pid)
+    }
+
     pub fn sigterm(&self) -> bool {
         // SAFETY: kill(2) with a pid we own (our child, not yet reaped) and a valid signal.
         unsafe { libc::kill(self.pid, libc::SIGTERM) == 0 }
@@ -231,4 +236,20 @@ pub fn rss_of(pid: i32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+pub fn cpu_time_of(pid: i32) -> Option<Duration> {
+    let stat =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf with a valid name has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
+    Some(Duration::from_nanos(
+        (utime + stime) * 1_000_000_000 / ticks,
+    ))
 }

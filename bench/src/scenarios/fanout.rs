@@ -232,6 +232,7 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
     let mut sent: u64 = 0;
     let mut send_error = None;
     let mut first_send = None;
+    let cpu_before = server.cpu_time();
     let mut last_send = None;
     let mut timed_out = !connected_all;
     if let (true, Some(writer)) = (connected_all, writer) {
@@ -306,6 +307,16 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
         }
     };
     let rss = server.rss_bytes();
+    // Server CPU per delivery: a cost that does not depend on how busy the machine is.
+    let server_cpu = match (cpu_before, server.cpu_time()) {
+        (Some(before), Some(after)) => after.saturating_sub(before),
+        _ => Duration::ZERO,
+    };
+    let cpu_ns_per_delivery = if received == 0 {
+        0.0
+    } else {
+        (server_cpu.as_nanos() as f64 / received as f64).round()
+    };
     eprintln!("fanout: {received}/{expected} delivered; stopping the server");
     let lost = expected.saturating_sub(received);
     let member_lost = shared.ended_early.get() > 0;
@@ -340,6 +351,8 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
         "deliveries_per_s": rate(received, duration),
         "latency": hist_json(&shared.latency.borrow()),
         "server_rss_bytes": rss,
+        "server_cpu_ms": ms(server_cpu),
+        "server_cpu_ns_per_delivery": cpu_ns_per_delivery,
         "loadgen_rss_bytes": own_rss(),
     });
     let stop = stop_json(&mut server, Duration::from_secs(15)).await;
