@@ -485,7 +485,9 @@ impl Session {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.machine.state().is_terminal() {
+        // Once our close frame is out, the close timeout (armed with it) bounds the wait; the
+        // silence timer would otherwise cut a close short and report it aborted, not timed out.
+        if self.machine.state() != CloseState::Open {
             return;
         }
         let now = Instant::now();

@@ -331,3 +331,28 @@ async fn invalid_close_requests_are_refused_and_nothing_is_sent() {
     client.send_close(Some(1000), "").await;
     assert_eq!(client.expect_close().await.opcode, OP_CLOSE);
 }
+
+#[tokio::test]
+async fn a_close_sent_to_a_quiet_peer_ends_by_the_close_timeout_not_the_silence_timer() {
+    // Found by tests/churn.rs: with the silence timer still running in CloseSent, a peer quiet
+    // for longer than client_timeout - close.timeout was aborted early and the close reported
+    // `Aborted` instead of `TimedOut`.
+    let mut server = TestServer::start(wsgrace::SessionConfig {
+        heartbeat_interval: std::time::Duration::from_millis(100),
+        client_timeout: std::time::Duration::from_millis(500),
+        close_timeout: std::time::Duration::from_millis(300),
+        ..common::test_config()
+    });
+    let mut client = RawClient::connect(server.addr, "/ws").await;
+    let session = server.next_session().await;
+    // Read pings for 350 ms without answering: 150 ms of silence left when the close starts.
+    let _ = timeout(std::time::Duration::from_millis(350), async {
+        loop {
+            client.read_frame().await;
+        }
+    })
+    .await;
+    assert_eq!(session.close(None).await, Ok(CloseOutcome::TimedOut));
+    let (end, _) = server.ended(session.id()).await;
+    assert_eq!(end.record.result, CloseResult::Timeout);
+}
