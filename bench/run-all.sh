@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every benchmark of BENCHMARKS.md, wsgrace side by side with the baseline in each run,
+# and writes the JSON lines to target/bench-results/. Loopback only; each scenario bounded.
+# Usage: bench/run-all.sh   (from the repository root; builds release binaries first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p wsgrace -p wsgrace-bench
+OUT=target/bench-results
+mkdir -p "$OUT"
+LG=target/release/loadgen
+W=target/release/wsgrace
+B=target/release/baseline
+
+run() {
+    local name=$1
+    shift
+    echo "== $name: loadgen $*" >&2
+    "$LG" --server "$W" --compare "$B" "$@" 2>/dev/null | tee "$OUT/$name.jsonl" | tail -1
+}
+
+for i in 1 2 3; do run "fanout-1000-$i" fanout 1000 3000; done
+run fanout-10000 --timeout-secs 300 fanout 10000 300
+run hold-10000 hold 10000
+run drain-10000 drain 10000
+run drain-10000-deaf-100 drain 10000 --deaf 100
+run close-latency-100 --timeout-secs 300 close-latency 100
