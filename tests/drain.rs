@@ -7,19 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::{http_get, ServerProcess, UPGRADE};
-use common::{RawClient, DEADLINE, OP_TEXT};
+use common::DEADLINE;
 use futures::StreamExt;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Connects a raw client to `query` and waits for its welcome (so it is registered).
-async fn joined(server: &ServerProcess, query: &str) -> RawClient {
-    let mut client = RawClient::connect(server.addr, &format!("/ws{query}")).await;
-    let welcome = client.next_frame().await.expect("welcome");
-    assert_eq!(welcome.opcode, OP_TEXT);
-    assert!(welcome.text().contains("\"welcome\""), "{welcome:?}");
-    client
-}
 
 #[tokio::test]
 async fn sigterm_closes_200_answering_clients_cleanly_and_exits_0() {
@@ -83,7 +74,7 @@ async fn sigterm_closes_200_answering_clients_cleanly_and_exits_0() {
 async fn a_deaf_client_is_aborted_after_the_close_timeout_while_readiness_is_off() {
     let mut server =
         ServerProcess::start("[close]\ntimeout_ms = 1500\n[shutdown]\ndrain_timeout_ms = 4000\n");
-    let mut deaf = joined(&server, "").await;
+    let mut deaf = server.join_raw("", None).await;
     let signalled = Instant::now();
     server.sigterm();
     let close = deaf.expect_close().await;
@@ -117,7 +108,7 @@ async fn a_deaf_client_is_aborted_after_the_close_timeout_while_readiness_is_off
 async fn the_drain_deadline_bounds_the_exit_when_close_timeouts_are_longer() {
     let mut server =
         ServerProcess::start("[close]\ntimeout_ms = 60000\n[shutdown]\ndrain_timeout_ms = 1000\n");
-    let mut deaf = joined(&server, "").await;
+    let mut deaf = server.join_raw("", None).await;
     let signalled = Instant::now();
     server.sigterm();
     deaf.expect_close().await;
@@ -135,7 +126,7 @@ async fn the_drain_deadline_bounds_the_exit_when_close_timeouts_are_longer() {
 async fn a_second_sigterm_aborts_everything_and_exits_at_once() {
     let mut server =
         ServerProcess::start("[close]\ntimeout_ms = 30000\n[shutdown]\ndrain_timeout_ms = 60000\n");
-    let mut deaf = joined(&server, "").await;
+    let mut deaf = server.join_raw("", None).await;
     server.sigterm();
     deaf.expect_close().await;
     server.wait_for_log("drain started").await;
@@ -165,8 +156,8 @@ async fn late_text_is_delivered_in_a_fire_and_forget_room_and_dropped_in_an_awai
     let mut server = ServerProcess::start(
         "[close]\nmode = \"awaited\"\n[close.room_modes]\nquick = \"fire_and_forget\"\n",
     );
-    let mut quick = joined(&server, "?room=quick").await;
-    let mut careful = joined(&server, "?room=careful").await;
+    let mut quick = server.join_raw("?room=quick", None).await;
+    let mut careful = server.join_raw("?room=careful", None).await;
     server.sigterm();
     for client in [&mut quick, &mut careful] {
         assert_eq!(client.expect_close().await.close_code(), Some(1001));
@@ -186,8 +177,8 @@ async fn late_text_is_delivered_in_a_fire_and_forget_room_and_dropped_in_an_awai
 #[tokio::test]
 async fn batches_close_sessions_apart() {
     let mut server = ServerProcess::start("[shutdown]\nbatch_size = 1\nbatch_interval_ms = 400\n");
-    let mut first = joined(&server, "").await;
-    let mut second = joined(&server, "").await;
+    let mut first = server.join_raw("", None).await;
+    let mut second = server.join_raw("", None).await;
     server.sigterm();
     // The first batch (lower id) closes now, the second 400 ms later.
     first.expect_close().await;

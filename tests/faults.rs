@@ -8,19 +8,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::{connect, ServerProcess};
-use common::{RawClient, DEADLINE, OP_TEXT};
+use common::DEADLINE;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-
-async fn joined(server: &ServerProcess, query: &str, recv_buffer: Option<u32>) -> RawClient {
-    let path = format!("/ws{query}");
-    let mut client = RawClient::connect_with_buffer(server.addr, &path, recv_buffer).await;
-    let welcome = client.next_frame().await.expect("welcome");
-    assert_eq!(welcome.opcode, OP_TEXT);
-    client
-}
 
 /// Sends `count` messages of `size` bytes to `room` from a client that reads its own copies
 /// (so that it is no slow consumer itself), and returns once it has received all of them:
@@ -87,7 +79,7 @@ async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 async fn a_client_that_resets_after_the_close_frame_is_aborted_without_waiting() {
     let mut server =
         ServerProcess::start("[close]\ntimeout_ms = 20000\n[shutdown]\ndrain_timeout_ms = 30000\n");
-    let mut client = joined(&server, "", None).await;
+    let mut client = server.join_raw("", None).await;
     let signalled = Instant::now();
     server.sigterm();
     assert_eq!(client.expect_close().await.close_code(), Some(1001));
@@ -112,7 +104,7 @@ async fn a_half_open_client_in_a_busy_room_is_cut_and_its_socket_released() {
     );
     // Never reads nor writes again after its welcome, with a tiny receive window; the room
     // gets more than any socket buffer holds, so the server's writes to it block.
-    let half_open = joined(&server, "?room=busy", Some(4096)).await;
+    let half_open = server.join_raw("?room=busy", Some(4096)).await;
     let port = half_open.local_port();
     assert!(server_holds_connection(server.addr.port(), port));
     let mut flooder = flood(&server, "busy", 4000, 2048).await;
@@ -171,7 +163,7 @@ async fn slowloris_is_cut_off_by_the_request_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_in_a_flooded_room_is_closed_1008_with_memory_bounded() {
     let server = ServerProcess::start("[session]\noutbound_queue = 256\n");
-    let mut stopped = joined(&server, "?room=flood", Some(4096)).await;
+    let mut stopped = server.join_raw("?room=flood", Some(4096)).await;
     let rss_before = server.rss_bytes();
     // 3000 × 4 KiB = 12 MiB through the room while one member reads nothing.
     let _flooder = flood(&server, "flood", 3000, 4096).await;

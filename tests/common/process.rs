@@ -93,6 +93,16 @@ impl ServerProcess {
         }
     }
 
+    /// A raw client joined at `/ws{query}`, past its welcome (so the session is registered);
+    /// `recv_buffer` shrinks its socket's receive buffer, for a client that stops reading.
+    pub async fn join_raw(&self, query: &str, recv_buffer: Option<u32>) -> super::RawClient {
+        let path = format!("/ws{query}");
+        let mut client = super::RawClient::connect_with_buffer(self.addr, &path, recv_buffer).await;
+        let welcome = client.next_frame().await.expect("welcome");
+        assert!(welcome.text().contains("\"welcome\""), "{welcome:?}");
+        client
+    }
+
     pub fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/ws{query}", self.addr)
     }
