@@ -118,6 +118,16 @@ pub struct CloseStatus {
 
 impl CloseStatus {
     /// Validates `code` and `reason` for sending.
+    ///
+    /// ```
+    /// use wsgrace::{CloseError, CloseStatus};
+    ///
+    /// let status = CloseStatus::new(4000, "kicked").unwrap();
+    /// assert_eq!((status.code(), status.reason()), (4000, "kicked"));
+    /// // 1005 and 1006 only exist inside APIs; they may never be sent.
+    /// assert_eq!(CloseStatus::new(1005, ""), Err(CloseError::InvalidCode(1005)));
+    /// assert_eq!(CloseStatus::new(1000, "x".repeat(124)), Err(CloseError::ReasonTooLong(124)));
+    /// ```
     pub fn new(code: u16, reason: impl Into<String>) -> Result<Self, CloseError> {
         if !is_sendable_code(code) {
             return Err(CloseError::InvalidCode(code));
@@ -296,6 +306,27 @@ pub enum ReplyPolicy {
 }
 
 /// The close-state machine of one session.
+///
+/// ```
+/// use wsgrace::close::{Action, CloseMachine, CloseOutcome, CloseState, CloseStatus, Input};
+///
+/// let mut machine = CloseMachine::default();
+/// let status = CloseStatus::new(1001, "going away").ok();
+/// // An awaited close sends the frame and arms the ack timer; caller 7 waits.
+/// let actions = machine.handle(Input::Close { waiter: 7, status: status.clone() }).unwrap();
+/// assert_eq!(actions, vec![Action::SendClose(status), Action::StartAckTimer]);
+/// assert_eq!(machine.state(), CloseState::CloseSent);
+/// // The peer's close frame is the ack: caller 7 is answered and the connection ends.
+/// let actions = machine.handle(Input::PeerClose(None)).unwrap();
+/// assert_eq!(
+///     actions,
+///     vec![
+///         Action::Answer { waiter: 7, result: Ok(CloseOutcome::Acked(None)) },
+///         Action::EndConnection,
+///     ]
+/// );
+/// assert_eq!(machine.state(), CloseState::Closed);
+/// ```
 #[derive(Debug, Clone)]
 pub struct CloseMachine {
     state: CloseState,
