@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use actix::{
-    Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult, ResponseFuture,
-    SpawnHandle,
+    Actor, ActorContext, AsyncContext, Context, Handler, Message, ResponseFuture, SpawnHandle,
 };
 use bytestring::ByteString;
 use futures::channel::oneshot;
@@ -81,11 +80,6 @@ pub struct Drain {
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct AbortAll;
-
-/// How many sessions are registered.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "usize")]
-pub struct Count;
 
 /// The result of a drain, logged at its end.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -420,14 +414,6 @@ impl Handler<AbortAll> for Supervisor {
         if self.members.is_empty() {
             ctx.stop();
         }
-    }
-}
-
-impl Handler<Count> for Supervisor {
-    type Result = MessageResult<Count>;
-
-    fn handle(&mut self, _: Count, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.members.len())
     }
 }
 
