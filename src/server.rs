@@ -44,11 +44,6 @@ impl AppState {
         }
     }
 
-    /// Connections open now.
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
     /// The session settings for a session in `room`.
     pub fn session_config(&self, room: &str) -> SessionConfig {
         let c = &self.config;

@@ -361,16 +361,6 @@ pub fn outbound() -> (OutboundQueue, OutboundBody) {
 }
 
 impl OutboundQueue {
-    /// Frames queued and not yet taken by the dispatcher.
-    pub fn len(&self) -> usize {
-        self.shared.borrow().frames.len()
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Queues a text unless a close frame is queued or `limit` frames are waiting: the one
     /// check of every outgoing data frame, whoever sends it.
     pub fn offer_text(&self, text: ByteString, limit: usize) -> Result<(), Refused> {

@@ -148,15 +148,6 @@ impl ServerProcess {
             * 1024
     }
 
-    /// How many sockets the server process holds open.
-    pub fn open_sockets(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .expect("read /proc/PID/fd")
-            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-            .filter(|target| target.to_string_lossy().starts_with("socket:"))
-            .count()
-    }
-
     /// Lines on stdout after `listening on`: the contract is that there are none.
     pub fn extra_stdout(&self) -> Vec<String> {
         self.extra_stdout.lock().expect("stdout lock").clone()
