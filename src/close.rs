@@ -240,10 +240,12 @@ pub enum DataVerdict {
     Drop,
 }
 
-/// Who sent the first close frame.
+/// Who sent the first close frame. A close the server decides on because of the peer's input
+/// (a protocol error, a slow consumer, a rate limit) is the server's: its frame came first.
+/// Without any close frame, an abort is the server's and a vanished transport the client's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Initiator {
-    /// The peer (or the peer's broken input, for [`CloseResult::Error`]).
+    /// The peer.
     Client,
     /// This server.
     Server,
@@ -472,7 +474,9 @@ impl CloseMachine {
             (_, Input::Cancel(waiter)) => Ok(self.cancel(waiter)),
 
             (Open | CloseReceived, Input::Fail(status)) => {
-                self.initiator.get_or_insert(Initiator::Client);
+                // Our close frame is the first one on the wire (or the reply, when the peer's
+                // came first): the close is the server's decision, provoked by the peer.
+                self.initiator.get_or_insert(Initiator::Server);
                 self.sent_mode = Some(CloseMode::FireAndForget);
                 let mut actions = vec![Action::SendClose(Some(status))];
                 actions.extend(self.finish(Aborted, CloseResult::Error, Err(CloseError::Aborted)));

@@ -564,8 +564,8 @@ fn record_cases() -> Vec<(ReplyPolicy, Vec<Input>, Option<CloseRecord>)> {
         // Server-initiated, not acked in time.
         (Echo,   vec![close(W), Input::AckTimeout],                 record(Server, Awaited, Timeout)),
         (Echo,   vec![close_output(), Input::AckTimeout],           record(Server, FireAndForget, Timeout)),
-        // Failed on the peer's bad input.
-        (Echo,   vec![fail()],                                      record(Client, FireAndForget, Error)),
+        // Failed on the peer's bad input: the server's close frame is the first one.
+        (Echo,   vec![fail()],                                      record(Server, FireAndForget, Error)),
         (Manual, vec![peer_close(), fail()],                        record(Client, FireAndForget, Error)),
         (Echo,   vec![close(W), fail()],                            record(Server, Awaited, Error)),
         (Echo,   vec![close_output(), fail()],                      record(Server, FireAndForget, Error)),

@@ -790,8 +790,8 @@ fn check_session(
         }
         Kind::Bad(bad) => {
             ensure!(
-                outcome == (Aborted, Initiator::Client, CloseResult::Error),
-                "expected a failed connection"
+                outcome == (Aborted, Initiator::Server, CloseResult::Error),
+                "expected a connection failed by the server"
             );
             saw(Some(bad.expected_code()))?;
         }

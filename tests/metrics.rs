@@ -149,7 +149,8 @@ async fn counters_follow_connects_messages_closes_and_drops() {
     )
     .await;
 
-    // Bad input: a binary frame is closed 1003 and counted as an error.
+    // Bad input: a binary frame is closed 1003 and counted as an error of a close the server
+    // initiated (its close frame is the first on the wire).
     let mut bad = RawClient::connect(server.addr, "/ws?room=m").await;
     bad.send_frame(true, OP_BINARY, b"\x01").await;
     assert_eq!(bad.expect_close().await.close_code(), Some(1003));
@@ -158,7 +159,7 @@ async fn counters_follow_connects_messages_closes_and_drops() {
         &[
             ("wsgrace_protocol_errors_total{reason=1003}", 1.0),
             (
-                "wsgrace_closes_total{initiator=client,mode=fire_and_forget,outcome=error}",
+                "wsgrace_closes_total{initiator=server,mode=fire_and_forget,outcome=error}",
                 1.0,
             ),
             ("wsgrace_connections_open", 0.0),
