@@ -55,7 +55,12 @@ async fn main() -> std::io::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9001".to_owned());
     let server = HttpServer::new(|| App::new().default_service(web::get().to(ws)))
-        .on_connect(wsgrace::transport::on_connect(config().client_timeout))
+        .on_connect(wsgrace::transport::on_connect(
+            wsgrace::transport::SocketTuning {
+                user_timeout: config().client_timeout,
+                send_buffer: 0,
+            },
+        ))
         .client_disconnect_timeout(Duration::ZERO)
         .bind(&bind)?;
     for addr in server.addrs() {

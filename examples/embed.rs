@@ -100,6 +100,7 @@ async fn drain(state: web::Data<AppState>) -> HttpResponse {
     let plan = DrainPlan {
         status: CloseStatus::new(1012, "service restart").ok(),
         deadline: Duration::from_secs(5),
+        close_timeout: Duration::from_secs(2),
         batch_size: 0,
         batch_interval: Duration::ZERO,
     };

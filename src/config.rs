@@ -43,6 +43,14 @@ const MAX_CONNECTIONS: RangeInclusive<usize> = 1..=10_000_000;
 const DRAIN_TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;
 /// Allowed `shutdown.batch_interval_ms`: up to ten minutes.
 const BATCH_INTERVAL_MS: RangeInclusive<u64> = 0..=600_000;
+/// The default `session.send_buffer_bytes`.
+pub const DEFAULT_SEND_BUFFER_BYTES: usize = 0;
+/// Allowed `close.linger_ms`: up to one minute (0 = close at once).
+const LINGER_MS: RangeInclusive<u64> = 0..=60_000;
+/// Allowed `close.linger_bytes`: up to 1 GiB.
+const LINGER_BYTES: RangeInclusive<u64> = 0..=1 << 30;
+/// Allowed `session.send_buffer_bytes`: 0 (the kernel's default) or 4 KiB to 64 MiB.
+const SEND_BUFFER_BYTES: RangeInclusive<usize> = 4_096..=64 << 20;
 /// The longest room (or nick) name.
 const MAX_NAME_CHARS: usize = 64;
 
@@ -105,6 +113,11 @@ pub struct SessionSettings {
     /// Incoming messages per second one session may send (bursts up to one second's worth);
     /// beyond this it is closed with 1008. 0 = no limit.
     pub max_messages_per_sec: u32,
+    /// The kernel send buffer of each connection (`SO_SNDBUF`), in bytes; 0 = the kernel's
+    /// default, which grows up to `net.ipv4.tcp_wmem`'s maximum per socket. It bounds how much
+    /// a client that does not read can park in kernel memory, and what a close frame waits
+    /// behind.
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for SessionSettings {
@@ -115,6 +128,7 @@ impl Default for SessionSettings {
             max_frame_bytes: 65_536,
             outbound_queue: 1_024,
             max_messages_per_sec: 0,
+            send_buffer_bytes: DEFAULT_SEND_BUFFER_BYTES,
         }
     }
 }
@@ -130,6 +144,12 @@ pub struct CloseSettings {
     pub timeout_ms: u64,
     /// Room name → close mode, overriding `mode` for that room's sessions.
     pub room_modes: BTreeMap<String, CloseMode>,
+    /// Lingering close: after the server's last byte and its FIN, how long it keeps reading and
+    /// discarding what the peer still sends before it closes the socket, in milliseconds, so
+    /// that the peer's kernel does not throw away the close frame on a reset. 0 = close at once.
+    pub linger_ms: u64,
+    /// Lingering close: the most bytes discarded before the socket is closed anyway.
+    pub linger_bytes: u64,
 }
 
 impl Default for CloseSettings {
@@ -138,6 +158,8 @@ impl Default for CloseSettings {
             mode: CloseMode::Awaited,
             timeout_ms: 5_000,
             room_modes: BTreeMap::new(),
+            linger_ms: 2_000,
+            linger_bytes: 16 << 20,
         }
     }
 }
@@ -359,9 +381,18 @@ impl Config {
             session.outbound_queue,
             OUTBOUND_QUEUE,
         )?;
+        if session.send_buffer_bytes != 0 {
+            check.range(
+                "session.send_buffer_bytes",
+                session.send_buffer_bytes,
+                SEND_BUFFER_BYTES,
+            )?;
+        }
 
         let close = &self.close;
         check.range("close.timeout_ms", close.timeout_ms, CLOSE_TIMEOUT_MS)?;
+        check.range("close.linger_ms", close.linger_ms, LINGER_MS)?;
+        check.range("close.linger_bytes", close.linger_bytes, LINGER_BYTES)?;
         for room in close.room_modes.keys() {
             if !is_valid_name(room) {
                 return Err(check.invalid(

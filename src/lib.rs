@@ -31,7 +31,9 @@
 pub mod close;
 pub mod config;
 pub mod fanout;
+pub mod linger;
 pub mod metrics;
+pub mod open_files;
 pub mod server;
 pub mod session;
 pub mod shutdown;

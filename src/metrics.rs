@@ -77,6 +77,8 @@ pub struct Metrics {
     pub upgrades_refused: Family<ReasonLabels, Counter>,
     /// Sessions failed for bad input, by close code.
     pub protocol_errors: Family<ReasonLabels, Counter>,
+    /// Closed connections still reading the peer's last bytes (lingering close).
+    pub connections_lingering: Gauge,
 }
 
 impl Metrics {
@@ -94,6 +96,7 @@ impl Metrics {
             draining: Gauge::default(),
             upgrades_refused: Family::default(),
             protocol_errors: Family::default(),
+            connections_lingering: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -130,6 +133,11 @@ impl Metrics {
             "wsgrace_close_handshake_seconds",
             "Time from the server's close frame to the peer's ack",
             metrics.close_handshake_seconds.clone(),
+        );
+        registry.register(
+            "wsgrace_connections_lingering",
+            "Closed connections still reading the peer's last bytes before the socket closes",
+            metrics.connections_lingering.clone(),
         );
         registry.register(
             "wsgrace_draining",

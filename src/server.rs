@@ -11,18 +11,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
+use actix_http::error::DispatchError;
+use actix_http::{Extensions, HttpService};
+use actix_service::{
+    fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt,
+};
+use actix_web::dev::AppConfig;
 use actix_web::http::header;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use bytestring::ByteString;
 use log::warn;
 use serde::Deserialize;
 
 use crate::close::{CloseMode, CloseStatus};
 use crate::config::{is_valid_name, Config};
+use crate::linger::{LingerBounds, LingeringStream};
 use crate::metrics::{self, metrics};
+use crate::open_files;
 use crate::session::{self, SessionConfig, SessionEnd, SessionHandle, SessionHandler};
 use crate::shutdown::{self, DrainPlan, Readiness, Signals};
 use crate::supervisor::{ChatHandler, DrainReport, Supervisor};
+use crate::transport::{tune_socket, SocketTuning};
 
 /// What the routes share.
 #[derive(Clone)]
@@ -31,12 +40,16 @@ pub struct AppState {
     supervisor: Addr<Supervisor>,
     readiness: Readiness,
     open: Arc<AtomicUsize>,
+    /// Sessions admitted at once: `server.max_connections`, or fewer where the open-files
+    /// limit does not allow it.
+    max_connections: usize,
 }
 
 impl AppState {
     /// State for routes served with `config`, sessions registered with `supervisor`.
     pub fn new(config: Arc<Config>, supervisor: Addr<Supervisor>, readiness: Readiness) -> Self {
         AppState {
+            max_connections: config.server.max_connections,
             config,
             supervisor,
             readiness,
@@ -145,10 +158,10 @@ async fn upgrade(
     }
     let open = state.open.fetch_add(1, Ordering::AcqRel);
     let guard = OpenGuard(state.open.clone());
-    if open >= state.config.server.max_connections {
+    if open >= state.max_connections {
         warn!(
             "upgrade refused: {} connections open",
-            state.config.server.max_connections
+            state.max_connections
         );
         metrics().refused("max_connections");
         return HttpResponse::ServiceUnavailable().body("too many connections\n");
@@ -227,37 +240,66 @@ impl<H: SessionHandler> SessionHandler for Counted<H> {
 
 /// Runs the server of `config` until a signal's drain ends. `on_listening` gets the bound
 /// address once the socket listens.
+///
+/// The HTTP stack is actix-web's, assembled here from actix-server and actix-http (as
+/// `HttpServer` does) so that every accepted socket is a [`LingeringStream`]: a close the
+/// server decides on reaches a peer that is still sending.
 pub async fn serve(
     config: Config,
     on_listening: impl FnOnce(SocketAddr),
 ) -> std::io::Result<DrainReport> {
     let signals = Signals::install().map_err(std::io::Error::other)?;
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let budget = open_files::budget(
+        config.server.max_connections,
+        open_files::raise_limit(),
+        workers,
+    );
+    if let Some(fits) = budget.shortfall {
+        warn!(
+            "server.max_connections = {} does not fit under the open-files limit: admitting {fits} \
+             sessions, the excess gets 503 (raise `ulimit -n` or systemd's LimitNOFILE to serve more)",
+            config.server.max_connections
+        );
+    }
     let config = Arc::new(config);
     let supervisor = Supervisor::new().start();
     let readiness = Readiness::new();
-    let state = AppState::new(config.clone(), supervisor.clone(), readiness.clone());
-    let mut server = HttpServer::new(move || App::new().configure(routes(state.clone())))
+    let mut state = AppState::new(config.clone(), supervisor.clone(), readiness.clone());
+    state.max_connections = budget.max_connections;
+
+    let listener = listen(&config.server.bind, BACKLOG)?;
+    let addr = listener.local_addr()?;
+    let connection = ConnectionSettings {
+        tuning: SocketTuning {
+            user_timeout: Duration::from_millis(config.session.client_timeout_ms),
+            send_buffer: config.session.send_buffer_bytes,
+        },
+        linger: LingerBounds {
+            time: Duration::from_millis(config.close.linger_ms),
+            bytes: config.close.linger_bytes,
+            max_lingering: budget.max_lingering,
+        },
+        request_timeout: Duration::from_millis(config.server.request_timeout_ms),
+        local_addr: addr,
+    };
+    let server = actix_server::Server::build()
+        .workers(workers)
+        .max_concurrent_connections(budget.per_worker_accept)
         .disable_signals()
-        .on_connect(crate::transport::on_connect(Duration::from_millis(
-            config.session.client_timeout_ms,
-        )))
-        // Close right after the handshake instead of lingering for the client (RFC 6455 §7.1.1).
-        .client_disconnect_timeout(Duration::ZERO)
-        .client_request_timeout(Duration::from_millis(config.server.request_timeout_ms))
         .shutdown_timeout(1)
-        .max_connections(config.server.max_connections.saturating_add(1024))
-        .backlog(4096);
-    if config.server.workers > 0 {
-        server = server.workers(config.server.workers);
-    }
-    let server = server.bind(config.server.bind.as_str())?;
-    if let Some(addr) = server.addrs().first() {
-        on_listening(*addr);
-    }
-    let server = server.run();
+        .listen("wsgrace", listener, move || {
+            http_service(routes(state.clone()), connection)
+        })?
+        .run();
+    on_listening(addr);
     let plan = DrainPlan {
         status: shutdown_status(&config),
         deadline: Duration::from_millis(config.shutdown.drain_timeout_ms),
+        close_timeout: Duration::from_millis(config.close.timeout_ms),
         batch_size: config.shutdown.batch_size,
         batch_interval: Duration::from_millis(config.shutdown.batch_interval_ms),
     };
@@ -270,6 +312,72 @@ pub async fn serve(
     ));
     server.await?;
     drain.await.map_err(std::io::Error::other)
+}
+
+/// The accept queue's length: a burst of connects waits there, not in SYN retries.
+const BACKLOG: i32 = 4096;
+
+/// A listening socket on `bind`, as actix-server makes one (address reuse, `backlog`).
+fn listen(bind: &str, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let addr: SocketAddr = bind
+        .parse()
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// What every accepted connection gets.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionSettings {
+    tuning: SocketTuning,
+    linger: LingerBounds,
+    request_timeout: Duration,
+    local_addr: SocketAddr,
+}
+
+/// One worker's HTTP/1 service over lingering sockets, serving `routes`.
+fn http_service(
+    routes: impl Fn(&mut web::ServiceConfig) + Clone + 'static,
+    settings: ConnectionSettings,
+) -> impl ServiceFactory<
+    actix_rt::net::TcpStream,
+    Config = (),
+    Response = (),
+    Error = DispatchError,
+    InitError = (),
+> {
+    let app = App::new()
+        .configure(routes)
+        .into_factory()
+        .map_err(|err: actix_web::Error| err.error_response());
+    let http = HttpService::build()
+        .client_request_timeout(settings.request_timeout)
+        // The connection ends right after the close handshake (RFC 6455 §7.1.1); the lingering
+        // stream then reads what the peer still sends, for a bounded time.
+        .client_disconnect_timeout(Duration::ZERO)
+        .local_addr(settings.local_addr)
+        .on_connect_ext(move |io: &LingeringStream, extensions: &mut Extensions| {
+            if let Some(tcp) = io.tcp() {
+                tune_socket(tcp, settings.tuning);
+            }
+            extensions.insert(io.switch());
+        })
+        .h1(map_config(app, |()| AppConfig::default()));
+    fn_service(move |tcp: actix_rt::net::TcpStream| {
+        let peer = tcp.peer_addr().ok();
+        std::future::ready(Ok::<_, DispatchError>((
+            LingeringStream::new(tcp, settings.linger),
+            peer,
+        )))
+    })
+    .and_then(http)
 }
 
 fn shutdown_status(config: &Config) -> Option<CloseStatus> {

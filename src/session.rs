@@ -28,6 +28,7 @@ use crate::close::{
     Action, CloseError, CloseMachine, CloseMode, CloseOutcome, CloseRecord, CloseState,
     CloseStatus, DataVerdict, Initiator, Input, WaiterId,
 };
+use crate::linger::LingerSwitch;
 use crate::metrics::{metrics, DropReason};
 use crate::transport::{self, Inbound, InboundError, InboundFrames, OutboundQueue, Refused};
 
@@ -306,6 +307,7 @@ pub fn start(
     let max_messages_per_sec = config.max_messages_per_sec;
     let state = Arc::new(AtomicU8::new(state_to_u8(CloseState::Open)));
     let shared_state = state.clone();
+    let linger = req.conn_data::<LingerSwitch>().cloned();
     let addr = Session::create(move |ctx| {
         ctx.add_stream(InboundFrames::new(payload, max_message_bytes));
         Session {
@@ -329,6 +331,7 @@ pub fn start(
             dropped_after_close: 0,
             delivered_after_close: 0,
             dropped_slow_consumer: 0,
+            linger,
         }
     });
     Ok((SessionHandle { id, addr, state }, response.streaming(body)))
@@ -352,6 +355,8 @@ pub struct Session {
     dropped_after_close: u64,
     delivered_after_close: u64,
     dropped_slow_consumer: u64,
+    /// The connection's lingering close, when the server provides one ([`crate::server`]).
+    linger: Option<LingerSwitch>,
 }
 
 impl Session {
@@ -405,6 +410,10 @@ impl Session {
                 ctx.stop();
             }
             Action::AbortConnection => {
+                // Nothing is left to deliver: the socket closes without a lingering close.
+                if let Some(linger) = &self.linger {
+                    linger.skip();
+                }
                 self.queue.abort();
                 ctx.stop();
             }

@@ -26,6 +26,7 @@ use serde::Serialize;
 use crate::close::{CloseMode, CloseResult, CloseStatus, Initiator};
 use crate::fanout::{local_shard, Admit, Deliver, Remove, Shard};
 use crate::session::{SessionEnd, SessionHandle, SessionHandler, SessionId};
+use crate::shutdown::{batch_schedule, DrainPlan};
 
 /// A session joins `room` as `name`.
 #[derive(Debug, Clone, Message)]
@@ -62,18 +63,12 @@ pub struct Broadcast {
     pub text: ByteString,
 }
 
-/// How to drain.
+/// Drain every session as `plan` says (its deadline counted from now); answers the report.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "DrainReport")]
 pub struct Drain {
-    /// The close status every session sends.
-    pub status: Option<CloseStatus>,
-    /// Hard deadline for the whole drain, counted from now.
-    pub deadline: Duration,
-    /// Sessions per batch; 0 = all at once.
-    pub batch_size: usize,
-    /// Time between batches.
-    pub batch_interval: Duration,
+    /// Status, deadline and batches.
+    pub plan: DrainPlan,
 }
 
 /// Aborts every session still registered (the second signal).
@@ -340,13 +335,14 @@ impl Handler<Drain> for Supervisor {
     type Result = ResponseFuture<DrainReport>;
 
     fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
+        let plan = msg.plan;
         let (tx, rx) = oneshot::channel();
         let sessions = self.members.len();
         info!(
             "drain started: {sessions} sessions, deadline {:?}",
-            msg.deadline
+            plan.deadline
         );
-        let deadline = ctx.run_later(msg.deadline, |act, ctx| {
+        let deadline = ctx.run_later(plan.deadline, |act, ctx| {
             info!(
                 "drain deadline reached: aborting {} sessions",
                 act.members.len()
@@ -371,7 +367,7 @@ impl Handler<Drain> for Supervisor {
         });
         self.drain = Some(DrainState {
             started: Instant::now(),
-            status: msg.status.clone(),
+            status: plan.status.clone(),
             report: DrainReport {
                 sessions,
                 ..DrainReport::default()
@@ -382,20 +378,31 @@ impl Handler<Drain> for Supervisor {
 
         let mut ids: Vec<SessionId> = self.members.keys().copied().collect();
         ids.sort_unstable();
-        let batch = if msg.batch_size == 0 {
-            ids.len().max(1)
-        } else {
-            msg.batch_size
-        };
-        for (index, chunk) in ids.chunks(batch).enumerate() {
-            if index == 0 {
-                self.shut_down_batch(chunk, &msg.status);
+        let (batches, compressed) = batch_schedule(ids.len(), &plan);
+        if compressed {
+            if let Some(last) = batches.last() {
+                info!(
+                    "drain: batches of {} every {:?} do not fit the deadline {:?} less the close \
+                     timeout {:?}: the batch at {:?} closes the last {} sessions",
+                    plan.batch_size,
+                    plan.batch_interval,
+                    plan.deadline,
+                    plan.close_timeout,
+                    last.at,
+                    last.sessions.len()
+                );
+            }
+        }
+        for batch in batches {
+            let Some(chunk) = ids.get(batch.sessions) else {
+                continue;
+            };
+            if batch.at.is_zero() {
+                self.shut_down_batch(chunk, &plan.status);
             } else {
                 let chunk = chunk.to_vec();
-                let status = msg.status.clone();
-                ctx.run_later(msg.batch_interval * index as u32, move |act, _| {
-                    act.shut_down_batch(&chunk, &status)
-                });
+                let status = plan.status.clone();
+                ctx.run_later(batch.at, move |act, _| act.shut_down_batch(&chunk, &status));
             }
         }
         self.finish_drain_if_done(ctx);

@@ -486,22 +486,45 @@ impl Stream for OutboundBody {
     }
 }
 
-/// For `HttpServer::on_connect`: bounds how long the kernel keeps a connection whose peer
-/// stopped acknowledging data (it stopped reading, or vanished) with `TCP_USER_TIMEOUT`.
+/// Socket options set on every accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketTuning {
+    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel drops
+    /// the connection.
+    pub user_timeout: std::time::Duration,
+    /// `SO_SNDBUF` in bytes; 0 leaves the kernel's default (autotuned).
+    pub send_buffer: usize,
+}
+
+/// Applies `tuning` to an accepted socket.
 ///
-/// Such a connection cannot be ended from the session: the HTTP dispatcher only polls the
-/// response body when it can write, so an abort or the end of a close handshake waits behind
-/// bytes the peer never takes. With this, the kernel drops the connection once sent data stays
-/// unacknowledged for `timeout` (zero-window probes included), and the dispatcher with it.
+/// `TCP_USER_TIMEOUT` bounds how long the kernel keeps a connection whose peer stopped
+/// acknowledging data (it stopped reading, or vanished). Such a connection cannot be ended from
+/// the session: the HTTP dispatcher only polls the response body when it can write, so an
+/// abort or the end of a close handshake waits behind bytes the peer never takes. With it, the
+/// kernel drops the connection once sent data stays unacknowledged for the timeout (zero-window
+/// probes included), and the dispatcher with it. `SO_SNDBUF` bounds the bytes such a peer parks
+/// in kernel memory, and what a close frame waits behind.
+pub fn tune_socket(tcp: &actix_web::rt::net::TcpStream, tuning: SocketTuning) {
+    let socket = socket2::SockRef::from(tcp);
+    if let Err(err) = socket.set_tcp_user_timeout(Some(tuning.user_timeout)) {
+        log::warn!("cannot set TCP_USER_TIMEOUT on a new connection: {err}");
+    }
+    if tuning.send_buffer > 0 {
+        if let Err(err) = socket.set_send_buffer_size(tuning.send_buffer) {
+            log::warn!("cannot set SO_SNDBUF on a new connection: {err}");
+        }
+    }
+}
+
+/// For `HttpServer::on_connect`, in apps that embed the session with actix-web's own server:
+/// [`tune_socket`] on every accepted TCP connection.
 pub fn on_connect(
-    timeout: std::time::Duration,
+    tuning: SocketTuning,
 ) -> impl Fn(&dyn Any, &mut actix_web::dev::Extensions) + Send + Sync + Clone + 'static {
     move |connection: &dyn Any, _: &mut actix_web::dev::Extensions| {
-        let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() else {
-            return;
-        };
-        if let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout)) {
-            log::warn!("cannot set TCP_USER_TIMEOUT on a new connection: {err}");
+        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            tune_socket(tcp, tuning);
         }
     }
 }

@@ -78,7 +78,12 @@ impl TestServer {
                 })
                 .workers(1)
                 .disable_signals()
-                .on_connect(wsgrace::transport::on_connect(Duration::from_secs(15)))
+                .on_connect(wsgrace::transport::on_connect(
+                    wsgrace::transport::SocketTuning {
+                        user_timeout: Duration::from_secs(15),
+                        send_buffer: 0,
+                    },
+                ))
                 .client_disconnect_timeout(Duration::ZERO)
                 .bind("127.0.0.1:0")?;
                 let addr = server.addrs()[0];
@@ -281,6 +286,12 @@ impl RawClient {
         n
     }
 
+    /// The socket and the bytes read past the last parsed frame, for a test that reads and
+    /// writes at once from two tasks.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
     /// The client's local port.
     pub fn local_port(&self) -> u16 {
         self.stream.local_addr().expect("local address").port()
@@ -387,7 +398,7 @@ impl RawClient {
 }
 
 /// Parses one unmasked server frame from `buf`: the frame and the bytes it used.
-fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
+pub fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     let [first, second, rest @ ..] = buf else {
         return None;
     };
