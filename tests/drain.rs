@@ -190,3 +190,45 @@ async fn batches_close_sessions_apart() {
     assert!(gap >= Duration::from_millis(300), "batches {gap:?} apart");
     assert!(server.wait_exit(DEADLINE).await.success());
 }
+
+#[tokio::test]
+async fn batches_that_do_not_fit_the_deadline_still_close_every_client() {
+    // The issue's case: 100 clients in batches of 10 a second, 3 s to drain. Batches may start
+    // until 3 s - 1 s (the close timeout): the one at 2 s takes the last 80.
+    let mut server = ServerProcess::start(
+        "[close]\ntimeout_ms = 1000\n\
+         [shutdown]\nbatch_size = 10\nbatch_interval_ms = 1000\ndrain_timeout_ms = 3000\n",
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("?room=paced"))
+            .await
+            .expect("connect");
+        let first = timeout(DEADLINE, ws.next()).await.expect("welcome");
+        assert!(matches!(first, Some(Ok(Message::Text(_)))));
+        tasks.push(tokio::spawn(async move {
+            let mut close = None;
+            while let Some(msg) = timeout(DEADLINE, ws.next()).await.expect("stalled") {
+                match msg {
+                    Ok(Message::Close(frame)) => close = frame.map(|f| u16::from(f.code)),
+                    Ok(_) => {}
+                    Err(err) => return Err(format!("{err}")),
+                }
+            }
+            Ok(close)
+        }));
+    }
+    server.sigterm();
+    let mut codes = Vec::new();
+    for task in tasks {
+        codes.push(task.await.expect("client task"));
+    }
+    let clean = codes.iter().filter(|c| **c == Ok(Some(1001))).count();
+    assert_eq!(clean, 100, "every client gets 1001: {codes:?}");
+    let status = server.wait_exit(DEADLINE).await;
+    assert!(status.success(), "exit status {status:?}");
+    let log = server.stderr();
+    assert!(log.contains("do not fit the deadline"), "{log}");
+    assert!(log.contains("closes the last 80 sessions"), "{log}");
+    assert!(log.contains("aborted=0"), "{log}");
+}

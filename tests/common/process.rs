@@ -37,8 +37,23 @@ impl ServerProcess {
     /// Starts the binary with `config` (TOML) on `127.0.0.1:0` and waits for its
     /// `listening on` line.
     pub fn start(config: &str) -> ServerProcess {
+        Self::start_command(config, Command::new(env!("CARGO_BIN_EXE_wsgrace")))
+    }
+
+    /// [`start`](Self::start) under the open-files limits `ulimit` sets (e.g. `-n 512` for
+    /// soft and hard, `-S -n 256` for the soft one alone).
+    pub fn start_with_ulimit(config: &str, ulimit: &str) -> ServerProcess {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit {ulimit} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_wsgrace"));
+        Self::start_command(config, command)
+    }
+
+    fn start_command(config: &str, mut command: Command) -> ServerProcess {
         let path = temp_file("config.toml", config);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgrace"))
+        let mut child = command
             .arg("--config")
             .arg(&path)
             .arg("--bind")
