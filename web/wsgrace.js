@@ -49,7 +49,10 @@
 //     epoch     {room, epoch, seq}    the room's history was reset; seqs continue from seq+1
 //     going_away { reconnectAfterMs } the server is about to close this connection
 //     error     {code, text}          the server refused a message of ours (e.g. code
-//                                     "unavailable"), or code "token" when getToken failed
+//                                     "unavailable"); or, from the client itself, code
+//                                     "token" (getToken threw: retried after backoff) or
+//                                     "connect" (the WebSocket constructor threw, e.g. a bad
+//                                     url: state closed)
 //     close     {code, reason, wasClean, opened, welcomed, next}  every underlying socket's
 //                                     close; `opened`: the upgrade had succeeded (false: the
 //                                     attempt failed, e.g. HTTP 401/503 — browsers show only
@@ -61,14 +64,17 @@
 //   |----------------------------------------------|---------------------------------------|
 //   | the app called close()                       | stop (state closed)                   |
 //   | a going_away came before the close, any code | reconnect after its reconnect_after_ms|
-//   |                                              | (with code 3000: fresh token first)   |
+//   |                                              | (with 3000 and no getToken: stop)     |
 //   | 1006 abnormal (network drop, server gone, or | reconnect after backoff               |
-//   |   the upgrade refused: HTTP 401/403/429/503) |                                       |
+//   |   the upgrade refused: HTTP 401/403/429/503; |                                       |
+//   |   a browser cannot tell these apart)         |                                       |
 //   | 1001 going away, 1005 no status, 1011        | reconnect after backoff               |
 //   |   internal error, 1012 service restart, 1013 |                                       |
 //   |   try again later, 1014 bad gateway          |                                       |
 //   | 3000 token expired                           | getToken(), reconnect after           |
 //   |                                              | random(0, baseMs); stop if no getToken|
+//   | getToken() throws (no socket was opened)     | `error` {code:"token"}, retry after   |
+//   |                                              | backoff                               |
 //   | 1000 normal closure                          | stop (normal end)                     |
 //   | 1002 protocol error, 1003 unsupported data,  | stop: the server refused what this    |
 //   |   1007 invalid data, 1008 policy (rate limit,| client sends; a retry would repeat it |
@@ -76,10 +82,14 @@
 //   | 1015 TLS failure, 3001–3999, 4000–4999 (the  | stop; the app may call reconnect()    |
 //   |   app's own codes), any other code           |                                       |
 //
+//   getToken, when given, is called before every reconnect (not only after 3000), so a
+//   token that expired during a long outage is replaced too.
+//
 //   Backoff: full jitter, delay = random(0, min(capMs, baseMs · 2^attempt)), baseMs = 500,
-//   capMs = 10 000. `attempt` counts reconnects since the last welcome: the first retry after
-//   a connection that had been welcomed waits up to 500 ms, then up to 1 s, 2 s, 4 s, 8 s,
-//   and 10 s from the fifth consecutive failure on. A welcome resets it.
+//   capMs = 10 000. `attempt` counts reconnects since the last welcome (0 for the first):
+//   the first retry after a connection that had been welcomed waits up to 500 ms, the next
+//   ones (no welcome in between) up to 1 s, 2 s, 4 s, 8 s, then 10 s from the sixth on.
+//   A welcome resets it. There is no limit on the number of retries.
 //
 //   Resume: every reconnect asks `since` = the last seq handed to the app (or the welcome's
 //   seq if later, i.e. the point live delivery started) and `epoch` = the epoch that seq

@@ -207,6 +207,7 @@ describe("nextStep: the reconnect decision table", () => {
     ["going_away then 1012", 1012, { goingAwayMs: 40 }, { action: "reconnect", delayMs: 40, freshToken: false }],
     ["going_away then 4000", 4000, { goingAwayMs: 40 }, { action: "reconnect", delayMs: 40, freshToken: false }],
     ["going_away then 3000", 3000, { goingAwayMs: 40 }, { action: "reconnect", delayMs: 40, freshToken: true }],
+    ["going_away then 3000 without getToken", 3000, { goingAwayMs: 40, canRefreshToken: false }, { action: "stop" }],
     ["going_away with a bad delay", 1001, { goingAwayMs: -5 }, { action: "reconnect", delayMs: 250, freshToken: false }],
     ["1006 after a welcome", 1006, {}, { action: "reconnect", delayMs: 250, freshToken: false, attempt: 1 }],
     ["1006 upgrade refused, 3rd try", 1006, { welcomed: false, attempt: 2 }, { action: "reconnect", delayMs: 1000, attempt: 3 }],
