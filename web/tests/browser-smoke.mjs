@@ -1,0 +1,269 @@
+// A browser smoke check of web/chat.html + web/wsgrace.js with no Rust build: a small
+// stand-in chat server in Node (HTTP + a minimal RFC 6455 server speaking the wsgrace chat
+// protocol, with controls to go away, drop connections, lose history) and headless Chromium
+// driven over WebDriver by plain HTTP calls to chromedriver.
+//
+//   node web/tests/browser-smoke.mjs        (needs /usr/bin/chromium and /usr/bin/chromedriver)
+//
+// Not part of `node --test web/tests/` (the name does not end in .test.mjs): it starts a
+// browser, which the unit suite must not need. The real-server check stays tests/browser.rs.
+
+import http from "node:http";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import net from "node:net";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+
+const WEB = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const DEADLINE_MS = 10000;
+
+// --- a stand-in wsgrace server ---------------------------------------------------------
+
+function frame(opcode, payload) {
+  const len = payload.length;
+  const head = len < 126 ? Buffer.from([0x80 | opcode, len])
+    : len < 65536 ? Buffer.from([0x80 | opcode, 126, len >> 8, len & 255])
+    : (() => { const b = Buffer.alloc(10); b[0] = 0x80 | opcode; b[1] = 127; b.writeBigUInt64BE(BigInt(len), 2); return b; })();
+  return Buffer.concat([head, payload]);
+}
+
+function closePayload(code, reason) {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(code);
+  return Buffer.concat([b, Buffer.from(reason)]);
+}
+
+class Room {
+  epoch = "e1";
+  seq = 0;
+  history = []; // {seq, from, text}
+  members = new Set();
+  refuse = 0; // refuse this many upgrades with 503
+  upgrades = []; // the query of each accepted upgrade
+  duplicateReplay = true; // replay two messages too many, to exercise the client's dedupe
+
+  publish(from, text) {
+    const m = { type: "message", room: "smoke", from, text, seq: ++this.seq };
+    this.history.push(m);
+    for (const s of this.members) s.sendJson(m);
+  }
+}
+
+class Conn {
+  constructor(socket, room) {
+    this.socket = socket;
+    this.room = room;
+    this.buf = Buffer.alloc(0);
+    this.closeSent = false;
+    socket.on("data", (d) => this.#onData(d));
+    socket.on("close", () => room.members.delete(this));
+    socket.on("error", () => {});
+  }
+  sendJson(obj) {
+    if (!this.closeSent) this.socket.write(frame(1, Buffer.from(JSON.stringify(obj))));
+  }
+  close(code, reason) {
+    if (this.closeSent) return;
+    this.closeSent = true;
+    this.socket.write(frame(8, closePayload(code, reason)));
+  }
+  #onData(d) {
+    this.buf = Buffer.concat([this.buf, d]);
+    for (;;) {
+      if (this.buf.length < 2) return;
+      const opcode = this.buf[0] & 15;
+      let len = this.buf[1] & 127;
+      let off = 2;
+      if (len === 126) { if (this.buf.length < 4) return; len = this.buf.readUInt16BE(2); off = 4; }
+      else if (len === 127) { if (this.buf.length < 10) return; len = Number(this.buf.readBigUInt64BE(2)); off = 10; }
+      if (this.buf.length < off + 4 + len) return;
+      const mask = this.buf.subarray(off, off + 4);
+      const payload = Buffer.from(this.buf.subarray(off + 4, off + 4 + len));
+      for (let i = 0; i < payload.length; i++) payload[i] ^= mask[i % 4];
+      this.buf = this.buf.subarray(off + 4 + len);
+      if (opcode === 1 && !this.closeSent) this.room.publish(this.name, payload.toString());
+      else if (opcode === 9) this.socket.write(frame(10, payload));
+      else if (opcode === 8) {
+        if (!this.closeSent) { this.closeSent = true; this.socket.write(frame(8, payload)); }
+        this.socket.end();
+        return;
+      }
+    }
+  }
+}
+
+function startServer() {
+  const room = new Room();
+  const files = { "/": ["chat.html", "text/html"], "/wsgrace.js": ["wsgrace.js", "text/javascript"] };
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, "http://x");
+    const file = files[url.pathname];
+    if (file) {
+      res.writeHead(200, { "content-type": file[1] + "; charset=utf-8" });
+      res.end(fs.readFileSync(path.join(WEB, file[0])));
+    } else {
+      res.writeHead(404).end();
+    }
+  });
+  server.on("upgrade", (req, socket) => {
+    const url = new URL(req.url, "http://x");
+    if (url.pathname !== "/ws" || room.refuse > 0) {
+      room.refuse = Math.max(0, room.refuse - 1);
+      socket.end("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n");
+      return;
+    }
+    const accept = crypto.createHash("sha1")
+      .update(req.headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
+    socket.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+      `Sec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    const q = Object.fromEntries(url.searchParams);
+    room.upgrades.push(q);
+    const conn = new Conn(socket, room);
+    conn.name = q.name || "guest-1";
+    const welcome = { type: "welcome", room: "smoke", name: conn.name, epoch: room.epoch, seq: room.seq };
+    if (q.since !== undefined) {
+      const since = Number(q.since);
+      const first = room.history[0] ? room.history[0].seq : room.seq + 1;
+      const ok = q.epoch === room.epoch && since <= room.seq && since + 1 >= first;
+      if (ok) {
+        const replay = room.history.filter((m) => m.seq > since);
+        conn.sendJson({ ...welcome, resumed: true, missed: replay.length });
+        const dup = room.duplicateReplay ? room.history.filter((m) => m.seq > since - 2 && m.seq <= since) : [];
+        for (const m of [...dup, ...replay, ...replay.slice(0, 1)]) conn.sendJson(m);
+      } else {
+        conn.sendJson({ ...welcome, resumed: false });
+      }
+    } else {
+      conn.sendJson(welcome);
+    }
+    room.members.add(conn);
+  });
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({ server, room, port: server.address().port })));
+}
+
+// --- WebDriver over plain HTTP -----------------------------------------------------------
+
+const freePort = () => new Promise((resolve) => {
+  const s = net.createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
+});
+
+async function wd(base, method, p, body) {
+  const res = await fetch(base + p, {
+    method,
+    headers: { "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = await res.json();
+  if (!res.ok) throw new Error(`${method} ${p}: ${JSON.stringify(json.value)}`);
+  return json.value;
+}
+
+async function waitFor(what, check) {
+  const start = Date.now();
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() - start > DEADLINE_MS) throw new Error("timed out waiting for " + what);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+// --- the check ---------------------------------------------------------------------------
+
+const { server, room, port } = await startServer();
+const driverPort = await freePort();
+const driver = spawn("/usr/bin/chromedriver", [`--port=${driverPort}`], { stdio: "ignore" });
+const WD = `http://127.0.0.1:${driverPort}`;
+let session;
+try {
+  const caps = await waitFor("chromedriver", () => wd(WD, "POST", "/session", {
+    capabilities: { alwaysMatch: { "goog:chromeOptions": { binary: "/usr/bin/chromium", args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,700",
+    ] } } },
+  }).catch(() => null));
+  session = `/session/${caps.sessionId}`;
+  const js = (script, args = []) => wd(WD, "POST", `${session}/execute/sync`, { script, args });
+  const page = () => js(`return {
+    state: document.querySelector('#status').dataset.state,
+    status: document.querySelector('#status-text').innerText,
+    seqs: [...document.querySelectorAll('#messages li[data-seq]')].map(li => Number(li.dataset.seq)),
+    texts: [...document.querySelectorAll('#messages li[data-seq]')].map(li => li.textContent),
+    lastClose: window.lastClose, closes: window.wsgraceCloses, pwned: window.pwned || null,
+    clientState: window.wsgraceClient && window.wsgraceClient.state }`);
+  const sendFromPage = (text) => js(`document.querySelector('#text').value = arguments[0];
+    document.querySelector('#send-button').click();`, [text]);
+  const step = (name) => console.log("ok -", name);
+
+  await wd(WD, "POST", `${session}/url`, { url: `http://127.0.0.1:${port}/?room=smoke&name=tester` });
+  await waitFor("open as tester", async () => { const p = await page(); return p.state === "open" && p.status.includes("as tester"); });
+  assert.deepEqual(room.upgrades[0], { room: "smoke", name: "tester" });
+  step("?room=R&name=N joins at once; #status data-state=open, 'as tester'");
+
+  for (const t of ["one", "two"]) await sendFromPage(t);
+  room.publish("bob", "<img src=x onerror=window.pwned=1>");
+  await waitFor("3 messages", async () => (await page()).seqs.length === 3);
+  let p = await page();
+  assert.deepEqual(p.seqs, [1, 2, 3]);
+  assert.ok(p.texts[2].includes("<img src=x onerror=window.pwned=1>"), p.texts[2]);
+  assert.equal(p.pwned, null);
+  step("send + receive; each message is li[data-seq]; message text escaped");
+
+  // Shutdown: going_away, then a clean 1001; a message sent meanwhile must be replayed.
+  for (const c of room.members) { c.sendJson({ type: "going_away", reconnect_after_ms: 300 }); c.close(1001, "server shutting down"); }
+  room.publish("bob", "while you were away");
+  await waitFor("the 1001 close", async () => (await page()).lastClose?.code === 1001);
+  p = await page();
+  assert.deepEqual(p.lastClose, { code: 1001, reason: "server shutting down", wasClean: true });
+  assert.ok(p.status.includes("code 1001") && p.status.includes("wasClean true"), p.status);
+  await waitFor("resumed", async () => { const q = await page(); return q.state === "open" && q.status.includes("resumed: 1 messages replayed"); });
+  await waitFor("the replayed message", async () => (await page()).seqs.length === 4);
+  p = await page();
+  assert.deepEqual(p.seqs, [1, 2, 3, 4], "duplicates in the replay are not shown");
+  assert.deepEqual(room.upgrades[1], { room: "smoke", name: "tester", since: "3", epoch: "e1" });
+  step("going_away + 1001: close shown (code, reason, wasClean), resumed with since/epoch, replay deduplicated");
+
+  // Refused upgrades (503) while the server is down: failed attempts, shown apart; 1001 stays.
+  room.refuse = 2;
+  for (const c of room.members) c.socket.destroy();
+  await waitFor("reconnecting", async () => (await page()).state === "reconnecting");
+  await waitFor("open again", async () => (await page()).state === "open");
+  p = await page();
+  assert.ok(p.closes.filter((c) => !c.opened).length >= 1, JSON.stringify(p.closes));
+  assert.equal(p.lastClose.code, 1006);
+  step("a dropped connection (1006) and refused upgrades (503) back off and recover");
+
+  // History lost: the resume is refused → gap.
+  room.history = [];
+  room.epoch = "e2";
+  room.seq = 0;
+  for (const c of room.members) c.close(1012, "restart");
+  await waitFor("gap", async () => (await page()).status.includes("gap: some messages could not be recovered"));
+  room.publish("bob", "new epoch");
+  await waitFor("the new-epoch message", async () => (await page()).seqs.length === 5);
+  p = await page();
+  assert.deepEqual(p.seqs, [1, 2, 3, 4, 1]);
+  step("resumed:false → 'gap: some messages could not be recovered'; delivery continues");
+
+  await js("document.querySelector('#leave').click()");
+  await waitFor("closed", async () => { const q = await page(); return q.state === "closed" && q.lastClose.code === 1000; });
+  p = await page();
+  assert.ok(p.status.includes("code 1000") && p.status.includes("\u201cbye\u201d"), p.status);
+  const upgrades = room.upgrades.length;
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(room.upgrades.length, upgrades, "no reconnect after Disconnect");
+  step("Disconnect: closed, close 1000 'bye' shown, no reconnect");
+
+  const png = await wd(WD, "GET", `${session}/screenshot`);
+  fs.writeFileSync("/tmp/wsgrace-chat-smoke.png", Buffer.from(png, "base64"));
+  console.log("screenshot: /tmp/wsgrace-chat-smoke.png");
+  console.log("browser smoke: all ok");
+} finally {
+  if (session) await wd(WD, "DELETE", session).catch(() => {});
+  driver.kill();
+  server.close();
+  server.closeAllConnections?.();
+}
+process.exit(0);
