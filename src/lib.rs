@@ -28,6 +28,7 @@
 //! The binary (`src/main.rs`) is a user of this library: [`server::serve`] with a
 //! [`config::Config`].
 
+pub mod broker;
 pub mod close;
 pub mod config;
 pub mod fanout;
