@@ -33,6 +33,7 @@ pub mod close;
 pub mod config;
 pub mod fanout;
 pub mod metrics;
+pub mod resume;
 pub mod server;
 pub mod session;
 pub mod shutdown;
