@@ -264,7 +264,10 @@ mod tests {
             ),
             (
                 "resumed with 0",
-                vec![Snap(snap("a", 4, Resume::Resumed(Vec::new()))), Live("a", 5)],
+                vec![
+                    Snap(snap("a", 4, Resume::Resumed(Vec::new()))),
+                    Live("a", 5),
+                ],
                 vec!["a5"],
             ),
             (

@@ -30,6 +30,7 @@ use bytestring::ByteString;
 use serde::Serialize;
 
 pub use local::LocalBroker;
+pub use redis::RedisBroker;
 
 /// The name of one room's history. It changes only when the history was lost (the local
 /// broker's process restarted, the local broker evicted the room's history, or Redis lost
@@ -266,7 +267,7 @@ pub enum Broker {
     /// Rooms in this process.
     Local(LocalBroker),
     /// Rooms shared through Redis.
-    Redis(redis::RedisBroker),
+    Redis(RedisBroker),
 }
 
 #[cfg(test)]
