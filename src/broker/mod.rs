@@ -270,6 +270,28 @@ pub enum Broker {
     Redis(RedisBroker),
 }
 
+impl Broker {
+    /// The broker `config` asks for, with the Redis broker's event stream when it is that
+    /// one. The Redis broker's tasks start on the current tokio runtime (call it inside the
+    /// actix system); it connects in the background. Fails only for a bad URL.
+    pub fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<(Broker, Option<redis::BrokerEvents>), BrokerError> {
+        match config.broker.kind {
+            crate::config::BrokerKind::Local => {
+                crate::metrics::metrics().broker_up.set(1);
+                let limits = local::HistoryLimits::from(&config.history);
+                Ok((Broker::Local(LocalBroker::new(limits)), None))
+            }
+            crate::config::BrokerKind::Redis => {
+                let settings = redis::RedisSettings::new(&config.broker, &config.history);
+                let (broker, events) = RedisBroker::start(settings)?;
+                Ok((Broker::Redis(broker), Some(events)))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
