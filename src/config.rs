@@ -53,6 +53,16 @@ const LINGER_BYTES: RangeInclusive<u64> = 0..=1 << 30;
 const SEND_BUFFER_BYTES: RangeInclusive<usize> = 4_096..=64 << 20;
 /// The longest room (or nick) name.
 const MAX_NAME_CHARS: usize = 64;
+/// Allowed `history.size` (0 = no history).
+const HISTORY_SIZE: RangeInclusive<usize> = 0..=1_000_000;
+/// Allowed `history.ttl_ms`: one second to 30 days.
+const HISTORY_TTL_MS: RangeInclusive<u64> = 1_000..=2_592_000_000;
+/// Allowed `history.max_bytes`: up to 1 TiB.
+const HISTORY_MAX_BYTES: RangeInclusive<u64> = 0..=1 << 40;
+/// The longest `broker.key_prefix`.
+const MAX_KEY_PREFIX_CHARS: usize = 64;
+/// The environment variable that overrides `broker.redis_url`.
+pub const REDIS_URL_ENV: &str = "WSGRACE_REDIS_URL";
 
 /// The whole configuration file: one field per TOML table.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -66,6 +76,10 @@ pub struct Config {
     pub close: CloseSettings,
     /// `[shutdown]`: the drain on SIGTERM / SIGINT.
     pub shutdown: ShutdownSettings,
+    /// `[broker]`: where rooms live (this process, or Redis shared by several nodes).
+    pub broker: BrokerSettings,
+    /// `[history]`: the messages kept per room for resume.
+    pub history: HistorySettings,
 }
 
 /// The `[server]` table.
@@ -192,6 +206,63 @@ impl Default for ShutdownSettings {
     }
 }
 
+/// Where rooms live: `broker.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerKind {
+    /// Rooms live in this process (one node, nothing else to run).
+    #[default]
+    Local,
+    /// Rooms span every node that uses the same Redis and `broker.key_prefix`.
+    Redis,
+}
+
+/// The `[broker]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    /// Local or Redis.
+    pub kind: BrokerKind,
+    /// `redis://[user:password@]host:port/db` or `rediss://...`; required when `kind` is
+    /// `redis`. [`REDIS_URL_ENV`] overrides it in [`Config::load`]. Log it only through
+    /// [`redact_url`].
+    pub redis_url: String,
+    /// Every Redis key and channel starts with this.
+    pub key_prefix: String,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            kind: BrokerKind::Local,
+            redis_url: String::new(),
+            key_prefix: "wsgrace".to_owned(),
+        }
+    }
+}
+
+/// The `[history]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// Messages kept per room for resume; 0 = no history (no resume succeeds).
+    pub size: usize,
+    /// A room's history is dropped this long after its last message, in milliseconds.
+    pub ttl_ms: u64,
+    /// Local broker: all rooms' history together stays under this many bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings {
+            size: 1_000,
+            ttl_ms: 3_600_000,
+            max_bytes: 268_435_456,
+        }
+    }
+}
+
 /// Why a configuration file was refused. `Display` is one line: the file, the key (where
 /// there is one) and the problem, e.g.
 /// `config.toml: session.max_frame_bytes: must be between 125 and 67108864, got 0`.
@@ -274,18 +345,46 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads, parses and validates the file at `path`.
+    /// Reads, parses and validates the file at `path`, with the environment's overrides
+    /// ([`REDIS_URL_ENV`]) applied before validation.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the environment given as a lookup function (for tests and for
+    /// applications that keep their settings elsewhere).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::deserialize(&text, path)?;
+        config.apply_env(env);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Applies the environment's overrides: a non-empty [`REDIS_URL_ENV`] replaces
+    /// `broker.redis_url`. Call [`Config::validate`] afterwards.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        if let Some(url) = env(REDIS_URL_ENV).filter(|url| !url.is_empty()) {
+            self.broker.redis_url = url;
+        }
     }
 
     /// Parses and validates `text`, the contents of the file at `path` (used in errors only).
     /// Missing keys and tables take their defaults; an empty text is the default config.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::deserialize(text, path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Parses `text` without validating it.
+    fn deserialize(text: &str, path: &Path) -> Result<Config, ConfigError> {
         // Parse the syntax on its own first, so that a syntax error is told apart from a
         // value error by construction rather than by its message.
         if let Err(err) = text.parse::<toml::Table>() {
@@ -299,10 +398,8 @@ impl Config {
                 message: one_line(err.message()),
             });
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
-            .map_err(|err| value_error(path, &err.path().to_string(), err.inner().message()))?;
-        config.validate(path)?;
-        Ok(config)
+        serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|err| value_error(path, &err.path().to_string(), err.inner().message()))
     }
 
     /// Checks every value against its allowed range; `path` names the file in errors.
@@ -433,6 +530,42 @@ impl Config {
             shutdown.batch_interval_ms,
             BATCH_INTERVAL_MS,
         )?;
+
+        let broker = &self.broker;
+        if broker.redis_url.is_empty() {
+            if broker.kind == BrokerKind::Redis {
+                return Err(check.invalid(
+                    "broker.redis_url",
+                    format!(
+                        "required when broker.kind is \"redis\" (or set {REDIS_URL_ENV}), \
+                         e.g. \"redis://127.0.0.1:6379/0\""
+                    ),
+                ));
+            }
+        } else if let Err(problem) = check_redis_url(&broker.redis_url) {
+            return Err(check.invalid(
+                "broker.redis_url",
+                format!("{problem}, got {:?}", redact_url(&broker.redis_url)),
+            ));
+        }
+        let prefix = &broker.key_prefix;
+        if prefix.is_empty()
+            || prefix.chars().count() > MAX_KEY_PREFIX_CHARS
+            || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(check.invalid(
+                "broker.key_prefix",
+                format!(
+                    "must be 1-{MAX_KEY_PREFIX_CHARS} characters with no whitespace, got {:?}",
+                    prefix
+                ),
+            ));
+        }
+
+        let history = &self.history;
+        check.range("history.size", history.size, HISTORY_SIZE)?;
+        check.range("history.ttl_ms", history.ttl_ms, HISTORY_TTL_MS)?;
+        check.range("history.max_bytes", history.max_bytes, HISTORY_MAX_BYTES)?;
         Ok(())
     }
 
@@ -452,6 +585,45 @@ pub fn is_valid_name(s: &str) -> bool {
     (1..=MAX_NAME_CHARS).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Whether `url` has the form of a broker URL: `redis://` or `rediss://`, then a host.
+/// The error is the rule that was broken (without the URL, which may hold a password).
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .ok_or_else(|| "must start with redis:// or rediss://".to_owned())?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if host.is_empty() || host.starts_with(':') {
+        return Err("must name a host, as in redis://host:port/db".to_owned());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace".to_owned());
+    }
+    Ok(())
+}
+
+/// `url` with the password (if any) replaced by `***`, for logs and error messages:
+/// `redis://user:secret@host/0` → `redis://user:***@host/0`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{user}@{host}{tail}")
 }
 
 /// Builds the errors of one validation pass for one file.
@@ -598,6 +770,8 @@ mod tests {
                 "reason"
             ]
         );
+        assert_eq!(keys("broker"), ["key_prefix", "kind", "redis_url"]);
+        assert_eq!(keys("history"), ["max_bytes", "size", "ttl_ms"]);
     }
 
     #[test]
@@ -605,7 +779,7 @@ mod tests {
         assert_eq!(parse("").unwrap(), Config::default());
         assert_eq!(parse("# nothing\n\n").unwrap(), Config::default());
         assert_eq!(
-            parse("[server]\n[session]\n[close]\n[shutdown]\n").unwrap(),
+            parse("[server]\n[session]\n[close]\n[shutdown]\n[broker]\n[history]\n").unwrap(),
             Config::default()
         );
     }
@@ -842,5 +1016,124 @@ mod tests {
         for name in ["", "no spaces", "é", "a/b", "a\n", &"x".repeat(65)] {
             assert!(!is_valid_name(name), "{name:?}");
         }
+    }
+
+    #[test]
+    fn broker_and_history_defaults() {
+        let config = Config::default();
+        assert_eq!(config.broker.kind, BrokerKind::Local);
+        assert_eq!(config.broker.redis_url, "");
+        assert_eq!(config.broker.key_prefix, "wsgrace");
+        assert_eq!(config.history.size, 1_000);
+        assert_eq!(config.history.ttl_ms, 3_600_000);
+        assert_eq!(config.history.max_bytes, 268_435_456);
+    }
+
+    #[test]
+    fn redis_broker_settings() {
+        let config =
+            parse("[broker]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\n")
+                .unwrap();
+        assert_eq!(config.broker.kind, BrokerKind::Redis);
+        let config = parse("[broker]\nredis_url = \"rediss://u:p@cache.example:6380/1\"\n");
+        assert!(config.is_ok(), "{config:?}");
+        let config = parse("[history]\nsize = 0\n").unwrap();
+        assert_eq!(config.history.size, 0);
+    }
+
+    #[test]
+    fn bad_broker_settings_name_their_key() {
+        for (text, key) in [
+            ("[broker]\nkind = \"redis\"\n", "broker.redis_url"),
+            (
+                "[broker]\nredis_url = \"http://127.0.0.1:6379\"\n",
+                "broker.redis_url",
+            ),
+            (
+                "[broker]\nredis_url = \"127.0.0.1:6379\"\n",
+                "broker.redis_url",
+            ),
+            ("[broker]\nredis_url = \"redis://\"\n", "broker.redis_url"),
+            (
+                "[broker]\nredis_url = \"redis://:6379\"\n",
+                "broker.redis_url",
+            ),
+            ("[broker]\nkey_prefix = \"\"\n", "broker.key_prefix"),
+            ("[broker]\nkey_prefix = \"a b\"\n", "broker.key_prefix"),
+            ("[history]\nttl_ms = 0\n", "history.ttl_ms"),
+            ("[history]\nsize = 1000001\n", "history.size"),
+            (
+                "[history]\nmax_bytes = 1099511627777\n",
+                "history.max_bytes",
+            ),
+        ] {
+            let err = error(text);
+            assert!(matches!(err, ConfigError::InvalidValue { .. }), "{err:?}");
+            assert_eq!(err.key(), Some(key), "{text:?}");
+        }
+        for (text, key) in [
+            ("[broker]\nkind = \"memcached\"\n", "broker.kind"),
+            ("[broker]\nurl = \"redis://x\"\n", "broker.url"),
+            ("[history]\nsize = -1\n", "history.size"),
+        ] {
+            let err = error(text);
+            assert_eq!(err.key(), Some(key), "{text:?}");
+        }
+        let shown = error("[broker]\nkind = \"redis\"\n").to_string();
+        assert!(shown.contains("WSGRACE_REDIS_URL"), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_url_error_never_shows_the_password() {
+        let err = error("[broker]\nredis_url = \"http://user:hunter2@host:6379\"\n");
+        let shown = err.to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("user:***@host:6379"), "{shown}");
+    }
+
+    #[test]
+    fn redaction() {
+        for (url, shown) in [
+            ("redis://host:6379/0", "redis://host:6379/0"),
+            (
+                "redis://user:pw@host:6379/0",
+                "redis://user:***@host:6379/0",
+            ),
+            ("redis://:pw@host", "redis://:***@host"),
+            ("redis://pw@host", "redis://***@host"),
+            ("rediss://u:p@ss@host/1?x=y", "rediss://u:***@host/1?x=y"),
+            ("no scheme", "no scheme"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn the_environment_overrides_the_redis_url() {
+        let dir = std::env::temp_dir().join(format!("wsgrace-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "[broker]\nkind = \"redis\"\n").unwrap();
+
+        let env =
+            |url: &'static str| move |name: &str| (name == REDIS_URL_ENV).then(|| url.to_owned());
+        let config = Config::load_with_env(&path, env("redis://10.0.0.1:6379/2")).unwrap();
+        assert_eq!(config.broker.redis_url, "redis://10.0.0.1:6379/2");
+
+        // An empty variable is no override: the file's (missing) URL is an error.
+        let err = Config::load_with_env(&path, env("")).unwrap_err();
+        assert_eq!(err.key(), Some("broker.redis_url"));
+
+        // A bad URL from the environment is named by the key it overrides.
+        let err = Config::load_with_env(&path, env("tcp://x:secret@h")).unwrap_err();
+        assert_eq!(err.key(), Some("broker.redis_url"));
+        assert!(!err.to_string().contains("secret"), "{err}");
+
+        std::fs::write(&path, "[broker]\nredis_url = \"redis://file:6379\"\n").unwrap();
+        let config = Config::load_with_env(&path, env("redis://env:6379")).unwrap();
+        assert_eq!(config.broker.redis_url, "redis://env:6379");
+        let config = Config::load_with_env(&path, |_| None).unwrap();
+        assert_eq!(config.broker.redis_url, "redis://file:6379");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -28,12 +28,14 @@
 //! The binary (`src/main.rs`) is a user of this library: [`server::serve`] with a
 //! [`config::Config`].
 
+pub mod broker;
 pub mod close;
 pub mod config;
 pub mod fanout;
 pub mod linger;
 pub mod metrics;
 pub mod open_files;
+pub mod resume;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -33,6 +33,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `wsgrace_resumes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `resumed` or `not_resumed`.
+    pub result: &'static str,
+}
+
 /// Why a message was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -79,6 +86,14 @@ pub struct Metrics {
     pub protocol_errors: Family<ReasonLabels, Counter>,
     /// Closed connections still reading the peer's last bytes (lingering close).
     pub connections_lingering: Gauge,
+    /// 1 while the broker is reachable (always 1 with the local broker).
+    pub broker_up: Gauge,
+    /// Broker operations that failed: connection attempts, refused publishes, snapshots.
+    pub broker_errors: Counter,
+    /// Joins that asked to resume, by whether they were resumed.
+    pub resumes: Family<ResultLabels, Counter>,
+    /// Messages replayed to resumed sessions.
+    pub resumed_messages: Counter,
 }
 
 impl Metrics {
@@ -97,6 +112,10 @@ impl Metrics {
             upgrades_refused: Family::default(),
             protocol_errors: Family::default(),
             connections_lingering: Gauge::default(),
+            broker_up: Gauge::default(),
+            broker_errors: Counter::default(),
+            resumes: Family::default(),
+            resumed_messages: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +173,26 @@ impl Metrics {
             "Sessions failed for bad input, by close code",
             metrics.protocol_errors.clone(),
         );
+        registry.register(
+            "wsgrace_broker_up",
+            "1 while the broker is reachable",
+            metrics.broker_up.clone(),
+        );
+        registry.register(
+            "wsgrace_broker_errors",
+            "Broker operations that failed",
+            metrics.broker_errors.clone(),
+        );
+        registry.register(
+            "wsgrace_resumes",
+            "Joins that asked to resume, by result",
+            metrics.resumes.clone(),
+        );
+        registry.register(
+            "wsgrace_resumed_messages",
+            "Messages replayed to resumed sessions",
+            metrics.resumed_messages.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -200,6 +239,21 @@ impl Metrics {
         self.protocol_errors
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+}
+
+impl Metrics {
+    /// Counts a join that asked to resume: `Some(k)` resumed with `k` messages replayed,
+    /// `None` not resumed.
+    pub fn resume(&self, replayed: Option<u64>) {
+        let result = match replayed {
+            Some(_) => "resumed",
+            None => "not_resumed",
+        };
+        self.resumes.get_or_create(&ResultLabels { result }).inc();
+        if let Some(k) = replayed {
+            self.resumed_messages.inc_by(k);
+        }
     }
 }
 

@@ -1,0 +1,367 @@
+//! The broker seam: what the supervisor asks of wherever a room's order and history live.
+//!
+//! A broker gives each room message its `seq` (per room, from 1, no gap), keeps a bounded
+//! history per room for resume, names that history with an [`Epoch`], and delivers every
+//! message to the room's members in `seq` order. Two implementations:
+//!
+//! - [`local::LocalBroker`], the default: one process, synchronous, called from inside the
+//!   supervisor actor (no locks, no I/O). The supervisor fans its messages out itself.
+//! - [`redis::RedisBroker`]: rooms shared by every node on one Redis. Publishing and joining
+//!   are futures; messages of every node (this one's included) come back on the event
+//!   stream ([`redis::BrokerEvent`]), and the supervisor fans those out.
+//!
+//! [`Broker`] is what the supervisor holds. This module owns the shared types and the pure
+//! rules both brokers apply: the `message` frame's JSON ([`MessageHead`]) and the resume
+//! rule ([`can_resume`]). It must not know about actix, sessions or sockets.
+
+pub mod local;
+pub mod redis;
+#[cfg(test)]
+mod redis_tests;
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytestring::ByteString;
+use serde::Serialize;
+
+pub use local::LocalBroker;
+pub use redis::RedisBroker;
+
+/// The name of one room's history. It changes only when the history was lost (the local
+/// broker's process restarted, the local broker evicted the room's history, or Redis lost
+/// the room). Opaque to clients: they echo it back as `epoch=` when they resume.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(ByteString);
+
+impl Epoch {
+    /// A new epoch: 16 lowercase hex characters, different on every call and in every
+    /// process (not a secret: a per-process random key mixed with the time and a counter).
+    pub fn random() -> Epoch {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut hasher = RandomState::new().build_hasher();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        hasher.write_u128(nanos);
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        hasher.write_u32(std::process::id());
+        Epoch(ByteString::from(format!("{:016x}", hasher.finish())))
+    }
+
+    /// An epoch as stored or as a client sent it (`epoch=` of a resume).
+    pub fn new(epoch: impl Into<ByteString>) -> Epoch {
+        Epoch(epoch.into())
+    }
+
+    /// The epoch's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A room message that has its `seq`: what every member of the room is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The room.
+    pub room: Arc<str>,
+    /// The room's epoch the message belongs to.
+    pub epoch: Epoch,
+    /// The message's seq in its room and epoch, from 1.
+    pub seq: u64,
+    /// The exact `{"type":"message","room":R,"from":F,"text":T,"seq":N}` frame text, shared
+    /// by every recipient.
+    pub json: ByteString,
+}
+
+/// A joining session's wish to resume: the `since` and `epoch` of its upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeRequest {
+    /// The last seq the client saw in the room.
+    pub since: u64,
+    /// The epoch its welcome carried, if it sent one.
+    pub epoch: Option<Epoch>,
+}
+
+/// What a join's resume request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// The join did not ask to resume (no `since`): the welcome carries no `resumed`.
+    NotAsked,
+    /// `"resumed":true,"missed":K`: these K messages, `since`+1 ..= the snapshot's seq, in
+    /// order, are to be sent right after the welcome.
+    Resumed(Vec<Published>),
+    /// `"resumed":false`: history trimmed, another epoch, `since` ahead of the room, or no
+    /// history kept. Nothing is replayed.
+    NotResumed,
+}
+
+/// A room as a joining session first sees it: the welcome's epoch and seq, and the resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinSnapshot {
+    /// The room.
+    pub room: Arc<str>,
+    /// The room's epoch.
+    pub epoch: Epoch,
+    /// The room's latest seq (0 for a room without messages in this epoch).
+    pub seq: u64,
+    /// The outcome of the session's resume request.
+    pub resume: Resume,
+}
+
+impl JoinSnapshot {
+    /// The count of replayed messages if resumed (for `"missed":K` and the metrics).
+    pub fn missed(&self) -> Option<u64> {
+        match &self.resume {
+            Resume::Resumed(entries) => Some(entries.len() as u64),
+            Resume::NotAsked | Resume::NotResumed => None,
+        }
+    }
+}
+
+/// A room's history was lost while sessions may be open in it: from now on its epoch is
+/// `epoch` and its seqs continue from `seq` + 1. The supervisor sends each member the
+/// [`EpochChange::to_json`] frame before any message of the new epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochChange {
+    /// The room.
+    pub room: Arc<str>,
+    /// Its new epoch.
+    pub epoch: Epoch,
+    /// The seq after which its messages continue.
+    pub seq: u64,
+}
+
+#[derive(Serialize)]
+struct EpochFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    epoch: &'a str,
+    seq: u64,
+}
+
+impl EpochChange {
+    /// The `{"type":"epoch","room":R,"epoch":E,"seq":N}` frame.
+    pub fn to_json(&self) -> Result<ByteString, BrokerError> {
+        let frame = EpochFrame {
+            kind: "epoch",
+            room: &self.room,
+            epoch: self.epoch.as_str(),
+            seq: self.seq,
+        };
+        serde_json::to_string(&frame)
+            .map(ByteString::from)
+            .map_err(|err| BrokerError::Encode(err.to_string()))
+    }
+}
+
+/// Why a broker could not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached (down, reconnecting, or its queue is full): the message
+    /// was refused and reached nobody; the sender gets `{"type":"error","code":"unavailable"}`.
+    #[error("the broker is unavailable")]
+    Unavailable,
+    /// The connection broke while the message was in flight: it may or may not have been
+    /// delivered. Treated like [`BrokerError::Unavailable`] towards the sender.
+    #[error("the broker connection broke with the request in flight")]
+    Interrupted,
+    /// A broker URL that is not `redis://` or `rediss://` (the URL is never in the text, as it
+    /// may hold a password).
+    #[error("bad broker URL: {0}")]
+    BadUrl(String),
+    /// The broker answered with an error, or with something this code does not understand.
+    #[error("broker error: {0}")]
+    Server(String),
+    /// A message could not be encoded as JSON.
+    #[error("encoding a message failed: {0}")]
+    Encode(String),
+    /// The broker has stopped (its task ended); it will not come back.
+    #[error("the broker has stopped")]
+    Stopped,
+}
+
+/// The start of a `message` frame, everything before the seq:
+/// `{"type":"message","room":R,"from":F,"text":T,"seq":`. Both brokers finish it with
+/// [`MessageHead::finish`], so that the frame is serialized once, where the seq is known
+/// (in the Redis broker, inside the script).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageHead(String);
+
+#[derive(Serialize)]
+struct HeadFields<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    from: &'a str,
+    text: &'a str,
+}
+
+impl MessageHead {
+    /// The head of a message from `from` in `room` saying `text`.
+    pub fn new(room: &str, from: &str, text: &str) -> Result<MessageHead, BrokerError> {
+        let fields = HeadFields {
+            kind: "message",
+            room,
+            from,
+            text,
+        };
+        let mut json =
+            serde_json::to_string(&fields).map_err(|err| BrokerError::Encode(err.to_string()))?;
+        // serde_json writes a struct as one object ending in `}`: replace it by the seq field.
+        if json.pop() != Some('}') {
+            return Err(BrokerError::Encode("not a JSON object".to_owned()));
+        }
+        json.push_str(",\"seq\":");
+        Ok(MessageHead(json))
+    }
+
+    /// The text of the head.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The whole frame with `seq`.
+    pub fn finish(&self, seq: u64) -> ByteString {
+        ByteString::from(format!("{}{seq}}}", self.0))
+    }
+}
+
+/// The resume rule of the SPEC, for a room at `epoch` whose latest seq is `seq` and whose
+/// history's oldest entry is `oldest` (`None`: empty), holding every message from it to
+/// `seq`. With `history_on` false (`history.size = 0`) nothing is ever resumed.
+///
+/// Resumed when `since` == `seq` (nothing missed), or `since` < `seq` and the history
+/// reaches back to `since` + 1; never when `since` > `seq` or the request names another
+/// epoch.
+pub fn can_resume(
+    request: &ResumeRequest,
+    epoch: &Epoch,
+    seq: u64,
+    oldest: Option<u64>,
+    history_on: bool,
+) -> bool {
+    if !history_on || request.epoch.as_ref().is_some_and(|asked| asked != epoch) {
+        return false;
+    }
+    if request.since >= seq {
+        return request.since == seq;
+    }
+    oldest.is_some_and(|oldest| oldest <= request.since + 1)
+}
+
+/// What the supervisor holds: the local broker (synchronous) or a handle on the Redis one
+/// (asynchronous; its events come on the stream [`redis::RedisBroker::start`] returned).
+pub enum Broker {
+    /// Rooms in this process.
+    Local(LocalBroker),
+    /// Rooms shared through Redis.
+    Redis(RedisBroker),
+}
+
+impl Broker {
+    /// The broker `config` asks for, with the Redis broker's event stream when it is that
+    /// one. The Redis broker's tasks start on the current tokio runtime (call it inside the
+    /// actix system); it connects in the background. Fails only for a bad URL.
+    pub fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<(Broker, Option<redis::BrokerEvents>), BrokerError> {
+        match config.broker.kind {
+            crate::config::BrokerKind::Local => {
+                crate::metrics::metrics().broker_up.set(1);
+                let limits = local::HistoryLimits::from(&config.history);
+                Ok((Broker::Local(LocalBroker::new(limits)), None))
+            }
+            crate::config::BrokerKind::Redis => {
+                let settings = redis::RedisSettings::new(&config.broker, &config.history);
+                let (broker, events) = RedisBroker::start(settings)?;
+                Ok((Broker::Redis(broker), Some(events)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_are_16_hex_and_differ() {
+        let a = Epoch::random();
+        let b = Epoch::random();
+        assert_ne!(a, b);
+        for e in [&a, &b] {
+            assert_eq!(e.as_str().len(), 16, "{e}");
+            assert!(e.as_str().bytes().all(|c| c.is_ascii_hexdigit()), "{e}");
+        }
+    }
+
+    #[test]
+    fn message_frame_matches_the_protocol() {
+        let head = MessageHead::new("lobby", "ann", "hi \"there\"\n").unwrap();
+        let json = head.finish(42);
+        assert_eq!(
+            &*json,
+            r#"{"type":"message","room":"lobby","from":"ann","text":"hi \"there\"\n","seq":42}"#
+        );
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["seq"], 42);
+        assert_eq!(value["text"], "hi \"there\"\n");
+    }
+
+    #[test]
+    fn epoch_frame() {
+        let change = EpochChange {
+            room: Arc::from("r"),
+            epoch: Epoch::new("00ff"),
+            seq: 7,
+        };
+        assert_eq!(
+            &*change.to_json().unwrap(),
+            r#"{"type":"epoch","room":"r","epoch":"00ff","seq":7}"#
+        );
+    }
+
+    #[test]
+    fn resume_rule() {
+        let e = Epoch::new("e1");
+        let other = Epoch::new("e2");
+        let ask = |since, epoch: Option<&Epoch>| ResumeRequest {
+            since,
+            epoch: epoch.cloned(),
+        };
+        // (request, room seq, oldest held, history on) -> resumed
+        let cases = [
+            (ask(5, None), 10, Some(1), true, true),
+            (ask(5, Some(&e)), 10, Some(6), true, true),
+            (ask(5, Some(&e)), 10, Some(7), true, false), // trimmed: 6 is gone
+            (ask(5, Some(&other)), 10, Some(1), true, false), // another epoch
+            (ask(10, None), 10, Some(1), true, true),     // nothing missed
+            (ask(10, None), 10, None, true, true),        // nothing missed, empty history
+            (ask(0, None), 0, None, true, true),          // new room
+            (ask(11, None), 10, Some(1), true, false),    // since ahead
+            (ask(5, None), 10, None, true, false),        // history gone (ttl)
+            (ask(10, None), 10, Some(1), false, false),   // no history kept
+            (ask(0, Some(&other)), 0, None, true, false), // another epoch, new room
+            (ask(0, None), 3, Some(1), true, true),
+        ];
+        for (request, seq, oldest, on, expected) in cases {
+            assert_eq!(
+                can_resume(&request, &e, seq, oldest, on),
+                expected,
+                "{request:?} seq={seq} oldest={oldest:?} on={on}"
+            );
+        }
+    }
+}
