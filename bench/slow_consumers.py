@@ -4,7 +4,7 @@
 Starts the release server once per `session.send_buffer_bytes` value given, joins N raw
 WebSocket clients to one room that never read after their handshake, floods the room from
 one more client that reads (and discards) its own copies, and then reads every server-side
-socket's kernel memory from `ss -tmn` (skmem: t = bytes queued for sending, tb = the send
+socket's kernel memory from `ss -tmn` (skmem: w = bytes queued for sending, tb = the send
 buffer's size) and /proc/net/sockstat. Loopback only, bounded in count and time.
 
 Usage: python3 bench/slow_consumers.py [--clients 1000] [--messages 2000] [--size 1000]
@@ -57,7 +57,7 @@ async def join(port: int, room: str, rcvbuf: int | None):
 
 def start_server(sndbuf: int) -> tuple[subprocess.Popen, int]:
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    config.write(f"[session]\nsend_buffer_bytes = {sndbuf}\n")
+    config.write(f"[session]\nsend_buffer_bytes = {sndbuf}\noutbound_queue = 100000\n")
     config.close()
     proc = subprocess.Popen(
         ["target/release/wsgrace", "--config", config.name, "--bind", "127.0.0.1:0"],
@@ -71,7 +71,7 @@ def start_server(sndbuf: int) -> tuple[subprocess.Popen, int]:
 
 
 def server_socket_memory(port: int) -> tuple[int, int, list[int]]:
-    """(sum of t, sum of tb, per-socket t) over the server's established sockets."""
+    """(sum of w, sum of tb, per-socket w) over the server's established sockets."""
     out = subprocess.run(
         ["ss", "-tmnH", "state", "established", f"( sport = :{port} )"],
         capture_output=True,
@@ -81,9 +81,9 @@ def server_socket_memory(port: int) -> tuple[int, int, list[int]]:
     queued, sizes, per = 0, 0, []
     for m in re.finditer(r"skmem:\(([^)]*)\)", out):
         fields = dict(re.findall(r"([a-z]+)(\d+)", m.group(1)))
-        queued += int(fields.get("t", 0))
+        queued += int(fields.get("w", 0))
         sizes += int(fields.get("tb", 0))
-        per.append(int(fields.get("t", 0)))
+        per.append(int(fields.get("w", 0)))
     return queued, sizes, per
 
 

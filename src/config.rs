@@ -44,7 +44,7 @@ const DRAIN_TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;
 /// Allowed `shutdown.batch_interval_ms`: up to ten minutes.
 const BATCH_INTERVAL_MS: RangeInclusive<u64> = 0..=600_000;
 /// The default `session.send_buffer_bytes`.
-pub const DEFAULT_SEND_BUFFER_BYTES: usize = 0;
+pub const DEFAULT_SEND_BUFFER_BYTES: usize = 262_144;
 /// Allowed `close.linger_ms`: up to one minute (0 = close at once).
 const LINGER_MS: RangeInclusive<u64> = 0..=60_000;
 /// Allowed `close.linger_bytes`: up to 1 GiB.
