@@ -756,10 +756,20 @@ mod tests {
                 "heartbeat_interval_ms",
                 "max_frame_bytes",
                 "max_messages_per_sec",
-                "outbound_queue"
+                "outbound_queue",
+                "send_buffer_bytes"
             ]
         );
-        assert_eq!(keys("close"), ["mode", "room_modes", "timeout_ms"]);
+        assert_eq!(
+            keys("close"),
+            [
+                "linger_bytes",
+                "linger_ms",
+                "mode",
+                "room_modes",
+                "timeout_ms"
+            ]
+        );
         assert_eq!(
             keys("shutdown"),
             [
