@@ -16,17 +16,17 @@ use std::time::{Duration, Instant};
 
 use common::process::ServerProcess;
 use common::{encode_frame, parse_server_frame, RawClient, DEADLINE, OP_BINARY, OP_CLOSE, OP_TEXT};
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpSocket;
+use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Connections per case and client kind: enough that a race lost one time in ten shows.
 const ROUNDS: usize = 12;
-
-/// How long a peer keeps writing at most; it stops earlier once it read the close frame.
-const FLOOD_FOR: Duration = Duration::from_secs(6);
 
 /// The close a peer saw: code and reason, or what it saw instead.
 type Seen = Result<(u16, String), String>;
@@ -38,170 +38,237 @@ fn server(extra: &str) -> ServerProcess {
     ))
 }
 
-/// What a member sends once the room is parked, before it goes on chatting.
+/// The member's client library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// Hand-made frames on a raw socket.
+    Raw,
+    /// tokio-tungstenite.
+    Tungstenite,
+}
+
+/// What a member sends once it may start, before it goes on chatting.
 #[derive(Clone)]
 enum Trigger {
     /// Nothing: the chatter itself is the offence (the rate limit).
     None,
-    /// These bytes, from a raw peer.
+    /// These bytes, from a raw member.
     Raw(Vec<u8>),
-    /// This message, from tokio-tungstenite.
+    /// This message, from a tungstenite member.
     Ws(Message),
 }
 
-/// What a member does: its trigger, then chatter; it reads after `read_after` chatter messages.
-#[derive(Clone)]
-struct Flood {
-    trigger: Trigger,
-    read_after: usize,
+/// When a member, which reads nothing at first, starts reading.
+enum ReadWhen {
+    /// Once it has sent this many chatter messages after its trigger.
+    AfterChatter(usize),
+    /// When told (the server cut it off).
+    Told(oneshot::Receiver<()>),
 }
 
-impl Flood {
-    fn after(trigger: Trigger) -> Flood {
-        Flood {
-            trigger,
-            read_after: 50,
-        }
-    }
+/// What a member sends: its trigger, `bulk` text messages of `bulk_size` bytes as fast as it
+/// can, then chatter (`chatter_size` bytes every `chatter_every`) until it has read the close,
+/// for at most [`SEND_FOR`] and [`MAX_CHATTER`] messages.
+#[derive(Clone)]
+struct Plan {
+    trigger: Trigger,
+    bulk: usize,
+    bulk_size: usize,
+    chatter_size: usize,
+    chatter_every: Duration,
 }
+
+/// One member of a room: it joins with a 16 KiB receive buffer and reads nothing; says
+/// `joined` once it is registered (past its welcome); waits for `start`, sends as `plan` says
+/// and reads once `read_when` says so.
+struct Member {
+    client: Client,
+    query: String,
+    plan: Plan,
+    joined: Option<oneshot::Sender<()>>,
+    start: Option<oneshot::Receiver<()>>,
+    read_when: ReadWhen,
+}
+
+/// How long a member keeps sending at most; it stops earlier once it read the close frame.
+const SEND_FOR: Duration = Duration::from_secs(6);
 
 /// Chatter messages a member sends at most.
 const MAX_CHATTER: usize = 20_000;
 
-/// A raw member (small receive buffer, reads nothing until told): joins, says `joined`, waits
-/// for `parked`, sends as `flood` says and reads; returns the close it saw.
-async fn raw_peer(
-    server: &ServerProcess,
-    query: &str,
-    flood: Flood,
-    parked: tokio::sync::oneshot::Receiver<()>,
-) -> Seen {
-    let client = server.join_raw(query, Some(16 * 1024)).await;
-    let (stream, mut buf) = client.into_parts();
-    let (mut read, mut write) = stream.into_split();
-    let stop = Arc::new(AtomicBool::new(false));
-    let may_read = Arc::new(tokio::sync::Notify::new());
-    let writer = {
-        let (stop, may_read) = (stop.clone(), may_read.clone());
-        tokio::spawn(async move {
-            let _ = parked.await;
-            if let Trigger::Raw(bytes) = &flood.trigger {
-                let _ = write.write_all(bytes).await;
-            }
-            let chatter = masked(OP_TEXT, &[b'c'; 1000]);
-            let started = Instant::now();
-            let mut count = 0usize;
-            while !stop.load(Ordering::Acquire)
-                && started.elapsed() < FLOOD_FOR
-                && count < MAX_CHATTER
-            {
-                if write.write_all(&chatter).await.is_err() {
-                    break;
-                }
-                count += 1;
-                if count == flood.read_after {
-                    may_read.notify_one();
-                }
-            }
-            // A reader waiting for a flood that ended early may start now.
-            may_read.notify_one();
-            // Dropping the write half would send a FIN: the peer stays open until it has read.
-            write
-        })
-    };
-    may_read.notified().await;
-    let mut frames = 0usize;
-    let seen = 'read: loop {
-        while let Some((frame, used)) = parse_server_frame(&buf) {
-            buf.drain(..used);
-            frames += 1;
-            if frame.opcode == OP_CLOSE {
-                let code = frame.close_code().unwrap_or(0);
-                break 'read Ok((code, frame.close_reason()));
-            }
-        }
-        let mut chunk = [0u8; 64 * 1024];
-        match read.read(&mut chunk).await {
-            Ok(0) => break Err(format!("EOF without a close frame after {frames} frames")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(err) => break Err(format!("{err} after {frames} frames")),
-        }
-    };
-    stop.store(true, Ordering::Release);
-    let _write = writer.await;
-    seen
+/// A tungstenite connection over a plain TCP socket (one made with a small receive buffer).
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// The sending half of a member's connection.
+enum Writer {
+    Raw(OwnedWriteHalf),
+    Ws(SplitSink<Ws, Message>),
 }
 
-/// [`raw_peer`] with tokio-tungstenite.
-async fn tungstenite_peer(
-    server: &ServerProcess,
-    query: &str,
-    flood: Flood,
-    parked: tokio::sync::oneshot::Receiver<()>,
-) -> Seen {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
-    let stream = timeout(DEADLINE, socket.connect(server.addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    let (ws, _) = timeout(
-        DEADLINE,
-        tokio_tungstenite::client_async(server.ws_url(query), stream),
-    )
-    .await
-    .expect("handshake timed out")
-    .expect("handshake");
-    let (mut sink, mut stream) = ws.split();
-    // The welcome: the member is registered in its room.
-    let welcome = timeout(DEADLINE, stream.next()).await.expect("no welcome");
-    assert!(matches!(welcome, Some(Ok(Message::Text(_)))), "{welcome:?}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let may_read = Arc::new(tokio::sync::Notify::new());
-    let writer = {
-        let (stop, may_read) = (stop.clone(), may_read.clone());
-        tokio::spawn(async move {
-            let _ = parked.await;
-            if let Trigger::Ws(message) = flood.trigger {
-                let _ = sink.send(message).await;
-            }
-            let started = Instant::now();
-            let mut count = 0usize;
-            while !stop.load(Ordering::Acquire)
-                && started.elapsed() < FLOOD_FOR
-                && count < MAX_CHATTER
-            {
-                if sink.send(Message::Text("c".repeat(1000))).await.is_err() {
-                    break;
-                }
-                count += 1;
-                if count == flood.read_after {
-                    may_read.notify_one();
-                }
-            }
-            may_read.notify_one();
-            sink
-        })
-    };
-    may_read.notified().await;
-    let mut frames = 0usize;
-    let seen = loop {
-        match stream.next().await {
-            Some(Ok(Message::Close(Some(close)))) => {
-                break Ok((u16::from(close.code), close.reason.to_string()))
-            }
-            Some(Ok(Message::Close(None))) => break Ok((0, String::new())),
-            Some(Ok(_)) => frames += 1,
-            Some(Err(err)) => break Err(format!("{err} after {frames} frames")),
-            None => {
-                break Err(format!(
-                    "end of stream without a close after {frames} frames"
-                ))
+impl Writer {
+    /// Sends a text message of `size` bytes; false once the connection refuses it.
+    async fn text(&mut self, size: usize, fill: u8) -> bool {
+        match self {
+            Writer::Raw(write) => write
+                .write_all(&masked(OP_TEXT, &vec![fill; size]))
+                .await
+                .is_ok(),
+            Writer::Ws(sink) => {
+                let text = String::from_utf8(vec![fill; size]).expect("ASCII");
+                sink.send(Message::Text(text)).await.is_ok()
             }
         }
+    }
+
+    async fn trigger(&mut self, trigger: Trigger) {
+        match (self, trigger) {
+            (_, Trigger::None) => {}
+            (Writer::Raw(write), Trigger::Raw(bytes)) => {
+                let _ = write.write_all(&bytes).await;
+            }
+            (Writer::Ws(sink), Trigger::Ws(message)) => {
+                let _ = sink.send(message).await;
+            }
+            _ => panic!("a trigger for the other client library"),
+        }
+    }
+}
+
+/// The receiving half of a member's connection.
+enum Reader {
+    /// The socket and the bytes already read past the last parsed frame.
+    Raw(OwnedReadHalf, Vec<u8>),
+    Ws(SplitStream<Ws>),
+}
+
+impl Reader {
+    /// Reads until the close frame; what came instead if there was none.
+    async fn close(&mut self) -> Seen {
+        let mut frames = 0usize;
+        match self {
+            Reader::Raw(read, buf) => loop {
+                while let Some((frame, used)) = parse_server_frame(buf) {
+                    buf.drain(..used);
+                    frames += 1;
+                    if frame.opcode == OP_CLOSE {
+                        return Ok((frame.close_code().unwrap_or(0), frame.close_reason()));
+                    }
+                }
+                let mut chunk = [0u8; 64 * 1024];
+                match read.read(&mut chunk).await {
+                    Ok(0) => {
+                        return Err(format!("EOF without a close frame after {frames} frames"))
+                    }
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(err) => return Err(format!("{err} after {frames} frames")),
+                }
+            },
+            Reader::Ws(stream) => loop {
+                match stream.next().await {
+                    Some(Ok(Message::Close(Some(close)))) => {
+                        return Ok((u16::from(close.code), close.reason.to_string()))
+                    }
+                    Some(Ok(Message::Close(None))) => return Ok((0, String::new())),
+                    Some(Ok(_)) => frames += 1,
+                    Some(Err(err)) => return Err(format!("{err} after {frames} frames")),
+                    None => {
+                        return Err(format!(
+                            "end of stream without a close after {frames} frames"
+                        ))
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Joins `query`'s room as `client` with a 16 KiB receive buffer, past its welcome.
+async fn join(server: &ServerProcess, client: Client, query: &str) -> (Writer, Reader) {
+    match client {
+        Client::Raw => {
+            let (stream, buf) = server.join_raw(query, Some(16 * 1024)).await.into_parts();
+            let (read, write) = stream.into_split();
+            (Writer::Raw(write), Reader::Raw(read, buf))
+        }
+        Client::Tungstenite => {
+            let socket = TcpSocket::new_v4().expect("socket");
+            socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+            let stream = timeout(DEADLINE, socket.connect(server.addr))
+                .await
+                .expect("connect timed out")
+                .expect("connect");
+            let (ws, _) = timeout(
+                DEADLINE,
+                tokio_tungstenite::client_async(server.ws_url(query), stream),
+            )
+            .await
+            .expect("handshake timed out")
+            .expect("handshake");
+            let (sink, mut stream) = ws.split();
+            let welcome = timeout(DEADLINE, stream.next()).await.expect("no welcome");
+            assert!(matches!(welcome, Some(Ok(Message::Text(_)))), "{welcome:?}");
+            (Writer::Ws(sink), Reader::Ws(stream))
+        }
+    }
+}
+
+/// Runs `member`; returns the close it saw.
+async fn run(server: &ServerProcess, member: Member) -> Seen {
+    let (mut writer, mut reader) = join(server, member.client, &member.query).await;
+    if let Some(joined) = member.joined {
+        let _ = joined.send(());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let chattered = Arc::new(tokio::sync::Notify::new());
+    let read_after = match member.read_when {
+        ReadWhen::AfterChatter(n) => Some(n),
+        ReadWhen::Told(_) => None,
     };
+    let sending = {
+        let (stop, chattered, plan) = (stop.clone(), chattered.clone(), member.plan);
+        let start = member.start;
+        tokio::spawn(async move {
+            if let Some(start) = start {
+                let _ = start.await;
+            }
+            writer.trigger(plan.trigger).await;
+            let started = Instant::now();
+            let mut sent = 0usize;
+            while !stop.load(Ordering::Acquire)
+                && started.elapsed() < SEND_FOR
+                && sent < plan.bulk + MAX_CHATTER
+            {
+                let (size, fill, pause) = if sent < plan.bulk {
+                    (plan.bulk_size, b's', Duration::ZERO)
+                } else {
+                    (plan.chatter_size, b'c', plan.chatter_every)
+                };
+                if !writer.text(size, fill).await {
+                    break;
+                }
+                sent += 1;
+                if read_after == Some(sent - plan.bulk.min(sent)) {
+                    chattered.notify_one();
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            // A reader waiting for sending that ended early may start now.
+            chattered.notify_one();
+            // Dropping the writer would send a FIN: the member stays open until it has read.
+            writer
+        })
+    };
+    match member.read_when {
+        ReadWhen::AfterChatter(_) => chattered.notified().await,
+        ReadWhen::Told(told) => {
+            let _ = told.await;
+        }
+    }
+    let seen = reader.close().await;
     stop.store(true, Ordering::Release);
-    let _sink = writer.await;
+    let _writer = sending.await;
     seen
 }
 
@@ -242,27 +309,37 @@ fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// buffer, so that they wait in the server's send queue, fewer than its outbound queue.
 const PARKED: usize = 300;
 
-/// One round: a member that reads nothing joins `room`, a flooder parks [`PARKED`] messages
-/// in its path, then the member sends what `flood` says and reads only after it went on
-/// sending for a while. Returns the close it saw.
-async fn parked_round(server: &ServerProcess, room: String, raw: bool, flood: Flood) -> Seen {
-    let room = room.as_str();
-    let query = format!("?room={room}");
-    let (parked_tx, parked) = tokio::sync::oneshot::channel::<()>();
-    let member = async {
-        if raw {
-            raw_peer(server, &query, flood, parked).await
-        } else {
-            tungstenite_peer(server, &query, flood, parked).await
-        }
+/// One round: a member that reads nothing joins `room`; once it is registered a flooder parks
+/// [`PARKED`] messages in its path; then the member sends `trigger` and chatters at full speed,
+/// and reads after 50 chatter messages. Returns the close it saw.
+async fn parked_round(
+    server: &ServerProcess,
+    room: String,
+    client: Client,
+    trigger: Trigger,
+) -> Seen {
+    let (joined_tx, joined) = oneshot::channel();
+    let (parked_tx, parked) = oneshot::channel();
+    let member = Member {
+        client,
+        query: format!("?room={room}"),
+        plan: Plan {
+            trigger,
+            bulk: 0,
+            bulk_size: 0,
+            chatter_size: 1000,
+            chatter_every: Duration::ZERO,
+        },
+        joined: Some(joined_tx),
+        start: Some(parked),
+        read_when: ReadWhen::AfterChatter(50),
     };
     let park = async {
-        // The member joins before the flood: it waits for its welcome, and the flooder's
-        // first message needs a whole handshake more.
-        fill_room(server, room, PARKED).await;
+        let _ = joined.await;
+        fill_room(server, &room, PARKED).await;
         let _ = parked_tx.send(());
     };
-    let (seen, ()) = tokio::join!(member, park);
+    let (seen, ()) = tokio::join!(run(server, member), park);
     seen
 }
 
@@ -282,12 +359,7 @@ async fn bad_frames_are_answered_with_their_code_while_the_peer_keeps_sending() 
     for (case, trigger, code) in cases {
         let rounds = (0..ROUNDS).map(|round| {
             let trigger = Trigger::Raw(trigger.clone());
-            parked_round(
-                &server,
-                format!("raw-{code}-{round}"),
-                true,
-                Flood::after(trigger),
-            )
+            parked_round(&server, format!("raw-{code}-{round}"), Client::Raw, trigger)
         });
         every_round_sees(case, code, "", rounds).await;
     }
@@ -306,8 +378,8 @@ async fn a_tungstenite_peer_sees_1003_and_1009_while_it_keeps_sending() {
             parked_round(
                 &server,
                 format!("ws-{code}-{round}"),
-                false,
-                Flood::after(trigger),
+                Client::Tungstenite,
+                trigger,
             )
         });
         every_round_sees(case, code, "", rounds).await;
@@ -317,13 +389,13 @@ async fn a_tungstenite_peer_sees_1003_and_1009_while_it_keeps_sending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_over_the_rate_limit_sees_1008_while_it_keeps_sending() {
     let server = server("max_messages_per_sec = 20");
-    for raw in [true, false] {
+    for client in [Client::Raw, Client::Tungstenite] {
         let rounds = (0..ROUNDS).map(|round| {
             parked_round(
                 &server,
-                format!("rate-{raw}-{round}"),
-                raw,
-                Flood::after(Trigger::None),
+                format!("rate-{client:?}-{round}"),
+                client,
+                Trigger::None,
             )
         });
         every_round_sees("rate limit", 1008, "rate limit", rounds).await;
@@ -365,161 +437,42 @@ async fn slow_consumers_logged(server: &ServerProcess, count: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_consumer_that_keeps_sending_sees_1008() {
-    // A member floods its own room with 8,000-byte messages and reads nothing (the issue's
-    // scenario): its outbound queue overflows while it is still sending. It starts to read once
-    // the server has cut it off, and must find the close frame behind whatever the kernel
-    // buffers hold.
-    let server = server("outbound_queue = 64");
-    for (kind, round) in (0..ROUNDS).map(|r| (r % 2, r)) {
-        let room = format!("slow-{round}");
-        let query = format!("?room={room}");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let victim = async {
-            if kind == 0 {
-                raw_peer_reading_on(&server, &query, rx).await
-            } else {
-                tungstenite_peer_reading_on(&server, &query, rx).await
-            }
-        };
-        let cut_off = async {
-            slow_consumers_logged(&server, round + 1).await;
-            let _ = tx.send(());
-        };
-        let (seen, ()) = tokio::join!(timeout(DEADLINE * 3, victim), cut_off);
-        match seen {
-            Ok(Ok((1008, reason))) if reason == "slow consumer" => {}
-            other => panic!(
-                "round {round} ({}): {other:?}",
-                ["raw", "tungstenite"][kind]
-            ),
-        }
-    }
-}
-
 /// Messages of 8,000 bytes a slow consumer sends into its own room (the 3,000): far
 /// more than the kernel buffers and the outbound queue hold together.
 const SELF_FLOOD: usize = 3000;
 
-/// After its flood, small messages every few milliseconds: it keeps talking until it reads.
-const CHATTER_EVERY: Duration = Duration::from_millis(2);
-
-/// A raw member that keeps sending small messages and reads only once `go` fires.
-async fn raw_peer_reading_on(
-    server: &ServerProcess,
-    query: &str,
-    go: tokio::sync::oneshot::Receiver<()>,
-) -> Seen {
-    let client = server.join_raw(query, Some(16 * 1024)).await;
-    let (stream, mut buf) = client.into_parts();
-    let (mut read, mut write) = stream.into_split();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let flood = masked(OP_TEXT, &[b's'; 8000]);
-            let chatter = masked(OP_TEXT, &[b'c'; 200]);
-            let mut count = 0usize;
-            while !stop.load(Ordering::Acquire) && started.elapsed() < DEADLINE * 3 {
-                let (frame, pause) = if count < SELF_FLOOD {
-                    (&flood, Duration::ZERO)
-                } else {
-                    (&chatter, CHATTER_EVERY)
-                };
-                if write.write_all(frame).await.is_err() {
-                    break;
-                }
-                count += 1;
-                tokio::time::sleep(pause).await;
-            }
-            write
-        })
-    };
-    let _ = go.await;
-    let mut frames = 0usize;
-    let seen = 'read: loop {
-        while let Some((frame, used)) = parse_server_frame(&buf) {
-            buf.drain(..used);
-            frames += 1;
-            if frame.opcode == OP_CLOSE {
-                break 'read Ok((frame.close_code().unwrap_or(0), frame.close_reason()));
-            }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_that_keeps_sending_sees_1008() {
+    // A member floods its own room with 8,000-byte messages and reads nothing (the issue's
+    // scenario): its outbound queue overflows while it is still sending; afterwards it chatters
+    // every few milliseconds. It starts to read once the server has cut it off, and must find
+    // the close frame behind whatever the kernel buffers hold.
+    let server = server("outbound_queue = 64");
+    for round in 0..ROUNDS {
+        let client = [Client::Raw, Client::Tungstenite][round % 2];
+        let (cut_tx, cut) = oneshot::channel();
+        let member = Member {
+            client,
+            query: format!("?room=slow-{round}"),
+            plan: Plan {
+                trigger: Trigger::None,
+                bulk: SELF_FLOOD,
+                bulk_size: 8000,
+                chatter_size: 200,
+                chatter_every: Duration::from_millis(2),
+            },
+            joined: None,
+            start: None,
+            read_when: ReadWhen::Told(cut),
+        };
+        let cut_off = async {
+            slow_consumers_logged(&server, round + 1).await;
+            let _ = cut_tx.send(());
+        };
+        let (seen, ()) = tokio::join!(timeout(DEADLINE * 3, run(&server, member)), cut_off);
+        match seen {
+            Ok(Ok((1008, reason))) if reason == "slow consumer" => {}
+            other => panic!("round {round} ({client:?}): {other:?}"),
         }
-        let mut chunk = [0u8; 64 * 1024];
-        match read.read(&mut chunk).await {
-            Ok(0) => break Err(format!("EOF without a close frame after {frames} frames")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(err) => break Err(format!("{err} after {frames} frames")),
-        }
-    };
-    stop.store(true, Ordering::Release);
-    let _write = writer.await;
-    seen
-}
-
-/// A tokio-tungstenite member that keeps sending small messages and reads only once `go`
-/// fires.
-async fn tungstenite_peer_reading_on(
-    server: &ServerProcess,
-    query: &str,
-    go: tokio::sync::oneshot::Receiver<()>,
-) -> Seen {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
-    let stream = timeout(DEADLINE, socket.connect(server.addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    let (ws, _) = timeout(
-        DEADLINE,
-        tokio_tungstenite::client_async(server.ws_url(query), stream),
-    )
-    .await
-    .expect("handshake timed out")
-    .expect("handshake");
-    let (mut sink, mut stream) = ws.split();
-    let welcome = timeout(DEADLINE, stream.next()).await.expect("no welcome");
-    assert!(matches!(welcome, Some(Ok(Message::Text(_)))), "{welcome:?}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut count = 0usize;
-            while !stop.load(Ordering::Acquire) && started.elapsed() < DEADLINE * 3 {
-                let (text, pause) = if count < SELF_FLOOD {
-                    ("s".repeat(8000), Duration::ZERO)
-                } else {
-                    ("c".repeat(200), CHATTER_EVERY)
-                };
-                if sink.send(Message::Text(text)).await.is_err() {
-                    break;
-                }
-                count += 1;
-                tokio::time::sleep(pause).await;
-            }
-        })
-    };
-    let _ = go.await;
-    let mut frames = 0usize;
-    let seen = loop {
-        match stream.next().await {
-            Some(Ok(Message::Close(Some(close)))) => {
-                break Ok((u16::from(close.code), close.reason.to_string()))
-            }
-            Some(Ok(Message::Close(None))) => break Ok((0, String::new())),
-            Some(Ok(_)) => frames += 1,
-            Some(Err(err)) => break Err(format!("{err} after {frames} frames")),
-            None => {
-                break Err(format!(
-                    "end of stream without a close after {frames} frames"
-                ))
-            }
-        }
-    };
-    stop.store(true, Ordering::Release);
-    let _ = writer.await;
-    seen
+    }
 }
