@@ -478,12 +478,17 @@ impl Config {
             session.outbound_queue,
             OUTBOUND_QUEUE,
         )?;
-        if session.send_buffer_bytes != 0 {
-            check.range(
+        if session.send_buffer_bytes != 0 && !SEND_BUFFER_BYTES.contains(&session.send_buffer_bytes)
+        {
+            return Err(check.invalid(
                 "session.send_buffer_bytes",
-                session.send_buffer_bytes,
-                SEND_BUFFER_BYTES,
-            )?;
+                format!(
+                    "must be 0 (the kernel's default) or between {} and {}, got {}",
+                    SEND_BUFFER_BYTES.start(),
+                    SEND_BUFFER_BYTES.end(),
+                    session.send_buffer_bytes
+                ),
+            ));
         }
 
         let close = &self.close;
@@ -960,6 +965,11 @@ mod tests {
             ("[session]\noutbound_queue = 0\n", "session.outbound_queue"),
             ("[close]\ntimeout_ms = 0\n", "close.timeout_ms"),
             (
+                "[session]\nsend_buffer_bytes = 4095\n",
+                "session.send_buffer_bytes",
+            ),
+            ("[close]\nlinger_ms = 60001\n", "close.linger_ms"),
+            (
                 "[close.room_modes]\n\"no spaces\" = \"awaited\"\n",
                 "close.room_modes.no spaces",
             ),
@@ -985,6 +995,11 @@ mod tests {
         assert_eq!(
             error("[session]\nmax_frame_bytes = 0\n").to_string(),
             "test.toml: session.max_frame_bytes: must be between 125 and 67108864, got 0"
+        );
+        assert_eq!(
+            error("[session]\nsend_buffer_bytes = 5\n").to_string(),
+            "test.toml: session.send_buffer_bytes: must be 0 (the kernel's default) or between \
+             4096 and 67108864, got 5"
         );
     }
 
