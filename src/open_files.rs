@@ -82,9 +82,10 @@ pub fn budget(configured: usize, limit: Option<OpenFiles>, workers: usize) -> Bu
     let headroom = (for_connections / 16).max(MIN_HEADROOM);
     let fits = usize::try_from(for_connections.saturating_sub(headroom)).unwrap_or(usize::MAX);
     let max_connections = configured.min(fits);
-    // Accepting stops before the descriptors run out; each worker may take the whole share,
-    // as connections are not spread evenly.
-    let per_worker_accept = usize::try_from(for_connections)
+    // Accepting stops before the descriptors run out: the workers' caps add up to the share
+    // for connections (actix-server hands a connection to another worker when one is at its
+    // cap, and pauses accepting only when all are).
+    let per_worker_accept = usize::try_from(for_connections / workers as u64)
         .unwrap_or(usize::MAX)
         .min(configured.saturating_add(1024))
         .max(1);
@@ -115,11 +116,12 @@ mod tests {
 
     #[test]
     fn a_small_limit_keeps_room_for_the_process_and_for_refusals() {
-        // 512 - (64 + 16) = 432 for connections; 32 of them stay free for 503s and lingers.
+        // 512 - (64 + 16) = 432 for connections; 32 of them stay free for 503s and lingers;
+        // each of the 2 workers accepts at most half of the 432.
         let b = budget(100_000, limit(512), 2);
         assert_eq!(b.max_connections, 400);
         assert_eq!(b.shortfall, Some(400));
-        assert_eq!(b.per_worker_accept, 432);
+        assert_eq!(b.per_worker_accept, 216);
         assert_eq!(b.max_lingering, 16);
     }
 
@@ -128,7 +130,7 @@ mod tests {
         // 20,000 - 80 = 19,920; a sixteenth (1,245) stays free.
         let b = budget(100_000, limit(20_000), 2);
         assert_eq!(b.max_connections, 18_675);
-        assert!(b.per_worker_accept <= 19_920);
+        assert_eq!(b.per_worker_accept, 9_960);
     }
 
     #[test]
