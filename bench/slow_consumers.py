@@ -37,12 +37,9 @@ def frame(payload: bytes, opcode: int = 0x1) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-async def join(port: int, room: str, rcvbuf: int | None):
+async def join(port: int, room: str):
+    """A client in `room`, past its 101 (it reads nothing more unless told)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    if rcvbuf:
-        import socket
-
-        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     writer.write(
         f"GET /ws?room={room} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY.decode()}\r\n"
@@ -101,8 +98,8 @@ async def run(sndbuf: int, clients: int, messages: int, size: int) -> dict:
         base_pages = sockstat_pages()
         deaf = []
         for i in range(clients):
-            deaf.append(await join(port, "flood", None))
-        r, w = await join(port, "flood", None)
+            deaf.append(await join(port, "flood"))
+        r, w = await join(port, "flood")
 
         async def drain_own():
             try:
