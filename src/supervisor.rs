@@ -35,9 +35,10 @@ use log::{debug, info, warn};
 use serde::Serialize;
 
 use crate::broker::local::HistoryLimits;
-use crate::broker::redis::{BrokerEvent, BrokerEvents};
+use crate::broker::redis::{BrokerEvent, BrokerEvents, BrokerHealth};
 use crate::broker::{
-    Broker, BrokerError, EpochChange, JoinSnapshot, LocalBroker, Published, ResumeRequest,
+    Broker, BrokerError, Epoch, EpochChange, JoinSnapshot, LocalBroker, Published, Resume,
+    ResumeRequest,
 };
 use crate::close::{CloseMode, CloseResult, CloseStatus, Initiator};
 use crate::fanout::{local_shard, Admit, Deliver, Remove, Shard};
@@ -173,8 +174,19 @@ struct Room {
     members: usize,
     /// The epoch and seq the enrolled members have been given up to; `None` before the first
     /// enrolment. It drops a live message it already passed (a late copy) and announces a
-    /// new epoch before its first message.
+    /// new epoch before its first message. While the room catches up after a broker
+    /// reconnect it is not live: it buffers live messages until the catch-up snapshot.
     line: Option<ResumeMerge>,
+    /// Set while catching up after a broker reconnect: the epoch and seq the enrolled members
+    /// had, and the number of the catch-up (a late answer to an older one is ignored).
+    catch_up: Option<CatchUp>,
+}
+
+#[derive(Clone)]
+struct CatchUp {
+    epoch: Epoch,
+    last: u64,
+    attempt: u64,
 }
 
 struct DrainState {
@@ -202,6 +214,8 @@ pub struct Supervisor {
     events: Option<BrokerEvents>,
     /// Scratch space for one message's deliveries (no allocation per message).
     out: Vec<Delivery>,
+    /// Catch-ups started so far.
+    catch_ups: u64,
 }
 
 #[derive(Serialize)]
@@ -261,9 +275,13 @@ fn can_enroll(line: Option<&ResumeMerge>, merge: &ResumeMerge) -> bool {
     let Some((epoch, last)) = merge.last_delivered() else {
         return false;
     };
-    match line.and_then(ResumeMerge::last_delivered) {
+    match line {
         None => true,
-        Some((line_epoch, line_last)) => line_epoch == epoch && line_last >= last,
+        Some(line) => match line.last_delivered() {
+            // Catching up after a reconnect: not before it is done.
+            None => false,
+            Some((line_epoch, line_last)) => line_epoch == epoch && line_last >= last,
+        },
     }
 }
 
@@ -290,6 +308,7 @@ impl Supervisor {
             broker,
             events,
             out: Vec::new(),
+            catch_ups: 0,
         }
     }
 
@@ -347,11 +366,16 @@ impl Supervisor {
             }
             send_to_member(member, *id, &self.out, false);
         }
+        let mut line_overflowed = false;
         if let Some(line) = room.line.as_mut() {
             self.out.clear();
-            // A live line never refuses; with nobody enrolled it still follows the room.
-            let _ = line.live(message, &mut self.out);
+            // With nobody enrolled the line still follows the room, for later enrolments.
+            // It buffers (and may overflow) only while catching up after a reconnect.
+            line_overflowed = line.live(message, &mut self.out).is_err();
             fan_out(room, &room_name, &self.out);
+        }
+        if line_overflowed {
+            self.room_failed(&room_name, "too many live messages while catching up");
         }
         for id in failed {
             self.join_failed(
@@ -498,6 +522,125 @@ impl Supervisor {
         member.session.shutdown(try_again_later());
     }
 
+    /// The Redis broker is (back) up: messages other nodes published while this node was
+    /// cut off are in the rooms' history, not on the live stream. Every room with enrolled
+    /// members reads its history after the last seq they were given (the subscription is
+    /// already renewed), buffering live messages meanwhile, and hands the missed ones on.
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        let Broker::Redis(redis) = &self.broker else {
+            return;
+        };
+        let mut requests = Vec::new();
+        for (name, room) in &mut self.rooms {
+            let from = match (&room.catch_up, room.line.as_ref()) {
+                (Some(catch_up), _) => (catch_up.epoch.clone(), catch_up.last),
+                (None, Some(line)) => match line.last_delivered() {
+                    Some((epoch, last)) => (epoch.clone(), last),
+                    None => continue,
+                },
+                (None, None) => continue,
+            };
+            self.catch_ups += 1;
+            room.catch_up = Some(CatchUp {
+                epoch: from.0.clone(),
+                last: from.1,
+                attempt: self.catch_ups,
+            });
+            room.line = Some(ResumeMerge::new(MAX_JOIN_BUFFER));
+            let request = ResumeRequest {
+                since: from.1,
+                epoch: Some(from.0),
+            };
+            requests.push((
+                name.clone(),
+                self.catch_ups,
+                redis.snapshot(name, Some(request)),
+            ));
+        }
+        for (name, attempt, snapshot) in requests {
+            ctx.spawn(
+                snapshot
+                    .into_actor(self)
+                    .map(move |snapshot, act, _| act.caught_up(name, attempt, snapshot)),
+            );
+        }
+    }
+
+    /// The answer of a room's catch-up: the missed messages to the enrolled members, then
+    /// the live ones buffered meanwhile. A gap that cannot be filled (history trimmed, the
+    /// broker failing) closes the room's sessions 1013, so that their clients resume and
+    /// learn it (`resumed: false`).
+    fn caught_up(
+        &mut self,
+        room_name: Arc<str>,
+        attempt: u64,
+        snapshot: Result<JoinSnapshot, BrokerError>,
+    ) {
+        let Some(room) = self.rooms.get_mut(&room_name) else {
+            return;
+        };
+        if room.catch_up.as_ref().map(|c| c.attempt) != Some(attempt) {
+            return;
+        }
+        let problem = match &snapshot {
+            Ok(snapshot) => match &snapshot.resume {
+                Resume::Resumed(_) => None,
+                Resume::NotResumed | Resume::NotAsked => Some(
+                    "the messages published while the broker was unreachable are no longer in \
+                     its history"
+                        .to_owned(),
+                ),
+            },
+            Err(err) => Some(format!("reading its history failed: {err}")),
+        };
+        let (Ok(snapshot), None) = (snapshot, problem.clone()) else {
+            self.room_failed(
+                &room_name,
+                problem.as_deref().unwrap_or("catching up failed"),
+            );
+            return;
+        };
+        room.catch_up = None;
+        let Some(line) = room.line.as_mut() else {
+            return;
+        };
+        self.out.clear();
+        if line.snapshot(&snapshot, &mut self.out).is_err() {
+            self.room_failed(&room_name, "too many live messages while catching up");
+            return;
+        }
+        if let Some(missed) = snapshot.missed().filter(|missed| *missed > 0) {
+            info!(
+                "room {room_name}: caught up {missed} messages published while the broker was \
+                 unreachable"
+            );
+        }
+        fan_out(room, &room_name, &self.out);
+        self.enroll_caught_up(&room_name);
+    }
+
+    /// The room's enrolled members cannot be given every seq: they are closed 1013 (their
+    /// clients resume and learn about the gap), and the room's line starts again.
+    fn room_failed(&mut self, room_name: &Arc<str>, why: &str) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        room.line = None;
+        room.catch_up = None;
+        let enrolled: Vec<&Member> = self
+            .members
+            .values()
+            .filter(|member| member.room == *room_name && member.joining.is_none())
+            .collect();
+        warn!(
+            "room {room_name}: {why}; closing its {} sessions 1013 so that they resume",
+            enrolled.len()
+        );
+        for member in enrolled {
+            member.session.shutdown(try_again_later());
+        }
+    }
+
     /// A message from `from` to its room, through the broker. The local broker answers at
     /// once; with Redis the message comes back as a live event, and a refusal reaches the
     /// sender as an `error` frame.
@@ -616,11 +759,12 @@ impl Actor for Supervisor {
 }
 
 impl StreamHandler<BrokerEvent> for Supervisor {
-    fn handle(&mut self, event: BrokerEvent, _: &mut Self::Context) {
+    fn handle(&mut self, event: BrokerEvent, ctx: &mut Self::Context) {
         match event {
             BrokerEvent::Message(message) => self.on_live(message),
             BrokerEvent::EpochChanged(change) => self.on_epoch_change(change),
-            BrokerEvent::Health(health) => debug!("supervisor: broker {health:?}"),
+            BrokerEvent::Health(BrokerHealth::Up) => self.catch_up(ctx),
+            BrokerEvent::Health(BrokerHealth::Down) => debug!("supervisor: broker down"),
         }
     }
 
