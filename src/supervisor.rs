@@ -216,6 +216,8 @@ pub struct Supervisor {
     out: Vec<Delivery>,
     /// Catch-ups started so far.
     catch_ups: u64,
+    /// Messages handed to the Redis broker and not answered yet.
+    publishing: usize,
 }
 
 #[derive(Serialize)]
@@ -309,12 +311,15 @@ impl Supervisor {
             events,
             out: Vec::new(),
             catch_ups: 0,
+            publishing: 0,
         }
     }
 
     /// Ends the drain if every session has left.
     fn finish_drain_if_done(&mut self, ctx: &mut Context<Self>) {
-        if !self.members.is_empty() {
+        // A message a session sent before its close is published before the process exits
+        // (each publish answers within the broker's request timeout).
+        if !self.members.is_empty() || self.publishing > 0 {
             return;
         }
         if let Some(mut drain) = self.drain.take() {
@@ -663,13 +668,18 @@ impl Supervisor {
             Broker::Redis(redis) => {
                 let published = redis.publish(&member.room, &member.name, &text);
                 let sender = member.session.clone();
+                self.publishing += 1;
                 ctx.spawn(
                     async move {
                         if let Err(err) = published.await {
                             refuse(&sender, &err);
                         }
                     }
-                    .into_actor(self),
+                    .into_actor(self)
+                    .map(|(), act, ctx| {
+                        act.publishing = act.publishing.saturating_sub(1);
+                        act.finish_drain_if_done(ctx);
+                    }),
                 );
             }
         }
@@ -904,6 +914,13 @@ impl Handler<Drain> for Supervisor {
                     }
                 }
                 act.rooms.clear();
+                if act.publishing > 0 {
+                    warn!(
+                        "drain: {} messages still unanswered by the broker at the deadline",
+                        act.publishing
+                    );
+                    act.publishing = 0;
+                }
                 act.finish_drain_if_done(ctx);
             });
         });
