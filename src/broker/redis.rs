@@ -681,6 +681,8 @@ impl Driver {
                                 "broker down: lost {} ({why}); reconnecting",
                                 self.redacted_url
                             );
+                            // Said once: failed reconnects are not a new change of state.
+                            told_down = true;
                         }
                     }
                 }
