@@ -22,7 +22,7 @@
 //! ```text
 //!             HTTP upgrade (/ws?room=R&name=N, to resume also &since=S&epoch=E)
 //!                    │  checks: draining 503, broker unreachable 503, Origin 403,
-//!                    │  room/name/since 400, max_connections 503
+//!                    │  room/name/since/epoch 400, max_connections 503
 //!                    ▼
 //!  ┌──────────── Session actor (one per connection, on an actix-web worker) ────────────┐
 //!  │ transport.rs: bytes ⇄ frames    close.rs: CloseMachine (pure, no I/O)              │
