@@ -672,7 +672,6 @@ impl Driver {
             match self.connect().await {
                 Ok((connection, pubsub)) => {
                     backoff = self.settings.backoff_min;
-                    told_down = false;
                     match self.connected(connection, pubsub).await {
                         Ended::Stopped => return,
                         Ended::Lost(why) => {
