@@ -425,4 +425,5 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     ))
 }
 
+pub mod nginx;
 pub mod process;
