@@ -102,7 +102,7 @@ fn the_kubernetes_example_matches_its_config() {
 
 #[test]
 fn the_nginx_config_passes_nginx_t_and_outlasts_the_heartbeat() {
-    let site = nginx::render_deploy_conf(nginx::free_port(), [18081, 18082]);
+    let site = nginx::render_deploy_conf(common::free_port(), [18081, 18082]);
     if let Err(message) = nginx::check(&site) {
         panic!("nginx -t refuses deploy/nginx/wsgrace.conf:\n{message}");
     }

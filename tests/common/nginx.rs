@@ -2,7 +2,7 @@
 //! `deploy/nginx/wsgrace.conf` with the test's ports in place of 8080, 8081 and 8082, under a
 //! minimal main config in a temp dir (no root daemon, no system paths), killed on drop.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,14 +22,6 @@ pub fn require() {
         Path::new(NGINX).exists(),
         "\n\n*** this test needs {NGINX}, which is missing. Install it with:\n***     {INSTALL}\n*** (scripts/test.sh does this on a fresh machine)\n"
     );
-}
-
-/// A free loopback port (bound and released: good enough on a test machine).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
 }
 
 /// `deploy/nginx/wsgrace.conf` listening on `listen` in front of `nodes` (the checked-in file
