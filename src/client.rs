@@ -1057,6 +1057,14 @@ impl Driver {
                     debug!("client closing with {code}");
                     self.set_state(ConnectionState::Closed).await;
                     deadline = Some(Box::pin(tokio::time::sleep(self.config.close_timeout)));
+                    // What the app handed over before its close goes out before the close
+                    // frame, as a browser's send-then-close does.
+                    while let Ok(text) = outbound.try_recv() {
+                        if let Err(err) = sink.feed(Message::Text(text)).await {
+                            debug!("client send failed: {err}");
+                            break;
+                        }
+                    }
                     let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
                     if let Err(err) = sink.send(Message::Close(Some(frame))).await {
                         debug!("client close frame not sent: {err}");
