@@ -611,6 +611,11 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long [`Client::close`] waits for the server's close frame. Default 5 s.
     pub close_timeout: Duration,
+    /// No frame at all from the server for this long (its pings included) ends the
+    /// connection as 1006, which the policy retries: how a server that vanished without a
+    /// TCP reset is noticed. Set it well above the server's `session.heartbeat_interval_ms`
+    /// (e.g. three times). Default `None`: no timeout, like the browser module.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -625,6 +630,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
+            idle_timeout: None,
         }
     }
 }
@@ -641,6 +647,7 @@ impl fmt::Debug for ClientConfig {
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
             .field("close_timeout", &self.close_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -1044,6 +1051,10 @@ impl Driver {
         let mut deadline: Option<Pin<Box<Sleep>>> = None;
         let mut closing = false;
         let mut received: Option<CloseInfo> = None;
+        // No frame at all (the server's pings included) for this long: the server is gone.
+        let idle_timeout = self.config.idle_timeout;
+        let mut idle: Option<Pin<Box<Sleep>>> =
+            idle_timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout)));
         let end = loop {
             tokio::select! {
                 _ = self.stop.cancelled(), if !closing => {
@@ -1081,8 +1092,15 @@ impl Driver {
                         }
                     }
                 }
+                _ = wait(&mut idle), if !closing => {
+                    debug!("client: no frame for {idle_timeout:?}: the connection is dropped");
+                    break CloseInfo::abnormal("idle timeout");
+                }
                 frame = stream.next() => match frame {
-                    Some(Ok(Message::Text(text))) => self.on_frame(&text, conn).await,
+                    Some(Ok(Message::Text(text))) => {
+                        rearm(&mut idle, idle_timeout);
+                        self.on_frame(&text, conn).await;
+                    }
                     Some(Ok(Message::Close(frame))) => {
                         let close = match frame {
                             Some(frame) => CloseInfo {
@@ -1093,6 +1111,9 @@ impl Driver {
                             None => CloseInfo { code: 1005, reason: String::new(), clean: true },
                         };
                         received = Some(close);
+                        // Closing: nothing more is taken from the app (a browser's socket
+                        // refuses sends once it is CLOSING, too).
+                        self.shared.lock().outbound = None;
                         // tungstenite answers on the next read; the server then ends the TCP
                         // connection, which ends this loop.
                         if deadline.is_none() {
@@ -1100,7 +1121,8 @@ impl Driver {
                         }
                         closing = true;
                     }
-                    Some(Ok(_)) => {} // pings are answered by tungstenite; binary is not ours
+                    // Pings are answered by tungstenite; binary frames are not ours.
+                    Some(Ok(_)) => rearm(&mut idle, idle_timeout),
                     Some(Err(err)) => {
                         break received.unwrap_or_else(|| CloseInfo::abnormal(err.to_string()));
                     }
@@ -1260,11 +1282,18 @@ impl Driver {
             let _ = self.events.try_send(event);
             return;
         }
-        let events = self.events.clone();
         tokio::select! {
-            _ = events.send(event) => {}
+            _ = self.events.send(event) => {}
             _ = self.stop.cancelled() => {}
         }
+    }
+}
+
+/// Pushes the idle deadline `timeout` into the future (a frame came).
+fn rearm(idle: &mut Option<Pin<Box<Sleep>>>, timeout: Option<Duration>) {
+    let at = timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
+    if let (Some(sleep), Some(at)) = (idle.as_mut(), at) {
+        sleep.as_mut().reset(at);
     }
 }
 

@@ -592,3 +592,76 @@ async fn a_server_down_at_first_is_retried_with_backoff_until_it_is_up() {
     client.ended().await;
     drain(&mut server).await;
 }
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_is_noticed_by_the_idle_timeout() {
+    // Pings every 100 ms; a stopped process sends nothing but keeps the TCP connection.
+    let mut server =
+        ServerProcess::start("[session]\nheartbeat_interval_ms = 100\nclient_timeout_ms = 60000\n");
+    let mut config = config(server.addr, "idle", "ann");
+    config.idle_timeout = Some(Duration::from_secs(1));
+    config.connect_timeout = Duration::from_secs(1);
+    let mut client = Watched::connect(config);
+    client.open().await;
+    // Pings keep it open past the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(client.client.state(), ConnectionState::Open);
+
+    signal(server.pid(), "-STOP");
+    let (code, reason, next) = client
+        .until("the idle timeout", |e| match e {
+            ClientEvent::Closed {
+                code,
+                reason,
+                opened: true,
+                next,
+                ..
+            } => Some((*code, reason.clone(), *next)),
+            _ => None,
+        })
+        .await;
+    assert_eq!((code, reason.as_str()), (1006, "idle timeout"));
+    assert!(
+        matches!(
+            next,
+            Step::Reconnect {
+                why: ReconnectReason::Retry(1006),
+                ..
+            }
+        ),
+        "{next:?}"
+    );
+    // The kernel still accepts connections for the stopped process; nobody answers them.
+    let reason = client
+        .until("a failed attempt", |e| match e {
+            ClientEvent::Closed {
+                opened: false,
+                reason,
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, "connect timeout");
+
+    signal(server.pid(), "-CONT");
+    let missed = client
+        .until("the resume", |e| match e {
+            ClientEvent::Resumed { missed } => Some(*missed),
+            ClientEvent::Gap { .. } => panic!("{e:?}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(missed, 0);
+    client.client.close(1000, "").await.expect("close");
+    client.ended().await;
+    drain(&mut server).await;
+}
