@@ -665,3 +665,226 @@ async fn a_server_that_stops_answering_is_noticed_by_the_idle_timeout() {
     client.ended().await;
     drain(&mut server).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Against a stand-in server (the binary has no token expiry to offer): the token hook, the
+// resume URL, dedupe over the wire, the epoch frame.
+// ---------------------------------------------------------------------------------------
+
+type StandInSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A stand-in WebSocket server: each accepted connection with its request URI.
+async fn stand_in() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(String, StandInSocket)>,
+) {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let mut uri = String::new();
+            // The signature is tungstenite's `Callback`, large error type included.
+            #[allow(clippy::result_large_err)]
+            let record = |request: &Request, response: Response| {
+                uri = request.uri().to_string();
+                Ok(response)
+            };
+            if let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, record).await {
+                if tx.send((uri, ws)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (addr, rx)
+}
+
+async fn next_connection(
+    connections: &mut tokio::sync::mpsc::UnboundedReceiver<(String, StandInSocket)>,
+) -> (String, StandInSocket) {
+    tokio::time::timeout(WAIT, connections.recv())
+        .await
+        .expect("a connection within the deadline")
+        .expect("the stand-in runs")
+}
+
+async fn send_json(ws: &mut StandInSocket, value: serde_json::Value) {
+    use futures::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        value.to_string(),
+    ))
+    .await
+    .expect("stand-in send");
+}
+
+/// Reads (answering the client's close) until the client is gone, in the background.
+fn drive(mut ws: StandInSocket) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let _ =
+            tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    })
+}
+
+#[tokio::test]
+async fn close_3000_gets_a_fresh_token_from_the_hook_and_resumes() {
+    use serde_json::json;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    let (addr, mut connections) = stand_in().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let mut config = config(addr, "r", "ann");
+    config.token = Some("initial".to_owned());
+    config.token_hook = Some(Box::new(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        Box::pin(async move {
+            if n == 1 {
+                Err("the vault is sealed".into())
+            } else {
+                Ok(format!("fresh-{n}"))
+            }
+        })
+    }));
+    let mut client = Watched::connect(config);
+
+    // First connection: the configured token, no resume.
+    let (uri, mut ws) = next_connection(&mut connections).await;
+    assert_eq!(uri, "/ws?room=r&name=ann&token=initial");
+    let welcome = json!({"type":"welcome","room":"r","name":"ann","epoch":"e1","seq":0});
+    send_json(&mut ws, welcome).await;
+    for seq in [1, 1] {
+        let message = json!({"type":"message","room":"r","from":"bob","text":"hi","seq":seq});
+        send_json(&mut ws, message).await;
+    }
+    client
+        .until("seq 1", |e| {
+            matches!(e, ClientEvent::Message { seq: 1, .. }).then_some(())
+        })
+        .await;
+    {
+        use futures::SinkExt;
+        let frame = CloseFrame {
+            code: CloseCode::from(3000),
+            reason: "token expired".into(),
+        };
+        ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))
+            .await
+            .expect("close 3000");
+    }
+    let _first = drive(ws);
+    let next = client
+        .until("close 3000", |e| match e {
+            ClientEvent::Closed {
+                code: 3000, next, ..
+            } => Some(*next),
+            _ => None,
+        })
+        .await;
+    assert!(
+        matches!(
+            next,
+            Step::Reconnect {
+                fresh_token: true,
+                why: ReconnectReason::TokenExpired,
+                ..
+            }
+        ),
+        "{next:?}"
+    );
+    // The hook fails once: reported, retried after backoff.
+    let text = client
+        .until("the hook's error", |e| match e {
+            ClientEvent::Error { code, text } if code == "token" => Some(text.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(text, "the vault is sealed");
+
+    // Second connection: the fresh token, resuming after seq 1 of epoch e1.
+    let (uri, mut ws) = next_connection(&mut connections).await;
+    assert_eq!(uri, "/ws?room=r&name=ann&token=fresh-2&since=1&epoch=e1");
+    let frames = [
+        json!({"type":"welcome","room":"r","name":"ann","epoch":"e1","seq":3,"resumed":true,"missed":2}),
+        json!({"type":"message","room":"r","from":"bob","text":"again","seq":1}),
+        json!({"type":"message","room":"r","from":"bob","text":"two","seq":2}),
+        json!({"type":"presence","who":["bob"]}),
+        json!({"type":"message","room":"r","from":"bob","text":"three","seq":3}),
+        json!({"type":"epoch","room":"r","epoch":"e2","seq":0}),
+        json!({"type":"message","room":"r","from":"bob","text":"new one","seq":1}),
+    ];
+    for frame in frames {
+        send_json(&mut ws, frame).await;
+    }
+    let missed = client
+        .until("the resume", |e| match e {
+            ClientEvent::Resumed { missed } => Some(*missed),
+            _ => None,
+        })
+        .await;
+    assert_eq!(missed, 2);
+    client
+        .until("the new epoch's first message", |e| match e {
+            ClientEvent::Message { text, .. } if text == "new one" => Some(()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(client.seqs(), [1, 2, 3, 1], "each seq once per epoch");
+    assert_eq!(client.client.epoch().as_deref(), Some("e2"));
+    assert_eq!(client.client.last_seq(), Some(1));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    let second = drive(ws);
+    client.client.close(1000, "bye").await.expect("close");
+    let closed = client.ended().await;
+    assert!(
+        closed.iter().any(|e| matches!(
+            e,
+            ClientEvent::Closed {
+                code: 1000,
+                next: Step::Stop(StopReason::AppClosed),
+                ..
+            }
+        )),
+        "{closed:?}"
+    );
+    second.await.expect("the stand-in's reader");
+}
+
+#[tokio::test]
+async fn close_3000_without_a_hook_stops() {
+    use futures::SinkExt;
+    use serde_json::json;
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    let (addr, mut connections) = stand_in().await;
+    let mut client = Watched::connect(config(addr, "r", "ann"));
+    let (_, mut ws) = next_connection(&mut connections).await;
+    let welcome = json!({"type":"welcome","room":"r","name":"ann","epoch":"e1","seq":0});
+    send_json(&mut ws, welcome).await;
+    client.open().await;
+    let frame = CloseFrame {
+        code: CloseCode::from(3000),
+        reason: "token expired".into(),
+    };
+    ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))
+        .await
+        .expect("close 3000");
+    let _reader = drive(ws);
+    let rest = client.ended().await;
+    assert!(
+        rest.iter().any(|e| matches!(
+            e,
+            ClientEvent::Closed {
+                code: 3000,
+                next: Step::Stop(StopReason::TokenExpiredWithoutHook),
+                ..
+            }
+        )),
+        "{rest:?}"
+    );
+}
