@@ -4,8 +4,12 @@
 //! in seq order — the same policy as the browser module `/wsgrace.js` (`web/wsgrace.js`).
 //!
 //! What it owns: the WebSocket (tokio-tungstenite), the reconnect timer, the remembered
-//! epoch and last seq. What it must not do: queue the app's messages while disconnected,
-//! guess past what the server said, print anything (it logs with `log`), or log the token.
+//! epoch and last seq. What it must not touch: the server side of this crate (no actix, no
+//! import from the other modules: it speaks only the wire protocol of the SPEC). What it must
+//! not do: queue the app's messages while disconnected, guess past what the server said,
+//! print anything (it logs with `log`), or log the token (only the base URL is logged;
+//! tungstenite's own `trace` level prints the whole upgrade request, `?token=` included, so
+//! keep `tungstenite=trace` off where tokens matter).
 //!
 //! Shape, as in `wsgrace.js`: a pure core — [`backoff_delay`], [`next_step`],
 //! [`SeqTracker`], [`build_url`], [`parse_frame`] — unit-tested below without a socket, and a
@@ -802,13 +806,16 @@ impl Client {
     }
 
     /// The next event; `None` once the client has stopped and every event was read.
+    /// Events wait for the app in a queue of 1024; while it is full the client stops reading
+    /// the socket (so a server's slow-consumer rule, not this process's memory, bounds an app
+    /// that does not read). After [`close`](Self::close), events that do not fit are dropped.
     pub async fn next_event(&mut self) -> Option<ClientEvent> {
         self.events.recv().await
     }
 
     /// Hands `text` to the open connection: true if it was taken, false when the client is
     /// not open (nothing is queued while disconnected: the app decides what to do) or its
-    /// send queue is full. A message taken here may still be lost if the connection drops
+    /// send queue (1024 messages not yet written) is full. A message taken here may still be lost if the connection drops
     /// before the server has it; its receipt is the room's copy, with a seq.
     pub fn send(&self, text: impl Into<String>) -> bool {
         let inner = self.shared.lock();
