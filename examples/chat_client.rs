@@ -122,10 +122,16 @@ fn print_event(event: &ClientEvent) -> Option<ExitCode> {
         } => println!("#{seq} {from}: {text}"),
         ClientEvent::Resumed { missed } => println!("resumed: {missed} messages replayed"),
         ClientEvent::Gap {
-            previous_seq, seq, ..
+            previous_epoch,
+            previous_seq,
+            epoch,
+            seq,
         } => println!(
-            "gap: messages after #{previous_seq} up to #{} could not be recovered",
-            seq.map_or_else(|| "?".to_owned(), |s| s.to_string())
+            "gap: messages after #{previous_seq} (epoch {}) could not be recovered; \
+             continuing after #{} (epoch {})",
+            previous_epoch.as_deref().unwrap_or("?"),
+            seq.map_or_else(|| "?".to_owned(), |s| s.to_string()),
+            epoch.as_deref().unwrap_or("?")
         ),
         ClientEvent::Epoch { epoch, seq, .. } => println!(
             "epoch: the room's history was reset (epoch {}, seq {})",
