@@ -5,17 +5,12 @@
 //! Every wait has a deadline; nothing sleeps and hopes.
 
 mod common;
-// The test Redis of the cluster tests (tests/common/redis.rs), declared here so that the
-// shared `common` module stays as it is.
-#[allow(dead_code)]
-#[path = "common/redis.rs"]
-mod redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::process::{http_get, ServerProcess};
-use redis::{free_port, RedisServer};
+use common::redis::{free_port, RedisServer};
 use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
 use wsgrace::client::{

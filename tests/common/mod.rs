@@ -436,3 +436,4 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
 pub mod browser;
 pub mod nginx;
 pub mod process;
+pub mod redis;
