@@ -101,6 +101,9 @@ pub struct Admit {
     pub frames: Vec<ByteString>,
     /// Whether the session now gets the room's messages through [`Deliver`].
     pub enroll: bool,
+    /// The frames are the session's welcome and replay (bounded by `history.size`): not
+    /// counted against `session.outbound_queue`.
+    pub replayed: bool,
 }
 
 /// Removes session `id` from `room`.
@@ -121,6 +124,8 @@ pub struct Deliver {
     pub room: Arc<str>,
     /// The message, serialized once by the supervisor.
     pub text: ByteString,
+    /// A missed message of a catch-up: not counted against `session.outbound_queue`.
+    pub replayed: bool,
 }
 
 impl Handler<Admit> for Shard {
@@ -134,7 +139,12 @@ impl Handler<Admit> for Shard {
         };
         let mut sent = 0;
         for frame in msg.frames {
-            if outbox.offer(frame).is_ok() {
+            let offered = if msg.replayed {
+                outbox.offer_replayed(frame)
+            } else {
+                outbox.offer(frame)
+            };
+            if offered.is_ok() {
                 sent += 1;
             }
         }
@@ -174,7 +184,12 @@ impl Handler<Deliver> for Shard {
         let frame = encode_text(&msg.text);
         let (mut sent, mut closed, mut full) = (0u64, 0u64, 0u64);
         for (_, outbox) in &members.list {
-            match outbox.offer_encoded(frame.clone()) {
+            let offered = if msg.replayed {
+                outbox.offer_encoded_replayed(frame.clone())
+            } else {
+                outbox.offer_encoded(frame.clone())
+            };
+            match offered {
                 Ok(()) => sent += 1,
                 Err(Refused::OutputClosed) => closed += 1,
                 // The first refusal is counted by the session when it closes 1008.

@@ -64,6 +64,17 @@ impl Outbox {
         self.report(self.queue.offer_encoded(frame, self.limit))
     }
 
+    /// Queues a replayed text (missed messages of a resume or a catch-up): not counted
+    /// against `session.outbound_queue` (the replay is bounded by `history.size`).
+    pub fn offer_replayed(&self, text: ByteString) -> Result<(), Refused> {
+        self.queue.offer_text_replayed(text)
+    }
+
+    /// [`Outbox::offer_replayed`] for a frame encoded once for many sessions.
+    pub fn offer_encoded_replayed(&self, frame: std::rc::Rc<[u8]>) -> Result<(), Refused> {
+        self.queue.offer_encoded_replayed(frame)
+    }
+
     fn report(&self, result: Result<(), Refused>) -> Result<(), Refused> {
         if let Err(Refused::Full { first: true }) = result {
             self.session.do_send(Overflowed);

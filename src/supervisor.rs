@@ -377,7 +377,7 @@ impl Supervisor {
             // With nobody enrolled the line still follows the room, for later enrolments.
             // It buffers (and may overflow) only while catching up after a reconnect.
             line_overflowed = line.live(message, &mut self.out).is_err();
-            fan_out(room, &room_name, &self.out);
+            fan_out(room, &room_name, &self.out, false);
         }
         if line_overflowed {
             self.room_failed(&room_name, "too many live messages while catching up");
@@ -409,7 +409,7 @@ impl Supervisor {
         if let Some(line) = room.line.as_mut() {
             self.out.clear();
             line.epoch_changed(&change, &mut self.out);
-            fan_out(room, &change.room, &self.out);
+            fan_out(room, &change.room, &self.out, false);
         }
     }
 
@@ -472,6 +472,7 @@ impl Supervisor {
             id,
             frames,
             enroll: false,
+            replayed: true,
         });
         let room = member.room.clone();
         self.enroll_caught_up(&room);
@@ -506,6 +507,7 @@ impl Supervisor {
                 id: *id,
                 frames: Vec::new(),
                 enroll: true,
+                replayed: false,
             });
             enrolled.push(*id);
         }
@@ -561,6 +563,20 @@ impl Supervisor {
                 self.catch_ups,
                 redis.snapshot(name, Some(request)),
             ));
+        }
+        // A member still catching up one by one has no line of its own to catch up from:
+        // it resumes instead.
+        let behind: Vec<SessionId> = self
+            .members
+            .iter()
+            .filter(|(_, member)| member.joining.as_ref().is_some_and(ResumeMerge::is_live))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in behind {
+            self.join_failed(
+                id,
+                "the broker reconnected before it caught up with its room",
+            );
         }
         for (name, attempt, snapshot) in requests {
             ctx.spawn(
@@ -620,7 +636,7 @@ impl Supervisor {
                  unreachable"
             );
         }
-        fan_out(room, &room_name, &self.out);
+        fan_out(room, &room_name, &self.out, true);
         self.enroll_caught_up(&room_name);
     }
 
@@ -696,11 +712,13 @@ fn send_to_member(member: &Member, id: SessionId, deliveries: &[Delivery], enrol
         id,
         frames: deliveries.iter().filter_map(delivery_json).collect(),
         enroll,
+        replayed: false,
     });
 }
 
-/// Sends `deliveries` to every shard with enrolled members of `room`.
-fn fan_out(room: &Room, room_name: &Arc<str>, deliveries: &[Delivery]) {
+/// Sends `deliveries` to every shard with enrolled members of `room` (`replayed`: a
+/// catch-up's missed messages, not counted against the outbound queue's limit).
+fn fan_out(room: &Room, room_name: &Arc<str>, deliveries: &[Delivery], replayed: bool) {
     for delivery in deliveries {
         let Some(text) = delivery_json(delivery) else {
             continue;
@@ -709,6 +727,7 @@ fn fan_out(room: &Room, room_name: &Arc<str>, deliveries: &[Delivery]) {
             shard.do_send(Deliver {
                 room: room_name.clone(),
                 text: text.clone(),
+                replayed,
             });
         }
     }

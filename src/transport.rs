@@ -292,6 +292,11 @@ struct Shared {
     close_queued: bool,
     /// A text was refused because the queue was full; reported once.
     overflowed: bool,
+    /// Room above the limit granted to replayed frames (a resume's or a catch-up's missed
+    /// messages, bounded by `history.size`): a client that reads cannot take a long replay
+    /// faster than it is queued, and is no slow consumer for it. Shrinks by one per frame
+    /// taken, so that what the limit counts is the frames queued besides the replay.
+    allowance: usize,
 }
 
 /// A queued outbound frame.
@@ -348,6 +353,7 @@ pub fn outbound() -> (OutboundQueue, OutboundBody) {
         waker: None,
         close_queued: false,
         overflowed: false,
+        allowance: 0,
     }));
     (
         OutboundQueue {
@@ -372,12 +378,34 @@ impl OutboundQueue {
         self.offer(Outgoing::Encoded(frame), limit)
     }
 
+    /// Queues a replayed text (a resume's or a catch-up's missed message): like
+    /// [`offer_text`](Self::offer_text), but it does not count against `limit`.
+    pub fn offer_text_replayed(&self, text: ByteString) -> Result<(), Refused> {
+        self.offer_replayed(Outgoing::Frame(Message::Text(text)))
+    }
+
+    /// [`offer_text_replayed`](Self::offer_text_replayed) for a frame encoded by
+    /// [`encode_text`].
+    pub fn offer_encoded_replayed(&self, frame: Rc<[u8]>) -> Result<(), Refused> {
+        self.offer_replayed(Outgoing::Encoded(frame))
+    }
+
+    fn offer_replayed(&self, data: Outgoing) -> Result<(), Refused> {
+        let mut shared = self.shared.borrow_mut();
+        if shared.close_queued || shared.end != OutboundEnd::Running {
+            return Err(Refused::OutputClosed);
+        }
+        shared.allowance += 1;
+        Self::enqueue(&mut shared, data);
+        Ok(())
+    }
+
     fn offer(&self, data: Outgoing, limit: usize) -> Result<(), Refused> {
         let mut shared = self.shared.borrow_mut();
         if shared.close_queued || shared.end != OutboundEnd::Running {
             return Err(Refused::OutputClosed);
         }
-        if shared.frames.len() >= limit {
+        if shared.frames.len() >= limit.saturating_add(shared.allowance) {
             let first = !shared.overflowed;
             shared.overflowed = true;
             return Err(Refused::Full { first });
@@ -417,6 +445,7 @@ impl OutboundQueue {
             .filter(|f| matches!(f, Outgoing::Frame(Message::Text(_)) | Outgoing::Encoded(_)))
             .count();
         shared.frames.clear();
+        shared.allowance = 0;
         texts
     }
 
@@ -427,7 +456,10 @@ impl OutboundQueue {
 
     /// Ends the connection now; queued frames are discarded.
     pub fn abort(&self) {
-        self.shared.borrow_mut().frames.clear();
+        let mut shared = self.shared.borrow_mut();
+        shared.frames.clear();
+        shared.allowance = 0;
+        drop(shared);
         self.finish(OutboundEnd::Abort);
     }
 
@@ -462,7 +494,11 @@ impl Stream for OutboundBody {
         }
         let mut out = BytesMut::new();
         while out.len() < ENCODE_BATCH_BYTES {
-            match shared.frames.pop_front() {
+            let taken = shared.frames.pop_front();
+            if taken.is_some() {
+                shared.allowance = shared.allowance.saturating_sub(1);
+            }
+            match taken {
                 None => break,
                 Some(Outgoing::Encoded(frame)) => out.extend_from_slice(&frame),
                 Some(Outgoing::Frame(frame)) => {
@@ -532,6 +568,35 @@ pub fn on_connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replay_does_not_count_against_the_limit() {
+        let (queue, mut body) = outbound();
+        let text = || ByteString::from_static("x");
+        for _ in 0..5 {
+            assert_eq!(queue.offer_text_replayed(text()), Ok(()));
+        }
+        assert_eq!(queue.offer_text(text(), 2), Ok(()));
+        assert_eq!(queue.offer_text(text(), 2), Ok(()));
+        assert_eq!(
+            queue.offer_text(text(), 2),
+            Err(Refused::Full { first: true })
+        );
+        // Written out: the replay's room is gone with it.
+        let written = futures::executor::block_on(futures::StreamExt::next(&mut body));
+        assert!(matches!(written, Some(Ok(_))));
+        assert_eq!(queue.offer_text(text(), 2), Ok(()));
+        assert_eq!(queue.offer_text(text(), 2), Ok(()));
+        assert_eq!(
+            queue.offer_text(text(), 2),
+            Err(Refused::Full { first: false })
+        );
+        queue.push(Message::Close(None));
+        assert_eq!(
+            queue.offer_text_replayed(text()),
+            Err(Refused::OutputClosed)
+        );
+    }
 
     #[test]
     fn close_codes_per_error() {

@@ -166,7 +166,9 @@ pub enum BrokerEvent {
     Message(Published),
     /// A subscribed room's history was lost (Redis restarted empty, or the room expired):
     /// tell its open sessions with an `epoch` frame. Comes before any message of the new
-    /// epoch.
+    /// epoch. Found on a reconnect, its `seq` is 0 (the new epoch's messages published
+    /// meanwhile are in the history, to be read after [`BrokerHealth::Up`]); seen on a live
+    /// message, it is that message's seq less one.
     EpochChanged(EpochChange),
     /// The broker went up or down.
     Health(BrokerHealth),
@@ -950,10 +952,13 @@ impl Driver {
                         "broker: room {} has a new epoch {} (its history was lost)",
                         snapshot.room, snapshot.epoch
                     );
+                    // From seq 0: messages other nodes published in the new epoch while this
+                    // one was away are in the history (the supervisor's catch-up after
+                    // `Health(Up)` delivers them), and the first of them is seq 1.
                     self.emit(BrokerEvent::EpochChanged(EpochChange {
                         room: snapshot.room,
                         epoch: snapshot.epoch,
-                        seq: snapshot.seq,
+                        seq: 0,
                     }))
                     .await;
                 }
