@@ -425,4 +425,6 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     ))
 }
 
+pub mod member;
 pub mod process;
+pub mod redis;

@@ -1,0 +1,691 @@
+//! SPEC "Cluster" (`broker.kind = "redis"`), "Resume" across nodes, "Shutdown" step 6 and
+//! the `broker.*` keys, against real `wsgrace` binaries sharing a real `redis-server`. Each
+//! test starts its own Redis on a free loopback port (tests/common/redis.rs) and uses its
+//! own `broker.key_prefix`.
+//!
+//! - rooms span nodes: one seq order for every member on every node, concurrent senders
+//!   on both nodes included;
+//! - resume on the same node and on the other, under traffic, beyond the history, with
+//!   another epoch;
+//! - a rolling restart: the drained node's clients are told `going_away`, wait the delay,
+//!   and resume on the other node without a gap or a duplicate;
+//! - the broker's outage and a node started before its broker: readiness, 503, `error`
+//!   `unavailable`, recovery without a restart, the `epoch` frame after Redis lost its data,
+//!   one log line per change of state;
+//! - the Redis password never reaches stderr; bad `broker.*` keys exit 2 naming the key.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::member::{
+    assert_contiguous, query, resume_rounds, spawn_talker, upgrade_status, Frame, Member, Msg, WAIT,
+};
+use common::process::{http_get, http_get_body, metric, run_to_exit, ServerProcess};
+use common::redis::RedisServer;
+
+/// A node's config: the Redis broker at `url` under `prefix`, then `extra` TOML tables.
+fn config(url: &str, prefix: &str, extra: &str) -> String {
+    format!("[broker]\nkind = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"{prefix}\"\n{extra}")
+}
+
+/// A key prefix unique to this test run and `test`.
+fn prefix(test: &str) -> String {
+    format!("wsgrace-test-{}-{test}", std::process::id())
+}
+
+/// Joins `room` as `name` on `node`, resuming if `resume` is given.
+async fn join(node: &ServerProcess, room: &str, name: &str, resume: Option<(u64, &str)>) -> Member {
+    Member::join(node.ws_url(&query(room, name, resume))).await
+}
+
+/// Polls `GET path` on `addr` until it answers `status`; returns the body then.
+async fn wait_status(addr: SocketAddr, path: &str, status: u16) -> String {
+    let start = Instant::now();
+    let mut last = (0, String::new());
+    while start.elapsed() < WAIT {
+        last = http_get_body(addr, path).await;
+        if last.0 == status {
+            return last.1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{path} never answered {status} within {WAIT:?}; last: {last:?}");
+}
+
+/// Polls `/metrics` until `sample` is at least `value`.
+async fn wait_metric_at_least(addr: SocketAddr, sample: &str, value: f64) {
+    let start = Instant::now();
+    loop {
+        let now = metric(addr, sample).await;
+        if now >= value {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{sample} stayed at {now}, below {value}, for {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The stderr lines of `node` that contain `needle`.
+fn log_lines(node: &ServerProcess, needle: &str) -> Vec<String> {
+    node.stderr()
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+const BROKER_REFUSED: &str = "wsgrace_upgrades_refused_total{reason=\"broker_unavailable\"}";
+
+#[tokio::test]
+async fn members_on_two_nodes_see_each_others_messages() {
+    let redis = RedisServer::start();
+    let cfg = config(&redis.url(), &prefix("two-nodes"), "");
+    let a = ServerProcess::start(&cfg);
+    let b = ServerProcess::start(&cfg);
+    let mut ann = join(&a, "r", "ann", None).await;
+    let mut bob = join(&b, "r", "bob", None).await;
+    assert_eq!((ann.welcome.seq, bob.welcome.seq), (0, 0));
+    assert_eq!(ann.welcome.epoch, bob.welcome.epoch, "one room, one epoch");
+
+    ann.send("from A").await;
+    let expected = Msg {
+        seq: 1,
+        from: "ann".into(),
+        text: "from A".into(),
+    };
+    assert_eq!(ann.message().await, expected, "the sender's receipt");
+    assert_eq!(bob.message().await, expected, "on the other node");
+    bob.send("from B").await;
+    let expected = Msg {
+        seq: 2,
+        from: "bob".into(),
+        text: "from B".into(),
+    };
+    assert_eq!(bob.message().await, expected);
+    assert_eq!(ann.message().await, expected);
+
+    // The same room name under another key prefix is another room.
+    let c = ServerProcess::start(&config(&redis.url(), &prefix("two-nodes-other"), ""));
+    let mut cy = join(&c, "r", "cy", None).await;
+    assert_eq!(cy.welcome.seq, 0, "{:?}", cy.welcome);
+    assert_eq!(cy.say("elsewhere").await.last().map(|m| m.seq), Some(1));
+    ann.send("last").await;
+    for member in [&mut ann, &mut bob] {
+        let msg = member.message().await;
+        assert_eq!((msg.seq, msg.text.as_str()), (3, "last"), "{msg:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_on_both_nodes_sees_one_order_under_concurrent_senders() {
+    const SENDERS: usize = 4;
+    const PER_SENDER: u64 = 200;
+    const MEMBERS: usize = 6;
+    const TOTAL: u64 = SENDERS as u64 * PER_SENDER;
+    let redis = RedisServer::start();
+    let cfg = config(&redis.url(), &prefix("order"), "");
+    let nodes = [ServerProcess::start(&cfg), ServerProcess::start(&cfg)];
+    // Members alternate between the nodes; the first four send, two on each node.
+    let mut members = Vec::new();
+    for i in 0..MEMBERS {
+        members.push(join(&nodes[i % 2], "order", &format!("m{i}"), None).await);
+    }
+    let mut readers = Vec::new();
+    let mut senders = Vec::new();
+    for (i, member) in members.into_iter().enumerate() {
+        let Member { mut tx, mut rx, .. } = member;
+        readers.push(tokio::spawn(
+            async move { rx.messages_through(TOTAL).await },
+        ));
+        if i < SENDERS {
+            senders.push(tokio::spawn(async move {
+                for n in 0..PER_SENDER {
+                    tx.send(&format!("m{i}-{n}")).await;
+                }
+                tx
+            }));
+        }
+    }
+    let mut keep_open = Vec::new();
+    for sender in senders {
+        keep_open.push(sender.await.expect("sender task"));
+    }
+    let mut seen = Vec::new();
+    for (i, reader) in readers.into_iter().enumerate() {
+        let messages = reader.await.expect("reader task");
+        assert_contiguous(&format!("m{i}"), &messages, 1, TOTAL);
+        seen.push(
+            messages
+                .into_iter()
+                .map(|m| (m.from, m.text))
+                .collect::<Vec<_>>(),
+        );
+    }
+    for (i, order) in seen.iter().enumerate().skip(1) {
+        if let Some(at) = order.iter().zip(&seen[0]).position(|(x, y)| x != y) {
+            panic!(
+                "m{i} (node {}) and m0 (node 0) disagree at seq {}: {:?} vs {:?}",
+                i % 2,
+                at + 1,
+                order[at],
+                seen[0][at]
+            );
+        }
+    }
+    // Every message was delivered once, and each sender's in the order it sent them.
+    for i in 0..SENDERS {
+        let own: Vec<&str> = seen[0]
+            .iter()
+            .filter(|(from, _)| *from == format!("m{i}"))
+            .map(|(_, text)| text.as_str())
+            .collect();
+        let sent: Vec<String> = (0..PER_SENDER).map(|n| format!("m{i}-{n}")).collect();
+        assert_eq!(own, sent, "m{i}'s messages as everyone saw them");
+    }
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_the_same_node_and_on_the_other() {
+    let redis = RedisServer::start();
+    let cfg = config(&redis.url(), &prefix("resume"), "");
+    let a = ServerProcess::start(&cfg);
+    let b = ServerProcess::start(&cfg);
+    let mut talker = join(&a, "r", "talker", None).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    let epoch = ann.welcome.epoch.clone();
+    for n in 1..=3 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    assert_contiguous("ann", &ann.rx.messages_through(3).await, 1, 3);
+    ann.leave().await;
+    for n in 4..=6 {
+        talker.say(&format!("t-{n}")).await;
+    }
+
+    // The same node.
+    let mut ann = join(&a, "r", "ann", Some((3, &epoch))).await;
+    let welcome = ann.welcome.clone();
+    assert_eq!(
+        (
+            welcome.resumed,
+            welcome.missed,
+            welcome.seq,
+            welcome.epoch.as_str()
+        ),
+        (Some(true), Some(3), 6, epoch.as_str()),
+        "{welcome:?}"
+    );
+    let replay = ann.rx.messages_through(6).await;
+    assert_contiguous("replay on A", &replay, 4, 6);
+    assert_eq!(replay[0].text, "t-4");
+    talker.say("t-7").await;
+    assert_eq!(ann.message().await.seq, 7);
+    drop(ann); // a lost connection this time
+    for n in 8..=10 {
+        talker.say(&format!("t-{n}")).await;
+    }
+
+    // The other node.
+    let mut ann = join(&b, "r", "ann", Some((7, &epoch))).await;
+    let welcome = ann.welcome.clone();
+    assert_eq!(
+        (
+            welcome.resumed,
+            welcome.missed,
+            welcome.seq,
+            welcome.epoch.as_str()
+        ),
+        (Some(true), Some(3), 10, epoch.as_str()),
+        "{welcome:?}"
+    );
+    let replay = ann.rx.messages_through(10).await;
+    assert_contiguous("replay on B", &replay, 8, 10);
+    assert_eq!(
+        replay.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["t-8", "t-9", "t-10"]
+    );
+    talker.say("t-11").await;
+    let live = ann.message().await;
+    assert_eq!((live.seq, live.text.as_str()), (11, "t-11"), "{live:?}");
+
+    // Up to date: resumed, nothing missed.
+    let bob = join(&b, "r", "bob", Some((11, &epoch))).await;
+    assert_eq!(
+        (bob.welcome.resumed, bob.welcome.missed),
+        (Some(true), Some(0)),
+        "{:?}",
+        bob.welcome
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_resume_on_the_other_node_while_messages_flow() {
+    const LAST: u64 = 500;
+    let redis = RedisServer::start();
+    let cfg = config(&redis.url(), &prefix("traffic"), "");
+    let a = ServerProcess::start(&cfg);
+    let b = ServerProcess::start(&cfg);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        clients.push(join(node, "busy", &format!("c{i}"), None).await);
+    }
+    let talker = spawn_talker(
+        join(&b, "busy", "talker", None).await,
+        "t",
+        LAST,
+        Duration::from_millis(2),
+    );
+    let runs: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, member)| {
+            // Each resume goes to the node the client was not on.
+            let nodes = if i % 2 == 0 {
+                vec![a.addr, b.addr]
+            } else {
+                vec![b.addr, a.addr]
+            };
+            tokio::spawn(resume_rounds(member, nodes, 12, LAST, 100 + i as u64))
+        })
+        .collect();
+    let mut missed = 0;
+    for (i, run) in runs.into_iter().enumerate() {
+        let (seen, client_missed) = tokio::time::timeout(WAIT * 3, run)
+            .await
+            .expect("a client did not finish in time")
+            .expect("client task");
+        assert_contiguous(&format!("c{i}"), &seen, 1, LAST);
+        missed += client_missed;
+    }
+    assert_contiguous("talker", &talker.await.expect("talker task"), 1, LAST);
+    assert!(
+        missed > 0,
+        "no resume had anything to replay: the test tested nothing"
+    );
+}
+
+#[tokio::test]
+async fn beyond_the_history_or_in_another_epoch_nothing_is_resumed() {
+    let redis = RedisServer::start();
+    let cfg = config(&redis.url(), &prefix("history"), "[history]\nsize = 5\n");
+    let a = ServerProcess::start(&cfg);
+    let b = ServerProcess::start(&cfg);
+    let mut talker = join(&a, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    for n in 1..=10 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    // The stream holds 6..=10: after 5 everything is there, after 4 seq 5 is gone.
+    let mut edge = join(&b, "r", "edge", Some((5, &epoch))).await;
+    assert_eq!(
+        (edge.welcome.resumed, edge.welcome.missed, edge.welcome.seq),
+        (Some(true), Some(5), 10),
+        "{:?}",
+        edge.welcome
+    );
+    assert_contiguous("edge", &edge.rx.messages_through(10).await, 6, 10);
+    let mut late = join(&b, "r", "late", Some((4, &epoch))).await;
+    assert_eq!(
+        (
+            late.welcome.resumed,
+            late.welcome.seq,
+            late.welcome.epoch.as_str()
+        ),
+        (Some(false), 10, epoch.as_str()),
+        "{:?}",
+        late.welcome
+    );
+    let mut wrong = join(&b, "r", "wrong", Some((8, "another-epoch"))).await;
+    assert_eq!(
+        (wrong.welcome.resumed, wrong.welcome.seq),
+        (Some(false), 10),
+        "{:?}",
+        wrong.welcome
+    );
+    let mut ahead = join(&b, "r", "ahead", Some((11, &epoch))).await;
+    assert_eq!(ahead.welcome.resumed, Some(false), "{:?}", ahead.welcome);
+
+    talker.say("live").await;
+    for member in [&mut edge, &mut late, &mut wrong, &mut ahead] {
+        let next = member.message().await;
+        assert_eq!(
+            (next.seq, next.text.as_str()),
+            (11, "live"),
+            "{}: replayed something, or missed the live message",
+            member.welcome.name
+        );
+    }
+}
+
+/// What one client of the drained node went through.
+struct Moved {
+    messages: Vec<Msg>,
+    close: Option<u16>,
+    delay_ms: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_moves_clients_to_the_other_node_without_a_gap() {
+    const LAST: u64 = 300;
+    const SPREAD_MS: u64 = 500;
+    let redis = RedisServer::start();
+    let cfg = config(
+        &redis.url(),
+        &prefix("rolling"),
+        &format!("[shutdown]\nreconnect_spread_ms = {SPREAD_MS}\n"),
+    );
+    let mut a = ServerProcess::start(&cfg);
+    let b = ServerProcess::start(&cfg);
+    let observer = join(&b, "r", "observer", None).await;
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        clients.push(join(&a, "r", &format!("c{i}"), None).await);
+    }
+    let talker = spawn_talker(
+        join(&b, "r", "talker", None).await,
+        "t",
+        LAST,
+        Duration::from_millis(4),
+    );
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(4);
+    let b_addr = b.addr;
+    let moves: Vec<_> = clients
+        .into_iter()
+        .map(|mut member| {
+            let started = started_tx.clone();
+            tokio::spawn(async move {
+                let name = member.welcome.name.clone();
+                let epoch = member.welcome.epoch.clone();
+                let mut messages: Vec<Msg> = Vec::new();
+                let delay_ms = loop {
+                    match member.next().await {
+                        Frame::Message(msg) => {
+                            messages.push(msg);
+                            if messages.len() == 10 {
+                                let _ = started.send(()).await;
+                            }
+                        }
+                        Frame::GoingAway { reconnect_after_ms } => break reconnect_after_ms,
+                        other => panic!("{name}: {other:?} before going_away"),
+                    }
+                };
+                let close = match member.next().await {
+                    Frame::Close(code, _) => code,
+                    other => panic!("{name}: after going_away came {other:?}, not the close"),
+                };
+                assert!(member.rx.finish().await, "{name}: the close was not clean");
+                drop(member);
+                assert!(
+                    delay_ms <= SPREAD_MS,
+                    "{name}: reconnect_after_ms {delay_ms} > {SPREAD_MS}"
+                );
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                let since = messages.last().map_or(0, |m| m.seq);
+                let url = format!(
+                    "ws://{b_addr}/ws{}",
+                    query("r", &name, Some((since, &epoch)))
+                );
+                let mut member = Member::join(url).await;
+                let welcome = member.welcome.clone();
+                assert_eq!(
+                    (welcome.resumed, welcome.epoch.as_str()),
+                    (Some(true), epoch.as_str()),
+                    "{name}: resume after {since}: {welcome:?}"
+                );
+                assert_eq!(welcome.missed, Some(welcome.seq - since), "{welcome:?}");
+                if since < LAST {
+                    messages.extend(member.rx.messages_through(LAST).await);
+                }
+                member.leave().await;
+                Moved {
+                    messages,
+                    close,
+                    delay_ms,
+                }
+            })
+        })
+        .collect();
+    drop(started_tx);
+    for _ in 0..4 {
+        tokio::time::timeout(WAIT, started_rx.recv())
+            .await
+            .expect("the clients on A got no traffic")
+            .expect("a client task ended before the traffic");
+    }
+    a.sigterm();
+    let status = a.wait_exit(WAIT).await;
+    assert!(status.success(), "node A exited with {status:?}");
+    let mut delays = Vec::new();
+    for (i, moved) in moves.into_iter().enumerate() {
+        let moved = tokio::time::timeout(WAIT * 2, moved)
+            .await
+            .expect("a client did not finish in time")
+            .expect("client task");
+        assert_eq!(moved.close, Some(1001), "c{i}'s close code");
+        assert_contiguous(&format!("c{i}"), &moved.messages, 1, LAST);
+        delays.push(moved.delay_ms);
+    }
+    // Draining A did not disturb B.
+    let Member { mut rx, .. } = observer;
+    assert_contiguous("observer on B", &rx.messages_through(LAST).await, 1, LAST);
+    assert_contiguous("talker on B", &talker.await.expect("talker"), 1, LAST);
+    eprintln!("reconnect delays: {delays:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_refuses_messages_and_the_node_recovers_in_a_new_epoch() {
+    let mut redis = RedisServer::start();
+    let a = ServerProcess::start(&config(&redis.url(), &prefix("outage"), ""));
+    let mut ann = join(&a, "r", "ann", None).await;
+    let mut bob = join(&a, "r", "bob", None).await;
+    let old_epoch = ann.welcome.epoch.clone();
+    ann.send("before").await;
+    for member in [&mut ann, &mut bob] {
+        assert_eq!(member.message().await.seq, 1);
+    }
+    assert_eq!(metric(a.addr, "wsgrace_broker_up").await, 1.0);
+
+    redis.kill();
+    let body = wait_status(a.addr, "/readyz", 503).await;
+    assert!(body.contains("broker unavailable"), "/readyz body {body:?}");
+    assert_eq!(http_get(a.addr, "/healthz", &[]).await, 200);
+    assert_eq!(upgrade_status(a.addr, &query("r", "carl", None)).await, 503);
+    assert!(metric(a.addr, BROKER_REFUSED).await >= 1.0);
+    assert_eq!(metric(a.addr, "wsgrace_broker_up").await, 0.0);
+    ann.send("lost in the outage").await;
+    match ann.next().await {
+        Frame::Error { code, .. } => assert_eq!(code, "unavailable"),
+        other => panic!("expected an `unavailable` error, got {other:?}"),
+    }
+
+    redis.restart();
+    wait_status(a.addr, "/readyz", 200).await;
+    assert_eq!(metric(a.addr, "wsgrace_broker_up").await, 1.0);
+    ann.send("after").await;
+    let mut new_epoch = None;
+    for member in [&mut ann, &mut bob] {
+        let name = member.welcome.name.clone();
+        let mut frames = Vec::new();
+        let live = loop {
+            let frame = member.next().await;
+            match &frame {
+                Frame::Message(msg) if msg.text == "after" => break msg.clone(),
+                Frame::Message(msg) => panic!("{name}: {msg:?} before the live message"),
+                Frame::Epoch { .. } => frames.push(frame),
+                other => panic!("{name}: {other:?} before the live message ({frames:?})"),
+            }
+            assert!(frames.len() < 10, "{name}: {frames:?}");
+        };
+        let [Frame::Epoch { room, epoch, seq }] = frames.as_slice() else {
+            panic!(
+                "{name}: not exactly one epoch frame before the new epoch's message: {frames:?}"
+            );
+        };
+        assert_eq!(room, "r");
+        assert_ne!(
+            *epoch, old_epoch,
+            "{name}: the epoch frame names the old epoch"
+        );
+        assert_eq!(
+            live.seq,
+            seq + 1,
+            "{name}: {live:?} after the epoch frame at {seq}"
+        );
+        assert_eq!(*new_epoch.get_or_insert_with(|| epoch.clone()), *epoch);
+    }
+    let new_epoch = new_epoch.expect("an epoch");
+    // A client that resumes with the old epoch is told it cannot.
+    let carl = join(&a, "r", "carl", Some((1, &old_epoch))).await;
+    assert_eq!(
+        (carl.welcome.resumed, carl.welcome.epoch.as_str()),
+        (Some(false), new_epoch.as_str()),
+        "{:?}",
+        carl.welcome
+    );
+    // One line per change of state.
+    let down = log_lines(&a, "broker down");
+    let up = log_lines(&a, "broker up");
+    assert_eq!(down.len(), 1, "broker down lines: {down:#?}");
+    assert_eq!(up.len(), 2, "broker up lines (start, recovery): {up:#?}");
+}
+
+#[tokio::test]
+async fn a_node_started_before_its_broker_becomes_ready_when_the_broker_comes() {
+    let mut redis = RedisServer::stopped();
+    let a = ServerProcess::start(&config(&redis.url(), &prefix("late-broker"), ""));
+    assert_eq!(http_get(a.addr, "/healthz", &[]).await, 200);
+    let (status, body) = http_get_body(a.addr, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("broker unavailable"), "/readyz body {body:?}");
+    assert_eq!(upgrade_status(a.addr, &query("r", "ann", None)).await, 503);
+    assert_eq!(metric(a.addr, BROKER_REFUSED).await, 1.0);
+    assert_eq!(metric(a.addr, "wsgrace_broker_up").await, 0.0);
+    // Several failed attempts.
+    wait_metric_at_least(a.addr, "wsgrace_broker_errors_total", 3.0).await;
+    assert_eq!(http_get_body(a.addr, "/readyz").await.0, 503);
+
+    redis.restart();
+    wait_status(a.addr, "/readyz", 200).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    assert_eq!(ann.say("hello").await.last().map(|m| m.seq), Some(1));
+    let down = log_lines(&a, "broker down");
+    let up = log_lines(&a, "broker up");
+    assert_eq!(down.len(), 1, "broker down lines: {down:#?}");
+    assert_eq!(up.len(), 1, "broker up lines: {up:#?}");
+    let port = redis.port().to_string();
+    assert!(up[0].contains(&port), "{up:?}");
+}
+
+#[tokio::test]
+async fn the_redis_password_never_reaches_stderr() {
+    const PASSWORD: &str = "s3cret-Pa55word-7f1e";
+    const WRONG: &str = "wr0ng-Pa55word-c29a";
+    let redis = RedisServer::start_with_password(PASSWORD);
+    let port = redis.port();
+    let with_password = format!("redis://:{PASSWORD}@127.0.0.1:{port}/0");
+    let user_and_password = format!("redis://default:{PASSWORD}@127.0.0.1:{port}/0");
+    let wrong = format!("redis://default:{WRONG}@127.0.0.1:{port}/0");
+    let key_prefix = prefix("password");
+    let mut a = ServerProcess::start(&config(&with_password, &key_prefix, ""));
+    // The environment variable overrides the file (which names a port nobody listens on).
+    let mut b = ServerProcess::start_with_env(
+        &config("redis://127.0.0.1:1/0", &key_prefix, ""),
+        &[("WSGRACE_REDIS_URL", &user_and_password)],
+    );
+    let mut c = ServerProcess::start(&config(&wrong, &key_prefix, ""));
+    wait_status(a.addr, "/readyz", 200).await;
+    wait_status(b.addr, "/readyz", 200).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    let mut bob = join(&b, "r", "bob", None).await;
+    ann.send("through the same Redis").await;
+    assert_eq!(bob.message().await.text, "through the same Redis");
+    ann.message().await;
+    c.wait_for_log("broker down").await;
+    assert_eq!(http_get_body(c.addr, "/readyz").await.0, 503);
+
+    for node in [&mut a, &mut b, &mut c] {
+        node.sigterm();
+        // The drain and its report are logged too.
+        let _ = node.wait_exit(WAIT).await;
+    }
+    for (name, node) in [("a", &a), ("b", &b), ("c", &c)] {
+        let stderr = node.stderr();
+        for secret in [PASSWORD, WRONG] {
+            assert!(
+                !stderr.contains(secret),
+                "node {name} logged a password:\n{stderr}"
+            );
+        }
+    }
+    let up = log_lines(&a, "broker up");
+    assert!(
+        up.iter()
+            .any(|l| l.contains("***") && l.contains(&port.to_string())),
+        "the redacted URL is named: {up:?}"
+    );
+}
+
+#[test]
+fn bad_broker_keys_exit_2_naming_the_key() {
+    const SECRET: &str = "top-5ecret-in-url";
+    let cases = [
+        (
+            "[broker]\nkind = \"redis\"\n".to_owned(),
+            vec![],
+            "broker.redis_url",
+        ),
+        (
+            config("http://127.0.0.1:6379/0", "p", ""),
+            vec![],
+            "broker.redis_url",
+        ),
+        (
+            config(&format!("ftp://user:{SECRET}@127.0.0.1/0"), "p", ""),
+            vec![],
+            "broker.redis_url",
+        ),
+        (
+            config("redis://127.0.0.1:6379/0", "p", ""),
+            vec![(
+                "WSGRACE_REDIS_URL",
+                format!("http://:{SECRET}@127.0.0.1:6379/0"),
+            )],
+            "broker.redis_url",
+        ),
+        (
+            "[broker]\nkind = \"zookeeper\"\n".to_owned(),
+            vec![],
+            "broker.kind",
+        ),
+    ];
+    for (text, env, key) in cases {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let exit = run_to_exit(&text, &env);
+        assert_eq!(
+            exit.status.code(),
+            Some(2),
+            "config {text:?} env {env:?}: stderr {}",
+            exit.stderr
+        );
+        assert_eq!(
+            exit.stdout, "",
+            "a refused config must not start the server"
+        );
+        assert!(
+            exit.stderr.contains(key),
+            "config {text:?} env {env:?}: stderr names no {key}: {}",
+            exit.stderr
+        );
+        assert!(
+            !exit.stderr.contains(SECRET),
+            "the password reached stderr: {}",
+            exit.stderr
+        );
+    }
+}

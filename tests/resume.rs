@@ -1,0 +1,332 @@
+//! SPEC "Resume" with the local broker (the default), against the real binary on one node:
+//! a client that reconnects with `since` and `epoch` gets what it missed, each seq exactly
+//! once, also while messages keep coming; a gap the history cannot fill, another epoch or a
+//! `since` beyond the room answer `resumed: false` and replay nothing; a bad `since` or
+//! `epoch` is refused before the upgrade; a restart of the process is a new epoch.
+
+mod common;
+
+use std::time::Duration;
+
+use common::member::{
+    assert_contiguous, query, resume_rounds, spawn_talker, upgrade_status, Frame, Member, Msg, WAIT,
+};
+use common::process::{metric, ServerProcess};
+
+/// Joins `room` as `name` on `server`, resuming if `resume` is given.
+async fn join(
+    server: &ServerProcess,
+    room: &str,
+    name: &str,
+    resume: Option<(u64, &str)>,
+) -> Member {
+    Member::join(server.ws_url(&query(room, name, resume))).await
+}
+
+/// `talker` says `count` messages `t-1`, `t-2`, ..., reading each receipt; returns the last seq.
+async fn say_many(talker: &mut Member, count: u64) -> u64 {
+    let mut last = 0;
+    for n in 1..=count {
+        let receipt = talker.say(&format!("t-{n}")).await;
+        last = receipt.last().expect("a receipt").seq;
+    }
+    last
+}
+
+/// Asserts that nothing was replayed to `member`: the next frame is the live message `text`
+/// with seq `seq`.
+async fn assert_next_is_live(member: &mut Member, seq: u64, from: &str, text: &str) {
+    let next = member.message().await;
+    assert_eq!(
+        next,
+        Msg {
+            seq,
+            from: from.to_owned(),
+            text: text.to_owned()
+        },
+        "something was replayed before the live message"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_reconnects_with_since_and_epoch_gets_what_it_missed() {
+    let server = ServerProcess::start("");
+    let mut ann = join(&server, "r", "ann", None).await;
+    assert_eq!((ann.welcome.seq, ann.welcome.resumed), (0, None));
+    let epoch = ann.welcome.epoch.clone();
+    let mut talker = join(&server, "r", "talker", None).await;
+    assert_eq!(talker.welcome.epoch, epoch, "one room, one epoch");
+
+    assert_eq!(say_many(&mut talker, 3).await, 3);
+    let seen = ann.rx.messages_through(3).await;
+    assert_contiguous("ann", &seen, 1, 3);
+    drop(ann); // gone without a close handshake, as a lost network does
+    for n in 4..=6 {
+        talker.say(&format!("while away {n}")).await;
+    }
+
+    let mut ann = join(&server, "r", "ann", Some((3, &epoch))).await;
+    let welcome = ann.welcome.clone();
+    assert_eq!(
+        (
+            welcome.resumed,
+            welcome.missed,
+            welcome.seq,
+            welcome.epoch.as_str()
+        ),
+        (Some(true), Some(3), 6, epoch.as_str()),
+        "{welcome:?}"
+    );
+    let replayed = ann.rx.messages_through(6).await;
+    assert_contiguous("ann's replay", &replayed, 4, 6);
+    assert_eq!(replayed[0].text, "while away 4");
+    assert_eq!(replayed[0].from, "talker");
+    talker.say("live").await;
+    assert_next_is_live(&mut ann, 7, "talker", "live").await;
+
+    // Without `epoch` the history alone decides; `since` equal to the room's seq is a
+    // resume with nothing missed.
+    let mut bob = Member::join(server.ws_url("?room=r&name=bob&since=5")).await;
+    assert_eq!(
+        (bob.welcome.resumed, bob.welcome.missed),
+        (Some(true), Some(2)),
+        "{:?}",
+        bob.welcome
+    );
+    assert_contiguous("bob's replay", &bob.rx.messages_through(7).await, 6, 7);
+    let mut cy = Member::join(server.ws_url(&query("r", "cy", Some((7, &epoch))))).await;
+    assert_eq!(
+        (cy.welcome.resumed, cy.welcome.missed, cy.welcome.seq),
+        (Some(true), Some(0), 7),
+        "{:?}",
+        cy.welcome
+    );
+    talker.say("for everyone").await;
+    assert_next_is_live(&mut cy, 8, "talker", "for everyone").await;
+    assert_next_is_live(&mut bob, 8, "talker", "for everyone").await;
+    assert_eq!(
+        metric(server.addr, "wsgrace_resumes_total{result=\"resumed\"}").await,
+        3.0
+    );
+    assert_eq!(
+        metric(server.addr, "wsgrace_resumed_messages_total").await,
+        5.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_leave_and_resume_while_messages_flow_see_every_seq_exactly_once() {
+    let server = ServerProcess::start("");
+    const LAST: u64 = 500;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(join(&server, "busy", &format!("c{i}"), None).await);
+    }
+    let talker = join(&server, "busy", "talker", None).await;
+    let talker = spawn_talker(talker, "t", LAST, Duration::from_millis(2));
+    let runs: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, member)| {
+            tokio::spawn(resume_rounds(member, vec![server.addr], 12, LAST, i as u64))
+        })
+        .collect();
+    let mut missed = 0;
+    for (i, run) in runs.into_iter().enumerate() {
+        let (seen, client_missed) = tokio::time::timeout(WAIT * 3, run)
+            .await
+            .expect("a client did not finish in time")
+            .expect("client task");
+        assert_contiguous(&format!("c{i}"), &seen, 1, LAST);
+        missed += client_missed;
+    }
+    let said = talker.await.expect("talker task");
+    assert_contiguous("talker", &said, 1, LAST);
+    assert!(
+        missed > 0,
+        "no resume had anything to replay: the test tested nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_gap_beyond_the_history_is_not_resumed_and_nothing_is_replayed() {
+    let server = ServerProcess::start("[history]\nsize = 5\n");
+    let mut talker = join(&server, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    assert_eq!(say_many(&mut talker, 10).await, 10);
+
+    // History holds 6..=10: after 5 everything is there, after 4 seq 5 is gone.
+    let mut edge = join(&server, "r", "edge", Some((5, &epoch))).await;
+    assert_eq!(
+        (edge.welcome.resumed, edge.welcome.missed, edge.welcome.seq),
+        (Some(true), Some(5), 10),
+        "{:?}",
+        edge.welcome
+    );
+    assert_contiguous("edge", &edge.rx.messages_through(10).await, 6, 10);
+
+    let mut late = join(&server, "r", "late", Some((4, &epoch))).await;
+    assert_eq!(
+        (
+            late.welcome.resumed,
+            late.welcome.seq,
+            late.welcome.epoch.as_str()
+        ),
+        (Some(false), 10, epoch.as_str()),
+        "{:?}",
+        late.welcome
+    );
+    talker.say("live").await;
+    assert_next_is_live(&mut late, 11, "talker", "live").await;
+    assert_next_is_live(&mut edge, 11, "talker", "live").await;
+}
+
+#[tokio::test]
+async fn without_history_no_resume_succeeds() {
+    let server = ServerProcess::start("[history]\nsize = 0\n");
+    let mut talker = join(&server, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    say_many(&mut talker, 2).await;
+    for since in [1, 2] {
+        let member = join(&server, "r", "m", Some((since, &epoch))).await;
+        assert_eq!(
+            (member.welcome.resumed, member.welcome.seq),
+            (Some(false), 2),
+            "since {since}: {:?}",
+            member.welcome
+        );
+        member.leave().await;
+    }
+}
+
+#[tokio::test]
+async fn another_epoch_or_a_since_beyond_the_room_is_not_resumed() {
+    let server = ServerProcess::start("");
+    let mut talker = join(&server, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    say_many(&mut talker, 4).await;
+
+    let mut wrong = join(&server, "r", "wrong", Some((2, "not-the-epoch"))).await;
+    assert_eq!(
+        (
+            wrong.welcome.resumed,
+            wrong.welcome.seq,
+            wrong.welcome.epoch.as_str()
+        ),
+        (Some(false), 4, epoch.as_str()),
+        "{:?}",
+        wrong.welcome
+    );
+    let mut ahead = join(&server, "r", "ahead", Some((9, &epoch))).await;
+    assert_eq!(
+        (ahead.welcome.resumed, ahead.welcome.seq),
+        (Some(false), 4),
+        "{:?}",
+        ahead.welcome
+    );
+    // The largest `since` there is: accepted, and far ahead.
+    let max = i64::MAX as u64;
+    let mut far = join(&server, "r", "far", Some((max, &epoch))).await;
+    assert_eq!(far.welcome.resumed, Some(false), "{:?}", far.welcome);
+    // A room nobody used yet: any `since` above 0 is ahead of it.
+    let fresh = join(&server, "new-room", "fresh", Some((3, &epoch))).await;
+    assert_eq!(
+        (fresh.welcome.resumed, fresh.welcome.seq),
+        (Some(false), 0),
+        "{:?}",
+        fresh.welcome
+    );
+    fresh.leave().await;
+
+    talker.say("live").await;
+    for member in [&mut wrong, &mut ahead, &mut far] {
+        assert_next_is_live(member, 5, "talker", "live").await;
+    }
+    assert_eq!(
+        metric(server.addr, "wsgrace_resumes_total{result=\"not_resumed\"}").await,
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn a_bad_since_or_epoch_gets_400_before_any_upgrade() {
+    let server = ServerProcess::start("");
+    let bad_since = [
+        "since=-1",
+        "since=abc",
+        "since=9223372036854775808",
+        "since=18446744073709551616",
+        "since=",
+        "since=1.5",
+        "since=0x10",
+    ];
+    for param in bad_since {
+        let status = upgrade_status(server.addr, &format!("?room=r&{param}")).await;
+        assert_eq!(status, 400, "{param}");
+    }
+    let long = "e".repeat(65);
+    let bad_epoch = [
+        "epoch=".to_owned(),
+        format!("epoch={long}"),
+        "epoch=a%20b".to_owned(),
+        "epoch=%C3%A9".to_owned(),
+        "epoch=a/b".to_owned(),
+    ];
+    for param in &bad_epoch {
+        let status = upgrade_status(server.addr, &format!("?room=r&since=1&{param}")).await;
+        assert_eq!(status, 400, "{param}");
+    }
+    // The edges that are fine.
+    let ok = format!("?room=r&since=0&epoch={}", "e".repeat(64));
+    assert_eq!(upgrade_status(server.addr, &ok).await, 101);
+    let ok = "?room=r&since=9223372036854775807&epoch=A-z_0.9";
+    assert_eq!(upgrade_status(server.addr, ok).await, 101);
+
+    let refused = |reason: &str| format!("wsgrace_upgrades_refused_total{{reason=\"{reason}\"}}");
+    assert_eq!(
+        metric(server.addr, &refused("bad_since")).await,
+        bad_since.len() as f64
+    );
+    assert_eq!(
+        metric(server.addr, &refused("bad_epoch")).await,
+        bad_epoch.len() as f64
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_process_is_a_new_epoch() {
+    let mut first = ServerProcess::start("");
+    let mut talker = join(&first, "r", "talker", None).await;
+    let old_epoch = talker.welcome.epoch.clone();
+    say_many(&mut talker, 3).await;
+    first.sigterm();
+    // The talker is told to go; its connection ends with the shutdown close.
+    let mut frames = Vec::new();
+    loop {
+        match talker.next().await {
+            frame @ (Frame::Close(..) | Frame::Ended(_)) => {
+                frames.push(frame);
+                break;
+            }
+            frame => frames.push(frame),
+        }
+        assert!(frames.len() < 100, "no close: {frames:?}");
+    }
+    talker.rx.finish().await;
+    assert!(first.wait_exit(WAIT).await.success());
+
+    let second = ServerProcess::start("");
+    let mut back = join(&second, "r", "talker", Some((3, &old_epoch))).await;
+    let welcome = back.welcome.clone();
+    assert_eq!(
+        (welcome.resumed, welcome.seq),
+        (Some(false), 0),
+        "{welcome:?}"
+    );
+    assert_ne!(welcome.epoch, old_epoch, "a new process, a new epoch");
+    let receipt = back.say("again").await;
+    assert_eq!(receipt.last().map(|m| m.seq), Some(1), "seqs start again");
+    let other = join(&second, "r", "other", None).await;
+    assert_eq!(other.welcome.epoch, welcome.epoch);
+    other.leave().await;
+}
