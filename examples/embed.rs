@@ -39,6 +39,7 @@ impl SessionHandler for Echo {
             room: "echo".into(),
             name: format!("user-{}", session.id()),
             shard: wsgrace::fanout::local_shard(),
+            resume: None,
         });
     }
 
@@ -103,6 +104,7 @@ async fn drain(state: web::Data<AppState>) -> HttpResponse {
         close_timeout: Duration::from_secs(2),
         batch_size: 0,
         batch_interval: Duration::ZERO,
+        reconnect_spread: Some(Duration::from_secs(2)),
     };
     let report = shutdown::drain(
         state.supervisor.clone(),

@@ -43,6 +43,8 @@ const MAX_CONNECTIONS: RangeInclusive<usize> = 1..=10_000_000;
 const DRAIN_TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;
 /// Allowed `shutdown.batch_interval_ms`: up to ten minutes.
 const BATCH_INTERVAL_MS: RangeInclusive<u64> = 0..=600_000;
+/// Allowed `shutdown.reconnect_spread_ms`: up to ten minutes.
+const RECONNECT_SPREAD_MS: RangeInclusive<u64> = 0..=600_000;
 /// The default `session.send_buffer_bytes`.
 pub const DEFAULT_SEND_BUFFER_BYTES: usize = 262_144;
 /// Allowed `close.linger_ms`: up to one minute (0 = close at once).
@@ -192,6 +194,9 @@ pub struct ShutdownSettings {
     pub batch_size: usize,
     /// Milliseconds between two batches.
     pub batch_interval_ms: u64,
+    /// The `going_away` message before a shutdown close suggests a reconnect delay drawn
+    /// uniformly from 0 to this many milliseconds.
+    pub reconnect_spread_ms: u64,
 }
 
 impl Default for ShutdownSettings {
@@ -202,6 +207,7 @@ impl Default for ShutdownSettings {
             drain_timeout_ms: 10_000,
             batch_size: 0,
             batch_interval_ms: 0,
+            reconnect_spread_ms: 5_000,
         }
     }
 }
@@ -535,6 +541,11 @@ impl Config {
             shutdown.batch_interval_ms,
             BATCH_INTERVAL_MS,
         )?;
+        check.range(
+            "shutdown.reconnect_spread_ms",
+            shutdown.reconnect_spread_ms,
+            RECONNECT_SPREAD_MS,
+        )?;
 
         let broker = &self.broker;
         if broker.redis_url.is_empty() {
@@ -551,6 +562,13 @@ impl Config {
             return Err(check.invalid(
                 "broker.redis_url",
                 format!("{problem}, got {:?}", redact_url(&broker.redis_url)),
+            ));
+        } else if broker.redis_url.starts_with("rediss://") && !cfg!(feature = "redis-tls") {
+            return Err(check.invalid(
+                "broker.redis_url",
+                "rediss:// (TLS) needs wsgrace built with the `redis-tls` feature \
+                 (cargo build --release --features redis-tls)"
+                    .to_owned(),
             ));
         }
         let prefix = &broker.key_prefix;
@@ -782,7 +800,8 @@ mod tests {
                 "batch_size",
                 "code",
                 "drain_timeout_ms",
-                "reason"
+                "reason",
+                "reconnect_spread_ms"
             ]
         );
         assert_eq!(keys("broker"), ["key_prefix", "kind", "redis_url"]);
@@ -987,6 +1006,10 @@ mod tests {
                 "[shutdown]\nbatch_interval_ms = 600001\n",
                 "shutdown.batch_interval_ms",
             ),
+            (
+                "[shutdown]\nreconnect_spread_ms = 600001\n",
+                "shutdown.reconnect_spread_ms",
+            ),
         ] {
             let err = error(text);
             assert!(matches!(err, ConfigError::InvalidValue { .. }), "{err:?}");
@@ -1061,7 +1084,14 @@ mod tests {
                 .unwrap();
         assert_eq!(config.broker.kind, BrokerKind::Redis);
         let config = parse("[broker]\nredis_url = \"rediss://u:p@cache.example:6380/1\"\n");
-        assert!(config.is_ok(), "{config:?}");
+        if cfg!(feature = "redis-tls") {
+            assert!(config.is_ok(), "{config:?}");
+        } else {
+            let err = config.unwrap_err();
+            assert_eq!(err.key(), Some("broker.redis_url"));
+            assert!(err.to_string().contains("redis-tls"), "{err}");
+            assert!(!err.to_string().contains(":p@"), "{err}");
+        }
         let config = parse("[history]\nsize = 0\n").unwrap();
         assert_eq!(config.history.size, 0);
     }

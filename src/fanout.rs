@@ -86,8 +86,10 @@ impl Actor for Shard {
     type Context = Context<Self>;
 }
 
-/// Adds session `id` (which runs on this shard's thread) to `room`, and queues `welcome` to it
-/// first, so that it comes before every room message the session will see.
+/// Queues `frames` to session `id` (which runs on this shard's thread), in order, and with
+/// `enroll` adds it to `room`'s members, so that every later [`Deliver`] reaches it too. The
+/// supervisor sends the welcome (and a resume's replay) this way, and live messages one by
+/// one to a joining session that is not enrolled yet.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct Admit {
@@ -95,8 +97,10 @@ pub struct Admit {
     pub room: Arc<str>,
     /// The session.
     pub id: SessionId,
-    /// Its first message.
-    pub welcome: ByteString,
+    /// Frames for this session only, before any later room message.
+    pub frames: Vec<ByteString>,
+    /// Whether the session now gets the room's messages through [`Deliver`].
+    pub enroll: bool,
 }
 
 /// Removes session `id` from `room`.
@@ -128,13 +132,19 @@ impl Handler<Admit> for Shard {
             debug!("session={} gone before it joined {}", msg.id, msg.room);
             return;
         };
-        if outbox.offer(msg.welcome).is_ok() {
-            metrics().messages_out.inc();
+        let mut sent = 0;
+        for frame in msg.frames {
+            if outbox.offer(frame).is_ok() {
+                sent += 1;
+            }
         }
-        self.rooms
-            .entry(msg.room)
-            .or_default()
-            .insert(msg.id, outbox);
+        metrics().messages_out.inc_by(sent);
+        if msg.enroll {
+            self.rooms
+                .entry(msg.room)
+                .or_default()
+                .insert(msg.id, outbox);
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub enum DropReason {
     SlowConsumer,
     /// To a session whose output is closed (its close frame is sent).
     OutputClosed,
+    /// From a peer: the broker could not take the message (the sender got an `error`).
+    BrokerUnavailable,
 }
 
 impl DropReason {
@@ -57,6 +59,7 @@ impl DropReason {
             DropReason::AfterClose => "after_close",
             DropReason::SlowConsumer => "slow_consumer",
             DropReason::OutputClosed => "output_closed",
+            DropReason::BrokerUnavailable => "broker_unavailable",
         }
     }
 }

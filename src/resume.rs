@@ -57,6 +57,15 @@ impl ResumeMerge {
         }
     }
 
+    /// A merge already live at `epoch` and `seq`: it passes on every later message once, in
+    /// order (the supervisor keeps one per room for the sessions it fans out to together).
+    pub fn live_at(epoch: Epoch, seq: u64) -> Self {
+        ResumeMerge {
+            phase: Phase::Live { epoch, last: seq },
+            max_buffer: 0,
+        }
+    }
+
     /// Whether the snapshot has been merged.
     pub fn is_live(&self) -> bool {
         matches!(self.phase, Phase::Live { .. })

@@ -2,7 +2,8 @@
 //! server the binary runs.
 //!
 //! Every check that can refuse an upgrade happens here, before the handshake: draining (503),
-//! origin (403), room and name (400), connection limit (503). It must not implement session
+//! broker unreachable (503), origin (403), room, name, `since` and `epoch` (400), connection
+//! limit (503). It must not implement session
 //! or close behaviour: accepted upgrades go to [`crate::session::start`].
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use bytestring::ByteString;
 use log::warn;
 use serde::Deserialize;
 
+use crate::broker::{Broker, BrokerStatus, Epoch, ResumeRequest};
 use crate::close::{CloseMode, CloseStatus};
 use crate::config::{is_valid_name, Config};
 use crate::linger::{LingerBounds, LingeringStream};
@@ -43,6 +45,8 @@ pub struct AppState {
     /// Sessions admitted at once: `server.max_connections`, or fewer where the open-files
     /// limit does not allow it.
     max_connections: usize,
+    /// Whether the broker can be reached (upgrades and `/readyz` answer 503 while not).
+    broker: BrokerStatus,
 }
 
 impl AppState {
@@ -54,7 +58,14 @@ impl AppState {
             supervisor,
             readiness,
             open: Arc::new(AtomicUsize::new(0)),
+            broker: BrokerStatus::default(),
         }
+    }
+
+    /// Refuses upgrades, and answers `/readyz` 503, while `broker` is down.
+    pub fn with_broker_status(mut self, broker: BrokerStatus) -> Self {
+        self.broker = broker;
+        self
     }
 
     /// The session settings for a session in `room`.
@@ -110,10 +121,12 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.readiness.is_ready() {
-        HttpResponse::Ok().body("ready\n")
-    } else {
+    if !state.readiness.is_ready() {
         HttpResponse::ServiceUnavailable().body("draining\n")
+    } else if !state.broker.is_up() {
+        HttpResponse::ServiceUnavailable().body("broker unavailable\n")
+    } else {
+        HttpResponse::Ok().body("ready\n")
     }
 }
 
@@ -121,6 +134,49 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 struct JoinQuery {
     room: Option<String>,
     name: Option<String>,
+    since: Option<String>,
+    epoch: Option<String>,
+}
+
+/// The largest `since` plus one: a seq is below 2^63.
+const SINCE_LIMIT: u64 = 1 << 63;
+
+/// Why a resume request was refused (HTTP 400).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum BadResume {
+    #[error("since must be an integer, 0 <= since < 2^63")]
+    Since,
+    #[error("epoch must be 1-64 characters of [A-Za-z0-9_.-]")]
+    Epoch,
+}
+
+impl BadResume {
+    fn reason(&self) -> &'static str {
+        match self {
+            BadResume::Since => "bad_since",
+            BadResume::Epoch => "bad_epoch",
+        }
+    }
+}
+
+/// The resume request of an upgrade's `since` and `epoch` (none without `since`).
+fn resume_request(
+    since: Option<&str>,
+    epoch: Option<&str>,
+) -> Result<Option<ResumeRequest>, BadResume> {
+    let epoch = match epoch {
+        Some(epoch) if !is_valid_name(epoch) => return Err(BadResume::Epoch),
+        Some(epoch) => Some(Epoch::new(epoch.to_owned())),
+        None => None,
+    };
+    let Some(since) = since else {
+        return Ok(None);
+    };
+    let digits = !since.is_empty() && since.bytes().all(|b| b.is_ascii_digit());
+    match since.parse::<u64>() {
+        Ok(since) if digits && since < SINCE_LIMIT => Ok(Some(ResumeRequest { since, epoch })),
+        _ => Err(BadResume::Since),
+    }
 }
 
 async fn upgrade(
@@ -131,6 +187,10 @@ async fn upgrade(
     if !state.readiness.is_ready() {
         metrics().refused("draining");
         return HttpResponse::ServiceUnavailable().body("draining\n");
+    }
+    if !state.broker.is_up() {
+        metrics().refused("broker_unavailable");
+        return HttpResponse::ServiceUnavailable().body("broker unavailable\n");
     }
     if let Err(refusal) = check_origin(&req, &state.config.server.allowed_origins) {
         warn!("upgrade refused: {refusal}");
@@ -156,6 +216,13 @@ async fn upgrade(
                 .body("name must be 1-64 characters of [A-Za-z0-9_.-]\n");
         }
     }
+    let resume = match resume_request(query.since.as_deref(), query.epoch.as_deref()) {
+        Ok(resume) => resume,
+        Err(bad) => {
+            metrics().refused(bad.reason());
+            return HttpResponse::BadRequest().body(format!("{bad}\n"));
+        }
+    };
     let open = state.open.fetch_add(1, Ordering::AcqRel);
     let guard = OpenGuard(state.open.clone());
     if open >= state.max_connections {
@@ -168,7 +235,7 @@ async fn upgrade(
     }
     let config = state.session_config(&room);
     let handler = Counted {
-        inner: ChatHandler::new(state.supervisor.clone(), room, query.name),
+        inner: ChatHandler::new(state.supervisor.clone(), room, query.name).resume(resume),
         _guard: guard,
     };
     match session::start(&req, payload, handler, config) {
@@ -266,9 +333,14 @@ pub async fn serve(
         );
     }
     let config = Arc::new(config);
-    let supervisor = Supervisor::new().start();
+    let (broker, events) = Broker::from_config(&config).map_err(|err| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("broker: {err}"))
+    })?;
+    let broker_status = broker.status();
+    let supervisor = Supervisor::with_broker(broker, events).start();
     let readiness = Readiness::new();
-    let mut state = AppState::new(config.clone(), supervisor.clone(), readiness.clone());
+    let mut state = AppState::new(config.clone(), supervisor.clone(), readiness.clone())
+        .with_broker_status(broker_status);
     state.max_connections = budget.max_connections;
 
     let listener = listen(&config.server.bind, BACKLOG)?;
@@ -302,6 +374,7 @@ pub async fn serve(
         close_timeout: Duration::from_millis(config.close.timeout_ms),
         batch_size: config.shutdown.batch_size,
         batch_interval: Duration::from_millis(config.shutdown.batch_interval_ms),
+        reconnect_spread: Some(Duration::from_millis(config.shutdown.reconnect_spread_ms)),
     };
     let drain = actix_rt::spawn(shutdown::drain_on_signal(
         signals,
@@ -387,6 +460,57 @@ fn shutdown_status(config: &Config) -> Option<CloseStatus> {
             // Validated with the config; reaching this is a bug, not bad input.
             log::error!("shutdown status invalid after validation: {err}");
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_and_epoch() {
+        let ok = |since: Option<&str>, epoch: Option<&str>| {
+            resume_request(since, epoch).expect("a valid resume request")
+        };
+        assert_eq!(ok(None, None), None);
+        assert_eq!(ok(None, Some("abc")), None);
+        assert_eq!(
+            ok(Some("0"), None),
+            Some(ResumeRequest {
+                since: 0,
+                epoch: None
+            })
+        );
+        assert_eq!(
+            ok(Some("9223372036854775807"), Some("00ff")),
+            Some(ResumeRequest {
+                since: (1 << 63) - 1,
+                epoch: Some(Epoch::new("00ff"))
+            })
+        );
+        for since in [
+            "",
+            "-1",
+            "+1",
+            "abc",
+            "1.5",
+            " 1",
+            "9223372036854775808",
+            "18446744073709551616",
+        ] {
+            assert_eq!(
+                resume_request(Some(since), None),
+                Err(BadResume::Since),
+                "{since:?}"
+            );
+        }
+        for epoch in ["", "a b", &"e".repeat(65)] {
+            assert_eq!(
+                resume_request(Some("1"), Some(epoch)),
+                Err(BadResume::Epoch),
+                "{epoch:?}"
+            );
         }
     }
 }

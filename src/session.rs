@@ -203,6 +203,18 @@ impl Message for SendText {
 pub struct Shutdown {
     /// The close status to send.
     pub status: Option<CloseStatus>,
+    /// When set, `{"type":"going_away","reconnect_after_ms":D}` is queued right before the
+    /// close frame (SPEC, Shutdown step 6): the delay the client should wait before it
+    /// reconnects.
+    pub reconnect_after: Option<Duration>,
+}
+
+/// The `going_away` frame that precedes a shutdown close.
+pub fn going_away_json(reconnect_after: Duration) -> ByteString {
+    ByteString::from(format!(
+        "{{\"type\":\"going_away\",\"reconnect_after_ms\":{}}}",
+        reconnect_after.as_millis()
+    ))
 }
 
 /// A cheap, cloneable, thread-safe handle to a session.
@@ -287,7 +299,19 @@ impl SessionHandle {
 
     /// Tells the session to close for shutdown; see [`Shutdown`].
     pub fn shutdown(&self, status: Option<CloseStatus>) {
-        self.addr.do_send(Shutdown { status });
+        self.addr.do_send(Shutdown {
+            status,
+            reconnect_after: None,
+        });
+    }
+
+    /// Tells the session to close for shutdown after a `going_away` that suggests
+    /// `reconnect_after`; see [`Shutdown`].
+    pub fn shutdown_going_away(&self, status: Option<CloseStatus>, reconnect_after: Duration) {
+        self.addr.do_send(Shutdown {
+            status,
+            reconnect_after: Some(reconnect_after),
+        });
     }
 }
 
@@ -768,6 +792,10 @@ impl Handler<Shutdown> for Session {
         }
         let mode = self.handler.shutdown_mode(self.config.close_mode);
         debug!("session={} shutting down, {mode}", self.id);
+        if let Some(delay) = msg.reconnect_after {
+            // A full outbox refuses it (the session is closing as a slow consumer anyway).
+            let _ = self.send_text(going_away_json(delay), ctx);
+        }
         let input = match mode {
             CloseMode::Awaited => {
                 // Nobody waits on this close: the end is reported through the handler.

@@ -55,6 +55,9 @@ pub struct DrainPlan {
     pub batch_size: usize,
     /// Time between batches.
     pub batch_interval: Duration,
+    /// Each session's `going_away` suggests a reconnect delay drawn uniformly from zero to
+    /// this (`shutdown.reconnect_spread_ms`); `None` sends no `going_away`.
+    pub reconnect_spread: Option<Duration>,
 }
 
 /// One batch of a drain: the sessions at `sessions` (indexes into the drain's list) are told
@@ -202,6 +205,7 @@ mod tests {
             close_timeout: Duration::from_millis(close_ms),
             batch_size,
             batch_interval: Duration::from_millis(interval_ms),
+            reconnect_spread: None,
         }
     }
 

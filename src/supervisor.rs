@@ -1,30 +1,49 @@
 //! The supervisor actor: the registry of sessions, rooms and their fan-out, and the drain.
 //!
-//! Sessions [`Join`] and [`Leave`]; a [`Broadcast`] gets the room's next `seq`, is serialized
-//! once and the same bytes go to every member, sender included, in one order for all. On
-//! [`Drain`] every session is told to shut down (in batches if configured); each chooses its
-//! own close mode and reports its end through [`Leave`]; sessions still open at the deadline
-//! are aborted, and the answer is a [`DrainReport`]. It must not touch sockets or close
-//! semantics: it only routes messages to sessions.
+//! Sessions [`Join`] and [`Leave`]; a [`Broadcast`] goes to the room's broker
+//! ([`crate::broker`]), which gives it the room's next `seq` and records it in the history.
+//! Every message of a room, as the broker hands it back (at once from the local broker, as a
+//! live event from Redis), is serialized once and goes to every enrolled member through the
+//! per-thread shards, sender included, in one order for all.
+//!
+//! A joining session is not enrolled at once: it first gets its welcome and, when it resumes,
+//! the replay from its join snapshot; with Redis, live messages that arrive before the
+//! snapshot are merged in ([`crate::resume::ResumeMerge`]). It is enrolled in the room's
+//! shard fan-out once the room's line (what the enrolled members have been given) is not
+//! behind it; until then it gets live messages one by one. Each seq reaches it once.
+//!
+//! On [`Drain`] every session is told to shut down (in batches if configured), after a
+//! `going_away` that suggests a reconnect delay; each chooses its own close mode and reports
+//! its end through [`Leave`]; sessions still open at the deadline are aborted, and the answer
+//! is a [`DrainReport`]. It must not touch sockets or close semantics: it only routes
+//! messages to sessions.
 //!
 //! [`ChatHandler`] is the session handler that connects a session to its supervisor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
 use actix::{
-    Actor, ActorContext, AsyncContext, Context, Handler, Message, ResponseFuture, SpawnHandle,
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
+    ResponseFuture, SpawnHandle, StreamHandler, WrapFuture,
 };
 use bytestring::ByteString;
 use futures::channel::oneshot;
-use log::{debug, info};
+use log::{debug, info, warn};
 use serde::Serialize;
 
+use crate::broker::local::HistoryLimits;
+use crate::broker::redis::{BrokerEvent, BrokerEvents, BrokerHealth};
+use crate::broker::{
+    Broker, BrokerError, Epoch, EpochChange, JoinSnapshot, LocalBroker, Published, Resume,
+    ResumeRequest,
+};
 use crate::close::{CloseMode, CloseResult, CloseStatus, Initiator};
 use crate::fanout::{local_shard, Admit, Deliver, Remove, Shard};
+use crate::metrics::{metrics, DropReason};
+use crate::resume::{Delivery, ResumeMerge};
 use crate::session::{SessionEnd, SessionHandle, SessionHandler, SessionId};
 use crate::shutdown::{batch_schedule, DrainPlan};
 
@@ -41,6 +60,8 @@ pub struct Join {
     /// The fan-out shard of the session's thread ([`crate::fanout::local_shard`], called on
     /// that thread).
     pub shard: Addr<Shard>,
+    /// The `since` and `epoch` of its upgrade, if it resumes.
+    pub resume: Option<ResumeRequest>,
 }
 
 /// A session ended.
@@ -137,39 +158,66 @@ struct Member {
     room: Arc<str>,
     name: String,
     shard: Addr<Shard>,
+    /// Until the session is enrolled in its room's fan-out: its own merge of the join
+    /// snapshot and the live messages (see [`crate::resume`]).
+    joining: Option<ResumeMerge>,
 }
 
 #[derive(Default)]
 struct Room {
-    seq: u64,
-    /// Shards with members in the room, and how many each has.
+    /// Shards with enrolled members in the room, and how many each has.
     shards: HashMap<Addr<Shard>, usize>,
+    /// Members not enrolled yet (waiting for their snapshot, or catching up with the live
+    /// messages their snapshot was ahead of).
+    joining: HashSet<SessionId>,
+    /// Local members, enrolled or not.
+    members: usize,
+    /// The epoch and seq the enrolled members have been given up to; `None` before the first
+    /// enrolment. It drops a live message it already passed (a late copy) and announces a
+    /// new epoch before its first message. While the room catches up after a broker
+    /// reconnect it is not live: it buffers live messages until the catch-up snapshot.
+    line: Option<ResumeMerge>,
+    /// Set while catching up after a broker reconnect: the epoch and seq the enrolled members
+    /// had, and the number of the catch-up (a late answer to an older one is ignored).
+    catch_up: Option<CatchUp>,
+}
+
+#[derive(Clone)]
+struct CatchUp {
+    epoch: Epoch,
+    last: u64,
+    attempt: u64,
 }
 
 struct DrainState {
     started: Instant,
     status: Option<CloseStatus>,
+    reconnect_spread: Option<Duration>,
     report: DrainReport,
     reply: Option<oneshot::Sender<DrainReport>>,
     deadline: Option<SpawnHandle>,
 }
 
+/// Live messages a joining session may receive before its join snapshot (with the Redis
+/// broker); more, and the session is closed 1013 so that its client resumes.
+pub const MAX_JOIN_BUFFER: usize = 4_096;
+
+/// How often the local broker drops expired history.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The supervisor actor. One per server.
-#[derive(Default)]
 pub struct Supervisor {
     members: HashMap<SessionId, Member>,
     rooms: HashMap<Arc<str>, Room>,
     drain: Option<DrainState>,
-}
-
-#[derive(Serialize)]
-struct ChatMessage<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    room: &'a str,
-    from: &'a str,
-    text: &'a str,
-    seq: u64,
+    broker: Broker,
+    events: Option<BrokerEvents>,
+    /// Scratch space for one message's deliveries (no allocation per message).
+    out: Vec<Delivery>,
+    /// Catch-ups started so far.
+    catch_ups: u64,
+    /// Messages handed to the Redis broker and not answered yet.
+    publishing: usize,
 }
 
 #[derive(Serialize)]
@@ -178,27 +226,100 @@ struct Welcome<'a> {
     kind: &'static str,
     room: &'a str,
     name: &'a str,
+    epoch: &'a str,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resumed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missed: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'static str,
+    text: &'a str,
 }
 
 fn to_json(value: &impl Serialize) -> Option<ByteString> {
     match serde_json::to_string(value) {
         Ok(json) => Some(ByteString::from(json)),
         Err(err) => {
-            log::error!("serializing a chat message failed: {err}");
+            log::error!("serializing a frame failed: {err}");
             None
         }
     }
 }
 
+/// The frame of one delivery.
+fn delivery_json(delivery: &Delivery) -> Option<ByteString> {
+    match delivery {
+        Delivery::Message(message) => Some(message.json.clone()),
+        Delivery::Epoch(change) => match change.to_json() {
+            Ok(json) => Some(json),
+            Err(err) => {
+                log::error!("serializing an epoch frame failed: {err}");
+                None
+            }
+        },
+    }
+}
+
+/// The close status of a session whose join could not finish: its client retries later.
+fn try_again_later() -> Option<CloseStatus> {
+    CloseStatus::new(1013, "try again later").ok()
+}
+
+/// Whether a member whose merge is live can join the room's fan-out now: the enrolled
+/// members have been given at least what it has, in its epoch (or nobody is enrolled yet).
+fn can_enroll(line: Option<&ResumeMerge>, merge: &ResumeMerge) -> bool {
+    let Some((epoch, last)) = merge.last_delivered() else {
+        return false;
+    };
+    match line {
+        None => true,
+        Some(line) => match line.last_delivered() {
+            // Catching up after a reconnect: not before it is done.
+            None => false,
+            Some((line_epoch, line_last)) => line_epoch == epoch && line_last >= last,
+        },
+    }
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Supervisor::new()
+    }
+}
+
 impl Supervisor {
-    /// A supervisor with no sessions.
+    /// A supervisor with no sessions and the local broker with the default `[history]`.
     pub fn new() -> Self {
-        Supervisor::default()
+        let limits = HistoryLimits::from(&crate::config::HistorySettings::default());
+        Supervisor::with_broker(Broker::Local(LocalBroker::new(limits)), None)
+    }
+
+    /// A supervisor whose rooms go through `broker`; `events` is the Redis broker's event
+    /// stream ([`Broker::from_config`] returns both).
+    pub fn with_broker(broker: Broker, events: Option<BrokerEvents>) -> Self {
+        Supervisor {
+            members: HashMap::new(),
+            rooms: HashMap::new(),
+            drain: None,
+            broker,
+            events,
+            out: Vec::new(),
+            catch_ups: 0,
+            publishing: 0,
+        }
     }
 
     /// Ends the drain if every session has left.
     fn finish_drain_if_done(&mut self, ctx: &mut Context<Self>) {
-        if !self.members.is_empty() {
+        // A message a session sent before its close is published before the process exits
+        // (each publish answers within the broker's request timeout).
+        if !self.members.is_empty() || self.publishing > 0 {
             return;
         }
         if let Some(mut drain) = self.drain.take() {
@@ -219,54 +340,499 @@ impl Supervisor {
     }
 
     fn shut_down_batch(&self, ids: &[SessionId], status: &Option<CloseStatus>) {
+        let spread = self.drain.as_ref().and_then(|drain| drain.reconnect_spread);
         for id in ids {
             if let Some(member) = self.members.get(id) {
-                member.session.shutdown(status.clone());
+                shut_down(&member.session, status, spread);
+            }
+        }
+    }
+
+    /// A live message of a room (from the local broker at once, from Redis as it arrives):
+    /// to the enrolled members through their shards, to joining members one by one through
+    /// their merges; then enrols the joining members it caught up with.
+    fn on_live(&mut self, message: Published) {
+        let room_name = message.room.clone();
+        let Some(room) = self.rooms.get_mut(&room_name) else {
+            return;
+        };
+        let mut failed = Vec::new();
+        for id in &room.joining {
+            let Some(member) = self.members.get_mut(id) else {
+                continue;
+            };
+            let Some(merge) = member.joining.as_mut() else {
+                continue;
+            };
+            self.out.clear();
+            if merge.live(message.clone(), &mut self.out).is_err() {
+                failed.push(*id);
+                continue;
+            }
+            send_to_member(member, *id, &self.out, false);
+        }
+        let mut line_overflowed = false;
+        if let Some(line) = room.line.as_mut() {
+            self.out.clear();
+            // With nobody enrolled the line still follows the room, for later enrolments.
+            // It buffers (and may overflow) only while catching up after a reconnect.
+            line_overflowed = line.live(message, &mut self.out).is_err();
+            fan_out(room, &room_name, &self.out);
+        }
+        if line_overflowed {
+            self.room_failed(&room_name, "too many live messages while catching up");
+        }
+        for id in failed {
+            self.join_failed(
+                id,
+                "more live messages arrived before its snapshot than it may buffer",
+            );
+        }
+        self.enroll_caught_up(&room_name);
+    }
+
+    /// A room's history was lost: its members are told before its next message.
+    fn on_epoch_change(&mut self, change: EpochChange) {
+        let Some(room) = self.rooms.get_mut(&change.room) else {
+            return;
+        };
+        for id in &room.joining {
+            let Some(member) = self.members.get_mut(id) else {
+                continue;
+            };
+            if let Some(merge) = member.joining.as_mut() {
+                self.out.clear();
+                merge.epoch_changed(&change, &mut self.out);
+                send_to_member(member, *id, &self.out, false);
+            }
+        }
+        if let Some(line) = room.line.as_mut() {
+            self.out.clear();
+            line.epoch_changed(&change, &mut self.out);
+            fan_out(room, &change.room, &self.out);
+        }
+    }
+
+    /// A joining member's snapshot (or why there is none): the welcome and the replay, then
+    /// enrolment in the room's fan-out, or one-by-one delivery until the room catches up.
+    fn on_snapshot(
+        &mut self,
+        id: SessionId,
+        asked: bool,
+        snapshot: Result<JoinSnapshot, BrokerError>,
+    ) {
+        let snapshot = match snapshot {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                self.join_failed(id, &format!("the broker could not be read: {err}"));
+                return;
+            }
+        };
+        let Some(member) = self.members.get_mut(&id) else {
+            return; // Left meanwhile.
+        };
+        let Some(merge) = member.joining.as_mut() else {
+            return;
+        };
+        if asked {
+            metrics().resume(snapshot.missed());
+        }
+        let welcome = Welcome {
+            kind: "welcome",
+            room: &member.room,
+            name: &member.name,
+            epoch: snapshot.epoch.as_str(),
+            seq: snapshot.seq,
+            resumed: asked.then(|| snapshot.missed().is_some()),
+            missed: snapshot.missed(),
+        };
+        let Some(welcome) = to_json(&welcome) else {
+            return;
+        };
+        self.out.clear();
+        if merge.snapshot(&snapshot, &mut self.out).is_err() {
+            self.join_failed(
+                id,
+                "more live messages arrived before its snapshot than it may buffer",
+            );
+            return;
+        }
+        debug!(
+            "session={id} joined room {} at {}:{} ({:?} missed)",
+            member.room,
+            snapshot.epoch,
+            snapshot.seq,
+            snapshot.missed()
+        );
+        let mut frames = Vec::with_capacity(self.out.len() + 1);
+        frames.push(welcome);
+        frames.extend(self.out.iter().filter_map(delivery_json));
+        member.shard.do_send(Admit {
+            room: member.room.clone(),
+            id,
+            frames,
+            enroll: false,
+        });
+        let room = member.room.clone();
+        self.enroll_caught_up(&room);
+    }
+
+    /// Enrols every joining member of `room` whose merge is live and no ahead of the room's
+    /// enrolled members (see [`can_enroll`]).
+    fn enroll_caught_up(&mut self, room_name: &Arc<str>) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let mut enrolled = Vec::new();
+        for id in &room.joining {
+            let Some(member) = self.members.get_mut(id) else {
+                continue;
+            };
+            let Some(merge) = member.joining.as_ref() else {
+                continue;
+            };
+            if !can_enroll(room.line.as_ref(), merge) {
+                continue;
+            }
+            if room.line.is_none() {
+                if let Some((epoch, seq)) = merge.last_delivered() {
+                    room.line = Some(ResumeMerge::live_at(epoch.clone(), seq));
+                }
+            }
+            member.joining = None;
+            *room.shards.entry(member.shard.clone()).or_default() += 1;
+            member.shard.do_send(Admit {
+                room: room_name.clone(),
+                id: *id,
+                frames: Vec::new(),
+                enroll: true,
+            });
+            enrolled.push(*id);
+        }
+        for id in enrolled {
+            room.joining.remove(&id);
+        }
+    }
+
+    /// A join that cannot finish: the session is closed 1013 so that its client comes back
+    /// and resumes.
+    fn join_failed(&mut self, id: SessionId, why: &str) {
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        warn!(
+            "session={id}: joining room {} failed: {why}; closing it 1013",
+            member.room
+        );
+        member.session.shutdown(try_again_later());
+    }
+
+    /// The Redis broker is (back) up: messages other nodes published while this node was
+    /// cut off are in the rooms' history, not on the live stream. Every room with enrolled
+    /// members reads its history after the last seq they were given (the subscription is
+    /// already renewed), buffering live messages meanwhile, and hands the missed ones on.
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        let Broker::Redis(redis) = &self.broker else {
+            return;
+        };
+        let mut requests = Vec::new();
+        for (name, room) in &mut self.rooms {
+            let from = match (&room.catch_up, room.line.as_ref()) {
+                (Some(catch_up), _) => (catch_up.epoch.clone(), catch_up.last),
+                (None, Some(line)) => match line.last_delivered() {
+                    Some((epoch, last)) => (epoch.clone(), last),
+                    None => continue,
+                },
+                (None, None) => continue,
+            };
+            self.catch_ups += 1;
+            room.catch_up = Some(CatchUp {
+                epoch: from.0.clone(),
+                last: from.1,
+                attempt: self.catch_ups,
+            });
+            room.line = Some(ResumeMerge::new(MAX_JOIN_BUFFER));
+            let request = ResumeRequest {
+                since: from.1,
+                epoch: Some(from.0),
+            };
+            requests.push((
+                name.clone(),
+                self.catch_ups,
+                redis.snapshot(name, Some(request)),
+            ));
+        }
+        for (name, attempt, snapshot) in requests {
+            ctx.spawn(
+                snapshot
+                    .into_actor(self)
+                    .map(move |snapshot, act, _| act.caught_up(name, attempt, snapshot)),
+            );
+        }
+    }
+
+    /// The answer of a room's catch-up: the missed messages to the enrolled members, then
+    /// the live ones buffered meanwhile. A gap that cannot be filled (history trimmed, the
+    /// broker failing) closes the room's sessions 1013, so that their clients resume and
+    /// learn it (`resumed: false`).
+    fn caught_up(
+        &mut self,
+        room_name: Arc<str>,
+        attempt: u64,
+        snapshot: Result<JoinSnapshot, BrokerError>,
+    ) {
+        let Some(room) = self.rooms.get_mut(&room_name) else {
+            return;
+        };
+        if room.catch_up.as_ref().map(|c| c.attempt) != Some(attempt) {
+            return;
+        }
+        let problem = match &snapshot {
+            Ok(snapshot) => match &snapshot.resume {
+                Resume::Resumed(_) => None,
+                Resume::NotResumed | Resume::NotAsked => Some(
+                    "the messages published while the broker was unreachable are no longer in \
+                     its history"
+                        .to_owned(),
+                ),
+            },
+            Err(err) => Some(format!("reading its history failed: {err}")),
+        };
+        let (Ok(snapshot), None) = (snapshot, problem.clone()) else {
+            self.room_failed(
+                &room_name,
+                problem.as_deref().unwrap_or("catching up failed"),
+            );
+            return;
+        };
+        room.catch_up = None;
+        let Some(line) = room.line.as_mut() else {
+            return;
+        };
+        self.out.clear();
+        if line.snapshot(&snapshot, &mut self.out).is_err() {
+            self.room_failed(&room_name, "too many live messages while catching up");
+            return;
+        }
+        if let Some(missed) = snapshot.missed().filter(|missed| *missed > 0) {
+            info!(
+                "room {room_name}: caught up {missed} messages published while the broker was \
+                 unreachable"
+            );
+        }
+        fan_out(room, &room_name, &self.out);
+        self.enroll_caught_up(&room_name);
+    }
+
+    /// The room's enrolled members cannot be given every seq: they are closed 1013 (their
+    /// clients resume and learn about the gap), and the room's line starts again.
+    fn room_failed(&mut self, room_name: &Arc<str>, why: &str) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        room.line = None;
+        room.catch_up = None;
+        let enrolled: Vec<&Member> = self
+            .members
+            .values()
+            .filter(|member| member.room == *room_name && member.joining.is_none())
+            .collect();
+        warn!(
+            "room {room_name}: {why}; closing its {} sessions 1013 so that they resume",
+            enrolled.len()
+        );
+        for member in enrolled {
+            member.session.shutdown(try_again_later());
+        }
+    }
+
+    /// A message from `from` to its room, through the broker. The local broker answers at
+    /// once; with Redis the message comes back as a live event, and a refusal reaches the
+    /// sender as an `error` frame.
+    fn publish(&mut self, from: SessionId, text: ByteString, ctx: &mut Context<Self>) {
+        let Some(member) = self.members.get(&from) else {
+            return;
+        };
+        match &mut self.broker {
+            Broker::Local(local) => {
+                match local.publish(&member.room, &member.name, &text, Instant::now()) {
+                    Ok(published) => {
+                        for change in published.epoch_changes {
+                            self.on_epoch_change(change);
+                        }
+                        self.on_live(published.message);
+                    }
+                    Err(err) => refuse(&member.session, &err),
+                }
+            }
+            Broker::Redis(redis) => {
+                let published = redis.publish(&member.room, &member.name, &text);
+                let sender = member.session.clone();
+                self.publishing += 1;
+                ctx.spawn(
+                    async move {
+                        if let Err(err) = published.await {
+                            refuse(&sender, &err);
+                        }
+                    }
+                    .into_actor(self)
+                    .map(|(), act, ctx| {
+                        act.publishing = act.publishing.saturating_sub(1);
+                        act.finish_drain_if_done(ctx);
+                    }),
+                );
             }
         }
     }
 }
 
+/// Sends `deliveries` to one member through its shard (`enroll` false: only to it).
+fn send_to_member(member: &Member, id: SessionId, deliveries: &[Delivery], enroll: bool) {
+    if deliveries.is_empty() && !enroll {
+        return;
+    }
+    member.shard.do_send(Admit {
+        room: member.room.clone(),
+        id,
+        frames: deliveries.iter().filter_map(delivery_json).collect(),
+        enroll,
+    });
+}
+
+/// Sends `deliveries` to every shard with enrolled members of `room`.
+fn fan_out(room: &Room, room_name: &Arc<str>, deliveries: &[Delivery]) {
+    for delivery in deliveries {
+        let Some(text) = delivery_json(delivery) else {
+            continue;
+        };
+        for shard in room.shards.keys() {
+            shard.do_send(Deliver {
+                room: room_name.clone(),
+                text: text.clone(),
+            });
+        }
+    }
+}
+
+/// Tells `session` its message was not accepted and reached nobody.
+fn refuse(session: &SessionHandle, err: &BrokerError) {
+    let text = match err {
+        BrokerError::Interrupted => {
+            "the broker connection broke while sending: the message may not have been sent"
+        }
+        BrokerError::Encode(_) => "the message could not be encoded",
+        _ => "the broker is unavailable: the message was not sent",
+    };
+    debug!("session={}: message refused: {err}", session.id());
+    metrics().dropped(DropReason::BrokerUnavailable, 1);
+    let frame = ErrorFrame {
+        kind: "error",
+        code: "unavailable",
+        text,
+    };
+    if let Some(json) = to_json(&frame) {
+        session.deliver(json);
+    }
+}
+
+/// Tells one session to shut down, after a `going_away` with a delay drawn from `spread`.
+fn shut_down(session: &SessionHandle, status: &Option<CloseStatus>, spread: Option<Duration>) {
+    match spread {
+        Some(spread) => {
+            let millis = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+            let delay = Duration::from_millis(fastrand::u64(0..=millis));
+            session.shutdown_going_away(status.clone(), delay);
+        }
+        None => session.shutdown(status.clone()),
+    }
+}
+
 impl Actor for Supervisor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(events) = self.events.take() {
+            ctx.add_stream(events);
+        }
+        if matches!(self.broker, Broker::Local(_)) {
+            ctx.run_interval(SWEEP_INTERVAL, |act, _| {
+                let Supervisor { broker, rooms, .. } = act;
+                if let Broker::Local(local) = broker {
+                    let forgotten = local.sweep(Instant::now(), |room| rooms.contains_key(room));
+                    if forgotten > 0 {
+                        debug!("history: {forgotten} idle rooms forgotten");
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl StreamHandler<BrokerEvent> for Supervisor {
+    fn handle(&mut self, event: BrokerEvent, ctx: &mut Self::Context) {
+        match event {
+            BrokerEvent::Message(message) => self.on_live(message),
+            BrokerEvent::EpochChanged(change) => self.on_epoch_change(change),
+            BrokerEvent::Health(BrokerHealth::Up) => self.catch_up(ctx),
+            BrokerEvent::Health(BrokerHealth::Down) => debug!("supervisor: broker down"),
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        // The broker's tasks ended (the process is stopping): keep serving the drain.
+        debug!("supervisor: broker event stream ended");
+    }
 }
 
 impl Handler<Join> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: Join, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Join, ctx: &mut Self::Context) {
         let id = msg.session.id();
         if let Some(drain) = &self.drain {
             // The upgrade raced the signal: close it like the others.
             debug!("session={id} joined during the drain");
-            msg.session.shutdown(drain.status.clone());
+            shut_down(&msg.session, &drain.status, drain.reconnect_spread);
         }
-        let welcome = Welcome {
-            kind: "welcome",
-            room: &msg.room,
-            name: &msg.name,
+        let room_name: Arc<str> = match self.rooms.get_key_value(msg.room.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(msg.room.as_str()),
         };
-        let Some(welcome) = to_json(&welcome) else {
-            return;
-        };
-        let room_name: Arc<str> = Arc::from(msg.room.as_str());
         let room = self.rooms.entry(room_name.clone()).or_default();
-        *room.shards.entry(msg.shard.clone()).or_default() += 1;
-        msg.shard.do_send(Admit {
-            room: room_name.clone(),
-            id,
-            welcome,
-        });
-        debug!("session={id} joined room {} as {}", msg.room, msg.name);
+        room.members += 1;
+        room.joining.insert(id);
         self.members.insert(
             id,
             Member {
                 session: msg.session,
-                room: room_name,
+                room: room_name.clone(),
                 name: msg.name,
                 shard: msg.shard,
+                joining: Some(ResumeMerge::new(MAX_JOIN_BUFFER)),
             },
         );
+        let asked = msg.resume.is_some();
+        match &mut self.broker {
+            Broker::Local(local) => {
+                let snapshot = local.snapshot(&room_name, msg.resume.as_ref(), Instant::now());
+                self.on_snapshot(id, asked, Ok(snapshot));
+            }
+            Broker::Redis(redis) => {
+                // SUBSCRIBE is sent now, before any later unsubscribe of this room; the
+                // snapshot is read once Redis confirmed it, so that no message falls between.
+                let subscribed = redis.subscribe(&room_name);
+                let redis = redis.clone();
+                let resume = msg.resume;
+                ctx.spawn(
+                    async move {
+                        subscribed.await?;
+                        redis.snapshot(&room_name, resume).await
+                    }
+                    .into_actor(self)
+                    .map(move |snapshot, act, _| act.on_snapshot(id, asked, snapshot)),
+                );
+            }
+        }
     }
 }
 
@@ -277,18 +843,26 @@ impl Handler<Leave> for Supervisor {
         let Some(member) = self.members.remove(&msg.id) else {
             return;
         };
-        member.shard.do_send(Remove {
-            room: member.room.clone(),
-            id: msg.id,
-        });
+        if let Broker::Redis(redis) = &self.broker {
+            redis.unsubscribe(&member.room);
+        }
         if let Some(room) = self.rooms.get_mut(&member.room) {
-            if let Some(count) = room.shards.get_mut(&member.shard) {
-                *count -= 1;
-                if *count == 0 {
-                    room.shards.remove(&member.shard);
+            room.members = room.members.saturating_sub(1);
+            if member.joining.is_some() {
+                room.joining.remove(&msg.id);
+            } else {
+                member.shard.do_send(Remove {
+                    room: member.room.clone(),
+                    id: msg.id,
+                });
+                if let Some(count) = room.shards.get_mut(&member.shard) {
+                    *count -= 1;
+                    if *count == 0 {
+                        room.shards.remove(&member.shard);
+                    }
                 }
             }
-            if room.shards.is_empty() {
+            if room.members == 0 {
                 self.rooms.remove(&member.room);
             }
         }
@@ -304,30 +878,8 @@ impl Handler<Leave> for Supervisor {
 impl Handler<Broadcast> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) {
-        let Some(member) = self.members.get(&msg.from) else {
-            return;
-        };
-        let Some(room) = self.rooms.get_mut(&member.room) else {
-            return;
-        };
-        room.seq += 1;
-        let message = ChatMessage {
-            kind: "message",
-            room: &member.room,
-            from: &member.name,
-            text: &msg.text,
-            seq: room.seq,
-        };
-        let Some(json) = to_json(&message) else {
-            return;
-        };
-        for shard in room.shards.keys() {
-            shard.do_send(Deliver {
-                room: member.room.clone(),
-                text: json.clone(),
-            });
-        }
+    fn handle(&mut self, msg: Broadcast, ctx: &mut Self::Context) {
+        self.publish(msg.from, msg.text, ctx);
     }
 }
 
@@ -362,12 +914,20 @@ impl Handler<Drain> for Supervisor {
                     }
                 }
                 act.rooms.clear();
+                if act.publishing > 0 {
+                    warn!(
+                        "drain: {} messages still unanswered by the broker at the deadline",
+                        act.publishing
+                    );
+                    act.publishing = 0;
+                }
                 act.finish_drain_if_done(ctx);
             });
         });
         self.drain = Some(DrainState {
             started: Instant::now(),
             status: plan.status.clone(),
+            reconnect_spread: plan.reconnect_spread,
             report: DrainReport {
                 sessions,
                 ..DrainReport::default()
@@ -431,6 +991,7 @@ pub struct ChatHandler {
     supervisor: Addr<Supervisor>,
     room: String,
     name: Option<String>,
+    resume: Option<ResumeRequest>,
 }
 
 impl ChatHandler {
@@ -440,7 +1001,14 @@ impl ChatHandler {
             supervisor,
             room,
             name,
+            resume: None,
         }
+    }
+
+    /// The session resumes: the welcome says whether, and the messages after `since` follow.
+    pub fn resume(mut self, resume: Option<ResumeRequest>) -> Self {
+        self.resume = resume;
+        self
     }
 }
 
@@ -455,6 +1023,7 @@ impl SessionHandler for ChatHandler {
             room: self.room.clone(),
             name,
             shard: local_shard(),
+            resume: self.resume.take(),
         });
     }
 

@@ -261,6 +261,21 @@ pub fn can_resume(
     oldest.is_some_and(|oldest| oldest <= request.since + 1)
 }
 
+/// Whether the broker can be reached, for `/readyz` and upgrades: always with the local
+/// broker; with Redis, while it is connected. Cheap to clone and to ask from any thread.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerStatus(Option<tokio::sync::watch::Receiver<redis::BrokerHealth>>);
+
+impl BrokerStatus {
+    /// Whether the broker is up now.
+    pub fn is_up(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(health) => *health.borrow() == redis::BrokerHealth::Up,
+        }
+    }
+}
+
 /// What the supervisor holds: the local broker (synchronous) or a handle on the Redis one
 /// (asynchronous; its events come on the stream [`redis::RedisBroker::start`] returned).
 pub enum Broker {
@@ -271,6 +286,14 @@ pub enum Broker {
 }
 
 impl Broker {
+    /// Its reachability, for `/readyz` and upgrades.
+    pub fn status(&self) -> BrokerStatus {
+        match self {
+            Broker::Local(_) => BrokerStatus(None),
+            Broker::Redis(redis) => BrokerStatus(Some(redis.health())),
+        }
+    }
+
     /// The broker `config` asks for, with the Redis broker's event stream when it is that
     /// one. The Redis broker's tasks start on the current tokio runtime (call it inside the
     /// actix system); it connects in the background. Fails only for a bad URL.
