@@ -40,6 +40,14 @@ async fn join(node: &ServerProcess, room: &str, name: &str, resume: Option<(u64,
     Member::join(node.ws_url(&query(room, name, resume))).await
 }
 
+/// Starts a node with `config` and waits until it is ready: the broker connects in the
+/// background, and until it has, upgrades get 503.
+async fn start_node(config: &str) -> ServerProcess {
+    let node = ServerProcess::start(config);
+    wait_status(node.addr, "/readyz", 200).await;
+    node
+}
+
 /// Polls `GET path` on `addr` until it answers `status`; returns the body then.
 async fn wait_status(addr: SocketAddr, path: &str, status: u16) -> String {
     let start = Instant::now();
@@ -85,8 +93,8 @@ const BROKER_REFUSED: &str = "wsgrace_upgrades_refused_total{reason=\"broker_una
 async fn members_on_two_nodes_see_each_others_messages() {
     let redis = RedisServer::start();
     let cfg = config(&redis.url(), &prefix("two-nodes"), "");
-    let a = ServerProcess::start(&cfg);
-    let b = ServerProcess::start(&cfg);
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
     let mut ann = join(&a, "r", "ann", None).await;
     let mut bob = join(&b, "r", "bob", None).await;
     assert_eq!((ann.welcome.seq, bob.welcome.seq), (0, 0));
@@ -110,7 +118,7 @@ async fn members_on_two_nodes_see_each_others_messages() {
     assert_eq!(ann.message().await, expected);
 
     // The same room name under another key prefix is another room.
-    let c = ServerProcess::start(&config(&redis.url(), &prefix("two-nodes-other"), ""));
+    let c = start_node(&config(&redis.url(), &prefix("two-nodes-other"), "")).await;
     let mut cy = join(&c, "r", "cy", None).await;
     assert_eq!(cy.welcome.seq, 0, "{:?}", cy.welcome);
     assert_eq!(cy.say("elsewhere").await.last().map(|m| m.seq), Some(1));
@@ -129,7 +137,7 @@ async fn every_member_on_both_nodes_sees_one_order_under_concurrent_senders() {
     const TOTAL: u64 = SENDERS as u64 * PER_SENDER;
     let redis = RedisServer::start();
     let cfg = config(&redis.url(), &prefix("order"), "");
-    let nodes = [ServerProcess::start(&cfg), ServerProcess::start(&cfg)];
+    let nodes = [start_node(&cfg).await, start_node(&cfg).await];
     // Members alternate between the nodes; the first four send, two on each node.
     let mut members = Vec::new();
     for i in 0..MEMBERS {
@@ -193,8 +201,8 @@ async fn every_member_on_both_nodes_sees_one_order_under_concurrent_senders() {
 async fn a_client_resumes_on_the_same_node_and_on_the_other() {
     let redis = RedisServer::start();
     let cfg = config(&redis.url(), &prefix("resume"), "");
-    let a = ServerProcess::start(&cfg);
-    let b = ServerProcess::start(&cfg);
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
     let mut talker = join(&a, "r", "talker", None).await;
     let mut ann = join(&a, "r", "ann", None).await;
     let epoch = ann.welcome.epoch.clone();
@@ -268,8 +276,8 @@ async fn clients_resume_on_the_other_node_while_messages_flow() {
     const LAST: u64 = 500;
     let redis = RedisServer::start();
     let cfg = config(&redis.url(), &prefix("traffic"), "");
-    let a = ServerProcess::start(&cfg);
-    let b = ServerProcess::start(&cfg);
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
     let mut clients = Vec::new();
     for i in 0..3 {
         let node = if i % 2 == 0 { &a } else { &b };
@@ -314,8 +322,8 @@ async fn clients_resume_on_the_other_node_while_messages_flow() {
 async fn beyond_the_history_or_in_another_epoch_nothing_is_resumed() {
     let redis = RedisServer::start();
     let cfg = config(&redis.url(), &prefix("history"), "[history]\nsize = 5\n");
-    let a = ServerProcess::start(&cfg);
-    let b = ServerProcess::start(&cfg);
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
     let mut talker = join(&a, "r", "talker", None).await;
     let epoch = talker.welcome.epoch.clone();
     for n in 1..=10 {
@@ -380,8 +388,8 @@ async fn a_rolling_restart_moves_clients_to_the_other_node_without_a_gap() {
         &prefix("rolling"),
         &format!("[shutdown]\nreconnect_spread_ms = {SPREAD_MS}\n"),
     );
-    let mut a = ServerProcess::start(&cfg);
-    let b = ServerProcess::start(&cfg);
+    let mut a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
     let observer = join(&b, "r", "observer", None).await;
     let mut clients = Vec::new();
     for i in 0..4 {
@@ -475,13 +483,17 @@ async fn a_rolling_restart_moves_clients_to_the_other_node_without_a_gap() {
     let Member { mut rx, .. } = observer;
     assert_contiguous("observer on B", &rx.messages_through(LAST).await, 1, LAST);
     assert_contiguous("talker on B", &talker.await.expect("talker"), 1, LAST);
-    eprintln!("reconnect delays: {delays:?}");
+    // Drawn at random: four equal draws from 0..=500 would be a one-in-10^8 chance.
+    assert!(
+        delays.iter().any(|d| *d != delays[0]),
+        "every client was told the same delay: {delays:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_refuses_messages_and_the_node_recovers_in_a_new_epoch() {
     let mut redis = RedisServer::start();
-    let a = ServerProcess::start(&config(&redis.url(), &prefix("outage"), ""));
+    let a = start_node(&config(&redis.url(), &prefix("outage"), "")).await;
     let mut ann = join(&a, "r", "ann", None).await;
     let mut bob = join(&a, "r", "bob", None).await;
     let old_epoch = ann.welcome.epoch.clone();
