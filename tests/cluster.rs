@@ -23,7 +23,9 @@ use common::member::{
     assert_contiguous, query, resume_rounds, spawn_talker, upgrade_status, Frame, Member, Msg, WAIT,
 };
 use common::process::{http_get, http_get_body, metric, run_to_exit, ServerProcess};
+use common::proxy::TcpProxy;
 use common::redis::RedisServer;
+use common::{RawClient, OP_CLOSE};
 
 /// A node's config: the Redis broker at `url` under `prefix`, then `extra` TOML tables.
 fn config(url: &str, prefix: &str, extra: &str) -> String {
@@ -700,4 +702,96 @@ fn bad_broker_keys_exit_2_naming_the_key() {
             exit.stderr
         );
     }
+}
+
+#[tokio::test]
+async fn a_join_the_broker_cannot_finish_is_closed_1013() {
+    let mut redis = RedisServer::start();
+    let a = start_node(&config(&redis.url(), &prefix("lost-join"), "")).await;
+    // Redis holds every command from now on: the join's SUBSCRIBE and history read wait.
+    assert_eq!(redis.command("CLIENT PAUSE 15000 ALL"), "+OK");
+    let mut client = RawClient::connect(a.addr, &format!("/ws{}", query("new", "x", None))).await;
+    redis.kill();
+    let frame = client.next_frame().await.expect("a frame, not the end");
+    assert_eq!(
+        frame.opcode,
+        OP_CLOSE,
+        "not a close but {:?}",
+        String::from_utf8_lossy(&frame.payload)
+    );
+    assert_eq!(frame.close_code(), Some(1013), "{}", frame.close_reason());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_catches_up_when_it_is_back() {
+    let redis = RedisServer::start();
+    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let key_prefix = prefix("partition");
+    let a = start_node(&config(&proxy.redis_url(), &key_prefix, "")).await;
+    let b = start_node(&config(&redis.url(), &key_prefix, "")).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    let mut talker = join(&b, "r", "talker", None).await;
+    for n in 1..=3 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    let mut seen = ann.rx.messages_through(3).await;
+
+    proxy.cut();
+    wait_status(a.addr, "/readyz", 503).await;
+    // B carries on meanwhile.
+    for n in 4..=8 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    ann.send("from the cut-off node").await;
+    match ann.next().await {
+        Frame::Error { code, .. } => assert_eq!(code, "unavailable"),
+        other => panic!("expected an `unavailable` error, got {other:?}"),
+    }
+    proxy.restore();
+    wait_status(a.addr, "/readyz", 200).await;
+    talker.say("t-9").await;
+    seen.extend(ann.rx.messages_through(9).await);
+    assert_contiguous("ann on the node that was cut off", &seen, 1, 9);
+    let texts: Vec<&str> = seen.iter().map(|m| m.text.as_str()).collect();
+    let expected: Vec<String> = (1..=9).map(|n| format!("t-{n}")).collect();
+    assert_eq!(texts, expected);
+    let down = log_lines(&a, "broker down");
+    assert_eq!(down.len(), 1, "broker down lines: {down:#?}");
+}
+
+#[tokio::test]
+async fn a_node_cut_off_longer_than_the_history_closes_its_sessions_1013() {
+    let redis = RedisServer::start();
+    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let key_prefix = prefix("partition-trimmed");
+    let small = "[history]\nsize = 3\n";
+    let a = start_node(&config(&proxy.redis_url(), &key_prefix, small)).await;
+    let b = start_node(&config(&redis.url(), &key_prefix, small)).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    let epoch = ann.welcome.epoch.clone();
+    let mut talker = join(&b, "r", "talker", None).await;
+    talker.say("t-1").await;
+    assert_eq!(ann.message().await.seq, 1);
+
+    proxy.cut();
+    wait_status(a.addr, "/readyz", 503).await;
+    for n in 2..=10 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    proxy.restore();
+    wait_status(a.addr, "/readyz", 200).await;
+    // Seqs 2..=6 are gone from the history: ann cannot be given every seq, so she must not
+    // be given a gap either; her session ends and her client resumes.
+    match ann.next().await {
+        Frame::Close(code, reason) => assert_eq!(code, Some(1013), "{reason}"),
+        other => panic!("expected a 1013 close, got {other:?}"),
+    }
+    ann.rx.finish().await;
+    let back = join(&a, "r", "ann", Some((1, &epoch))).await;
+    assert_eq!(
+        (back.welcome.resumed, back.welcome.seq),
+        (Some(false), 10),
+        "{:?}",
+        back.welcome
+    );
 }

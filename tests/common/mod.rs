@@ -427,4 +427,5 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
 
 pub mod member;
 pub mod process;
+pub mod proxy;
 pub mod redis;

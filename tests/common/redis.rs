@@ -126,6 +126,35 @@ impl RedisServer {
         }
     }
 
+    /// Sends one inline command (e.g. `CLIENT PAUSE 15000 ALL`) on a fresh connection,
+    /// authenticated if the server has a password, and returns the first line of the answer.
+    pub fn command(&self, command: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to Redis");
+        stream
+            .set_read_timeout(Some(START_DEADLINE))
+            .expect("read timeout");
+        let mut lines = String::new();
+        if let Some(password) = &self.password {
+            lines.push_str(&format!("AUTH {password}\r\n"));
+        }
+        lines.push_str(command);
+        lines.push_str("\r\n");
+        stream.write_all(lines.as_bytes()).expect("send to Redis");
+        let mut answer = Vec::new();
+        let wanted = if self.password.is_some() { 2 } else { 1 };
+        let mut byte = [0u8; 1];
+        while answer.iter().filter(|b| **b == b'\n').count() < wanted {
+            let n = stream.read(&mut byte).expect("Redis's answer");
+            assert!(
+                n > 0,
+                "Redis closed the connection before answering {command}"
+            );
+            answer.push(byte[0]);
+        }
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        answer.lines().last().unwrap_or_default().to_owned()
+    }
+
     /// Kills the server with SIGKILL: it loses everything, and its clients see their
     /// connections reset.
     pub fn kill(&mut self) {
