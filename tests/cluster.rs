@@ -301,7 +301,14 @@ async fn clients_resume_on_the_other_node_while_messages_flow() {
             } else {
                 vec![b.addr, a.addr]
             };
-            tokio::spawn(resume_rounds(member, nodes, 12, LAST, 100 + i as u64))
+            tokio::spawn(resume_rounds(
+                member,
+                nodes,
+                12,
+                LAST,
+                talker.progress.clone(),
+                100 + i as u64,
+            ))
         })
         .collect();
     let mut missed = 0;
@@ -313,7 +320,7 @@ async fn clients_resume_on_the_other_node_while_messages_flow() {
         assert_contiguous(&format!("c{i}"), &seen, 1, LAST);
         missed += client_missed;
     }
-    assert_contiguous("talker", &talker.await.expect("talker task"), 1, LAST);
+    assert_contiguous("talker", &talker.task.await.expect("talker task"), 1, LAST);
     assert!(
         missed > 0,
         "no resume had anything to replay: the test tested nothing"
@@ -484,7 +491,7 @@ async fn a_rolling_restart_moves_clients_to_the_other_node_without_a_gap() {
     // Draining A did not disturb B.
     let Member { mut rx, .. } = observer;
     assert_contiguous("observer on B", &rx.messages_through(LAST).await, 1, LAST);
-    assert_contiguous("talker on B", &talker.await.expect("talker"), 1, LAST);
+    assert_contiguous("talker on B", &talker.task.await.expect("talker"), 1, LAST);
     // Drawn at random: four equal draws from 0..=500 would be a one-in-10^8 chance.
     assert!(
         delays.iter().any(|d| *d != delays[0]),
@@ -493,11 +500,13 @@ async fn a_rolling_restart_moves_clients_to_the_other_node_without_a_gap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_refuses_messages_and_the_node_recovers_in_a_new_epoch() {
+async fn an_outage_refuses_messages_and_the_nodes_recover_in_one_new_epoch() {
     let mut redis = RedisServer::start();
-    let a = start_node(&config(&redis.url(), &prefix("outage"), "")).await;
+    let cfg = config(&redis.url(), &prefix("outage"), "");
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
     let mut ann = join(&a, "r", "ann", None).await;
-    let mut bob = join(&a, "r", "bob", None).await;
+    let mut bob = join(&b, "r", "bob", None).await;
     let old_epoch = ann.welcome.epoch.clone();
     ann.send("before").await;
     for member in [&mut ann, &mut bob] {
@@ -506,21 +515,31 @@ async fn an_outage_refuses_messages_and_the_node_recovers_in_a_new_epoch() {
     assert_eq!(metric(a.addr, "wsgrace_broker_up").await, 1.0);
 
     redis.kill();
-    let body = wait_status(a.addr, "/readyz", 503).await;
-    assert!(body.contains("broker unavailable"), "/readyz body {body:?}");
-    assert_eq!(http_get(a.addr, "/healthz", &[]).await, 200);
-    assert_eq!(upgrade_status(a.addr, &query("r", "carl", None)).await, 503);
-    assert!(metric(a.addr, BROKER_REFUSED).await >= 1.0);
-    assert_eq!(metric(a.addr, "wsgrace_broker_up").await, 0.0);
-    ann.send("lost in the outage").await;
-    match ann.next().await {
-        Frame::Error { code, .. } => assert_eq!(code, "unavailable"),
-        other => panic!("expected an `unavailable` error, got {other:?}"),
+    for node in [&a, &b] {
+        let body = wait_status(node.addr, "/readyz", 503).await;
+        assert!(body.contains("broker unavailable"), "/readyz body {body:?}");
+        assert_eq!(http_get(node.addr, "/healthz", &[]).await, 200);
+        assert_eq!(
+            upgrade_status(node.addr, &query("r", "carl", None)).await,
+            503
+        );
+        assert!(metric(node.addr, BROKER_REFUSED).await >= 1.0);
+        assert_eq!(metric(node.addr, "wsgrace_broker_up").await, 0.0);
+    }
+    // Open sessions stay open; what they say is refused to them alone.
+    for member in [&mut ann, &mut bob] {
+        member.send("lost in the outage").await;
+        match member.next().await {
+            Frame::Error { code, .. } => assert_eq!(code, "unavailable"),
+            other => panic!("expected an `unavailable` error, got {other:?}"),
+        }
     }
 
     redis.restart();
-    wait_status(a.addr, "/readyz", 200).await;
-    assert_eq!(metric(a.addr, "wsgrace_broker_up").await, 1.0);
+    for node in [&a, &b] {
+        wait_status(node.addr, "/readyz", 200).await;
+        assert_eq!(metric(node.addr, "wsgrace_broker_up").await, 1.0);
+    }
     ann.send("after").await;
     let mut new_epoch = None;
     for member in [&mut ann, &mut bob] {
@@ -551,22 +570,68 @@ async fn an_outage_refuses_messages_and_the_node_recovers_in_a_new_epoch() {
             seq + 1,
             "{name}: {live:?} after the epoch frame at {seq}"
         );
-        assert_eq!(*new_epoch.get_or_insert_with(|| epoch.clone()), *epoch);
+        let first = new_epoch.get_or_insert_with(|| epoch.clone());
+        assert_eq!(first, epoch, "the nodes disagree on the new epoch");
     }
     let new_epoch = new_epoch.expect("an epoch");
-    // A client that resumes with the old epoch is told it cannot.
-    let carl = join(&a, "r", "carl", Some((1, &old_epoch))).await;
-    assert_eq!(
-        (carl.welcome.resumed, carl.welcome.epoch.as_str()),
-        (Some(false), new_epoch.as_str()),
-        "{:?}",
-        carl.welcome
-    );
+    // A client that resumes with the old epoch, on either node, is told it cannot.
+    for node in [&a, &b] {
+        let carl = join(node, "r", "carl", Some((1, &old_epoch))).await;
+        assert_eq!(
+            (carl.welcome.resumed, carl.welcome.epoch.as_str()),
+            (Some(false), new_epoch.as_str()),
+            "{:?}",
+            carl.welcome
+        );
+        carl.leave().await;
+    }
     // One line per change of state.
-    let down = log_lines(&a, "broker down");
-    let up = log_lines(&a, "broker up");
-    assert_eq!(down.len(), 1, "broker down lines: {down:#?}");
-    assert_eq!(up.len(), 2, "broker up lines (start, recovery): {up:#?}");
+    for node in [&a, &b] {
+        let down = log_lines(node, "broker down");
+        let up = log_lines(node, "broker up");
+        assert_eq!(down.len(), 1, "broker down lines: {down:#?}");
+        assert_eq!(up.len(), 2, "broker up lines (start, recovery): {up:#?}");
+    }
+}
+
+#[tokio::test]
+async fn a_room_idle_past_the_ttl_is_not_resumed_and_starts_a_new_epoch() {
+    let redis = RedisServer::start();
+    let key_prefix = prefix("ttl");
+    let cfg = config(&redis.url(), &key_prefix, "[history]\nttl_ms = 1000\n");
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
+    let mut talker = join(&a, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    talker.say("t-1").await;
+    talker.say("t-2").await;
+    talker.leave().await;
+    let said = Instant::now();
+    let fresh = join(&b, "r", "fresh", Some((1, &epoch))).await;
+    assert_eq!(fresh.welcome.resumed, Some(true), "{:?}", fresh.welcome);
+    fresh.leave().await;
+    // Redis drops the room's keys a second after its last message.
+    let key = format!("EXISTS {key_prefix}:room:r");
+    let start = Instant::now();
+    while redis.command(&key) != ":0" {
+        assert!(start.elapsed() < WAIT, "the room's hash never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        said.elapsed() >= Duration::from_millis(900),
+        "expired too early"
+    );
+    let late = join(&b, "r", "late", Some((1, &epoch))).await;
+    assert_eq!(
+        (late.welcome.resumed, late.welcome.seq),
+        (Some(false), 0),
+        "{:?}",
+        late.welcome
+    );
+    assert_ne!(
+        late.welcome.epoch, epoch,
+        "an expired room starts a new epoch"
+    );
 }
 
 #[tokio::test]

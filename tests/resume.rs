@@ -128,7 +128,14 @@ async fn clients_that_leave_and_resume_while_messages_flow_see_every_seq_exactly
         .into_iter()
         .enumerate()
         .map(|(i, member)| {
-            tokio::spawn(resume_rounds(member, vec![server.addr], 12, LAST, i as u64))
+            tokio::spawn(resume_rounds(
+                member,
+                vec![server.addr],
+                12,
+                LAST,
+                talker.progress.clone(),
+                i as u64,
+            ))
         })
         .collect();
     let mut missed = 0;
@@ -140,7 +147,7 @@ async fn clients_that_leave_and_resume_while_messages_flow_see_every_seq_exactly
         assert_contiguous(&format!("c{i}"), &seen, 1, LAST);
         missed += client_missed;
     }
-    let said = talker.await.expect("talker task");
+    let said = talker.task.await.expect("talker task");
     assert_contiguous("talker", &said, 1, LAST);
     assert!(
         missed > 0,
@@ -300,19 +307,19 @@ async fn a_restarted_process_is_a_new_epoch() {
     let old_epoch = talker.welcome.epoch.clone();
     say_many(&mut talker, 3).await;
     first.sigterm();
-    // The talker is told to go; its connection ends with the shutdown close.
-    let mut frames = Vec::new();
-    loop {
-        match talker.next().await {
-            frame @ (Frame::Close(..) | Frame::Ended(_)) => {
-                frames.push(frame);
-                break;
-            }
-            frame => frames.push(frame),
-        }
-        assert!(frames.len() < 100, "no close: {frames:?}");
+    // The talker is told to go, and when it may come back, right before the close.
+    match talker.next().await {
+        Frame::GoingAway { reconnect_after_ms } => assert!(
+            reconnect_after_ms <= 5000,
+            "reconnect_after_ms {reconnect_after_ms} > shutdown.reconnect_spread_ms"
+        ),
+        other => panic!("expected going_away, got {other:?}"),
     }
-    talker.rx.finish().await;
+    match talker.next().await {
+        Frame::Close(code, _) => assert_eq!(code, Some(1001)),
+        other => panic!("expected the shutdown close, got {other:?}"),
+    }
+    assert!(talker.rx.finish().await, "the close was not clean");
     assert!(first.wait_exit(WAIT).await.success());
 
     let second = ServerProcess::start("");
@@ -329,4 +336,77 @@ async fn a_restarted_process_is_a_new_epoch() {
     let other = join(&second, "r", "other", None).await;
     assert_eq!(other.welcome.epoch, welcome.epoch);
     other.leave().await;
+}
+
+#[tokio::test]
+async fn history_older_than_the_ttl_is_not_resumed() {
+    let server = ServerProcess::start("[history]\nttl_ms = 1000\n");
+    let mut talker = join(&server, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    say_many(&mut talker, 2).await;
+    let said = std::time::Instant::now();
+    // Resumes are tried until the history has expired; the first comes well within the ttl.
+    let mut attempts = 0;
+    loop {
+        let member = join(&server, "r", "m", Some((1, &epoch))).await;
+        let welcome = member.welcome.clone();
+        member.leave().await;
+        attempts += 1;
+        match welcome.resumed {
+            Some(true) => {
+                assert_eq!(welcome.missed, Some(1), "{welcome:?}");
+                assert!(said.elapsed() < WAIT, "the history never expired");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(false) => {
+                assert!(attempts > 1, "the first resume, right away, was refused");
+                assert!(
+                    said.elapsed() >= Duration::from_millis(900),
+                    "expired after {:?}, before the ttl",
+                    said.elapsed()
+                );
+                assert_eq!(welcome.seq, 2, "{welcome:?}");
+                break;
+            }
+            None => panic!("a resume's welcome without `resumed`: {welcome:?}"),
+        }
+    }
+    talker.say("live").await;
+}
+
+#[tokio::test]
+async fn a_room_whose_history_is_evicted_tells_its_open_sessions_the_new_epoch() {
+    // All rooms' history stays under 1000 bytes; the room idle longest loses it first.
+    let server = ServerProcess::start("[history]\nmax_bytes = 1000\n");
+    let mut quiet = join(&server, "quiet", "q", None).await;
+    let old_epoch = quiet.welcome.epoch.clone();
+    say_many(&mut quiet, 2).await;
+    let mut busy = join(&server, "busy", "b", None).await;
+    let filler = "x".repeat(100);
+    for _ in 0..10 {
+        busy.say(&filler).await;
+    }
+    // Resuming into the quiet room with its old epoch fails now ...
+    let late = join(&server, "quiet", "late", Some((1, &old_epoch))).await;
+    assert_eq!(late.welcome.resumed, Some(false), "{:?}", late.welcome);
+    assert_ne!(late.welcome.epoch, old_epoch, "{:?}", late.welcome);
+    let new_epoch = late.welcome.epoch.clone();
+    late.leave().await;
+    // ... and its open session learns the new epoch before the room's next message.
+    quiet.send("after").await;
+    match quiet.next().await {
+        Frame::Epoch { room, epoch, seq } => {
+            assert_eq!(
+                (room.as_str(), epoch.as_str()),
+                ("quiet", new_epoch.as_str())
+            );
+            let next = quiet.message().await;
+            assert_eq!(
+                (next.seq, next.text.as_str()),
+                (seq + 1, "after"),
+                "{next:?}"
+            );
+        }
+        other => panic!("expected an epoch frame, got {other:?}"),
+    }
 }

@@ -326,19 +326,30 @@ pub fn assert_contiguous(who: &str, messages: &[Msg], first: u64, last: u64) {
     }
 }
 
+/// A talker running in the background: its task (answering every message it received)
+/// and the seq of its latest receipt, which is how far the room has got.
+pub struct Talker {
+    pub task: tokio::task::JoinHandle<Vec<Msg>>,
+    pub progress: tokio::sync::watch::Receiver<u64>,
+}
+
 /// Sends `count` messages `"{prefix}-{n}"` from `member`, `pause` apart (traffic for the
-/// others to join and resume under), while reading its own receipts so that its outbound
-/// queue stays short. Returns every message the talker received.
-pub fn spawn_talker(
-    member: Member,
-    prefix: &'static str,
-    count: u64,
-    pause: Duration,
-) -> tokio::task::JoinHandle<Vec<Msg>> {
+/// others to join and resume under), while reading its own receipts (so that its outbound
+/// queue stays short, and to publish how far the room has got).
+pub fn spawn_talker(member: Member, prefix: &'static str, count: u64, pause: Duration) -> Talker {
     let base = member.welcome.seq;
     let Member { mut tx, mut rx, .. } = member;
-    let reader = tokio::spawn(async move { rx.messages_through(base + count).await });
-    tokio::spawn(async move {
+    let (progress_tx, progress) = tokio::sync::watch::channel(base);
+    let reader = tokio::spawn(async move {
+        let mut received = Vec::new();
+        while received.last().map_or(base, |m: &Msg| m.seq) < base + count {
+            let msg = rx.message().await;
+            progress_tx.send_replace(msg.seq);
+            received.push(msg);
+        }
+        received
+    });
+    let task = tokio::spawn(async move {
         for n in 1..=count {
             tx.send(&format!("{prefix}-{n}")).await;
             if !pause.is_zero() {
@@ -348,20 +359,24 @@ pub fn spawn_talker(
         let received = reader.await.expect("the talker's reader panicked");
         tx.close().await;
         received
-    })
+    });
+    Talker { task, progress }
 }
 
-/// One client of a resume-under-traffic run. `member` joined `room` before the traffic
-/// started. `rounds` times it reads a few messages (how many is drawn from `seed`), leaves
-/// (alternately with a close handshake and by dropping the TCP connection), and resumes at
-/// the next address of `nodes` with `since` = the last seq it saw and the welcome's epoch;
-/// every resume must answer `resumed: true` with the right `missed`. Then it reads through
-/// seq `last`. Returns every message it took in, in order, and the sum of `missed`.
+/// One client of a resume-under-traffic run. `member` joined its room before the traffic
+/// started. `rounds` times it reads a few messages, leaves (alternately with a close
+/// handshake and by dropping the TCP connection), waits until the room (`progress`, the
+/// talker's latest seq) has got a few messages past it, or none, and resumes at the next
+/// address of `nodes` with `since` = the last seq it saw and the welcome's epoch; every
+/// resume must answer `resumed: true` with the right `missed`. The counts are drawn from
+/// `seed`. Then it reads through seq `last`. Returns every message it took in, in order,
+/// and the sum of `missed`.
 pub async fn resume_rounds(
     mut member: Member,
     nodes: Vec<SocketAddr>,
     rounds: usize,
     last: u64,
+    mut progress: tokio::sync::watch::Receiver<u64>,
     seed: u64,
 ) -> (Vec<Msg>, u64) {
     use rand::{Rng, SeedableRng};
@@ -390,6 +405,11 @@ pub async fn resume_rounds(
         } else {
             drop(member);
         }
+        let behind = (seq + rng.gen_range(0..=5)).min(last);
+        timeout(WAIT, progress.wait_for(|room| *room >= behind))
+            .await
+            .expect("the room did not move on")
+            .expect("the talker stopped early");
         let node = nodes[(round + 1) % nodes.len()];
         let url = format!("ws://{node}/ws{}", query(&room, &name, Some((seq, &epoch))));
         member = Member::join(url).await;
