@@ -677,23 +677,35 @@ async fn the_redis_password_never_reaches_stderr() {
         &config("redis://127.0.0.1:1/0", &key_prefix, ""),
         &[("WSGRACE_REDIS_URL", &user_and_password)],
     );
+    // ... or stands in for a URL the file does not give.
+    let mut d = ServerProcess::start_with_env(
+        &format!("[broker]\nkind = \"redis\"\nkey_prefix = \"{key_prefix}\"\n"),
+        &[("WSGRACE_REDIS_URL", &with_password)],
+    );
     let mut c = ServerProcess::start(&config(&wrong, &key_prefix, ""));
-    wait_status(a.addr, "/readyz", 200).await;
-    wait_status(b.addr, "/readyz", 200).await;
+    for node in [&a, &b, &d] {
+        wait_status(node.addr, "/readyz", 200).await;
+    }
     let mut ann = join(&a, "r", "ann", None).await;
     let mut bob = join(&b, "r", "bob", None).await;
+    let mut dan = join(&d, "r", "dan", None).await;
     ann.send("through the same Redis").await;
-    assert_eq!(bob.message().await.text, "through the same Redis");
-    ann.message().await;
+    for member in [&mut ann, &mut bob, &mut dan] {
+        assert_eq!(member.message().await.text, "through the same Redis");
+    }
     c.wait_for_log("broker down").await;
     assert_eq!(http_get_body(c.addr, "/readyz").await.0, 503);
+    ann.leave().await;
+    bob.leave().await;
+    dan.leave().await;
 
-    for node in [&mut a, &mut b, &mut c] {
+    // The drain and its report are logged too.
+    for node in [&mut a, &mut b, &mut c, &mut d] {
         node.sigterm();
-        // The drain and its report are logged too.
-        let _ = node.wait_exit(WAIT).await;
+        let status = node.wait_exit(WAIT).await;
+        assert!(status.success(), "{status:?}");
     }
-    for (name, node) in [("a", &a), ("b", &b), ("c", &c)] {
+    for (name, node) in [("a", &a), ("b", &b), ("c", &c), ("d", &d)] {
         let stderr = node.stderr();
         for secret in [PASSWORD, WRONG] {
             assert!(
@@ -713,12 +725,13 @@ async fn the_redis_password_never_reaches_stderr() {
 #[test]
 fn bad_broker_keys_exit_2_naming_the_key() {
     const SECRET: &str = "top-5ecret-in-url";
-    let cases = [
+    let mut cases = vec![
         (
             "[broker]\nkind = \"redis\"\n".to_owned(),
             vec![],
             "broker.redis_url",
         ),
+        (config("", "p", ""), vec![], "broker.redis_url"),
         (
             config("http://127.0.0.1:6379/0", "p", ""),
             vec![],
@@ -743,6 +756,14 @@ fn bad_broker_keys_exit_2_naming_the_key() {
             "broker.kind",
         ),
     ];
+    // TLS needs the `redis-tls` feature; without it a rediss:// URL is a config error.
+    if cfg!(not(feature = "redis-tls")) {
+        cases.push((
+            config(&format!("rediss://:{SECRET}@127.0.0.1:6380/0"), "p", ""),
+            vec![],
+            "broker.redis_url",
+        ));
+    }
     for (text, env, key) in cases {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let exit = run_to_exit(&text, &env);
