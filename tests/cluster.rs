@@ -119,6 +119,24 @@ async fn members_on_two_nodes_see_each_others_messages() {
     assert_eq!(bob.message().await, expected);
     assert_eq!(ann.message().await, expected);
 
+    // Any text crosses the broker unchanged: quotes, colons, escapes, non-ASCII, and a
+    // message close to session.max_frame_bytes (64 KiB).
+    let tricky = "he said \"hi\": 1:2:3\n\tback\\slash \u{2713} \u{1F389} {\"type\":\"welcome\"}";
+    let big = "z".repeat(60_000);
+    for (seq, text) in [(3, tricky), (4, big.as_str())] {
+        ann.send(text).await;
+        for member in [&mut ann, &mut bob] {
+            let msg = member.message().await;
+            assert_eq!((msg.seq, msg.text.len()), (seq, text.len()));
+            assert!(msg.text == text, "seq {seq} arrived changed");
+        }
+    }
+    let epoch = bob.welcome.epoch.clone();
+    let mut replayed = join(&b, "r", "late", Some((2, &epoch))).await;
+    assert_eq!(replayed.welcome.missed, Some(2), "{:?}", replayed.welcome);
+    assert!(replayed.message().await.text == tricky, "replayed changed");
+    assert!(replayed.message().await.text == big, "replayed changed");
+
     // The same room name under another key prefix is another room.
     let c = start_node(&config(&redis.url(), &prefix("two-nodes-other"), "")).await;
     let mut cy = join(&c, "r", "cy", None).await;
@@ -127,7 +145,7 @@ async fn members_on_two_nodes_see_each_others_messages() {
     ann.send("last").await;
     for member in [&mut ann, &mut bob] {
         let msg = member.message().await;
-        assert_eq!((msg.seq, msg.text.as_str()), (3, "last"), "{msg:?}");
+        assert_eq!((msg.seq, msg.text.as_str()), (5, "last"), "{msg:?}");
     }
 }
 
@@ -377,6 +395,66 @@ async fn beyond_the_history_or_in_another_epoch_nothing_is_resumed() {
             "{}: replayed something, or missed the live message",
             member.welcome.name
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_a_new_room_at_once_on_both_nodes_agree_on_its_epoch() {
+    let redis = RedisServer::start();
+    let cfg = config(&redis.url(), &prefix("first-join"), "");
+    let nodes = [start_node(&cfg).await, start_node(&cfg).await];
+    let joins: Vec<_> = (0..10)
+        .map(|i| {
+            let url = nodes[i % 2].ws_url(&query("fresh", &format!("m{i}"), None));
+            tokio::spawn(Member::join(url))
+        })
+        .collect();
+    let mut members = Vec::new();
+    for join in joins {
+        members.push(join.await.expect("join task"));
+    }
+    let epoch = members[0].welcome.epoch.clone();
+    for member in &members {
+        assert_eq!(
+            (member.welcome.seq, member.welcome.epoch.as_str()),
+            (0, epoch.as_str()),
+            "{:?}",
+            member.welcome
+        );
+    }
+    members[1].send("first").await;
+    for member in &mut members {
+        assert_eq!(member.message().await.seq, 1);
+    }
+    // The epoch the welcomes named is the one a resume checks against.
+    let back = join(&nodes[0], "fresh", "back", Some((0, &epoch))).await;
+    assert_eq!(
+        (back.welcome.resumed, back.welcome.missed),
+        (Some(true), Some(1)),
+        "{:?}",
+        back.welcome
+    );
+}
+
+#[tokio::test]
+async fn without_history_no_resume_succeeds_on_any_node() {
+    let redis = RedisServer::start();
+    let cfg = config(&redis.url(), &prefix("no-history"), "[history]\nsize = 0\n");
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
+    let mut talker = join(&a, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    talker.say("t-1").await;
+    talker.say("t-2").await;
+    for (node, since) in [(&a, 1), (&b, 1), (&b, 2)] {
+        let member = join(node, "r", "m", Some((since, &epoch))).await;
+        assert_eq!(
+            (member.welcome.resumed, member.welcome.seq),
+            (Some(false), 2),
+            "since {since}: {:?}",
+            member.welcome
+        );
+        member.leave().await;
     }
 }
 
