@@ -564,6 +564,14 @@ async fn a_rolling_restart_moves_clients_to_the_other_node_without_a_gap() {
             .expect("client task");
         assert_eq!(moved.close, Some(1001), "c{i}'s close code");
         assert_contiguous(&format!("c{i}"), &moved.messages, 1, LAST);
+        let wrong = moved
+            .messages
+            .iter()
+            .find(|m| m.text != format!("t-{}", m.seq));
+        assert!(
+            wrong.is_none(),
+            "c{i}: {wrong:?} is not the talker's message of that seq"
+        );
         delays.push(moved.delay_ms);
     }
     // Draining A did not disturb B.
@@ -957,5 +965,96 @@ async fn a_node_cut_off_longer_than_the_history_closes_its_sessions_1013() {
         (Some(false), 10),
         "{:?}",
         back.welcome
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_restarts_empty_every_room_on_every_node_gets_its_epoch_frame() {
+    const ROOMS: usize = 12;
+    let mut redis = RedisServer::start();
+    let cfg = config(&redis.url(), &prefix("many-rooms"), "");
+    let nodes = [start_node(&cfg).await, start_node(&cfg).await];
+    // Per room: a member on each node; the one on the first node speaks.
+    let mut rooms = Vec::new();
+    for r in 0..ROOMS {
+        let room = format!("room{r}");
+        let mut pair = Vec::new();
+        for (n, node) in nodes.iter().enumerate() {
+            pair.push(join(node, &room, &format!("m{n}"), None).await);
+        }
+        let old_epoch = pair[0].welcome.epoch.clone();
+        // Rooms of different lengths, so that the new seqs cannot all be guessed.
+        for k in 0..=(r % 3) {
+            pair[0].send(&format!("before-{k}")).await;
+        }
+        for member in &mut pair {
+            member.rx.messages_through(1 + (r % 3) as u64).await;
+        }
+        rooms.push((room, old_epoch, pair));
+    }
+    redis.kill();
+    for node in &nodes {
+        wait_status(node.addr, "/readyz", 503).await;
+    }
+    redis.restart();
+    for node in &nodes {
+        wait_status(node.addr, "/readyz", 200).await;
+    }
+    for (room, old_epoch, pair) in &mut rooms {
+        pair[0].send("after").await;
+        let mut epochs = Vec::new();
+        for member in pair.iter_mut() {
+            let who = format!("{} in {room}", member.welcome.name);
+            let (epoch, seq) = match member.next().await {
+                Frame::Epoch {
+                    room: named,
+                    epoch,
+                    seq,
+                } => {
+                    assert_eq!(named, *room, "{who}");
+                    (epoch, seq)
+                }
+                other => panic!("{who}: expected an epoch frame, got {other:?}"),
+            };
+            assert_ne!(epoch, *old_epoch, "{who}");
+            let msg = member.message().await;
+            assert_eq!((msg.seq, msg.text.as_str()), (seq + 1, "after"), "{who}");
+            epochs.push(epoch);
+        }
+        assert_eq!(epochs[0], epochs[1], "the nodes disagree on {room}'s epoch");
+    }
+}
+
+#[tokio::test]
+async fn a_node_drains_promptly_during_an_outage() {
+    let mut redis = RedisServer::start();
+    let mut a = start_node(&config(&redis.url(), &prefix("drain-outage"), "")).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    ann.say("before").await;
+    redis.kill();
+    wait_status(a.addr, "/readyz", 503).await;
+    ann.send("refused").await;
+    match ann.next().await {
+        Frame::Error { code, .. } => assert_eq!(code, "unavailable"),
+        other => panic!("expected an `unavailable` error, got {other:?}"),
+    }
+    let signalled = Instant::now();
+    a.sigterm();
+    assert!(
+        matches!(ann.next().await, Frame::GoingAway { .. }),
+        "no going_away"
+    );
+    match ann.next().await {
+        Frame::Close(code, _) => assert_eq!(code, Some(1001)),
+        other => panic!("expected the shutdown close, got {other:?}"),
+    }
+    assert!(ann.rx.finish().await, "the close was not clean");
+    let status = a.wait_exit(WAIT).await;
+    assert!(status.success(), "{status:?}");
+    // Nothing was waiting for Redis: the drain is over once its one client acked.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "the drain took {:?} with Redis down",
+        signalled.elapsed()
     );
 }
