@@ -7,16 +7,44 @@
 //! frame, wait for the peer's, then answer) or **fire-and-forget** ([`CloseOutput`], .NET
 //! `CloseOutputAsync`: send the close frame, answer at once, keep reading). A close the peer
 //! never acknowledges ends in an abort after the close timeout. A [`Supervisor`] registers
-//! the sessions, orders and fans out room messages, and drains: on [`shutdown`] every session
-//! chooses its own close mode ([`SessionHandler::shutdown_mode`]).
+//! the sessions, passes room messages through a [`broker::Broker`] and fans them out, and
+//! drains: on [`shutdown`] every session chooses its own close mode
+//! ([`SessionHandler::shutdown_mode`]).
+//!
+//! The broker gives each room message its `seq`, keeps a bounded history per room and names
+//! it with an epoch: [`broker::LocalBroker`] in this process (the default), or
+//! [`broker::RedisBroker`], with which every node on one Redis serves the same rooms (one
+//! script per message takes the seq, appends to the room's stream and publishes; each node
+//! subscribes once per room that has members on it). A joining session is subscribed first,
+//! then reads the room's snapshot; [`resume`] merges the two so that a client that resumes
+//! with `since` gets every seq once, with no gap.
 //!
 //! ```text
-//!   HTTP upgrade ─► server.rs checks ─► session::start ─► Session actor (one per connection)
-//!                                                          │ ▲        ▲ Close / CloseOutput /
-//!                          transport.rs (bytes ⇄ frames) ◄─┘ │        │ Abort / SendText / Shutdown
-//!                          close.rs: CloseMachine (pure) ────┘        │
-//!   Supervisor (registry, rooms, seq, drain) ─► fanout.rs shard per worker ─► session outboxes
-//!   shutdown.rs: signals, readiness, deadline ─► Supervisor::Drain ─► DrainReport
+//!             HTTP upgrade (/ws?room=R&name=N, to resume also &since=S&epoch=E)
+//!                    │  checks: draining 503, broker unreachable 503, Origin 403,
+//!                    │  room/name/since/epoch 400, max_connections 503
+//!                    ▼
+//!  ┌──────────── Session actor (one per connection, on an actix-web worker) ────────────┐
+//!  │ transport.rs: bytes ⇄ frames    close.rs: CloseMachine (pure, no I/O)              │
+//!  │ inbound frames ─► machine ─► actions: send close / deliver / drop / answer / end   │
+//!  └───────▲──────────────────────────────┬─────────────────────────────────────────────┘
+//!          │ SendText (shared bytes)      │ Join (since, epoch) / Broadcast / Leave
+//!          │ Shutdown(code, reason)       ▼
+//!  ┌──────────── Supervisor actor ──────────────────────────────────────────────────────┐
+//!  │ registry · rooms with local members · Drain                                        │
+//!  │ join: subscribe (confirmed) → snapshot → resume.rs merge: no gap, no duplicate     │
+//!  └──────────────────────────────────────┬──────────────────────────────▲──────────────┘
+//!                 publish, subscribe,     │                              │ Drain{deadline,
+//!                 snapshot                ▼                              │ batches} → DrainReport
+//!  ┌──────────── Broker (broker.kind) ───────────────────────┐    shutdown.rs: SIGTERM/SIGINT,
+//!  │ local: seq, bounded history, epoch per room, in memory  │    readiness, second signal
+//!  │ redis: one Lua script per message: seq, XADD, PUBLISH;  │
+//!  │        one SUBSCRIBE per room with local members ◄──────┼──► Redis, shared by every node
+//!  └──────────────────────────────────────┬──────────────────┘
+//!                                         │ each message with its epoch and seq, in seq order,
+//!                                         │ serialized once: one Deliver per worker that has
+//!                                         ▼ members in the room (the supervisor sends it)
+//!  fan-out shard per worker (fanout.rs) ─► each local member's outbox
 //!
 //!   Open ──(our close)──► CloseSent ──(peer close)──► Closed
 //!   Open ──(peer close)─► CloseReceived ──(our reply)──► Closed

@@ -672,7 +672,6 @@ impl Driver {
             match self.connect().await {
                 Ok((connection, pubsub)) => {
                     backoff = self.settings.backoff_min;
-                    told_down = false;
                     match self.connected(connection, pubsub).await {
                         Ended::Stopped => return,
                         Ended::Lost(why) => {
@@ -681,6 +680,8 @@ impl Driver {
                                 "broker down: lost {} ({why}); reconnecting",
                                 self.redacted_url
                             );
+                            // Said once: failed reconnects are not a new change of state.
+                            told_down = true;
                         }
                     }
                 }
