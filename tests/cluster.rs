@@ -458,6 +458,40 @@ async fn without_history_no_resume_succeeds_on_any_node() {
     }
 }
 
+/// As in tests/resume.rs: a replay longer than `session.outbound_queue` is what the client
+/// asked for, and must arrive whole, here from the Redis stream on the other node.
+#[tokio::test]
+async fn a_replay_longer_than_the_outbound_queue_arrives_whole_on_the_other_node() {
+    let redis = RedisServer::start();
+    let cfg = config(
+        &redis.url(),
+        &prefix("long-replay"),
+        "[session]\noutbound_queue = 64\n",
+    );
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
+    let mut talker = join(&a, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    for n in 1..=300 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    let mut late = join(&b, "r", "late", Some((0, &epoch))).await;
+    assert_eq!(
+        (late.welcome.resumed, late.welcome.missed),
+        (Some(true), Some(300)),
+        "{:?}",
+        late.welcome
+    );
+    let mut replay = Vec::new();
+    while replay.len() < 300 {
+        match late.next().await {
+            Frame::Message(msg) => replay.push(msg),
+            other => panic!("after {} replayed messages: {other:?}", replay.len()),
+        }
+    }
+    assert_contiguous("the replay", &replay, 1, 300);
+}
+
 /// What one client of the drained node went through.
 struct Moved {
     messages: Vec<Msg>,

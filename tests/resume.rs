@@ -410,3 +410,30 @@ async fn a_room_whose_history_is_evicted_tells_its_open_sessions_the_new_epoch()
         other => panic!("expected an epoch frame, got {other:?}"),
     }
 }
+
+/// A replay is what the client asked for, not a sign that it reads too slowly: one longer
+/// than `session.outbound_queue` must still arrive whole ("the K messages S+1 … N follow it
+/// at once ... each seq exactly once"), not end in 1008 "slow consumer" (after which the
+/// client would resume, be cut again, and never catch up).
+#[tokio::test]
+async fn a_replay_longer_than_the_outbound_queue_arrives_whole() {
+    let server = ServerProcess::start("[session]\noutbound_queue = 64\n");
+    let mut talker = join(&server, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    assert_eq!(say_many(&mut talker, 300).await, 300);
+    let mut late = join(&server, "r", "late", Some((0, &epoch))).await;
+    assert_eq!(
+        (late.welcome.resumed, late.welcome.missed),
+        (Some(true), Some(300)),
+        "{:?}",
+        late.welcome
+    );
+    let mut replay = Vec::new();
+    while replay.len() < 300 {
+        match late.next().await {
+            Frame::Message(msg) => replay.push(msg),
+            other => panic!("after {} replayed messages: {other:?}", replay.len()),
+        }
+    }
+    assert_contiguous("the replay", &replay, 1, 300);
+}
