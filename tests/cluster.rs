@@ -458,6 +458,46 @@ async fn without_history_no_resume_succeeds_on_any_node() {
     }
 }
 
+/// Redis drops a room idle past `history.ttl_ms` even while members are connected (they
+/// just had nothing to say): its next message starts a new epoch, and the open sessions on
+/// every node must be told (`epoch` frame) before it, or they would see seqs jump back.
+#[tokio::test]
+async fn a_room_that_expires_under_open_sessions_tells_them_the_new_epoch() {
+    let redis = RedisServer::start();
+    let key_prefix = prefix("ttl-open");
+    let cfg = config(&redis.url(), &key_prefix, "[history]\nttl_ms = 1000\n");
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    let mut bob = join(&b, "r", "bob", None).await;
+    let old_epoch = ann.welcome.epoch.clone();
+    ann.send("t-1").await;
+    ann.send("t-2").await;
+    for member in [&mut ann, &mut bob] {
+        assert_contiguous("before", &member.rx.messages_through(2).await, 1, 2);
+    }
+    let key = format!("EXISTS {key_prefix}:room:r");
+    let start = Instant::now();
+    while redis.command(&key) != ":0" {
+        assert!(start.elapsed() < WAIT, "the room's hash never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ann.send("after").await;
+    let mut epochs = Vec::new();
+    for member in [&mut ann, &mut bob] {
+        let name = member.welcome.name.clone();
+        let (epoch, seq) = match member.next().await {
+            Frame::Epoch { epoch, seq, .. } => (epoch, seq),
+            other => panic!("{name}: expected an epoch frame before the new epoch, got {other:?}"),
+        };
+        assert_ne!(epoch, old_epoch, "{name}");
+        let msg = member.message().await;
+        assert_eq!((msg.seq, msg.text.as_str()), (seq + 1, "after"), "{name}");
+        epochs.push(epoch);
+    }
+    assert_eq!(epochs[0], epochs[1], "the nodes disagree on the new epoch");
+}
+
 /// As in tests/resume.rs: a replay longer than `session.outbound_queue` is what the client
 /// asked for, and must arrive whole, here from the Redis stream on the other node.
 #[tokio::test]
