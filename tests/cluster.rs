@@ -498,6 +498,62 @@ async fn a_room_that_expires_under_open_sessions_tells_them_the_new_epoch() {
     assert_eq!(epochs[0], epochs[1], "the nodes disagree on the new epoch");
 }
 
+/// Redis restarts empty and the room's new epoch gets messages from one node while the
+/// other is still cut off. When that node is back, its open sessions are told the new epoch
+/// and then given the new epoch's messages from its history, from seq 1, then live ones:
+/// the messages are in the history, so nobody has to miss them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_after_redis_restarted_empty_gets_the_new_epochs_messages() {
+    let mut redis = RedisServer::start();
+    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let key_prefix = prefix("late-epoch");
+    let a = start_node(&config(&proxy.redis_url(), &key_prefix, "")).await;
+    let b = start_node(&config(&redis.url(), &key_prefix, "")).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    let mut bob = join(&b, "r", "bob", None).await;
+    let old_epoch = ann.welcome.epoch.clone();
+    bob.say("old-1").await;
+    assert_eq!(ann.message().await.text, "old-1");
+
+    proxy.cut();
+    redis.kill();
+    wait_status(a.addr, "/readyz", 503).await;
+    wait_status(b.addr, "/readyz", 503).await;
+    redis.restart();
+    wait_status(b.addr, "/readyz", 200).await;
+    bob.send("new-1").await;
+    bob.send("new-2").await;
+    let mut bob_saw = Vec::new();
+    while bob_saw.len() < 3 {
+        bob_saw.push(bob.next().await);
+    }
+    let Frame::Epoch {
+        epoch: new_epoch, ..
+    } = &bob_saw[0]
+    else {
+        panic!("bob: no epoch frame first: {bob_saw:?}");
+    };
+    assert_ne!(*new_epoch, old_epoch);
+
+    proxy.restore();
+    wait_status(a.addr, "/readyz", 200).await;
+    bob.send("live").await;
+    let mut ann_saw = Vec::new();
+    loop {
+        let frame = ann.next().await;
+        let done = matches!(&frame, Frame::Message(m) if m.text == "live")
+            || matches!(frame, Frame::Close(..) | Frame::Ended(_));
+        ann_saw.push(frame);
+        if done || ann_saw.len() > 10 {
+            break;
+        }
+    }
+    // Exactly what bob saw of the new epoch, then the live message.
+    let mut expected = bob_saw.clone();
+    expected.push(bob.next().await);
+    assert_eq!(ann_saw, expected, "ann on the node that came back late");
+}
+
 /// As in tests/resume.rs: a replay longer than `session.outbound_queue` is what the client
 /// asked for, and must arrive whole, here from the Redis stream on the other node.
 #[tokio::test]
