@@ -83,10 +83,13 @@ impl AppState {
     }
 }
 
-/// The chat page served at `/`.
-const CHAT_PAGE: &str = include_str!("chat.html");
+/// The chat page served at `/` (it imports `/wsgrace.js`).
+const CHAT_PAGE: &str = include_str!("../web/chat.html");
 
-/// Mounts `/`, `/ws`, `/healthz`, `/readyz` and `/metrics`.
+/// The browser client served at `/wsgrace.js`, a plain ES module.
+const CLIENT_MODULE: &str = include_str!("../web/wsgrace.js");
+
+/// Mounts `/`, `/wsgrace.js`, `/ws`, `/healthz`, `/readyz` and `/metrics`.
 pub fn routes(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(state.clone()))
@@ -94,6 +97,7 @@ pub fn routes(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics_text))
+            .route("/wsgrace.js", web::get().to(client_module))
             .route("/", web::get().to(chat_page));
     }
 }
@@ -102,6 +106,14 @@ async fn chat_page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(CHAT_PAGE)
+}
+
+async fn client_module() -> HttpResponse {
+    // Browsers run a module script only when it comes with a JavaScript MIME type.
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(CLIENT_MODULE)
 }
 
 async fn metrics_text() -> HttpResponse {

@@ -14,6 +14,14 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::timeout;
 use wsgrace::{SessionConfig, SessionEnd, SessionHandle, SessionHandler};
 
+/// A free loopback port (bound and released: good enough on a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
 /// Long enough for a busy 2-core machine; only reached when a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -425,7 +433,9 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     ))
 }
 
+pub mod browser;
 pub mod member;
+pub mod nginx;
 pub mod process;
 pub mod proxy;
 pub mod redis;
