@@ -588,6 +588,23 @@ async fn a_replay_longer_than_the_outbound_queue_arrives_whole_on_the_other_node
     assert_contiguous("the replay", &replay, 1, 300);
 }
 
+#[tokio::test]
+async fn since_0_in_a_new_room_is_a_resume_with_nothing_missed() {
+    let redis = RedisServer::start();
+    let a = start_node(&config(&redis.url(), &prefix("since-0"), "")).await;
+    let member = Member::join(a.ws_url("?room=brand-new&name=m&since=0")).await;
+    assert_eq!(
+        (
+            member.welcome.resumed,
+            member.welcome.missed,
+            member.welcome.seq
+        ),
+        (Some(true), Some(0), 0),
+        "{:?}",
+        member.welcome
+    );
+}
+
 /// What one client of the drained node went through.
 struct Moved {
     messages: Vec<Msg>,
@@ -881,7 +898,7 @@ async fn a_node_started_before_its_broker_becomes_ready_when_the_broker_comes() 
 async fn the_redis_password_never_reaches_stderr() {
     const PASSWORD: &str = "s3cret-Pa55word-7f1e";
     const WRONG: &str = "wr0ng-Pa55word-c29a";
-    let redis = RedisServer::start_with_password(PASSWORD);
+    let mut redis = RedisServer::start_with_password(PASSWORD);
     let port = redis.port();
     let with_password = format!("redis://:{PASSWORD}@127.0.0.1:{port}/0");
     let user_and_password = format!("redis://default:{PASSWORD}@127.0.0.1:{port}/0");
@@ -914,6 +931,17 @@ async fn the_redis_password_never_reaches_stderr() {
     ann.leave().await;
     bob.leave().await;
     dan.leave().await;
+
+    // An outage: the errors of losing Redis and of reconnecting (with AUTH again) are
+    // logged too.
+    redis.kill();
+    for node in [&a, &b, &d] {
+        wait_status(node.addr, "/readyz", 503).await;
+    }
+    redis.restart();
+    for node in [&a, &b, &d] {
+        wait_status(node.addr, "/readyz", 200).await;
+    }
 
     // The drain and its report are logged too.
     for node in [&mut a, &mut b, &mut c, &mut d] {

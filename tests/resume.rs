@@ -437,3 +437,19 @@ async fn a_replay_longer_than_the_outbound_queue_arrives_whole() {
     }
     assert_contiguous("the replay", &replay, 1, 300);
 }
+
+#[tokio::test]
+async fn since_0_in_a_new_room_is_a_resume_with_nothing_missed() {
+    let server = ServerProcess::start("");
+    let member = Member::join(server.ws_url("?room=brand-new&name=m&since=0")).await;
+    assert_eq!(
+        (
+            member.welcome.resumed,
+            member.welcome.missed,
+            member.welcome.seq
+        ),
+        (Some(true), Some(0), 0),
+        "{:?}",
+        member.welcome
+    );
+}
