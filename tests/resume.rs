@@ -453,3 +453,43 @@ async fn since_0_in_a_new_room_is_a_resume_with_nothing_missed() {
         member.welcome
     );
 }
+
+/// SPEC "Shutdown" step 6: each session's `going_away` comes right before its shutdown close
+/// and suggests a delay drawn from 0 to `shutdown.reconnect_spread_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn going_away_delays_are_drawn_within_the_spread() {
+    for (spread, sessions) in [(0u64, 3usize), (200, 20)] {
+        let mut server =
+            ServerProcess::start(&format!("[shutdown]\nreconnect_spread_ms = {spread}\n"));
+        let mut members = Vec::new();
+        for i in 0..sessions {
+            members.push(join(&server, "r", &format!("m{i}"), None).await);
+        }
+        server.sigterm();
+        let mut delays = Vec::new();
+        for member in &mut members {
+            let delay = match member.next().await {
+                Frame::GoingAway { reconnect_after_ms } => reconnect_after_ms,
+                other => panic!("expected going_away, got {other:?}"),
+            };
+            match member.next().await {
+                Frame::Close(code, _) => assert_eq!(code, Some(1001)),
+                other => panic!("expected the close right after going_away, got {other:?}"),
+            }
+            assert!(member.rx.finish().await, "the close was not clean");
+            delays.push(delay);
+        }
+        assert!(server.wait_exit(WAIT).await.success());
+        assert!(
+            delays.iter().all(|d| *d <= spread),
+            "spread {spread}: {delays:?}"
+        );
+        if spread > 0 {
+            // 20 draws from 0..=200 with fewer than 3 values: about one in 10^35.
+            let mut distinct = delays.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert!(distinct.len() >= 3, "not drawn: {delays:?}");
+        }
+    }
+}
