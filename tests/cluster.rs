@@ -1,17 +1,19 @@
 //! SPEC "Cluster" (`broker.kind = "redis"`), "Resume" across nodes, "Shutdown" step 6 and
-//! the `broker.*` keys, against real `wsgrace` binaries sharing a real `redis-server`. Each
-//! test starts its own Redis on a free loopback port (tests/common/redis.rs) and uses its
-//! own `broker.key_prefix`.
+//! the `broker.*` and `history.*` keys, against real `wsgrace` binaries sharing a real
+//! `redis-server`. Each test starts its own Redis on a free loopback port
+//! (tests/common/redis.rs) and uses its own `broker.key_prefix`. In order:
 //!
-//! - rooms span nodes: one seq order for every member on every node, concurrent senders
-//!   on both nodes included;
+//! - rooms span nodes: one seq order for every member on every node, concurrent senders on
+//!   both nodes included; one epoch for a room however its first members arrive;
 //! - resume on the same node and on the other, under traffic, beyond the history, with
-//!   another epoch;
+//!   another epoch, without history, a replay longer than the outbound queue, a room
+//!   expired by `history.ttl_ms` (with and without open sessions);
 //! - a rolling restart: the drained node's clients are told `going_away`, wait the delay,
 //!   and resume on the other node without a gap or a duplicate;
-//! - the broker's outage and a node started before its broker: readiness, 503, `error`
-//!   `unavailable`, recovery without a restart, the `epoch` frame after Redis lost its data,
-//!   one log line per change of state;
+//! - the broker's outage, a node cut off from Redis (a TCP proxy), a join the broker cannot
+//!   finish, a drain during an outage, a node started before its broker: readiness, 503,
+//!   `error` `unavailable`, recovery without a restart, catching up, the `epoch` frame
+//!   after Redis lost its data, one log line per change of state;
 //! - the Redis password never reaches stderr; bad `broker.*` keys exit 2 naming the key.
 
 mod common;
@@ -217,6 +219,44 @@ async fn every_member_on_both_nodes_sees_one_order_under_concurrent_senders() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_a_new_room_at_once_on_both_nodes_agree_on_its_epoch() {
+    let redis = RedisServer::start();
+    let cfg = config(&redis.url(), &prefix("first-join"), "");
+    let nodes = [start_node(&cfg).await, start_node(&cfg).await];
+    let joins: Vec<_> = (0..10)
+        .map(|i| {
+            let url = nodes[i % 2].ws_url(&query("fresh", &format!("m{i}"), None));
+            tokio::spawn(Member::join(url))
+        })
+        .collect();
+    let mut members = Vec::new();
+    for join in joins {
+        members.push(join.await.expect("join task"));
+    }
+    let epoch = members[0].welcome.epoch.clone();
+    for member in &members {
+        assert_eq!(
+            (member.welcome.seq, member.welcome.epoch.as_str()),
+            (0, epoch.as_str()),
+            "{:?}",
+            member.welcome
+        );
+    }
+    members[1].send("first").await;
+    for member in &mut members {
+        assert_eq!(member.message().await.seq, 1);
+    }
+    // The epoch the welcomes named is the one a resume checks against.
+    let back = join(&nodes[0], "fresh", "back", Some((0, &epoch))).await;
+    assert_eq!(
+        (back.welcome.resumed, back.welcome.missed),
+        (Some(true), Some(1)),
+        "{:?}",
+        back.welcome
+    );
+}
+
 #[tokio::test]
 async fn a_client_resumes_on_the_same_node_and_on_the_other() {
     let redis = RedisServer::start();
@@ -398,44 +438,6 @@ async fn beyond_the_history_or_in_another_epoch_nothing_is_resumed() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_joining_a_new_room_at_once_on_both_nodes_agree_on_its_epoch() {
-    let redis = RedisServer::start();
-    let cfg = config(&redis.url(), &prefix("first-join"), "");
-    let nodes = [start_node(&cfg).await, start_node(&cfg).await];
-    let joins: Vec<_> = (0..10)
-        .map(|i| {
-            let url = nodes[i % 2].ws_url(&query("fresh", &format!("m{i}"), None));
-            tokio::spawn(Member::join(url))
-        })
-        .collect();
-    let mut members = Vec::new();
-    for join in joins {
-        members.push(join.await.expect("join task"));
-    }
-    let epoch = members[0].welcome.epoch.clone();
-    for member in &members {
-        assert_eq!(
-            (member.welcome.seq, member.welcome.epoch.as_str()),
-            (0, epoch.as_str()),
-            "{:?}",
-            member.welcome
-        );
-    }
-    members[1].send("first").await;
-    for member in &mut members {
-        assert_eq!(member.message().await.seq, 1);
-    }
-    // The epoch the welcomes named is the one a resume checks against.
-    let back = join(&nodes[0], "fresh", "back", Some((0, &epoch))).await;
-    assert_eq!(
-        (back.welcome.resumed, back.welcome.missed),
-        (Some(true), Some(1)),
-        "{:?}",
-        back.welcome
-    );
-}
-
 #[tokio::test]
 async fn without_history_no_resume_succeeds_on_any_node() {
     let redis = RedisServer::start();
@@ -456,6 +458,97 @@ async fn without_history_no_resume_succeeds_on_any_node() {
         );
         member.leave().await;
     }
+}
+
+#[tokio::test]
+async fn since_0_in_a_new_room_is_a_resume_with_nothing_missed() {
+    let redis = RedisServer::start();
+    let a = start_node(&config(&redis.url(), &prefix("since-0"), "")).await;
+    let member = Member::join(a.ws_url("?room=brand-new&name=m&since=0")).await;
+    assert_eq!(
+        (
+            member.welcome.resumed,
+            member.welcome.missed,
+            member.welcome.seq
+        ),
+        (Some(true), Some(0), 0),
+        "{:?}",
+        member.welcome
+    );
+}
+
+/// As in tests/resume.rs: a replay longer than `session.outbound_queue` is what the client
+/// asked for, and must arrive whole, here from the Redis stream on the other node.
+#[tokio::test]
+async fn a_replay_longer_than_the_outbound_queue_arrives_whole_on_the_other_node() {
+    let redis = RedisServer::start();
+    let cfg = config(
+        &redis.url(),
+        &prefix("long-replay"),
+        "[session]\noutbound_queue = 64\n",
+    );
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
+    let mut talker = join(&a, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    for n in 1..=300 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    let mut late = join(&b, "r", "late", Some((0, &epoch))).await;
+    assert_eq!(
+        (late.welcome.resumed, late.welcome.missed),
+        (Some(true), Some(300)),
+        "{:?}",
+        late.welcome
+    );
+    let mut replay = Vec::new();
+    while replay.len() < 300 {
+        match late.next().await {
+            Frame::Message(msg) => replay.push(msg),
+            other => panic!("after {} replayed messages: {other:?}", replay.len()),
+        }
+    }
+    assert_contiguous("the replay", &replay, 1, 300);
+}
+
+#[tokio::test]
+async fn a_room_idle_past_the_ttl_is_not_resumed_and_starts_a_new_epoch() {
+    let redis = RedisServer::start();
+    let key_prefix = prefix("ttl");
+    let cfg = config(&redis.url(), &key_prefix, "[history]\nttl_ms = 1000\n");
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
+    let mut talker = join(&a, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    talker.say("t-1").await;
+    talker.say("t-2").await;
+    talker.leave().await;
+    let said = Instant::now();
+    let fresh = join(&b, "r", "fresh", Some((1, &epoch))).await;
+    assert_eq!(fresh.welcome.resumed, Some(true), "{:?}", fresh.welcome);
+    fresh.leave().await;
+    // Redis drops the room's keys a second after its last message.
+    let key = format!("EXISTS {key_prefix}:room:r");
+    let start = Instant::now();
+    while redis.command(&key) != ":0" {
+        assert!(start.elapsed() < WAIT, "the room's hash never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        said.elapsed() >= Duration::from_millis(900),
+        "expired too early"
+    );
+    let late = join(&b, "r", "late", Some((1, &epoch))).await;
+    assert_eq!(
+        (late.welcome.resumed, late.welcome.seq),
+        (Some(false), 0),
+        "{:?}",
+        late.welcome
+    );
+    assert_ne!(
+        late.welcome.epoch, epoch,
+        "an expired room starts a new epoch"
+    );
 }
 
 /// Redis drops a room idle past `history.ttl_ms` even while members are connected (they
@@ -496,113 +589,6 @@ async fn a_room_that_expires_under_open_sessions_tells_them_the_new_epoch() {
         epochs.push(epoch);
     }
     assert_eq!(epochs[0], epochs[1], "the nodes disagree on the new epoch");
-}
-
-/// Redis restarts empty and the room's new epoch gets messages from one node while the
-/// other is still cut off. When that node is back, its open sessions are told the new epoch
-/// and then given the new epoch's messages from its history, from seq 1, then live ones:
-/// the messages are in the history, so nobody has to miss them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_back_after_redis_restarted_empty_gets_the_new_epochs_messages() {
-    let mut redis = RedisServer::start();
-    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
-    let key_prefix = prefix("late-epoch");
-    let a = start_node(&config(&proxy.redis_url(), &key_prefix, "")).await;
-    let b = start_node(&config(&redis.url(), &key_prefix, "")).await;
-    let mut ann = join(&a, "r", "ann", None).await;
-    let mut bob = join(&b, "r", "bob", None).await;
-    let old_epoch = ann.welcome.epoch.clone();
-    bob.say("old-1").await;
-    assert_eq!(ann.message().await.text, "old-1");
-
-    proxy.cut();
-    redis.kill();
-    wait_status(a.addr, "/readyz", 503).await;
-    wait_status(b.addr, "/readyz", 503).await;
-    redis.restart();
-    wait_status(b.addr, "/readyz", 200).await;
-    bob.send("new-1").await;
-    bob.send("new-2").await;
-    let mut bob_saw = Vec::new();
-    while bob_saw.len() < 3 {
-        bob_saw.push(bob.next().await);
-    }
-    let Frame::Epoch {
-        epoch: new_epoch, ..
-    } = &bob_saw[0]
-    else {
-        panic!("bob: no epoch frame first: {bob_saw:?}");
-    };
-    assert_ne!(*new_epoch, old_epoch);
-
-    proxy.restore();
-    wait_status(a.addr, "/readyz", 200).await;
-    bob.send("live").await;
-    let mut ann_saw = Vec::new();
-    loop {
-        let frame = ann.next().await;
-        let done = matches!(&frame, Frame::Message(m) if m.text == "live")
-            || matches!(frame, Frame::Close(..) | Frame::Ended(_));
-        ann_saw.push(frame);
-        if done || ann_saw.len() > 10 {
-            break;
-        }
-    }
-    // Exactly what bob saw of the new epoch, then the live message.
-    let mut expected = bob_saw.clone();
-    expected.push(bob.next().await);
-    assert_eq!(ann_saw, expected, "ann on the node that came back late");
-}
-
-/// As in tests/resume.rs: a replay longer than `session.outbound_queue` is what the client
-/// asked for, and must arrive whole, here from the Redis stream on the other node.
-#[tokio::test]
-async fn a_replay_longer_than_the_outbound_queue_arrives_whole_on_the_other_node() {
-    let redis = RedisServer::start();
-    let cfg = config(
-        &redis.url(),
-        &prefix("long-replay"),
-        "[session]\noutbound_queue = 64\n",
-    );
-    let a = start_node(&cfg).await;
-    let b = start_node(&cfg).await;
-    let mut talker = join(&a, "r", "talker", None).await;
-    let epoch = talker.welcome.epoch.clone();
-    for n in 1..=300 {
-        talker.say(&format!("t-{n}")).await;
-    }
-    let mut late = join(&b, "r", "late", Some((0, &epoch))).await;
-    assert_eq!(
-        (late.welcome.resumed, late.welcome.missed),
-        (Some(true), Some(300)),
-        "{:?}",
-        late.welcome
-    );
-    let mut replay = Vec::new();
-    while replay.len() < 300 {
-        match late.next().await {
-            Frame::Message(msg) => replay.push(msg),
-            other => panic!("after {} replayed messages: {other:?}", replay.len()),
-        }
-    }
-    assert_contiguous("the replay", &replay, 1, 300);
-}
-
-#[tokio::test]
-async fn since_0_in_a_new_room_is_a_resume_with_nothing_missed() {
-    let redis = RedisServer::start();
-    let a = start_node(&config(&redis.url(), &prefix("since-0"), "")).await;
-    let member = Member::join(a.ws_url("?room=brand-new&name=m&since=0")).await;
-    assert_eq!(
-        (
-            member.welcome.resumed,
-            member.welcome.missed,
-            member.welcome.seq
-        ),
-        (Some(true), Some(0), 0),
-        "{:?}",
-        member.welcome
-    );
 }
 
 /// What one client of the drained node went through.
@@ -827,43 +813,242 @@ async fn an_outage_refuses_messages_and_the_nodes_recover_in_one_new_epoch() {
     }
 }
 
-#[tokio::test]
-async fn a_room_idle_past_the_ttl_is_not_resumed_and_starts_a_new_epoch() {
-    let redis = RedisServer::start();
-    let key_prefix = prefix("ttl");
-    let cfg = config(&redis.url(), &key_prefix, "[history]\nttl_ms = 1000\n");
-    let a = start_node(&cfg).await;
-    let b = start_node(&cfg).await;
-    let mut talker = join(&a, "r", "talker", None).await;
-    let epoch = talker.welcome.epoch.clone();
-    talker.say("t-1").await;
-    talker.say("t-2").await;
-    talker.leave().await;
-    let said = Instant::now();
-    let fresh = join(&b, "r", "fresh", Some((1, &epoch))).await;
-    assert_eq!(fresh.welcome.resumed, Some(true), "{:?}", fresh.welcome);
-    fresh.leave().await;
-    // Redis drops the room's keys a second after its last message.
-    let key = format!("EXISTS {key_prefix}:room:r");
-    let start = Instant::now();
-    while redis.command(&key) != ":0" {
-        assert!(start.elapsed() < WAIT, "the room's hash never expired");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_restarts_empty_every_room_on_every_node_gets_its_epoch_frame() {
+    const ROOMS: usize = 12;
+    let mut redis = RedisServer::start();
+    let cfg = config(&redis.url(), &prefix("many-rooms"), "");
+    let nodes = [start_node(&cfg).await, start_node(&cfg).await];
+    // Per room: a member on each node; the one on the first node speaks.
+    let mut rooms = Vec::new();
+    for r in 0..ROOMS {
+        let room = format!("room{r}");
+        let mut pair = Vec::new();
+        for (n, node) in nodes.iter().enumerate() {
+            pair.push(join(node, &room, &format!("m{n}"), None).await);
+        }
+        let old_epoch = pair[0].welcome.epoch.clone();
+        // Rooms of different lengths, so that the new seqs cannot all be guessed.
+        for k in 0..=(r % 3) {
+            pair[0].send(&format!("before-{k}")).await;
+        }
+        for member in &mut pair {
+            member.rx.messages_through(1 + (r % 3) as u64).await;
+        }
+        rooms.push((room, old_epoch, pair));
     }
-    assert!(
-        said.elapsed() >= Duration::from_millis(900),
-        "expired too early"
-    );
-    let late = join(&b, "r", "late", Some((1, &epoch))).await;
+    redis.kill();
+    for node in &nodes {
+        wait_status(node.addr, "/readyz", 503).await;
+    }
+    redis.restart();
+    for node in &nodes {
+        wait_status(node.addr, "/readyz", 200).await;
+    }
+    for (room, old_epoch, pair) in &mut rooms {
+        pair[0].send("after").await;
+        let mut epochs = Vec::new();
+        for member in pair.iter_mut() {
+            let who = format!("{} in {room}", member.welcome.name);
+            let (epoch, seq) = match member.next().await {
+                Frame::Epoch {
+                    room: named,
+                    epoch,
+                    seq,
+                } => {
+                    assert_eq!(named, *room, "{who}");
+                    (epoch, seq)
+                }
+                other => panic!("{who}: expected an epoch frame, got {other:?}"),
+            };
+            assert_ne!(epoch, *old_epoch, "{who}");
+            let msg = member.message().await;
+            assert_eq!((msg.seq, msg.text.as_str()), (seq + 1, "after"), "{who}");
+            epochs.push(epoch);
+        }
+        assert_eq!(epochs[0], epochs[1], "the nodes disagree on {room}'s epoch");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_catches_up_when_it_is_back() {
+    let redis = RedisServer::start();
+    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let key_prefix = prefix("partition");
+    let a = start_node(&config(&proxy.redis_url(), &key_prefix, "")).await;
+    let b = start_node(&config(&redis.url(), &key_prefix, "")).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    let mut talker = join(&b, "r", "talker", None).await;
+    for n in 1..=3 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    let mut seen = ann.rx.messages_through(3).await;
+
+    proxy.cut();
+    wait_status(a.addr, "/readyz", 503).await;
+    // B carries on meanwhile.
+    for n in 4..=8 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    ann.send("from the cut-off node").await;
+    match ann.next().await {
+        Frame::Error { code, .. } => assert_eq!(code, "unavailable"),
+        other => panic!("expected an `unavailable` error, got {other:?}"),
+    }
+    proxy.restore();
+    wait_status(a.addr, "/readyz", 200).await;
+    talker.say("t-9").await;
+    seen.extend(ann.rx.messages_through(9).await);
+    assert_contiguous("ann on the node that was cut off", &seen, 1, 9);
+    let texts: Vec<&str> = seen.iter().map(|m| m.text.as_str()).collect();
+    let expected: Vec<String> = (1..=9).map(|n| format!("t-{n}")).collect();
+    assert_eq!(texts, expected);
+    let down = log_lines(&a, "broker down");
+    assert_eq!(down.len(), 1, "broker down lines: {down:#?}");
+}
+
+#[tokio::test]
+async fn a_node_cut_off_longer_than_the_history_closes_its_sessions_1013() {
+    let redis = RedisServer::start();
+    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let key_prefix = prefix("partition-trimmed");
+    let small = "[history]\nsize = 3\n";
+    let a = start_node(&config(&proxy.redis_url(), &key_prefix, small)).await;
+    let b = start_node(&config(&redis.url(), &key_prefix, small)).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    let epoch = ann.welcome.epoch.clone();
+    let mut talker = join(&b, "r", "talker", None).await;
+    talker.say("t-1").await;
+    assert_eq!(ann.message().await.seq, 1);
+
+    proxy.cut();
+    wait_status(a.addr, "/readyz", 503).await;
+    for n in 2..=10 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    proxy.restore();
+    wait_status(a.addr, "/readyz", 200).await;
+    // Seqs 2..=6 are gone from the history: ann cannot be given every seq, so she must not
+    // be given a gap either; her session ends and her client resumes.
+    match ann.next().await {
+        Frame::Close(code, reason) => assert_eq!(code, Some(1013), "{reason}"),
+        other => panic!("expected a 1013 close, got {other:?}"),
+    }
+    ann.rx.finish().await;
+    let back = join(&a, "r", "ann", Some((1, &epoch))).await;
     assert_eq!(
-        (late.welcome.resumed, late.welcome.seq),
-        (Some(false), 0),
+        (back.welcome.resumed, back.welcome.seq),
+        (Some(false), 10),
         "{:?}",
-        late.welcome
+        back.welcome
     );
-    assert_ne!(
-        late.welcome.epoch, epoch,
-        "an expired room starts a new epoch"
+}
+
+/// Redis restarts empty and the room's new epoch gets messages from one node while the
+/// other is still cut off. When that node is back, its open sessions are told the new epoch
+/// and then given the new epoch's messages from its history, from seq 1, then live ones:
+/// the messages are in the history, so nobody has to miss them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_after_redis_restarted_empty_gets_the_new_epochs_messages() {
+    let mut redis = RedisServer::start();
+    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let key_prefix = prefix("late-epoch");
+    let a = start_node(&config(&proxy.redis_url(), &key_prefix, "")).await;
+    let b = start_node(&config(&redis.url(), &key_prefix, "")).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    let mut bob = join(&b, "r", "bob", None).await;
+    let old_epoch = ann.welcome.epoch.clone();
+    bob.say("old-1").await;
+    assert_eq!(ann.message().await.text, "old-1");
+
+    proxy.cut();
+    redis.kill();
+    wait_status(a.addr, "/readyz", 503).await;
+    wait_status(b.addr, "/readyz", 503).await;
+    redis.restart();
+    wait_status(b.addr, "/readyz", 200).await;
+    bob.send("new-1").await;
+    bob.send("new-2").await;
+    let mut bob_saw = Vec::new();
+    while bob_saw.len() < 3 {
+        bob_saw.push(bob.next().await);
+    }
+    let Frame::Epoch {
+        epoch: new_epoch, ..
+    } = &bob_saw[0]
+    else {
+        panic!("bob: no epoch frame first: {bob_saw:?}");
+    };
+    assert_ne!(*new_epoch, old_epoch);
+
+    proxy.restore();
+    wait_status(a.addr, "/readyz", 200).await;
+    bob.send("live").await;
+    let mut ann_saw = Vec::new();
+    loop {
+        let frame = ann.next().await;
+        let done = matches!(&frame, Frame::Message(m) if m.text == "live")
+            || matches!(frame, Frame::Close(..) | Frame::Ended(_));
+        ann_saw.push(frame);
+        if done || ann_saw.len() > 10 {
+            break;
+        }
+    }
+    // Exactly what bob saw of the new epoch, then the live message.
+    let mut expected = bob_saw.clone();
+    expected.push(bob.next().await);
+    assert_eq!(ann_saw, expected, "ann on the node that came back late");
+}
+
+#[tokio::test]
+async fn a_join_the_broker_cannot_finish_is_closed_1013() {
+    let mut redis = RedisServer::start();
+    let a = start_node(&config(&redis.url(), &prefix("lost-join"), "")).await;
+    // Redis holds every command from now on: the join's SUBSCRIBE and history read wait.
+    assert_eq!(redis.command("CLIENT PAUSE 15000 ALL"), "+OK");
+    let mut client = RawClient::connect(a.addr, &format!("/ws{}", query("new", "x", None))).await;
+    redis.kill();
+    let frame = client.next_frame().await.expect("a frame, not the end");
+    assert_eq!(
+        frame.opcode,
+        OP_CLOSE,
+        "not a close but {:?}",
+        String::from_utf8_lossy(&frame.payload)
+    );
+    assert_eq!(frame.close_code(), Some(1013), "{}", frame.close_reason());
+}
+
+#[tokio::test]
+async fn a_node_drains_promptly_during_an_outage() {
+    let mut redis = RedisServer::start();
+    let mut a = start_node(&config(&redis.url(), &prefix("drain-outage"), "")).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    ann.say("before").await;
+    redis.kill();
+    wait_status(a.addr, "/readyz", 503).await;
+    ann.send("refused").await;
+    match ann.next().await {
+        Frame::Error { code, .. } => assert_eq!(code, "unavailable"),
+        other => panic!("expected an `unavailable` error, got {other:?}"),
+    }
+    let signalled = Instant::now();
+    a.sigterm();
+    assert!(
+        matches!(ann.next().await, Frame::GoingAway { .. }),
+        "no going_away"
+    );
+    match ann.next().await {
+        Frame::Close(code, _) => assert_eq!(code, Some(1001)),
+        other => panic!("expected the shutdown close, got {other:?}"),
+    }
+    assert!(ann.rx.finish().await, "the close was not clean");
+    let status = a.wait_exit(WAIT).await;
+    assert!(status.success(), "{status:?}");
+    // Nothing was waiting for Redis: the drain is over once its one client acked.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "the drain took {:?} with Redis down",
+        signalled.elapsed()
     );
 }
 
@@ -1032,187 +1217,4 @@ fn bad_broker_keys_exit_2_naming_the_key() {
             exit.stderr
         );
     }
-}
-
-#[tokio::test]
-async fn a_join_the_broker_cannot_finish_is_closed_1013() {
-    let mut redis = RedisServer::start();
-    let a = start_node(&config(&redis.url(), &prefix("lost-join"), "")).await;
-    // Redis holds every command from now on: the join's SUBSCRIBE and history read wait.
-    assert_eq!(redis.command("CLIENT PAUSE 15000 ALL"), "+OK");
-    let mut client = RawClient::connect(a.addr, &format!("/ws{}", query("new", "x", None))).await;
-    redis.kill();
-    let frame = client.next_frame().await.expect("a frame, not the end");
-    assert_eq!(
-        frame.opcode,
-        OP_CLOSE,
-        "not a close but {:?}",
-        String::from_utf8_lossy(&frame.payload)
-    );
-    assert_eq!(frame.close_code(), Some(1013), "{}", frame.close_reason());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_cut_off_from_redis_catches_up_when_it_is_back() {
-    let redis = RedisServer::start();
-    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
-    let key_prefix = prefix("partition");
-    let a = start_node(&config(&proxy.redis_url(), &key_prefix, "")).await;
-    let b = start_node(&config(&redis.url(), &key_prefix, "")).await;
-    let mut ann = join(&a, "r", "ann", None).await;
-    let mut talker = join(&b, "r", "talker", None).await;
-    for n in 1..=3 {
-        talker.say(&format!("t-{n}")).await;
-    }
-    let mut seen = ann.rx.messages_through(3).await;
-
-    proxy.cut();
-    wait_status(a.addr, "/readyz", 503).await;
-    // B carries on meanwhile.
-    for n in 4..=8 {
-        talker.say(&format!("t-{n}")).await;
-    }
-    ann.send("from the cut-off node").await;
-    match ann.next().await {
-        Frame::Error { code, .. } => assert_eq!(code, "unavailable"),
-        other => panic!("expected an `unavailable` error, got {other:?}"),
-    }
-    proxy.restore();
-    wait_status(a.addr, "/readyz", 200).await;
-    talker.say("t-9").await;
-    seen.extend(ann.rx.messages_through(9).await);
-    assert_contiguous("ann on the node that was cut off", &seen, 1, 9);
-    let texts: Vec<&str> = seen.iter().map(|m| m.text.as_str()).collect();
-    let expected: Vec<String> = (1..=9).map(|n| format!("t-{n}")).collect();
-    assert_eq!(texts, expected);
-    let down = log_lines(&a, "broker down");
-    assert_eq!(down.len(), 1, "broker down lines: {down:#?}");
-}
-
-#[tokio::test]
-async fn a_node_cut_off_longer_than_the_history_closes_its_sessions_1013() {
-    let redis = RedisServer::start();
-    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
-    let key_prefix = prefix("partition-trimmed");
-    let small = "[history]\nsize = 3\n";
-    let a = start_node(&config(&proxy.redis_url(), &key_prefix, small)).await;
-    let b = start_node(&config(&redis.url(), &key_prefix, small)).await;
-    let mut ann = join(&a, "r", "ann", None).await;
-    let epoch = ann.welcome.epoch.clone();
-    let mut talker = join(&b, "r", "talker", None).await;
-    talker.say("t-1").await;
-    assert_eq!(ann.message().await.seq, 1);
-
-    proxy.cut();
-    wait_status(a.addr, "/readyz", 503).await;
-    for n in 2..=10 {
-        talker.say(&format!("t-{n}")).await;
-    }
-    proxy.restore();
-    wait_status(a.addr, "/readyz", 200).await;
-    // Seqs 2..=6 are gone from the history: ann cannot be given every seq, so she must not
-    // be given a gap either; her session ends and her client resumes.
-    match ann.next().await {
-        Frame::Close(code, reason) => assert_eq!(code, Some(1013), "{reason}"),
-        other => panic!("expected a 1013 close, got {other:?}"),
-    }
-    ann.rx.finish().await;
-    let back = join(&a, "r", "ann", Some((1, &epoch))).await;
-    assert_eq!(
-        (back.welcome.resumed, back.welcome.seq),
-        (Some(false), 10),
-        "{:?}",
-        back.welcome
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_redis_restarts_empty_every_room_on_every_node_gets_its_epoch_frame() {
-    const ROOMS: usize = 12;
-    let mut redis = RedisServer::start();
-    let cfg = config(&redis.url(), &prefix("many-rooms"), "");
-    let nodes = [start_node(&cfg).await, start_node(&cfg).await];
-    // Per room: a member on each node; the one on the first node speaks.
-    let mut rooms = Vec::new();
-    for r in 0..ROOMS {
-        let room = format!("room{r}");
-        let mut pair = Vec::new();
-        for (n, node) in nodes.iter().enumerate() {
-            pair.push(join(node, &room, &format!("m{n}"), None).await);
-        }
-        let old_epoch = pair[0].welcome.epoch.clone();
-        // Rooms of different lengths, so that the new seqs cannot all be guessed.
-        for k in 0..=(r % 3) {
-            pair[0].send(&format!("before-{k}")).await;
-        }
-        for member in &mut pair {
-            member.rx.messages_through(1 + (r % 3) as u64).await;
-        }
-        rooms.push((room, old_epoch, pair));
-    }
-    redis.kill();
-    for node in &nodes {
-        wait_status(node.addr, "/readyz", 503).await;
-    }
-    redis.restart();
-    for node in &nodes {
-        wait_status(node.addr, "/readyz", 200).await;
-    }
-    for (room, old_epoch, pair) in &mut rooms {
-        pair[0].send("after").await;
-        let mut epochs = Vec::new();
-        for member in pair.iter_mut() {
-            let who = format!("{} in {room}", member.welcome.name);
-            let (epoch, seq) = match member.next().await {
-                Frame::Epoch {
-                    room: named,
-                    epoch,
-                    seq,
-                } => {
-                    assert_eq!(named, *room, "{who}");
-                    (epoch, seq)
-                }
-                other => panic!("{who}: expected an epoch frame, got {other:?}"),
-            };
-            assert_ne!(epoch, *old_epoch, "{who}");
-            let msg = member.message().await;
-            assert_eq!((msg.seq, msg.text.as_str()), (seq + 1, "after"), "{who}");
-            epochs.push(epoch);
-        }
-        assert_eq!(epochs[0], epochs[1], "the nodes disagree on {room}'s epoch");
-    }
-}
-
-#[tokio::test]
-async fn a_node_drains_promptly_during_an_outage() {
-    let mut redis = RedisServer::start();
-    let mut a = start_node(&config(&redis.url(), &prefix("drain-outage"), "")).await;
-    let mut ann = join(&a, "r", "ann", None).await;
-    ann.say("before").await;
-    redis.kill();
-    wait_status(a.addr, "/readyz", 503).await;
-    ann.send("refused").await;
-    match ann.next().await {
-        Frame::Error { code, .. } => assert_eq!(code, "unavailable"),
-        other => panic!("expected an `unavailable` error, got {other:?}"),
-    }
-    let signalled = Instant::now();
-    a.sigterm();
-    assert!(
-        matches!(ann.next().await, Frame::GoingAway { .. }),
-        "no going_away"
-    );
-    match ann.next().await {
-        Frame::Close(code, _) => assert_eq!(code, Some(1001)),
-        other => panic!("expected the shutdown close, got {other:?}"),
-    }
-    assert!(ann.rx.finish().await, "the close was not clean");
-    let status = a.wait_exit(WAIT).await;
-    assert!(status.success(), "{status:?}");
-    // Nothing was waiting for Redis: the drain is over once its one client acked.
-    assert!(
-        signalled.elapsed() < Duration::from_secs(3),
-        "the drain took {:?} with Redis down",
-        signalled.elapsed()
-    );
 }
