@@ -326,7 +326,7 @@ pub fn assert_contiguous(who: &str, messages: &[Msg], first: u64, last: u64) {
     }
 }
 
-/// A talker running in the background: its task (answering every message it received)
+/// A talker running in the background: its task (whose output is every message it received)
 /// and the seq of its latest receipt, which is how far the room has got.
 pub struct Talker {
     pub task: tokio::task::JoinHandle<Vec<Msg>>,
