@@ -219,6 +219,48 @@ async fn every_member_on_both_nodes_sees_one_order_under_concurrent_senders() {
     }
 }
 
+/// A member that joins while messages flow (no resume) gets every message after its
+/// welcome's seq, from seq+1 on, none twice, whichever node it joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_under_traffic_get_every_message_after_their_welcome() {
+    const LAST: u64 = 400;
+    let redis = RedisServer::start();
+    let cfg = config(&redis.url(), &prefix("join-traffic"), "");
+    let nodes = [start_node(&cfg).await, start_node(&cfg).await];
+    let talker = spawn_talker(
+        join(&nodes[0], "r", "talker", None).await,
+        "t",
+        LAST,
+        Duration::from_millis(2),
+    );
+    let mut progress = talker.progress.clone();
+    let mut readers = Vec::new();
+    for i in 0..16u64 {
+        // Spread the joins over the traffic.
+        let at = i * LAST / 20;
+        tokio::time::timeout(WAIT, progress.wait_for(|seq| *seq >= at))
+            .await
+            .expect("the talker stalled")
+            .expect("the talker stopped early");
+        let member = join(&nodes[i as usize % 2], "r", &format!("m{i}"), None).await;
+        readers.push(tokio::spawn(async move {
+            let first = member.welcome.seq + 1;
+            let Member { mut rx, .. } = member;
+            let messages = if first <= LAST {
+                rx.messages_through(LAST).await
+            } else {
+                Vec::new()
+            };
+            (first, messages)
+        }));
+    }
+    for (i, reader) in readers.into_iter().enumerate() {
+        let (first, messages) = reader.await.expect("reader task");
+        assert_contiguous(&format!("m{i}"), &messages, first, LAST);
+    }
+    talker.task.await.expect("talker task");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_joining_a_new_room_at_once_on_both_nodes_agree_on_its_epoch() {
     let redis = RedisServer::start();
