@@ -57,6 +57,7 @@
 //! [`config::Config`].
 
 pub mod broker;
+pub mod client;
 pub mod close;
 pub mod config;
 pub mod fanout;

@@ -1,5 +1,6 @@
 //! The examples against the real server: `chat_client` joins, sends a stdin line, sees it
-//! come back, and reports the server's close on SIGTERM; on Ctrl-C it closes with 1000.
+//! come back, reports the server's `going_away` and close on SIGTERM and goes on to
+//! reconnect; on Ctrl-C it closes with 1000 (or, while reconnecting, just stops).
 
 mod common;
 
@@ -81,11 +82,26 @@ async fn chat_client_chats_and_reports_the_servers_close() {
     assert!(line.starts_with("#1 "), "{line}");
 
     server.sigterm();
+    expect_line(&lines, "going away: the server asks to reconnect in");
     let closed = expect_line(&lines, "closed:");
     assert_eq!(closed, "closed: code 1001 reason \"server shutting down\"");
-    assert!(wait_exit(&mut child).success());
+    // The server said going_away: the client reconnects by itself (to a server that is gone).
+    let next = expect_line(&lines, "next:");
+    assert!(next.starts_with("next: reconnect in"), "{next}");
     assert!(server.wait_exit(DEADLINE).await.success());
     assert!(server.stderr().contains("acked_awaited=1"));
+    // Ctrl-C while reconnecting stops it for good.
+    interrupt(&child);
+    expect_line(&lines, "state: closed");
+    assert!(wait_exit(&mut child).success());
+}
+
+fn interrupt(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
 }
 
 #[tokio::test]
@@ -93,11 +109,7 @@ async fn chat_client_closes_with_1000_on_ctrl_c() {
     let mut server = ServerProcess::start("");
     let (mut child, lines) = spawn_client(&server.ws_url("?room=term"));
     expect_line(&lines, "joined room term");
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    interrupt(&child);
     // The server echoes the client's code.
     let closed = expect_line(&lines, "closed:");
     assert!(closed.starts_with("closed: code 1000"), "{closed}");

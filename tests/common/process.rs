@@ -58,13 +58,24 @@ impl ServerProcess {
         Self::start_command(config, command)
     }
 
-    fn start_command(config: &str, mut command: Command) -> ServerProcess {
+    /// [`start`](Self::start) on a given address, e.g. the port of a server that just
+    /// exited, for a client that must find its server again at the same URL.
+    pub fn start_on(config: &str, bind: SocketAddr) -> ServerProcess {
+        let command = Command::new(env!("CARGO_BIN_EXE_wsgrace"));
+        Self::start_command_on(config, command, &bind.to_string())
+    }
+
+    fn start_command(config: &str, command: Command) -> ServerProcess {
+        Self::start_command_on(config, command, "127.0.0.1:0")
+    }
+
+    fn start_command_on(config: &str, mut command: Command, bind: &str) -> ServerProcess {
         let path = temp_file("config.toml", config);
         let mut child = command
             .arg("--config")
             .arg(&path)
             .arg("--bind")
-            .arg("127.0.0.1:0")
+            .arg(bind)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+pub use super::free_port;
 
 const REDIS_SERVER: &str = "redis-server";
 const INSTALL: &str = "apt-get install -y redis-server";

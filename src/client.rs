@@ -1,0 +1,1936 @@
+//! The Rust client of a wsgrace chat server: one logical connection to one room that
+//! survives the server going away. It reconnects with jittered backoff, honours
+//! `going_away`, resumes with `since`/`epoch`, and hands the app each chat message once and
+//! in seq order — the same policy as the browser module `/wsgrace.js` (`web/wsgrace.js`).
+//!
+//! What it owns: the WebSocket (tokio-tungstenite), the reconnect timer, the remembered
+//! epoch and last seq. What it must not touch: the server side of this crate (no actix, no
+//! import from the other modules: it speaks only the wire protocol of the SPEC). What it must
+//! not do: queue the app's messages while disconnected, guess past what the server said,
+//! print anything (it logs with `log`), or log the token (only the base URL is logged;
+//! tungstenite's own `trace` level prints the whole upgrade request, `?token=` included, so
+//! keep `tungstenite=trace` off where tokens matter).
+//!
+//! Shape, as in `wsgrace.js`: a pure core — [`backoff_delay`], [`next_step`],
+//! [`SeqTracker`], [`build_url`], [`parse_frame`] — unit-tested below without a socket, and a
+//! thin shell — [`Client`] — whose task owns the socket and the timers and only carries out
+//! what the core decides.
+//!
+//! ## Reconnect policy (decided by [`next_step`] for the end of each underlying socket)
+//!
+//! The table is the one in the header of `web/wsgrace.js`:
+//!
+//! | how the connection ended                          | what the client does                 |
+//! |---------------------------------------------------|--------------------------------------|
+//! | the app called [`Client::close`] (or dropped it)  | stop (state Closed)                  |
+//! | a `going_away` came before the close, any code    | reconnect after its `reconnect_after_ms` (3000 without a token hook: stop) |
+//! | 1006: network drop, server gone, or the upgrade refused (HTTP 401/403/429/503; the status is in the `Closed` event's reason) | reconnect after backoff |
+//! | 1001, 1005 (no status), 1011, 1012, 1013, 1014    | reconnect after backoff              |
+//! | 3000 token expired                                | token hook, reconnect after `random(0, base)`; stop without a hook |
+//! | the token hook fails (no socket was opened)       | `Error {code: "token"}`, retry after backoff |
+//! | 1000 normal closure                               | stop                                 |
+//! | 1002, 1003, 1007, 1008 (rate limit, slow consumer), 1009, 1010 | stop: the server refused what this client sends; a retry would repeat it |
+//! | 1015, 3001–4999, any other code                   | stop                                 |
+//!
+//! The token hook, when given, is called before every reconnect (and before the first connect
+//! when no token is given), so a token that expired during a long outage is replaced too.
+//!
+//! Backoff: full jitter, `delay = random(0, min(cap, base · 2^attempt))`, base 500 ms, cap
+//! 10 s; `attempt` counts reconnects since the last welcome, which resets it; no limit on
+//! the number of retries.
+//!
+//! Resume: every reconnect asks `since` = the last seq handed to the app (or the welcome's
+//! seq if later) and `epoch` = the epoch that seq belongs to. A `message` whose seq is not
+//! above the last one delivered is dropped. A welcome with `resumed: false` after a resume
+//! was asked gives [`ClientEvent::Gap`] (unless it proves nothing was missed). An `epoch`
+//! frame resets the remembered epoch and seq.
+//!
+//! ## Usage
+//!
+//! ```no_run
+//! use wsgrace::client::{Client, ClientConfig, ClientEvent, ConnectionState};
+//!
+//! # async fn chat() -> Result<(), wsgrace::client::ClientError> {
+//! let mut config = ClientConfig::new("ws://127.0.0.1:8080/ws");
+//! config.room = Some("lobby".into());
+//! config.name = Some("ann".into());
+//! let mut client = Client::connect(config)?;
+//! while let Some(event) = client.next_event().await {
+//!     match event {
+//!         ClientEvent::State(ConnectionState::Open) => {
+//!             client.send("hello"); // false when not open: nothing is queued
+//!         }
+//!         ClientEvent::Message { from, text, seq, .. } => log::info!("#{seq} {from}: {text}"),
+//!         ClientEvent::Gap { previous_seq, seq, .. } => {
+//!             log::warn!("messages after {previous_seq} up to {seq:?} may be lost")
+//!         }
+//!         _ => {}
+//!     }
+//!     # break;
+//! }
+//! client.close(1000, "bye").await?; // stop for good; waits for the close handshake
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use log::{debug, info};
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+// ---------------------------------------------------------------------------------------
+// Pure core
+// ---------------------------------------------------------------------------------------
+
+/// Full-jitter exponential backoff settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The ceiling of the first delay (500 ms).
+    pub base: Duration,
+    /// No delay reaches this (10 s).
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Full-jitter exponential backoff: a delay in `[0, min(cap, base · 2^attempt))`, whole
+/// milliseconds. `random` is a number in `[0, 1)` (clamped; NaN counts as 0).
+pub fn backoff_delay(attempt: u32, backoff: Backoff, random: f64) -> Duration {
+    let base = backoff.base.as_millis() as f64;
+    let cap = backoff.cap.as_millis() as f64;
+    // 2^attempt is infinite for large attempts, and min() then gives the cap.
+    let ceiling = cap.min(base * 2f64.powf(f64::from(attempt))).max(0.0);
+    let r = if random.is_nan() {
+        0.0
+    } else {
+        random.clamp(0.0, 1.0)
+    };
+    let ms = (r * ceiling).floor().min((ceiling - 1.0).max(0.0));
+    Duration::from_millis(ms as u64)
+}
+
+/// Close codes after which the client reconnects with backoff (absent a `going_away`).
+pub const RETRY_CODES: [u16; 7] = [1001, 1005, 1006, 1011, 1012, 1013, 1014];
+/// The close code wsgrace sends when a session's token expires.
+pub const TOKEN_EXPIRED: u16 = 3000;
+/// Close codes that say the server refused what this client sends.
+pub const REFUSED_CODES: [u16; 6] = [1002, 1003, 1007, 1008, 1009, 1010];
+
+/// How one underlying socket ended (or the attempt to open one failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// The server's close code; 1005 for a close frame without one, 1006 when no close
+    /// frame came (network drop, refused upgrade, handshake timeout).
+    pub code: u16,
+    /// The close frame's reason; for a refused upgrade `HTTP <status>`.
+    pub reason: String,
+    /// A close frame came from the server.
+    pub clean: bool,
+}
+
+impl CloseInfo {
+    /// An end without a close frame (1006).
+    pub fn abnormal(reason: impl Into<String>) -> CloseInfo {
+        CloseInfo {
+            code: 1006,
+            reason: reason.into(),
+            clean: false,
+        }
+    }
+}
+
+/// What [`next_step`] knows besides the close itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepContext {
+    /// The app called [`Client::close`] (or dropped the client).
+    pub app_closed: bool,
+    /// The `reconnect_after_ms` of a `going_away` received on this socket.
+    pub going_away: Option<Duration>,
+    /// This socket got a welcome.
+    pub welcomed: bool,
+    /// Reconnects since the last welcome, before this one.
+    pub attempt: u32,
+    /// A token hook exists.
+    pub can_refresh_token: bool,
+    pub backoff: Backoff,
+    /// A number in `[0, 1)` for the jitter.
+    pub random: f64,
+}
+
+/// Why the client stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The app called [`Client::close`].
+    AppClosed,
+    /// Close 3000 and no token hook to get a fresh token.
+    TokenExpiredWithoutHook,
+    /// Close 1000.
+    NormalClosure,
+    /// 1002, 1003, 1007, 1008, 1009, 1010: the server refused what this client sends.
+    Refused(u16),
+    /// Any other code (1015, 3001–4999, ...), or a URL that cannot be connected to (0).
+    Other(u16),
+}
+
+/// Why the client reconnects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconnectReason {
+    /// The server sent `going_away` before its close.
+    GoingAway,
+    /// Close 3000: a fresh token from the hook.
+    TokenExpired,
+    /// A retryable close code ([`RETRY_CODES`]).
+    Retry(u16),
+    /// The token hook failed before a socket was opened.
+    TokenHookFailed,
+}
+
+/// The reconnect decision for the end of one underlying socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// No more reconnects: state Closed.
+    Stop(StopReason),
+    /// Connect again after `delay`; `fresh_token`: ask the hook first; `attempt`: the
+    /// counter from now on.
+    Reconnect {
+        delay: Duration,
+        fresh_token: bool,
+        attempt: u32,
+        why: ReconnectReason,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Stop(StopReason::AppClosed) => write!(f, "stop: closed by the app"),
+            Step::Stop(StopReason::TokenExpiredWithoutHook) => {
+                write!(f, "stop: token expired and no token hook")
+            }
+            Step::Stop(StopReason::NormalClosure) => write!(f, "stop: normal closure"),
+            Step::Stop(StopReason::Refused(code)) => {
+                write!(
+                    f,
+                    "stop: close {code}: the server refused what this client sends"
+                )
+            }
+            Step::Stop(StopReason::Other(code)) => write!(f, "stop: close {code}"),
+            Step::Reconnect { delay, why, .. } => {
+                let why = match why {
+                    ReconnectReason::GoingAway => "going_away".to_owned(),
+                    ReconnectReason::TokenExpired => "token expired".to_owned(),
+                    ReconnectReason::Retry(code) => format!("close {code}"),
+                    ReconnectReason::TokenHookFailed => "token hook failed".to_owned(),
+                };
+                write!(f, "reconnect in {} ms ({why})", delay.as_millis())
+            }
+        }
+    }
+}
+
+/// The reconnect decision for the close of one underlying socket. Pure: the table in the
+/// module docs, row by row.
+pub fn next_step(close: &CloseInfo, ctx: &StepContext) -> Step {
+    let code = close.code;
+    let attempt = if ctx.welcomed { 0 } else { ctx.attempt };
+    let reconnect = |delay, fresh_token, why| Step::Reconnect {
+        delay,
+        fresh_token,
+        attempt: attempt.saturating_add(1),
+        why,
+    };
+    if ctx.app_closed {
+        return Step::Stop(StopReason::AppClosed);
+    }
+    let token_expired = code == TOKEN_EXPIRED;
+    if token_expired && !ctx.can_refresh_token {
+        return Step::Stop(StopReason::TokenExpiredWithoutHook);
+    }
+    if let Some(delay) = ctx.going_away {
+        return reconnect(delay, token_expired, ReconnectReason::GoingAway);
+    }
+    if token_expired {
+        let delay = backoff_delay(0, ctx.backoff, ctx.random);
+        return reconnect(delay, true, ReconnectReason::TokenExpired);
+    }
+    if RETRY_CODES.contains(&code) {
+        let delay = backoff_delay(attempt, ctx.backoff, ctx.random);
+        return reconnect(delay, false, ReconnectReason::Retry(code));
+    }
+    if code == 1000 {
+        return Step::Stop(StopReason::NormalClosure);
+    }
+    if REFUSED_CODES.contains(&code) {
+        return Step::Stop(StopReason::Refused(code));
+    }
+    Step::Stop(StopReason::Other(code))
+}
+
+/// The largest seq the client takes: `since` must stay below 2^63 (SPEC, Resume).
+const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// A `welcome` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub room: String,
+    /// The name the server gave this session (the token's `sub` with authentication).
+    pub name: String,
+    /// The room's epoch: names its history.
+    pub epoch: Option<String>,
+    /// The room's latest seq when the session joined.
+    pub seq: Option<u64>,
+    /// Present when the connection asked to resume.
+    pub resumed: Option<bool>,
+    /// With `resumed: true`: how many messages are replayed next.
+    pub missed: Option<u64>,
+}
+
+/// `since` and `epoch` for a resuming connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub since: u64,
+    pub epoch: Option<String>,
+}
+
+/// What a welcome means for the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WelcomeOutcome {
+    /// No resume was asked (or nothing to resume from): delivery starts after its seq.
+    Fresh,
+    /// The resume succeeded: `missed` messages are replayed next.
+    Resumed { missed: u64 },
+    /// The resume was refused: messages after `previous_seq` may be lost; delivery
+    /// continues after `seq`.
+    Gap {
+        previous_epoch: Option<String>,
+        previous_seq: u64,
+        epoch: Option<String>,
+        seq: Option<u64>,
+    },
+    /// The resume was refused, but the welcome proves nothing was missed.
+    NotResumed,
+}
+
+/// Remembers where the app is in the room (epoch + last seq) and decides, for each frame
+/// that carries a seq, whether the app gets it. Pure: no socket, no timer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeqTracker {
+    /// The epoch `seq` belongs to.
+    epoch: Option<String>,
+    /// The last seq handed to the app, or the welcome's seq if later; `None`: none yet.
+    seq: Option<u64>,
+}
+
+impl SeqTracker {
+    pub fn new() -> SeqTracker {
+        SeqTracker::default()
+    }
+
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref()
+    }
+
+    pub fn last_seq(&self) -> Option<u64> {
+        self.seq
+    }
+
+    /// `since`/`epoch` for the next connection, or `None` before the first welcome.
+    pub fn resume_params(&self) -> Option<Resume> {
+        self.seq.map(|since| Resume {
+            since,
+            epoch: self.epoch.clone(),
+        })
+    }
+
+    /// A welcome arrived; `asked_resume`: this connection's URL carried `since`.
+    pub fn on_welcome(&mut self, welcome: &Welcome, asked_resume: bool) -> WelcomeOutcome {
+        if asked_resume && welcome.resumed == Some(true) {
+            // The replay (since+1 … welcome.seq) follows: keep `seq` so that it is delivered.
+            if welcome.epoch.is_some() {
+                self.epoch.clone_from(&welcome.epoch);
+            }
+            return WelcomeOutcome::Resumed {
+                missed: welcome.missed.unwrap_or(0),
+            };
+        }
+        let previous_epoch = std::mem::replace(&mut self.epoch, welcome.epoch.clone());
+        let previous_seq = std::mem::replace(&mut self.seq, welcome.seq);
+        let Some(previous_seq) = previous_seq.filter(|_| asked_resume) else {
+            return WelcomeOutcome::Fresh;
+        };
+        if previous_epoch == welcome.epoch && Some(previous_seq) == welcome.seq {
+            return WelcomeOutcome::NotResumed;
+        }
+        WelcomeOutcome::Gap {
+            previous_epoch,
+            previous_seq,
+            epoch: welcome.epoch.clone(),
+            seq: welcome.seq,
+        }
+    }
+
+    /// A `message` frame with this seq: true if the app gets it (past the last one
+    /// delivered). A message without a usable seq cannot be deduplicated and is dropped.
+    pub fn on_message(&mut self, seq: Option<u64>) -> bool {
+        let Some(seq) = seq else {
+            return false;
+        };
+        if self.seq.is_some_and(|last| seq <= last) {
+            return false;
+        }
+        self.seq = Some(seq);
+        true
+    }
+
+    /// An `epoch` frame: the room's history restarted; seqs continue after `seq`.
+    pub fn on_epoch(&mut self, epoch: Option<String>, seq: Option<u64>) {
+        self.epoch = epoch;
+        self.seq = Some(seq.unwrap_or(0));
+    }
+}
+
+/// Why a URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UrlError {
+    #[error("not a URL: {0}")]
+    Parse(#[from] url::ParseError),
+    #[error("scheme {0:?} is not ws, wss, http or https")]
+    Scheme(String),
+}
+
+/// The WebSocket URL for one connection: `base` plus room, name, token and (when resuming)
+/// since and epoch, percent-encoded. Other query parameters of `base` are kept; these five
+/// are replaced (or removed when `None` or empty); http(s) becomes ws(s).
+pub fn build_url(
+    base: &str,
+    room: Option<&str>,
+    name: Option<&str>,
+    token: Option<&str>,
+    resume: Option<&Resume>,
+) -> Result<String, UrlError> {
+    const OURS: [&str; 5] = ["room", "name", "token", "since", "epoch"];
+    let mut url = url::Url::parse(base)?;
+    let scheme = match url.scheme() {
+        "ws" | "http" => "ws",
+        "wss" | "https" => "wss",
+        other => return Err(UrlError::Scheme(other.to_owned())),
+    };
+    if url.scheme() != scheme && url.set_scheme(scheme).is_err() {
+        return Err(UrlError::Scheme(url.scheme().to_owned()));
+    }
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(key, _)| !OURS.contains(&key.as_ref()))
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect();
+    let since = resume.map(|r| r.since.to_string());
+    let epoch = resume.and_then(|r| r.epoch.as_deref());
+    let ours = [
+        ("room", room),
+        ("name", name),
+        ("token", token),
+        ("since", since.as_deref()),
+        ("epoch", epoch),
+    ];
+    let ours: Vec<(&str, &str)> = ours
+        .into_iter()
+        .filter_map(|(key, value)| value.filter(|v| !v.is_empty()).map(|v| (key, v)))
+        .collect();
+    if kept.is_empty() && ours.is_empty() {
+        url.set_query(None);
+    } else {
+        let mut query = url.query_pairs_mut();
+        query.clear();
+        for (key, value) in &kept {
+            query.append_pair(key, value);
+        }
+        for (key, value) in ours {
+            query.append_pair(key, value);
+        }
+    }
+    Ok(url.into())
+}
+
+/// One server frame, as the client understands it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Welcome(Welcome),
+    Message {
+        room: String,
+        from: String,
+        text: String,
+        seq: Option<u64>,
+    },
+    Epoch {
+        room: String,
+        epoch: Option<String>,
+        seq: Option<u64>,
+    },
+    GoingAway {
+        reconnect_after: Duration,
+    },
+    Error {
+        code: String,
+        text: String,
+    },
+    /// Not JSON, not an object, or a type the client does not know: ignored (SPEC: presence
+    /// or other types may exist).
+    Ignored,
+}
+
+/// Parses one text frame from the server. Lenient like the browser module: a field of the
+/// wrong type counts as absent.
+pub fn parse_frame(text: &str) -> Frame {
+    let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
+        return Frame::Ignored;
+    };
+    let string = |key: &str| frame.get(key).and_then(Value::as_str).map(str::to_owned);
+    let text_of = |key: &str| string(key).unwrap_or_default();
+    let seq = |key: &str| {
+        frame
+            .get(key)
+            .and_then(Value::as_u64)
+            .filter(|s| *s <= MAX_SEQ)
+    };
+    match frame.get("type").and_then(Value::as_str) {
+        Some("welcome") => Frame::Welcome(Welcome {
+            room: text_of("room"),
+            name: text_of("name"),
+            epoch: string("epoch"),
+            seq: seq("seq"),
+            resumed: frame.get("resumed").and_then(Value::as_bool),
+            missed: seq("missed"),
+        }),
+        Some("message") => Frame::Message {
+            room: text_of("room"),
+            from: text_of("from"),
+            text: text_of("text"),
+            seq: seq("seq"),
+        },
+        Some("epoch") => Frame::Epoch {
+            room: text_of("room"),
+            epoch: string("epoch"),
+            seq: seq("seq"),
+        },
+        Some("going_away") => {
+            let ms = frame
+                .get("reconnect_after_ms")
+                .and_then(Value::as_f64)
+                .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                .unwrap_or(0.0);
+            Frame::GoingAway {
+                reconnect_after: Duration::from_millis(ms.floor() as u64),
+            }
+        }
+        Some("error") => Frame::Error {
+            code: text_of("code"),
+            text: text_of("text"),
+        },
+        _ => Frame::Ignored,
+    }
+}
+
+/// A room or nick name as the server accepts it: 1–64 characters of `[A-Za-z0-9_.-]`.
+fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The largest close reason, in bytes (RFC 6455: a control frame carries at most 125).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// Checks an app's close request: a code the client may send (1000–1003, 1007–1014,
+/// 3000–4999) and a reason of at most 123 bytes.
+pub fn check_close(code: u16, reason: &str) -> Result<(), ClientError> {
+    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    if !sendable {
+        return Err(ClientError::InvalidCloseCode(code));
+    }
+    if reason.len() > MAX_CLOSE_REASON {
+        return Err(ClientError::ReasonTooLong(reason.len()));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Shell: the task that owns the socket and the timers
+// ---------------------------------------------------------------------------------------
+
+/// What the client's calls can fail with.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("bad url: {0}")]
+    BadUrl(#[from] UrlError),
+    #[error("Client::connect must be called inside a Tokio runtime")]
+    NoRuntime,
+    #[error("close code {0} may not be sent")]
+    InvalidCloseCode(u16),
+    #[error("close reason is {0} bytes, more than 123")]
+    ReasonTooLong(usize),
+    #[error("the close handshake did not finish within {0:?}")]
+    CloseTimeout(Duration),
+}
+
+/// What a token hook may fail with; the client reports it as `Error {code: "token"}`.
+pub type TokenError = Box<dyn std::error::Error + Send + Sync>;
+/// A token hook: called before every reconnect (and before the first connect when
+/// [`ClientConfig::token`] is `None`); its token replaces the old one.
+pub type TokenHook = Box<dyn FnMut() -> BoxFuture<'static, Result<String, TokenError>> + Send>;
+
+/// How to reach the room and how to behave.
+pub struct ClientConfig {
+    /// WebSocket endpoint, e.g. `ws://127.0.0.1:8080/ws` (http(s) becomes ws(s)).
+    pub url: String,
+    /// Room name; `None`: the server's default (`lobby`).
+    pub room: Option<String>,
+    /// Nickname; `None`: the server picks one, and reconnects keep that one.
+    pub name: Option<String>,
+    /// JWT for `?token=`.
+    pub token: Option<String>,
+    /// Required to survive close 3000 ("token expired").
+    pub token_hook: Option<TokenHook>,
+    pub backoff: Backoff,
+    /// An upgrade that takes longer counts as a failed attempt (1006). Default 10 s.
+    pub connect_timeout: Duration,
+    /// How long [`Client::close`] waits for the server's close frame. Default 5 s.
+    pub close_timeout: Duration,
+    /// No frame at all from the server for this long (its pings included) ends the
+    /// connection as 1006, which the policy retries: how a server that vanished without a
+    /// TCP reset is noticed. Set it well above the server's `session.heartbeat_interval_ms`
+    /// (e.g. three times). Default `None`: no timeout, like the browser module.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl ClientConfig {
+    /// Defaults for `url`: no room, name or token; the default backoff.
+    pub fn new(url: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            url: url.into(),
+            room: None,
+            name: None,
+            token: None,
+            token_hook: None,
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is never shown.
+        f.debug_struct("ClientConfig")
+            .field("url", &self.url)
+            .field("room", &self.room)
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("token_hook", &self.token_hook.is_some())
+            .field("backoff", &self.backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+/// The client's state: Connecting (the first attempt) → Open (welcome received) →
+/// Reconnecting (dropped; until the next welcome) → Closed (no more reconnects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    Connecting,
+    Open,
+    Reconnecting,
+    Closed,
+}
+
+/// What the client tells the app, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A new state (the first event is `State(Connecting)`).
+    State(ConnectionState),
+    /// Once per connection, first.
+    Welcome(Welcome),
+    /// A chat message: each seq once, in increasing order (per epoch).
+    Message {
+        room: String,
+        from: String,
+        text: String,
+        seq: u64,
+    },
+    /// A resume succeeded; `missed` messages are replayed next.
+    Resumed { missed: u64 },
+    /// A resume was refused: messages after `previous_seq` may be lost; delivery continues
+    /// after `seq`.
+    Gap {
+        previous_epoch: Option<String>,
+        previous_seq: u64,
+        epoch: Option<String>,
+        seq: Option<u64>,
+    },
+    /// The room's history was reset; seqs continue from `seq + 1`.
+    Epoch {
+        room: String,
+        epoch: Option<String>,
+        seq: Option<u64>,
+    },
+    /// The server is about to close this connection; the client reconnects after this.
+    GoingAway { reconnect_after: Duration },
+    /// The server refused a message of ours (e.g. `unavailable`); or from the client itself:
+    /// `token` (the hook failed: retried after backoff), `connect` (the URL cannot be
+    /// connected to: state Closed).
+    Error { code: String, text: String },
+    /// An underlying socket ended, or an attempt to open one failed (`opened: false`);
+    /// `next` is the decision.
+    Closed {
+        code: u16,
+        reason: String,
+        clean: bool,
+        opened: bool,
+        welcomed: bool,
+        next: Step,
+    },
+}
+
+/// Events the app has not read yet; past this the task stops reading the socket (and the
+/// server's slow-consumer rule applies).
+const EVENT_QUEUE: usize = 1024;
+/// Messages handed to [`Client::send`] and not yet written; past this `send` answers false.
+const SEND_QUEUE: usize = 1024;
+
+/// What the app's calls and the task share.
+struct Inner {
+    state: ConnectionState,
+    app_closed: bool,
+    close_request: Option<(u16, String)>,
+    /// The open connection's writer, while one is open.
+    outbound: Option<mpsc::Sender<String>>,
+    epoch: Option<String>,
+    last_seq: Option<u64>,
+    name: Option<String>,
+}
+
+struct Shared(Mutex<Inner>);
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding the lock leaves plain data behind: still usable.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A reconnecting, resuming connection to one room. Dropping it closes with 1000.
+pub struct Client {
+    events: mpsc::Receiver<ClientEvent>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    done: CancellationToken,
+    room: Option<String>,
+    close_timeout: Duration,
+}
+
+impl Client {
+    /// Starts the client: a task on the current Tokio runtime connects at once and keeps
+    /// the connection up by the policy in the module docs. Fails only on a URL that cannot
+    /// be used or outside a runtime; connection failures are events.
+    pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        build_url(
+            &config.url,
+            config.room.as_deref(),
+            config.name.as_deref(),
+            None,
+            None,
+        )?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let shared = Arc::new(Shared(Mutex::new(Inner {
+            state: ConnectionState::Connecting,
+            app_closed: false,
+            close_request: None,
+            outbound: None,
+            epoch: None,
+            last_seq: None,
+            name: None,
+        })));
+        let stop = CancellationToken::new();
+        let done = CancellationToken::new();
+        let room = config.room.clone();
+        let close_timeout = config.close_timeout;
+        let driver = Driver {
+            config,
+            tracker: SeqTracker::new(),
+            attempt: 0,
+            welcome_name: None,
+            state: ConnectionState::Connecting,
+            events: events_tx,
+            shared: shared.clone(),
+            stop: stop.clone(),
+        };
+        let finished = done.clone();
+        runtime.spawn(async move {
+            driver.run().await;
+            finished.cancel();
+        });
+        Ok(Client {
+            events,
+            shared,
+            stop,
+            done,
+            room,
+            close_timeout,
+        })
+    }
+
+    /// The next event; `None` once the client has stopped and every event was read.
+    /// Events wait for the app in a queue of 1024; while it is full the client stops reading
+    /// the socket (so a server's slow-consumer rule, not this process's memory, bounds an app
+    /// that does not read). After [`close`](Self::close), events that do not fit are dropped.
+    pub async fn next_event(&mut self) -> Option<ClientEvent> {
+        self.events.recv().await
+    }
+
+    /// Hands `text` to the open connection: true if it was taken, false when the client is
+    /// not open (nothing is queued while disconnected: the app decides what to do) or its
+    /// send queue (1024 messages not yet written) is full. A message taken here may still be lost if the connection drops
+    /// before the server has it; its receipt is the room's copy, with a seq.
+    pub fn send(&self, text: impl Into<String>) -> bool {
+        let inner = self.shared.lock();
+        if inner.app_closed || inner.state != ConnectionState::Open {
+            return false;
+        }
+        match &inner.outbound {
+            Some(outbound) => outbound.try_send(text.into()).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stops for good: state Closed at once, no reconnect. An open connection is closed
+    /// with `code` and `reason`, and this waits for the server's close frame (up to
+    /// [`ClientConfig::close_timeout`]); the socket's end is still reported as
+    /// [`ClientEvent::Closed`]. A code the client may not send or a reason over 123 bytes is
+    /// an error and nothing happens. Calling it again waits for the same end.
+    pub async fn close(&self, code: u16, reason: &str) -> Result<(), ClientError> {
+        check_close(code, reason)?;
+        {
+            let mut inner = self.shared.lock();
+            if !inner.app_closed {
+                inner.app_closed = true;
+                inner.close_request = Some((code, reason.to_owned()));
+                inner.state = ConnectionState::Closed;
+                inner.outbound = None;
+            }
+        }
+        self.stop.cancel();
+        // The task's own wait is bounded by close_timeout; this bound is a backstop.
+        let bound = self.close_timeout.saturating_add(Duration::from_secs(1));
+        tokio::time::timeout(bound, self.done.cancelled())
+            .await
+            .map_err(|_| ClientError::CloseTimeout(bound))
+    }
+
+    pub fn state(&self) -> ConnectionState {
+        self.shared.lock().state
+    }
+
+    /// The room asked for (`None`: the server's default).
+    pub fn room(&self) -> Option<&str> {
+        self.room.as_deref()
+    }
+
+    /// The name of the last welcome.
+    pub fn name(&self) -> Option<String> {
+        self.shared.lock().name.clone()
+    }
+
+    /// The epoch [`last_seq`](Self::last_seq) belongs to.
+    pub fn epoch(&self) -> Option<String> {
+        self.shared.lock().epoch.clone()
+    }
+
+    /// The last seq handed to the app, or the welcome's seq if later.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.shared.lock().last_seq
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        {
+            let mut inner = self.shared.lock();
+            inner.app_closed = true;
+            inner.outbound = None;
+        }
+        self.stop.cancel();
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("room", &self.room)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// What the task knows of the current socket.
+#[derive(Debug, Default)]
+struct Connection {
+    asked_resume: bool,
+    opened: bool,
+    welcomed: bool,
+    going_away: Option<Duration>,
+}
+
+/// What to do after an attempt.
+enum Flow {
+    Stop,
+    Retry { delay: Duration, fresh_token: bool },
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The task: carries out what the core decides.
+struct Driver {
+    config: ClientConfig,
+    tracker: SeqTracker,
+    attempt: u32,
+    welcome_name: Option<String>,
+    state: ConnectionState,
+    events: mpsc::Sender<ClientEvent>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        self.emit(ClientEvent::State(ConnectionState::Connecting))
+            .await;
+        let mut fresh_token = self.config.token.is_none() && self.config.token_hook.is_some();
+        loop {
+            match self.attempt(fresh_token).await {
+                Flow::Stop => break,
+                Flow::Retry {
+                    delay,
+                    fresh_token: fresh,
+                } => {
+                    fresh_token = fresh;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stop.cancelled() => break,
+                    }
+                }
+            }
+        }
+        self.set_state(ConnectionState::Closed).await;
+        debug!("client for room {:?} stopped", self.config.room);
+    }
+
+    /// One connection: token, URL, upgrade, frames until it ends; then the decision.
+    async fn attempt(&mut self, fresh_token: bool) -> Flow {
+        if self.stop.is_cancelled() {
+            return Flow::Stop;
+        }
+        if fresh_token {
+            if let Some(flow) = self.refresh_token().await {
+                return flow;
+            }
+        }
+        let resume = self.tracker.resume_params();
+        let name = self.config.name.as_deref().or(self.welcome_name.as_deref());
+        let url = match build_url(
+            &self.config.url,
+            self.config.room.as_deref(),
+            name,
+            self.config.token.as_deref(),
+            resume.as_ref(),
+        ) {
+            Ok(url) => url,
+            Err(err) => return self.cannot_connect(err.to_string()).await,
+        };
+        debug!(
+            "client connecting to {} room {:?} (resume {resume:?})",
+            self.config.url, self.config.room
+        );
+        let mut conn = Connection {
+            asked_resume: resume.is_some(),
+            ..Connection::default()
+        };
+        let connecting = tokio::time::timeout(
+            self.config.connect_timeout,
+            tokio_tungstenite::connect_async(url),
+        );
+        let connected = tokio::select! {
+            connected = connecting => connected,
+            _ = self.stop.cancelled() => return Flow::Stop,
+        };
+        let close = match connected {
+            Err(_) => CloseInfo::abnormal("connect timeout"),
+            Ok(Err(WsError::Url(err))) => return self.cannot_connect(err.to_string()).await,
+            Ok(Err(WsError::Http(response))) => {
+                CloseInfo::abnormal(format!("HTTP {}", response.status().as_u16()))
+            }
+            Ok(Err(err)) => CloseInfo::abnormal(err.to_string()),
+            Ok(Ok((ws, _))) => {
+                conn.opened = true;
+                self.run_socket(ws, &mut conn).await
+            }
+        };
+        self.after_close(close, &conn).await
+    }
+
+    /// Calls the token hook; `Some(flow)` when it failed (or the app closed meanwhile).
+    async fn refresh_token(&mut self) -> Option<Flow> {
+        let hook = self.config.token_hook.as_mut()?;
+        let fetched = tokio::select! {
+            fetched = hook() => fetched,
+            _ = self.stop.cancelled() => return Some(Flow::Stop),
+        };
+        match fetched {
+            Ok(token) => {
+                self.config.token = Some(token);
+                None
+            }
+            Err(err) => {
+                self.emit(ClientEvent::Error {
+                    code: "token".to_owned(),
+                    text: err.to_string(),
+                })
+                .await;
+                // No socket was opened: a failed attempt, tried again later.
+                let delay = backoff_delay(self.attempt, self.config.backoff, fastrand::f64());
+                self.attempt = self.attempt.saturating_add(1);
+                self.set_state(ConnectionState::Reconnecting).await;
+                Some(Flow::Retry {
+                    delay,
+                    fresh_token: true,
+                })
+            }
+        }
+    }
+
+    /// A URL that will not get better by retrying: `Error {code: "connect"}`, stop.
+    async fn cannot_connect(&mut self, text: String) -> Flow {
+        self.emit(ClientEvent::Error {
+            code: "connect".to_owned(),
+            text,
+        })
+        .await;
+        Flow::Stop
+    }
+
+    /// Reads and writes one socket until it ends; returns how it ended.
+    async fn run_socket(&mut self, ws: WsStream, conn: &mut Connection) -> CloseInfo {
+        let (outbound_tx, mut outbound) = mpsc::channel::<String>(SEND_QUEUE);
+        {
+            let mut inner = self.shared.lock();
+            if !inner.app_closed {
+                inner.outbound = Some(outbound_tx);
+            }
+        }
+        let (mut sink, mut stream) = ws.split();
+        // Set once we sent our close frame or received the server's: the bound on the rest.
+        let mut deadline: Option<Pin<Box<Sleep>>> = None;
+        let mut closing = false;
+        let mut received: Option<CloseInfo> = None;
+        // No frame at all (the server's pings included) for this long: the server is gone.
+        let idle_timeout = self.config.idle_timeout;
+        let mut idle: Option<Pin<Box<Sleep>>> =
+            idle_timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+        let end = loop {
+            tokio::select! {
+                _ = self.stop.cancelled(), if !closing => {
+                    closing = true;
+                    let (code, reason) = self
+                        .shared
+                        .lock()
+                        .close_request
+                        .take()
+                        .unwrap_or((1000, String::new()));
+                    debug!("client closing with {code}");
+                    self.set_state(ConnectionState::Closed).await;
+                    deadline = Some(Box::pin(tokio::time::sleep(self.config.close_timeout)));
+                    // What the app handed over before its close goes out before the close
+                    // frame, as a browser's send-then-close does.
+                    while let Ok(text) = outbound.try_recv() {
+                        if let Err(err) = sink.feed(Message::Text(text)).await {
+                            debug!("client send failed: {err}");
+                            break;
+                        }
+                    }
+                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                    if let Err(err) = sink.send(Message::Close(Some(frame))).await {
+                        debug!("client close frame not sent: {err}");
+                    }
+                }
+                _ = wait(&mut deadline) => {
+                    break received.unwrap_or_else(|| CloseInfo::abnormal("close timeout"));
+                }
+                text = outbound.recv(), if !closing => {
+                    if let Some(text) = text {
+                        if let Err(err) = sink.send(Message::Text(text)).await {
+                            // The read side reports how the connection ended.
+                            debug!("client send failed: {err}");
+                        }
+                    }
+                }
+                _ = wait(&mut idle), if !closing => {
+                    debug!("client: no frame for {idle_timeout:?}: the connection is dropped");
+                    break CloseInfo::abnormal("idle timeout");
+                }
+                frame = stream.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        rearm(&mut idle, idle_timeout);
+                        self.on_frame(&text, conn).await;
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let close = match frame {
+                            Some(frame) => CloseInfo {
+                                code: u16::from(frame.code),
+                                reason: frame.reason.into_owned(),
+                                clean: true,
+                            },
+                            None => CloseInfo { code: 1005, reason: String::new(), clean: true },
+                        };
+                        received = Some(close);
+                        // Closing: nothing more is taken from the app (a browser's socket
+                        // refuses sends once it is CLOSING, too).
+                        self.shared.lock().outbound = None;
+                        // tungstenite answers on the next read; the server then ends the TCP
+                        // connection, which ends this loop.
+                        if deadline.is_none() {
+                            deadline = Some(Box::pin(tokio::time::sleep(self.config.close_timeout)));
+                        }
+                        closing = true;
+                    }
+                    // Pings are answered by tungstenite; binary frames are not ours.
+                    Some(Ok(_)) => rearm(&mut idle, idle_timeout),
+                    Some(Err(err)) => {
+                        break received.unwrap_or_else(|| CloseInfo::abnormal(err.to_string()));
+                    }
+                    None => break received.unwrap_or_else(|| CloseInfo::abnormal("")),
+                }
+            }
+        };
+        self.shared.lock().outbound = None;
+        end
+    }
+
+    /// One text frame from the server.
+    async fn on_frame(&mut self, text: &str, conn: &mut Connection) {
+        match parse_frame(text) {
+            Frame::Welcome(welcome) => {
+                if conn.welcomed {
+                    return; // once per connection
+                }
+                conn.welcomed = true;
+                self.attempt = 0;
+                if is_valid_name(&welcome.name) {
+                    self.welcome_name = Some(welcome.name.clone());
+                }
+                let outcome = self.tracker.on_welcome(&welcome, conn.asked_resume);
+                self.publish_position();
+                info!(
+                    "client joined room {} as {} at {:?}:{:?} ({outcome:?})",
+                    welcome.room, welcome.name, welcome.epoch, welcome.seq
+                );
+                self.set_state(ConnectionState::Open).await;
+                self.emit(ClientEvent::Welcome(welcome)).await;
+                match outcome {
+                    WelcomeOutcome::Resumed { missed } => {
+                        self.emit(ClientEvent::Resumed { missed }).await
+                    }
+                    WelcomeOutcome::Gap {
+                        previous_epoch,
+                        previous_seq,
+                        epoch,
+                        seq,
+                    } => {
+                        self.emit(ClientEvent::Gap {
+                            previous_epoch,
+                            previous_seq,
+                            epoch,
+                            seq,
+                        })
+                        .await
+                    }
+                    WelcomeOutcome::Fresh | WelcomeOutcome::NotResumed => {}
+                }
+            }
+            Frame::Message {
+                room,
+                from,
+                text,
+                seq,
+            } => {
+                if let (true, Some(seq)) = (self.tracker.on_message(seq), seq) {
+                    self.publish_position();
+                    self.emit(ClientEvent::Message {
+                        room,
+                        from,
+                        text,
+                        seq,
+                    })
+                    .await;
+                }
+            }
+            Frame::Epoch { room, epoch, seq } => {
+                self.tracker.on_epoch(epoch.clone(), seq);
+                self.publish_position();
+                self.emit(ClientEvent::Epoch { room, epoch, seq }).await;
+            }
+            Frame::GoingAway { reconnect_after } => {
+                conn.going_away = Some(reconnect_after);
+                self.emit(ClientEvent::GoingAway { reconnect_after }).await;
+            }
+            Frame::Error { code, text } => self.emit(ClientEvent::Error { code, text }).await,
+            Frame::Ignored => {}
+        }
+    }
+
+    /// The end of one socket (or of an attempt): decide, report, and say what comes next.
+    async fn after_close(&mut self, close: CloseInfo, conn: &Connection) -> Flow {
+        let next = next_step(
+            &close,
+            &StepContext {
+                app_closed: self.stop.is_cancelled(),
+                going_away: conn.going_away,
+                welcomed: conn.welcomed,
+                attempt: self.attempt,
+                can_refresh_token: self.config.token_hook.is_some(),
+                backoff: self.config.backoff,
+                random: fastrand::f64(),
+            },
+        );
+        debug!(
+            "client connection ended: {} {:?} (opened {}): {next}",
+            close.code, close.reason, conn.opened
+        );
+        match next {
+            Step::Reconnect { attempt, .. } => {
+                self.attempt = attempt;
+                self.set_state(ConnectionState::Reconnecting).await;
+            }
+            Step::Stop(_) => self.set_state(ConnectionState::Closed).await,
+        }
+        self.emit(ClientEvent::Closed {
+            code: close.code,
+            reason: close.reason,
+            clean: close.clean,
+            opened: conn.opened,
+            welcomed: conn.welcomed,
+            next,
+        })
+        .await;
+        match next {
+            Step::Reconnect {
+                delay, fresh_token, ..
+            } => Flow::Retry {
+                delay,
+                fresh_token: fresh_token || self.config.token_hook.is_some(),
+            },
+            Step::Stop(_) => Flow::Stop,
+        }
+    }
+
+    /// Copies the tracker's position and the name for the accessors.
+    fn publish_position(&self) {
+        let mut inner = self.shared.lock();
+        inner.epoch = self.tracker.epoch().map(str::to_owned);
+        inner.last_seq = self.tracker.last_seq();
+        inner.name.clone_from(&self.welcome_name);
+    }
+
+    async fn set_state(&mut self, state: ConnectionState) {
+        if state == self.state {
+            return;
+        }
+        {
+            let mut inner = self.shared.lock();
+            // After the app's close only Closed may follow.
+            if inner.app_closed && state != ConnectionState::Closed {
+                return;
+            }
+            inner.state = state;
+        }
+        self.state = state;
+        self.emit(ClientEvent::State(state)).await;
+    }
+
+    /// Hands an event to the app; waits while its queue is full, unless the app closed (then
+    /// an event that does not fit is dropped: the app may no longer be reading).
+    async fn emit(&mut self, event: ClientEvent) {
+        if self.stop.is_cancelled() {
+            let _ = self.events.try_send(event);
+            return;
+        }
+        tokio::select! {
+            _ = self.events.send(event) => {}
+            _ = self.stop.cancelled() => {}
+        }
+    }
+}
+
+/// Pushes the idle deadline `timeout` into the future (a frame came).
+fn rearm(idle: &mut Option<Pin<Box<Sleep>>>, timeout: Option<Duration>) {
+    let at = timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
+    if let (Some(sleep), Some(at)) = (idle.as_mut(), at) {
+        sleep.as_mut().reset(at);
+    }
+}
+
+/// Waits for the deadline if there is one, forever otherwise.
+async fn wait(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn backoff_delay_is_full_jitter_under_a_doubling_capped_ceiling() {
+        let b = Backoff::default();
+        // (attempt, random, expected ms)
+        let table: &[(u32, f64, u64)] = &[
+            (0, 0.0, 0),
+            (0, 0.5, 250),
+            (0, 0.999_999, 499),
+            (0, 1.0, 499), // never the ceiling itself
+            (1, 0.5, 500),
+            (1, 0.999_999, 999),
+            (2, 0.5, 1000),
+            (3, 0.5, 2000),
+            (4, 0.5, 4000),
+            (5, 0.5, 5000), // 16 s capped at 10 s
+            (5, 1.0, 9999),
+            (6, 0.5, 5000),
+            (1000, 0.5, 5000), // 2^1000 is infinite: still the cap
+            (u32::MAX, 0.999, 9990),
+            (0, -1.0, 0), // clamped
+            (0, f64::NAN, 0),
+            (0, 7.0, 499),
+        ];
+        for &(attempt, random, expected) in table {
+            assert_eq!(
+                backoff_delay(attempt, b, random),
+                MS(expected),
+                "attempt {attempt}, random {random}"
+            );
+        }
+        let zero = Backoff {
+            base: Duration::ZERO,
+            cap: Duration::ZERO,
+        };
+        assert_eq!(backoff_delay(3, zero, 0.7), Duration::ZERO);
+        let small = Backoff {
+            base: MS(100),
+            cap: MS(300),
+        };
+        assert_eq!(backoff_delay(0, small, 0.5), MS(50));
+        assert_eq!(backoff_delay(3, small, 0.5), MS(150));
+    }
+
+    fn ctx() -> StepContext {
+        StepContext {
+            app_closed: false,
+            going_away: None,
+            welcomed: false,
+            attempt: 0,
+            can_refresh_token: false,
+            backoff: Backoff::default(),
+            random: 0.5,
+        }
+    }
+
+    fn close(code: u16) -> CloseInfo {
+        CloseInfo {
+            code,
+            reason: String::new(),
+            clean: true,
+        }
+    }
+
+    fn reconnect(delay: u64, fresh_token: bool, attempt: u32, why: ReconnectReason) -> Step {
+        Step::Reconnect {
+            delay: MS(delay),
+            fresh_token,
+            attempt,
+            why,
+        }
+    }
+
+    #[test]
+    fn next_step_follows_the_policy_table() {
+        use ReconnectReason::*;
+        use StopReason::*;
+        let app_closed = StepContext {
+            app_closed: true,
+            ..ctx()
+        };
+        let going_away = StepContext {
+            going_away: Some(MS(1234)),
+            ..ctx()
+        };
+        let going_away_hook = StepContext {
+            can_refresh_token: true,
+            ..going_away
+        };
+        let hook = StepContext {
+            can_refresh_token: true,
+            ..ctx()
+        };
+        let third = StepContext {
+            attempt: 3,
+            ..ctx()
+        };
+        let third_welcomed = StepContext {
+            welcomed: true,
+            ..third
+        };
+        let table: Vec<(&str, u16, StepContext, Step)> = vec![
+            // The app's close wins over everything.
+            ("app closed, 1006", 1006, app_closed, Step::Stop(AppClosed)),
+            ("app closed, 1000", 1000, app_closed, Step::Stop(AppClosed)),
+            (
+                "app closed after going_away",
+                1001,
+                StepContext {
+                    app_closed: true,
+                    ..going_away
+                },
+                Step::Stop(AppClosed),
+            ),
+            // going_away: its delay, whatever the code.
+            (
+                "going_away 1001",
+                1001,
+                going_away,
+                reconnect(1234, false, 1, GoingAway),
+            ),
+            (
+                "going_away 1000",
+                1000,
+                going_away,
+                reconnect(1234, false, 1, GoingAway),
+            ),
+            (
+                "going_away 1008",
+                1008,
+                going_away,
+                reconnect(1234, false, 1, GoingAway),
+            ),
+            (
+                "going_away 4000",
+                4000,
+                going_away,
+                reconnect(1234, false, 1, GoingAway),
+            ),
+            (
+                "going_away 3000, no hook",
+                3000,
+                going_away,
+                Step::Stop(TokenExpiredWithoutHook),
+            ),
+            (
+                "going_away 3000, hook",
+                3000,
+                going_away_hook,
+                reconnect(1234, true, 1, GoingAway),
+            ),
+            // Retryable codes: backoff by attempt.
+            (
+                "1006 first",
+                1006,
+                ctx(),
+                reconnect(250, false, 1, Retry(1006)),
+            ),
+            ("1001", 1001, ctx(), reconnect(250, false, 1, Retry(1001))),
+            ("1005", 1005, ctx(), reconnect(250, false, 1, Retry(1005))),
+            ("1011", 1011, ctx(), reconnect(250, false, 1, Retry(1011))),
+            ("1012", 1012, ctx(), reconnect(250, false, 1, Retry(1012))),
+            ("1013", 1013, ctx(), reconnect(250, false, 1, Retry(1013))),
+            ("1014", 1014, ctx(), reconnect(250, false, 1, Retry(1014))),
+            (
+                "1006 fourth",
+                1006,
+                third,
+                reconnect(2000, false, 4, Retry(1006)),
+            ),
+            (
+                "1006 after a welcome",
+                1006,
+                third_welcomed,
+                reconnect(250, false, 1, Retry(1006)),
+            ),
+            // Token expired.
+            (
+                "3000 no hook",
+                3000,
+                ctx(),
+                Step::Stop(TokenExpiredWithoutHook),
+            ),
+            (
+                "3000 hook",
+                3000,
+                hook,
+                reconnect(250, true, 1, TokenExpired),
+            ),
+            (
+                "3000 hook, fourth: random(0, base)",
+                3000,
+                StepContext { attempt: 3, ..hook },
+                reconnect(250, true, 4, TokenExpired),
+            ),
+            // Stops.
+            ("1000", 1000, ctx(), Step::Stop(NormalClosure)),
+            ("1000 with hook", 1000, hook, Step::Stop(NormalClosure)),
+            ("1002", 1002, ctx(), Step::Stop(Refused(1002))),
+            ("1003", 1003, ctx(), Step::Stop(Refused(1003))),
+            ("1007", 1007, ctx(), Step::Stop(Refused(1007))),
+            ("1008", 1008, ctx(), Step::Stop(Refused(1008))),
+            ("1009", 1009, ctx(), Step::Stop(Refused(1009))),
+            ("1010", 1010, ctx(), Step::Stop(Refused(1010))),
+            ("1015", 1015, ctx(), Step::Stop(Other(1015))),
+            ("3001", 3001, hook, Step::Stop(Other(3001))),
+            ("4000", 4000, ctx(), Step::Stop(Other(4000))),
+            ("4999", 4999, ctx(), Step::Stop(Other(4999))),
+            ("999", 999, ctx(), Step::Stop(Other(999))),
+            ("1004", 1004, ctx(), Step::Stop(Other(1004))),
+        ];
+        for (name, code, ctx, expected) in table {
+            assert_eq!(next_step(&close(code), &ctx), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn next_step_saturates_the_attempt_counter() {
+        let ctx = StepContext {
+            attempt: u32::MAX,
+            ..ctx()
+        };
+        let step = next_step(&close(1006), &ctx);
+        assert_eq!(
+            step,
+            reconnect(5000, false, u32::MAX, ReconnectReason::Retry(1006))
+        );
+    }
+
+    fn welcome(epoch: &str, seq: u64, resumed: Option<bool>, missed: Option<u64>) -> Welcome {
+        Welcome {
+            room: "r".into(),
+            name: "n".into(),
+            epoch: Some(epoch.into()),
+            seq: Some(seq),
+            resumed,
+            missed,
+        }
+    }
+
+    fn resume(since: u64, epoch: &str) -> Option<Resume> {
+        Some(Resume {
+            since,
+            epoch: Some(epoch.into()),
+        })
+    }
+
+    #[test]
+    fn seq_tracker_fresh_join_then_dedupes_and_resumes() {
+        let mut t = SeqTracker::new();
+        assert_eq!(t.resume_params(), None);
+        assert_eq!(
+            t.on_welcome(&welcome("e1", 5, None, None), false),
+            WelcomeOutcome::Fresh
+        );
+        assert_eq!(t.resume_params(), resume(5, "e1"));
+        // Messages: each seq once, increasing.
+        let table: &[(Option<u64>, bool)] = &[
+            (Some(4), false), // before the welcome's seq
+            (Some(5), false),
+            (Some(6), true),
+            (Some(6), false), // duplicate
+            (Some(8), true),  // a jump is delivered (seqs have no gap on the wire)
+            (Some(7), false), // out of order
+            (None, false),    // no usable seq
+            (Some(9), true),
+        ];
+        for &(seq, delivered) in table {
+            assert_eq!(t.on_message(seq), delivered, "{seq:?}");
+        }
+        assert_eq!(t.last_seq(), Some(9));
+        assert_eq!(t.resume_params(), resume(9, "e1"));
+    }
+
+    #[test]
+    fn seq_tracker_welcome_outcomes() {
+        // (name, before: (epoch, seq) or none, asked_resume, welcome, outcome, after)
+        type Before = Option<(&'static str, u64)>;
+        type Row = (
+            &'static str,
+            Before,
+            bool,
+            Welcome,
+            WelcomeOutcome,
+            Option<Resume>,
+        );
+        let table: Vec<Row> = vec![
+            (
+                "first welcome",
+                None,
+                false,
+                welcome("e1", 3, None, None),
+                WelcomeOutcome::Fresh,
+                resume(3, "e1"),
+            ),
+            (
+                "resumed: the replay follows, seq kept",
+                Some(("e1", 3)),
+                true,
+                welcome("e1", 7, Some(true), Some(4)),
+                WelcomeOutcome::Resumed { missed: 4 },
+                resume(3, "e1"),
+            ),
+            (
+                "resumed without missed",
+                Some(("e1", 3)),
+                true,
+                welcome("e1", 3, Some(true), None),
+                WelcomeOutcome::Resumed { missed: 0 },
+                resume(3, "e1"),
+            ),
+            (
+                "refused, another epoch: gap",
+                Some(("e1", 3)),
+                true,
+                welcome("e2", 0, Some(false), None),
+                WelcomeOutcome::Gap {
+                    previous_epoch: Some("e1".into()),
+                    previous_seq: 3,
+                    epoch: Some("e2".into()),
+                    seq: Some(0),
+                },
+                resume(0, "e2"),
+            ),
+            (
+                "refused, trimmed history: gap",
+                Some(("e1", 3)),
+                true,
+                welcome("e1", 2000, Some(false), None),
+                WelcomeOutcome::Gap {
+                    previous_epoch: Some("e1".into()),
+                    previous_seq: 3,
+                    epoch: Some("e1".into()),
+                    seq: Some(2000),
+                },
+                resume(2000, "e1"),
+            ),
+            (
+                "refused but nothing missed",
+                Some(("e1", 3)),
+                true,
+                welcome("e1", 3, Some(false), None),
+                WelcomeOutcome::NotResumed,
+                resume(3, "e1"),
+            ),
+            (
+                "no resume asked although a position is known: fresh",
+                Some(("e1", 3)),
+                false,
+                welcome("e1", 9, None, None),
+                WelcomeOutcome::Fresh,
+                resume(9, "e1"),
+            ),
+            (
+                "resumed: true but not asked: fresh",
+                Some(("e1", 3)),
+                false,
+                welcome("e1", 9, Some(true), Some(6)),
+                WelcomeOutcome::Fresh,
+                resume(9, "e1"),
+            ),
+        ];
+        for (name, before, asked, w, outcome, after) in table {
+            let mut t = SeqTracker::new();
+            if let Some((epoch, seq)) = before {
+                t.on_welcome(&welcome(epoch, seq, None, None), false);
+            }
+            assert_eq!(t.on_welcome(&w, asked), outcome, "{name}");
+            assert_eq!(t.resume_params(), after, "{name}");
+        }
+    }
+
+    #[test]
+    fn seq_tracker_replay_after_resume_is_delivered_once() {
+        let mut t = SeqTracker::new();
+        t.on_welcome(&welcome("e1", 2, None, None), false);
+        assert!(t.on_message(Some(3)));
+        let outcome = t.on_welcome(&welcome("e1", 6, Some(true), Some(3)), true);
+        assert_eq!(outcome, WelcomeOutcome::Resumed { missed: 3 });
+        let delivered: Vec<u64> = [3, 4, 5, 6, 5, 7]
+            .into_iter()
+            .filter(|seq| t.on_message(Some(*seq)))
+            .collect();
+        assert_eq!(delivered, [4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn seq_tracker_epoch_frame_resets() {
+        let mut t = SeqTracker::new();
+        t.on_welcome(&welcome("e1", 40, None, None), false);
+        assert!(t.on_message(Some(41)));
+        t.on_epoch(Some("e2".into()), Some(0));
+        assert_eq!(t.resume_params(), resume(0, "e2"));
+        assert!(t.on_message(Some(1)), "seqs start again from 1");
+        assert!(!t.on_message(Some(1)));
+        t.on_epoch(None, None);
+        assert_eq!(
+            t.resume_params(),
+            Some(Resume {
+                since: 0,
+                epoch: None
+            })
+        );
+    }
+
+    #[test]
+    fn build_url_encodes_and_keeps_other_parameters() {
+        let r = Resume {
+            since: 42,
+            epoch: Some("e-1.x".into()),
+        };
+        type Row<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a Resume>,
+            &'a str,
+        );
+        let table: Vec<Row> = vec![
+            ("ws://h:1/ws", None, None, None, None, "ws://h:1/ws"),
+            (
+                "ws://h:1/ws",
+                Some("lobby"),
+                Some("ann"),
+                None,
+                None,
+                "ws://h:1/ws?room=lobby&name=ann",
+            ),
+            (
+                "http://h/ws",
+                Some("a b"),
+                Some("x&y=z"),
+                Some("t/k+n?"),
+                None,
+                "ws://h/ws?room=a+b&name=x%26y%3Dz&token=t%2Fk%2Bn%3F",
+            ),
+            (
+                "https://h/ws",
+                Some("r"),
+                None,
+                None,
+                Some(&r),
+                "wss://h/ws?room=r&since=42&epoch=e-1.x",
+            ),
+            (
+                "ws://h/ws?room=old&keep=1&since=9&name=old",
+                Some("new"),
+                None,
+                Some(""),
+                None,
+                "ws://h/ws?keep=1&room=new",
+            ),
+            ("ws://h/ws?room=old", None, None, None, None, "ws://h/ws"),
+            (
+                "wss://h/ws?x=%C3%A9",
+                Some("é"),
+                None,
+                None,
+                None,
+                "wss://h/ws?x=%C3%A9&room=%C3%A9",
+            ),
+        ];
+        for (base, room, name, token, resume, expected) in table {
+            assert_eq!(
+                build_url(base, room, name, token, resume).as_deref(),
+                Ok(expected),
+                "{base}"
+            );
+        }
+        assert!(matches!(
+            build_url("ftp://h/ws", None, None, None, None),
+            Err(UrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            build_url("not a url", None, None, None, None),
+            Err(UrlError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn parse_frame_is_lenient() {
+        let table: Vec<(&str, Frame)> = vec![
+            (
+                r#"{"type":"welcome","room":"r","name":"n","epoch":"e","seq":3}"#,
+                Frame::Welcome(Welcome {
+                    room: "r".into(),
+                    name: "n".into(),
+                    epoch: Some("e".into()),
+                    seq: Some(3),
+                    resumed: None,
+                    missed: None,
+                }),
+            ),
+            (
+                r#"{"type":"welcome","room":"r","name":"n","epoch":"e","seq":3,"resumed":true,"missed":2}"#,
+                Frame::Welcome(welcome("e", 3, Some(true), Some(2))),
+            ),
+            (
+                r#"{"type":"message","room":"r","from":"a","text":"hi","seq":7}"#,
+                Frame::Message {
+                    room: "r".into(),
+                    from: "a".into(),
+                    text: "hi".into(),
+                    seq: Some(7),
+                },
+            ),
+            (
+                r#"{"type":"message","room":"r","from":"a","text":"hi","seq":"7"}"#,
+                Frame::Message {
+                    room: "r".into(),
+                    from: "a".into(),
+                    text: "hi".into(),
+                    seq: None,
+                },
+            ),
+            (
+                r#"{"type":"message","seq":-1}"#,
+                Frame::Message {
+                    room: String::new(),
+                    from: String::new(),
+                    text: String::new(),
+                    seq: None,
+                },
+            ),
+            (
+                r#"{"type":"message","seq":9223372036854775808}"#,
+                Frame::Message {
+                    room: String::new(),
+                    from: String::new(),
+                    text: String::new(),
+                    seq: None,
+                },
+            ),
+            (
+                r#"{"type":"epoch","room":"r","epoch":"e2","seq":0}"#,
+                Frame::Epoch {
+                    room: "r".into(),
+                    epoch: Some("e2".into()),
+                    seq: Some(0),
+                },
+            ),
+            (
+                r#"{"type":"going_away","reconnect_after_ms":1500}"#,
+                Frame::GoingAway {
+                    reconnect_after: MS(1500),
+                },
+            ),
+            (
+                r#"{"type":"going_away","reconnect_after_ms":12.9}"#,
+                Frame::GoingAway {
+                    reconnect_after: MS(12),
+                },
+            ),
+            (
+                r#"{"type":"going_away","reconnect_after_ms":-5}"#,
+                Frame::GoingAway {
+                    reconnect_after: MS(0),
+                },
+            ),
+            (
+                r#"{"type":"going_away"}"#,
+                Frame::GoingAway {
+                    reconnect_after: MS(0),
+                },
+            ),
+            (
+                r#"{"type":"error","code":"unavailable","text":"broker down"}"#,
+                Frame::Error {
+                    code: "unavailable".into(),
+                    text: "broker down".into(),
+                },
+            ),
+            (r#"{"type":"presence","who":["a"]}"#, Frame::Ignored),
+            (r#"{"no":"type"}"#, Frame::Ignored),
+            ("[1,2]", Frame::Ignored),
+            ("not json", Frame::Ignored),
+            ("", Frame::Ignored),
+        ];
+        for (text, expected) in table {
+            assert_eq!(parse_frame(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn check_close_allows_only_sendable_codes_and_short_reasons() {
+        for code in [1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4000, 4999] {
+            assert!(check_close(code, "").is_ok(), "{code}");
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
+            assert!(
+                matches!(check_close(code, ""), Err(ClientError::InvalidCloseCode(c)) if c == code),
+                "{code}"
+            );
+        }
+        assert!(check_close(1000, &"x".repeat(123)).is_ok());
+        assert!(matches!(
+            check_close(1000, &"x".repeat(124)),
+            Err(ClientError::ReasonTooLong(124))
+        ));
+    }
+
+    #[test]
+    fn names_are_checked_like_the_server() {
+        for (name, valid) in [
+            ("ann", true),
+            ("a-b_c.d9", true),
+            ("", false),
+            ("a b", false),
+            ("é", false),
+            (&"x".repeat(64), true),
+            (&"x".repeat(65), false),
+        ] {
+            assert_eq!(is_valid_name(name), valid, "{name:?}");
+        }
+    }
+}
