@@ -949,6 +949,36 @@ async fn a_node_cut_off_from_redis_catches_up_when_it_is_back() {
     assert_eq!(down.len(), 1, "broker down lines: {down:#?}");
 }
 
+/// The catch-up after a cut is, like a replay, what the members are owed: a catch-up
+/// longer than `session.outbound_queue` must arrive whole, not end in 1008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_longer_than_the_outbound_queue_arrives_whole() {
+    let redis = RedisServer::start();
+    let proxy = TcpProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let key_prefix = prefix("long-catch-up");
+    let small_queue = "[session]\noutbound_queue = 64\n";
+    let a = start_node(&config(&proxy.redis_url(), &key_prefix, small_queue)).await;
+    let b = start_node(&config(&redis.url(), &key_prefix, small_queue)).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    let mut talker = join(&b, "r", "talker", None).await;
+    proxy.cut();
+    wait_status(a.addr, "/readyz", 503).await;
+    for n in 1..=200 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    proxy.restore();
+    wait_status(a.addr, "/readyz", 200).await;
+    talker.say("t-201").await;
+    let mut seen = Vec::new();
+    while seen.len() < 201 {
+        match ann.next().await {
+            Frame::Message(msg) => seen.push(msg),
+            other => panic!("after {} caught-up messages: {other:?}", seen.len()),
+        }
+    }
+    assert_contiguous("ann", &seen, 1, 201);
+}
+
 #[tokio::test]
 async fn a_node_cut_off_longer_than_the_history_closes_its_sessions_1013() {
     let redis = RedisServer::start();
