@@ -1,8 +1,12 @@
 //! SPEC "Resume" with the local broker (the default), against the real binary on one node:
 //! a client that reconnects with `since` and `epoch` gets what it missed, each seq exactly
-//! once, also while messages keep coming; a gap the history cannot fill, another epoch or a
-//! `since` beyond the room answer `resumed: false` and replay nothing; a bad `since` or
-//! `epoch` is refused before the upgrade; a restart of the process is a new epoch.
+//! once, also while messages keep coming, and also when that is more than
+//! `session.outbound_queue`; a gap the history cannot fill (`history.size`,
+//! `history.ttl_ms`), another epoch or a `since` beyond the room answer `resumed: false`
+//! and replay nothing; a bad `since` or `epoch` is refused before the upgrade; a restart of
+//! the process, or a room's history evicted under `history.max_bytes`, is a new epoch (told
+//! to open sessions with an `epoch` frame). And SPEC "Shutdown" step 6: `going_away` with a
+//! delay drawn within `shutdown.reconnect_spread_ms`, right before the close.
 
 mod common;
 
