@@ -467,6 +467,15 @@ async fn beyond_the_history_or_in_another_epoch_nothing_is_resumed() {
     );
     let mut ahead = join(&b, "r", "ahead", Some((11, &epoch))).await;
     assert_eq!(ahead.welcome.resumed, Some(false), "{:?}", ahead.welcome);
+    // The largest `since` there is (Lua's numbers are doubles: no rounding into range).
+    let far = join(&a, "r", "far", Some((i64::MAX as u64, &epoch))).await;
+    assert_eq!(
+        (far.welcome.resumed, far.welcome.seq),
+        (Some(false), 10),
+        "{:?}",
+        far.welcome
+    );
+    far.leave().await;
 
     talker.say("live").await;
     for member in [&mut edge, &mut late, &mut wrong, &mut ahead] {

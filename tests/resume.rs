@@ -270,6 +270,8 @@ async fn a_bad_since_or_epoch_gets_400_before_any_upgrade() {
         "since=",
         "since=1.5",
         "since=0x10",
+        "since=%201",
+        "since=1%20",
     ];
     for param in bad_since {
         let status = upgrade_status(server.addr, &format!("?room=r&{param}")).await;
