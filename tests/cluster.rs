@@ -489,6 +489,28 @@ async fn beyond_the_history_or_in_another_epoch_nothing_is_resumed() {
     }
 }
 
+/// Redis may lose a room's history stream alone (an operator's `maxmemory` policy that
+/// evicts keys): a resume then cannot be given what it missed, and must say so.
+#[tokio::test]
+async fn a_history_stream_lost_alone_is_not_resumed() {
+    let redis = RedisServer::start();
+    let key_prefix = prefix("lost-stream");
+    let a = start_node(&config(&redis.url(), &key_prefix, "")).await;
+    let mut talker = join(&a, "r", "talker", None).await;
+    let epoch = talker.welcome.epoch.clone();
+    for n in 1..=6 {
+        talker.say(&format!("t-{n}")).await;
+    }
+    assert_eq!(redis.command(&format!("DEL {key_prefix}:history:r")), ":1");
+    let member = join(&a, "r", "m", Some((3, &epoch))).await;
+    assert_eq!(
+        member.welcome.resumed,
+        Some(false),
+        "a resume with nothing to replay it from: {:?}",
+        member.welcome
+    );
+}
+
 #[tokio::test]
 async fn without_history_no_resume_succeeds_on_any_node() {
     let redis = RedisServer::start();
