@@ -434,6 +434,8 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
 }
 
 pub mod browser;
+pub mod member;
 pub mod nginx;
 pub mod process;
+pub mod proxy;
 pub mod redis;

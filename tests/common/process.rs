@@ -40,6 +40,13 @@ impl ServerProcess {
         Self::start_command(config, Command::new(env!("CARGO_BIN_EXE_wsgrace")))
     }
 
+    /// [`start`](Self::start) with extra environment variables (e.g. `WSGRACE_REDIS_URL`).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> ServerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wsgrace"));
+        command.envs(env.iter().copied());
+        Self::start_command(config, command)
+    }
+
     /// [`start`](Self::start) under the open-files limits `ulimit` sets (e.g. `-n 512` for
     /// soft and hard, `-S -n 256` for the soft one alone).
     pub fn start_with_ulimit(config: &str, ulimit: &str) -> ServerProcess {
@@ -205,6 +212,61 @@ impl Drop for ServerProcess {
     }
 }
 
+/// What a run of the binary to its end left.
+pub struct Exit {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the binary with `config` (TOML) and `env` until it exits, which it must do within
+/// the deadline (it is killed otherwise): for configurations it must refuse.
+pub fn run_to_exit(config: &str, env: &[(&str, &str)]) -> Exit {
+    let path = temp_file("config.toml", config);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgrace"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--bind")
+        .arg("127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the wsgrace binary");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("stderr")));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "wsgrace still running after {DEADLINE:?}; stderr: {}",
+                stderr.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = std::fs::remove_file(&path);
+    Exit {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
 /// A plain HTTP/1.1 GET; returns the status code.
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
     let mut stream = tokio::time::timeout(DEADLINE, TcpStream::connect(addr))
@@ -238,6 +300,46 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("bad status line {line:?}"))
+}
+
+/// A plain HTTP/1.1 GET read to the end (`Connection: close`); returns the status code and
+/// the body.
+pub async fn http_get_body(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::time::timeout(DEADLINE, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut response))
+        .await
+        .expect("no complete response before the deadline")
+        .expect("read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    (status, body.to_owned())
+}
+
+/// The value of the sample `name` (with its labels as exposed, e.g.
+/// `wsgrace_upgrades_refused_total{reason="broker_unavailable"}`) in `/metrics`, 0 if absent.
+pub async fn metric(addr: SocketAddr, sample: &str) -> f64 {
+    let (status, body) = http_get_body(addr, "/metrics").await;
+    assert_eq!(status, 200, "/metrics: {body}");
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
 }
 
 /// The headers of a WebSocket upgrade, for [`http_get`].
