@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::process::{connect, http_get, ServerProcess, Ws, UPGRADE};
+use common::process::{connect, http_get, http_get_response, ServerProcess, Ws, UPGRADE};
 use common::DEADLINE;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -166,28 +166,11 @@ async fn health_and_readiness_answer_200_while_running() {
     assert_eq!(http_get(server.addr, "/nope", &[]).await, 404);
 }
 
-/// The whole HTTP/1.1 response to a GET (the server closes after it: `Connection: close`).
-async fn http_get_whole(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = timeout(DEADLINE, tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    timeout(DEADLINE, stream.read_to_end(&mut response))
-        .await
-        .expect("response timed out")
-        .expect("read");
-    String::from_utf8(response).expect("a UTF-8 response")
-}
-
 #[tokio::test]
 async fn the_page_and_the_client_module_are_served_with_their_types() {
     let server = ServerProcess::start("");
-    let page = http_get_whole(server.addr, "/").await;
-    let module = http_get_whole(server.addr, "/wsgrace.js").await;
+    let page = http_get_response(server.addr, "/").await;
+    let module = http_get_response(server.addr, "/wsgrace.js").await;
     let head = |response: &str| {
         response
             .split("\r\n\r\n")

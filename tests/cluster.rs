@@ -291,12 +291,7 @@ async fn members_joining_a_new_room_at_once_on_both_nodes_agree_on_its_epoch() {
     }
     // The epoch the welcomes named is the one a resume checks against.
     let back = join(&nodes[0], "fresh", "back", Some((0, &epoch))).await;
-    assert_eq!(
-        (back.welcome.resumed, back.welcome.missed),
-        (Some(true), Some(1)),
-        "{:?}",
-        back.welcome
-    );
+    back.welcome.assert_resumed(Some(true), Some(1));
 }
 
 #[tokio::test]
@@ -319,17 +314,8 @@ async fn a_client_resumes_on_the_same_node_and_on_the_other() {
 
     // The same node.
     let mut ann = join(&a, "r", "ann", Some((3, &epoch))).await;
-    let welcome = ann.welcome.clone();
-    assert_eq!(
-        (
-            welcome.resumed,
-            welcome.missed,
-            welcome.seq,
-            welcome.epoch.as_str()
-        ),
-        (Some(true), Some(3), 6, epoch.as_str()),
-        "{welcome:?}"
-    );
+    ann.welcome
+        .assert_resume(Some(true), Some(3), 6, epoch.as_str());
     let replay = ann.rx.messages_through(6).await;
     assert_contiguous("replay on A", &replay, 4, 6);
     assert_eq!(replay[0].text, "t-4");
@@ -342,17 +328,8 @@ async fn a_client_resumes_on_the_same_node_and_on_the_other() {
 
     // The other node.
     let mut ann = join(&b, "r", "ann", Some((7, &epoch))).await;
-    let welcome = ann.welcome.clone();
-    assert_eq!(
-        (
-            welcome.resumed,
-            welcome.missed,
-            welcome.seq,
-            welcome.epoch.as_str()
-        ),
-        (Some(true), Some(3), 10, epoch.as_str()),
-        "{welcome:?}"
-    );
+    ann.welcome
+        .assert_resume(Some(true), Some(3), 10, epoch.as_str());
     let replay = ann.rx.messages_through(10).await;
     assert_contiguous("replay on B", &replay, 8, 10);
     assert_eq!(
@@ -365,12 +342,7 @@ async fn a_client_resumes_on_the_same_node_and_on_the_other() {
 
     // Up to date: resumed, nothing missed.
     let bob = join(&b, "r", "bob", Some((11, &epoch))).await;
-    assert_eq!(
-        (bob.welcome.resumed, bob.welcome.missed),
-        (Some(true), Some(0)),
-        "{:?}",
-        bob.welcome
-    );
+    bob.welcome.assert_resumed(Some(true), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,12 +540,7 @@ async fn a_replay_longer_than_the_outbound_queue_arrives_whole_on_the_other_node
         talker.say(&format!("t-{n}")).await;
     }
     let mut late = join(&b, "r", "late", Some((0, &epoch))).await;
-    assert_eq!(
-        (late.welcome.resumed, late.welcome.missed),
-        (Some(true), Some(300)),
-        "{:?}",
-        late.welcome
-    );
+    late.welcome.assert_resumed(Some(true), Some(300));
     let mut replay = Vec::new();
     while replay.len() < 300 {
         match late.next().await {

@@ -70,17 +70,8 @@ async fn a_client_that_reconnects_with_since_and_epoch_gets_what_it_missed() {
     }
 
     let mut ann = join(&server, "r", "ann", Some((3, &epoch))).await;
-    let welcome = ann.welcome.clone();
-    assert_eq!(
-        (
-            welcome.resumed,
-            welcome.missed,
-            welcome.seq,
-            welcome.epoch.as_str()
-        ),
-        (Some(true), Some(3), 6, epoch.as_str()),
-        "{welcome:?}"
-    );
+    ann.welcome
+        .assert_resume(Some(true), Some(3), 6, epoch.as_str());
     let replayed = ann.rx.messages_through(6).await;
     assert_contiguous("ann's replay", &replayed, 4, 6);
     assert_eq!(replayed[0].text, "while away 4");
@@ -91,12 +82,7 @@ async fn a_client_that_reconnects_with_since_and_epoch_gets_what_it_missed() {
     // Without `epoch` the history alone decides; `since` equal to the room's seq is a
     // resume with nothing missed.
     let mut bob = Member::join(server.ws_url("?room=r&name=bob&since=5")).await;
-    assert_eq!(
-        (bob.welcome.resumed, bob.welcome.missed),
-        (Some(true), Some(2)),
-        "{:?}",
-        bob.welcome
-    );
+    bob.welcome.assert_resumed(Some(true), Some(2));
     assert_contiguous("bob's replay", &bob.rx.messages_through(7).await, 6, 7);
     let mut cy = Member::join(server.ws_url(&query("r", "cy", Some((7, &epoch))))).await;
     assert_eq!(
@@ -428,12 +414,7 @@ async fn a_replay_longer_than_the_outbound_queue_arrives_whole() {
     let epoch = talker.welcome.epoch.clone();
     assert_eq!(say_many(&mut talker, 300).await, 300);
     let mut late = join(&server, "r", "late", Some((0, &epoch))).await;
-    assert_eq!(
-        (late.welcome.resumed, late.welcome.missed),
-        (Some(true), Some(300)),
-        "{:?}",
-        late.welcome
-    );
+    late.welcome.assert_resumed(Some(true), Some(300));
     let mut replay = Vec::new();
     while replay.len() < 300 {
         match late.next().await {

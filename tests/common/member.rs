@@ -38,6 +38,22 @@ pub struct Welcome {
     pub missed: Option<u64>,
 }
 
+impl Welcome {
+    /// Asserts the resume outcome: `resumed` and `missed` as the welcome carries them.
+    pub fn assert_resumed(&self, resumed: Option<bool>, missed: Option<u64>) {
+        assert_eq!((self.resumed, self.missed), (resumed, missed), "{self:?}");
+    }
+
+    /// [`Welcome::assert_resumed`], and the room's seq and epoch.
+    pub fn assert_resume(&self, resumed: Option<bool>, missed: Option<u64>, seq: u64, epoch: &str) {
+        assert_eq!(
+            (self.resumed, self.missed, self.seq, self.epoch.as_str()),
+            (resumed, missed, seq, epoch),
+            "{self:?}"
+        );
+    }
+}
+
 /// One thing the server sent, or the end of the connection.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {

@@ -302,9 +302,9 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
         .unwrap_or_else(|| panic!("bad status line {line:?}"))
 }
 
-/// A plain HTTP/1.1 GET read to the end (`Connection: close`); returns the status code and
-/// the body.
-pub async fn http_get_body(addr: SocketAddr, path: &str) -> (u16, String) {
+/// A plain HTTP/1.1 GET read to the end (`Connection: close`): the whole response, head and
+/// body.
+pub async fn http_get_response(addr: SocketAddr, path: &str) -> String {
     let mut stream = tokio::time::timeout(DEADLINE, TcpStream::connect(addr))
         .await
         .expect("connect timed out")
@@ -316,7 +316,12 @@ pub async fn http_get_body(addr: SocketAddr, path: &str) -> (u16, String) {
         .await
         .expect("no complete response before the deadline")
         .expect("read");
-    let response = String::from_utf8_lossy(&response).into_owned();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// [`http_get_response`] split: the status code and the body.
+pub async fn http_get_body(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = http_get_response(addr, path).await;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
