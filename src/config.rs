@@ -99,6 +99,33 @@ pub struct ServerConfig {
     /// A client must send its whole request head within this many milliseconds, else 408
     /// and the connection is closed (slowloris).
     pub request_timeout_ms: u64,
+    /// Open WebSockets per client address; more get HTTP 429. 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// Peers (addresses or CIDRs) whose `X-Forwarded-For` is believed for the client address;
+    /// empty = the TCP peer is the client. Read them with [`ServerConfig::trusted_proxies`].
+    pub trusted_proxies: Vec<String>,
+}
+
+impl ServerConfig {
+    /// `trusted_proxies` parsed (a single address is a /32 or /128 network). Entries that do
+    /// not parse are left out; [`Config::validate`] refuses them first.
+    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|entry| parse_network(entry).ok())
+            .collect()
+    }
+}
+
+/// An address (`10.0.0.5`, `::1`) or a CIDR (`10.0.0.0/8`, `fd00::/8`).
+fn parse_network(entry: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(network) = entry.parse::<ipnet::IpNet>() {
+        return Ok(network.trunc());
+    }
+    entry
+        .parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("must be an IP address or a CIDR such as 10.0.0.0/8, got {entry:?}"))
 }
 
 impl Default for ServerConfig {
@@ -109,6 +136,8 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             allowed_origins: Vec::new(),
             request_timeout_ms: 5_000,
+            max_connections_per_ip: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -449,6 +478,12 @@ impl Config {
             }
         }
 
+        for (index, entry) in server.trusted_proxies.iter().enumerate() {
+            if let Err(problem) = parse_network(entry) {
+                return Err(check.invalid(&format!("server.trusted_proxies[{index}]"), problem));
+            }
+        }
+
         let session = &self.session;
         check.range(
             "session.heartbeat_interval_ms",
@@ -768,7 +803,9 @@ mod tests {
                 "allowed_origins",
                 "bind",
                 "max_connections",
+                "max_connections_per_ip",
                 "request_timeout_ms",
+                "trusted_proxies",
                 "workers"
             ]
         );

@@ -58,6 +58,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod client_address;
 pub mod close;
 pub mod config;
 pub mod fanout;

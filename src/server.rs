@@ -2,11 +2,11 @@
 //! server the binary runs.
 //!
 //! Every check that can refuse an upgrade happens here, before the handshake: draining (503),
-//! broker unreachable (503), origin (403), room, name, `since` and `epoch` (400), connection
-//! limit (503). It must not implement session
+//! broker unreachable (503), origin (403), room, name, `since` and `epoch` (400), open
+//! WebSockets of the client address (429), connection limit (503). It must not implement session
 //! or close behaviour: accepted upgrades go to [`crate::session::start`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use log::warn;
 use serde::Deserialize;
 
 use crate::broker::{Broker, BrokerStatus, Epoch, ResumeRequest};
+use crate::client_address::{client_address, AddressLimit, AddressSlot};
 use crate::close::{CloseMode, CloseStatus};
 use crate::config::{is_valid_name, Config};
 use crate::linger::{LingerBounds, LingeringStream};
@@ -47,6 +48,10 @@ pub struct AppState {
     max_connections: usize,
     /// Whether the broker can be reached (upgrades and `/readyz` answer 503 while not).
     broker: BrokerStatus,
+    /// `server.trusted_proxies`, parsed.
+    trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Open WebSockets per client address (`server.max_connections_per_ip`).
+    per_address: AddressLimit,
 }
 
 impl AppState {
@@ -54,6 +59,8 @@ impl AppState {
     pub fn new(config: Arc<Config>, supervisor: Addr<Supervisor>, readiness: Readiness) -> Self {
         AppState {
             max_connections: config.server.max_connections,
+            trusted_proxies: config.server.trusted_proxies().into(),
+            per_address: AddressLimit::new(config.server.max_connections_per_ip),
             config,
             supervisor,
             readiness,
@@ -235,6 +242,17 @@ async fn upgrade(
             return HttpResponse::BadRequest().body(format!("{bad}\n"));
         }
     };
+    let address = upgrade_client_address(&req, &state.trusted_proxies);
+    let address_slot = match address.map(|address| state.per_address.acquire(address)) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(slot))) => Some(slot),
+        Some(Err(at_limit)) => {
+            warn!("upgrade refused: {at_limit} (server.max_connections_per_ip)");
+            metrics().refused("per_ip_limit");
+            return HttpResponse::TooManyRequests()
+                .body("too many connections from this address\n");
+        }
+    };
     let open = state.open.fetch_add(1, Ordering::AcqRel);
     let guard = OpenGuard(state.open.clone());
     if open >= state.max_connections {
@@ -249,6 +267,7 @@ async fn upgrade(
     let handler = Counted {
         inner: ChatHandler::new(state.supervisor.clone(), room, query.name).resume(resume),
         _guard: guard,
+        _address_slot: address_slot,
     };
     match session::start(&req, payload, handler, config) {
         Ok((_, response)) => response,
@@ -293,10 +312,23 @@ impl Drop for OpenGuard {
     }
 }
 
-/// A handler that holds an [`OpenGuard`] for its session's lifetime.
+/// A handler that holds an [`OpenGuard`] (and its client address's place) for its session's
+/// lifetime.
 struct Counted<H> {
     inner: H,
     _guard: OpenGuard,
+    _address_slot: Option<AddressSlot>,
+}
+
+/// The client address of an upgrade: the TCP peer, or from `X-Forwarded-For` when the peer is
+/// a trusted proxy ([`client_address`]). `None` without a peer address (not over TCP).
+fn upgrade_client_address(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|value| value.to_str().ok());
+    Some(client_address(peer, forwarded, trusted))
 }
 
 impl<H: SessionHandler> SessionHandler for Counted<H> {
