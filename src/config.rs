@@ -203,7 +203,7 @@ impl Default for CloseSettings {
             mode: CloseMode::Awaited,
             timeout_ms: 5_000,
             room_modes: BTreeMap::new(),
-            linger_ms: 2_000,
+            linger_ms: 5_000,
             linger_bytes: 16 << 20,
         }
     }
