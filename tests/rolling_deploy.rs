@@ -74,6 +74,8 @@ struct Seen {
     state: Option<ConnectionState>,
     /// Messages the talker had handed to an open connection.
     sent: usize,
+    /// The seq of the first welcome (the room's seq when this client first joined).
+    first_welcome_seq: Option<u64>,
 }
 
 impl Seen {
@@ -91,6 +93,9 @@ impl Seen {
             ClientEvent::Closed { code, .. } => self.close_codes.push(code),
             ClientEvent::Gap { .. } => self.gaps += 1,
             ClientEvent::State(state) => self.state = Some(state),
+            ClientEvent::Welcome(welcome) => {
+                self.first_welcome_seq = self.first_welcome_seq.or(welcome.seq);
+            }
             _ => {}
         }
     }
@@ -205,14 +210,20 @@ async fn a_rolling_deploy_through_nginx_loses_and_doubles_nothing() {
     for i in 0..RUST_CLIENTS {
         clients.push(rust_client(lb, &format!("reader{i}"), None));
     }
-    let (talker, talker_task) = rust_client(lb, "talker", Some(Duration::from_millis(15)));
+    // Everyone is in the room before the first message, so that everyone's history is 1..N.
     for (seen, _) in &clients {
         let started = Instant::now();
         while snapshot(seen, |seen| seen.state) != Some(ConnectionState::Open) {
             assert!(started.elapsed() < DEADLINE, "a reader did not open");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        assert_eq!(
+            snapshot(seen, |seen| seen.first_welcome_seq),
+            Some(0),
+            "a reader joined a room that had messages"
+        );
     }
+    let (talker, talker_task) = rust_client(lb, "talker", Some(Duration::from_millis(15)));
 
     talker_reaches(&talker, MESSAGES / 4).await;
     drain(&mut node_a).await;
