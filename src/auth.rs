@@ -105,7 +105,7 @@ pub enum AuthError {
     #[error("rooms must be a list of strings")]
     BadRooms,
     /// The token is valid but its `rooms` do not grant the room asked for.
-    #[error("room {0:?} not granted by the token")]
+    #[error("room not granted by the token")]
     RoomNotGranted(String),
 }
 
