@@ -133,13 +133,6 @@ impl Identity {
     pub fn closes_at(&self) -> SystemTime {
         self.expires_at + LEEWAY
     }
-
-    /// How long from `now` until [`Identity::closes_at`] (zero once past).
-    pub fn time_left(&self, now: SystemTime) -> Duration {
-        self.closes_at()
-            .duration_since(now)
-            .unwrap_or(Duration::ZERO)
-    }
 }
 
 /// The `rooms` claim: `"*"` (any room), exact names, `"prefix.*"` (every room that starts
