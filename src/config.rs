@@ -65,6 +65,10 @@ const HISTORY_MAX_BYTES: RangeInclusive<u64> = 0..=1 << 40;
 const MAX_KEY_PREFIX_CHARS: usize = 64;
 /// The environment variable that overrides `broker.redis_url`.
 pub const REDIS_URL_ENV: &str = "WSGRACE_REDIS_URL";
+/// The environment variable that overrides `auth.jwt_secret`.
+pub const JWT_SECRET_ENV: &str = "WSGRACE_JWT_SECRET";
+/// The shortest `auth.jwt_secret`: 256 bits, as RFC 7518 §3.2 asks of an HS256 key.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// The whole configuration file: one field per TOML table.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -82,6 +86,8 @@ pub struct Config {
     pub broker: BrokerSettings,
     /// `[history]`: the messages kept per room for resume.
     pub history: HistorySettings,
+    /// `[auth]`: signed tokens at the upgrade (off while no secret and no key file is set).
+    pub auth: AuthSettings,
 }
 
 /// The `[server]` table.
@@ -298,6 +304,47 @@ impl Default for HistorySettings {
     }
 }
 
+/// The `[auth]` table. Authentication is on when `jwt_secret` or `jwt_public_key_file` is
+/// set; `crate::auth::Verifier::from_config` turns it into a token verifier (and reads the
+/// key file).
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// HS256 secret, at least [`MIN_JWT_SECRET_BYTES`] bytes; [`JWT_SECRET_ENV`] overrides
+    /// it in [`Config::load`]. Never logged, never shown in an error or in `Debug`.
+    pub jwt_secret: String,
+    /// PEM public key (RSA, EC P-256 or Ed25519) for RS256, ES256 or EdDSA tokens instead of
+    /// a secret; the algorithm follows from the key.
+    pub jwt_public_key_file: String,
+    /// When set, a token's `iss` must be this.
+    pub issuer: String,
+    /// When set, a token's `aud` must be (or contain) this.
+    pub audience: String,
+}
+
+impl AuthSettings {
+    /// Whether upgrades need a token.
+    pub fn enabled(&self) -> bool {
+        !self.jwt_secret.is_empty() || !self.jwt_public_key_file.is_empty()
+    }
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret is never shown, not even in a test failure's `{config:?}`.
+        let secret = match self.jwt_secret.len() {
+            0 => "",
+            _ => "<hidden>",
+        };
+        f.debug_struct("AuthSettings")
+            .field("jwt_secret", &secret)
+            .field("jwt_public_key_file", &self.jwt_public_key_file)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
 /// Why a configuration file was refused. `Display` is one line: the file, the key (where
 /// there is one) and the problem, e.g.
 /// `config.toml: session.max_frame_bytes: must be between 125 and 67108864, got 0`.
@@ -403,10 +450,14 @@ impl Config {
     }
 
     /// Applies the environment's overrides: a non-empty [`REDIS_URL_ENV`] replaces
-    /// `broker.redis_url`. Call [`Config::validate`] afterwards.
+    /// `broker.redis_url`, a non-empty [`JWT_SECRET_ENV`] replaces `auth.jwt_secret`. Call
+    /// [`Config::validate`] afterwards.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
         if let Some(url) = env(REDIS_URL_ENV).filter(|url| !url.is_empty()) {
             self.broker.redis_url = url;
+        }
+        if let Some(secret) = env(JWT_SECRET_ENV).filter(|secret| !secret.is_empty()) {
+            self.auth.jwt_secret = secret;
         }
     }
 
@@ -624,6 +675,48 @@ impl Config {
         check.range("history.size", history.size, HISTORY_SIZE)?;
         check.range("history.ttl_ms", history.ttl_ms, HISTORY_TTL_MS)?;
         check.range("history.max_bytes", history.max_bytes, HISTORY_MAX_BYTES)?;
+
+        self.validate_auth(&check)
+    }
+
+    /// The `[auth]` rules that need no file: the key file itself is read and checked by
+    /// `crate::auth::Verifier::from_config`. No message shows the secret.
+    fn validate_auth(&self, check: &Check) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if !auth.jwt_secret.is_empty() && !auth.jwt_public_key_file.is_empty() {
+            return Err(check.invalid(
+                "auth.jwt_secret",
+                format!(
+                    "set either auth.jwt_secret (or {JWT_SECRET_ENV}) for HS256 or \
+                     auth.jwt_public_key_file for RS256/ES256/EdDSA, not both"
+                ),
+            ));
+        }
+        if !auth.jwt_secret.is_empty() && auth.jwt_secret.len() < MIN_JWT_SECRET_BYTES {
+            return Err(check.invalid(
+                "auth.jwt_secret",
+                format!(
+                    "must be at least {MIN_JWT_SECRET_BYTES} bytes (e.g. `openssl rand -base64 \
+                     32`), got {} (from the file or {JWT_SECRET_ENV})",
+                    auth.jwt_secret.len()
+                ),
+            ));
+        }
+        if !auth.enabled() {
+            for (key, value) in [
+                ("auth.issuer", &auth.issuer),
+                ("auth.audience", &auth.audience),
+            ] {
+                if !value.is_empty() {
+                    return Err(check.invalid(
+                        key,
+                        "has no effect while authentication is off: set auth.jwt_secret (or \
+                         WSGRACE_JWT_SECRET) or auth.jwt_public_key_file too"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -843,6 +936,10 @@ mod tests {
         );
         assert_eq!(keys("broker"), ["key_prefix", "kind", "redis_url"]);
         assert_eq!(keys("history"), ["max_bytes", "size", "ttl_ms"]);
+        assert_eq!(
+            keys("auth"),
+            ["audience", "issuer", "jwt_public_key_file", "jwt_secret"]
+        );
     }
 
     #[test]
@@ -850,7 +947,8 @@ mod tests {
         assert_eq!(parse("").unwrap(), Config::default());
         assert_eq!(parse("# nothing\n\n").unwrap(), Config::default());
         assert_eq!(
-            parse("[server]\n[session]\n[close]\n[shutdown]\n[broker]\n[history]\n").unwrap(),
+            parse("[server]\n[session]\n[close]\n[shutdown]\n[broker]\n[history]\n[auth]\n")
+                .unwrap(),
             Config::default()
         );
     }
@@ -1227,5 +1325,87 @@ mod tests {
         let config = Config::load_with_env(&path, |_| None).unwrap();
         assert_eq!(config.broker.redis_url, "redis://file:6379");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn auth_is_off_by_default() {
+        let config = Config::default();
+        assert!(!config.auth.enabled());
+        let config = parse(&format!("[auth]\njwt_secret = \"{SECRET}\"\n")).unwrap();
+        assert!(config.auth.enabled());
+        let config = parse("[auth]\njwt_public_key_file = \"/etc/wsgrace/jwt.pem\"\n").unwrap();
+        assert!(config.auth.enabled());
+        let config = parse(&format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\nissuer = \"https://id.example\"\naudience = \"chat\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.auth.issuer, "https://id.example");
+        assert_eq!(config.auth.audience, "chat");
+    }
+
+    #[test]
+    fn bad_auth_settings_name_their_key_and_never_the_secret() {
+        let short = "short-secret-31-bytes-long-xxxxx";
+        assert_eq!(short.len(), 32);
+        let short = &short[..31];
+        for (text, key) in [
+            (
+                format!("[auth]\njwt_secret = \"{short}\"\n"),
+                "auth.jwt_secret",
+            ),
+            (
+                format!("[auth]\njwt_secret = \"{SECRET}\"\njwt_public_key_file = \"k.pem\"\n"),
+                "auth.jwt_secret",
+            ),
+            ("[auth]\nissuer = \"me\"\n".to_owned(), "auth.issuer"),
+            ("[auth]\naudience = \"chat\"\n".to_owned(), "auth.audience"),
+        ] {
+            let err = error(&text);
+            assert!(matches!(err, ConfigError::InvalidValue { .. }), "{err:?}");
+            assert_eq!(err.key(), Some(key), "{text:?}");
+            let shown = err.to_string();
+            assert!(!shown.contains(short) && !shown.contains(SECRET), "{shown}");
+            assert!(!format!("{err:?}").contains(SECRET), "{err:?}");
+        }
+        let shown = error(&format!("[auth]\njwt_secret = \"{short}\"\n")).to_string();
+        assert!(shown.contains("at least 32 bytes"), "{shown}");
+        assert!(shown.contains("got 31"), "{shown}");
+        assert_eq!(
+            error("[auth]\njwt_secret = 5\n").key(),
+            Some("auth.jwt_secret")
+        );
+        assert_eq!(error("[auth]\nsecret = \"x\"\n").key(), Some("auth.secret"));
+    }
+
+    #[test]
+    fn the_secret_is_hidden_from_debug() {
+        let config = parse(&format!("[auth]\njwt_secret = \"{SECRET}\"\n")).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(shown.contains("<hidden>"), "{shown}");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_jwt_secret() {
+        let mut config = parse("").unwrap();
+        config.apply_env(|name| (name == JWT_SECRET_ENV).then(|| SECRET.to_owned()));
+        assert_eq!(config.auth.jwt_secret, SECRET);
+        config.validate(Path::new("x")).unwrap();
+
+        let mut config = parse(&format!("[auth]\njwt_secret = \"{SECRET}\"\n")).unwrap();
+        config.apply_env(|name| (name == JWT_SECRET_ENV).then(String::new));
+        assert_eq!(
+            config.auth.jwt_secret, SECRET,
+            "an empty variable is no override"
+        );
+
+        let mut config = parse("").unwrap();
+        config.apply_env(|name| (name == JWT_SECRET_ENV).then(|| "too short".to_owned()));
+        let err = config.validate(Path::new("x")).unwrap_err();
+        assert_eq!(err.key(), Some("auth.jwt_secret"));
+        assert!(err.to_string().contains(JWT_SECRET_ENV), "{err}");
+        assert!(!err.to_string().contains("too short"), "{err}");
     }
 }

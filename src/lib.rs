@@ -22,7 +22,8 @@
 //! ```text
 //!             HTTP upgrade (/ws?room=R&name=N, to resume also &since=S&epoch=E)
 //!                    │  checks: draining 503, broker unreachable 503, Origin 403,
-//!                    │  room/name/since/epoch 400, max_connections 503
+//!                    │  room/name/since/epoch 400, token 401/403 (auth.rs: sub → name,
+//!                    │  rooms; expiry.rs closes 3000 at exp), max_connections 503
 //!                    ▼
 //!  ┌──────────── Session actor (one per connection, on an actix-web worker) ────────────┐
 //!  │ transport.rs: bytes ⇄ frames    close.rs: CloseMachine (pure, no I/O)              │
@@ -56,11 +57,13 @@
 //! The binary (`src/main.rs`) is a user of this library: [`server::serve`] with a
 //! [`config::Config`].
 
+pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod client_address;
 pub mod close;
 pub mod config;
+pub mod expiry;
 pub mod fanout;
 pub mod linger;
 pub mod metrics;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use wsgrace::auth::Verifier;
 use wsgrace::config::Config;
 
 /// Chat-style WebSocket server that closes connections properly and drains on SIGTERM.
@@ -39,9 +40,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let result = actix_web::rt::System::new().block_on(wsgrace::server::serve(config, |addr| {
-        println!("listening on {addr}");
-    }));
+    // The key file is read now, so that an unusable one exits 2 like any config error.
+    let verifier = match Verifier::from_config(&config.auth, &cli.config) {
+        Ok(verifier) => verifier,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = actix_web::rt::System::new().block_on(wsgrace::server::serve_with_auth(
+        config,
+        verifier,
+        |addr| {
+            println!("listening on {addr}");
+        },
+    ));
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => {

@@ -2,9 +2,10 @@
 //! server the binary runs.
 //!
 //! Every check that can refuse an upgrade happens here, before the handshake: draining (503),
-//! broker unreachable (503), origin (403), room, name, `since` and `epoch` (400), open
-//! WebSockets of the client address (429), connection limit (503). It must not implement session
-//! or close behaviour: accepted upgrades go to [`crate::session::start`].
+//! broker unreachable (503), origin (403), room, name, `since` and `epoch` (400), token (401,
+//! 403, with authentication on), open WebSockets of the client address (429), connection limit
+//! (503). It must not implement session or close behaviour: accepted upgrades go to
+//! [`crate::session::start`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,10 +25,12 @@ use bytestring::ByteString;
 use log::warn;
 use serde::Deserialize;
 
+use crate::auth::{self, Identity, Verifier};
 use crate::broker::{Broker, BrokerStatus, Epoch, ResumeRequest};
 use crate::client_address::{client_address, AddressLimit, AddressSlot};
 use crate::close::{CloseMode, CloseStatus};
 use crate::config::{is_valid_name, Config};
+use crate::expiry::Expiring;
 use crate::linger::{LingerBounds, LingeringStream};
 use crate::metrics::{self, metrics};
 use crate::open_files;
@@ -40,6 +43,8 @@ use crate::transport::{tune_socket, SocketTuning};
 #[derive(Clone)]
 pub struct AppState {
     config: Arc<Config>,
+    /// Checks the token of every upgrade; `None`: authentication is off.
+    auth: Option<Arc<Verifier>>,
     supervisor: Addr<Supervisor>,
     readiness: Readiness,
     open: Arc<AtomicUsize>,
@@ -62,6 +67,7 @@ impl AppState {
             trusted_proxies: config.server.trusted_proxies().into(),
             per_address: AddressLimit::new(config.server.max_connections_per_ip),
             config,
+            auth: None,
             supervisor,
             readiness,
             open: Arc::new(AtomicUsize::new(0)),
@@ -72,6 +78,13 @@ impl AppState {
     /// Refuses upgrades, and answers `/readyz` 503, while `broker` is down.
     pub fn with_broker_status(mut self, broker: BrokerStatus) -> Self {
         self.broker = broker;
+        self
+    }
+
+    /// Upgrades need a token that `verifier` accepts (see [`crate::auth`]); `None`: no
+    /// authentication.
+    pub fn with_auth(mut self, verifier: Option<Verifier>) -> Self {
+        self.auth = verifier.map(Arc::new);
         self
     }
 
@@ -155,6 +168,7 @@ struct JoinQuery {
     name: Option<String>,
     since: Option<String>,
     epoch: Option<String>,
+    token: Option<String>,
 }
 
 /// The largest `since` plus one: a seq is below 2^63.
@@ -216,7 +230,7 @@ async fn upgrade(
         metrics().refused("origin");
         return HttpResponse::Forbidden().body(format!("{refusal}\n"));
     }
-    let query = match web::Query::<JoinQuery>::from_query(req.query_string()) {
+    let mut query = match web::Query::<JoinQuery>::from_query(req.query_string()) {
         Ok(query) => query.into_inner(),
         Err(err) => {
             metrics().refused("bad_query");
@@ -227,6 +241,18 @@ async fn upgrade(
     if !is_valid_name(&room) {
         metrics().refused("bad_room");
         return HttpResponse::BadRequest().body("room must be 1-64 characters of [A-Za-z0-9_.-]\n");
+    }
+    // With authentication on, the token's `sub` names the session (the query's `name` is not
+    // used) and its `exp` ends it.
+    let mut identity = None;
+    if let Some(verifier) = &state.auth {
+        match authenticate(&req, verifier, query.token.as_deref(), &room) {
+            Ok(admitted) => {
+                query.name = Some(admitted.name.clone());
+                identity = Some(admitted);
+            }
+            Err(refused) => return *refused,
+        }
     }
     if let Some(name) = &query.name {
         if !is_valid_name(name) {
@@ -265,7 +291,10 @@ async fn upgrade(
     }
     let config = state.session_config(&room);
     let handler = Counted {
-        inner: ChatHandler::new(state.supervisor.clone(), room, query.name).resume(resume),
+        inner: Expiring::new(
+            ChatHandler::new(state.supervisor.clone(), room, query.name).resume(resume),
+            identity.as_ref().map(Identity::closes_at),
+        ),
         _guard: guard,
         _address_slot: address_slot,
     };
@@ -276,6 +305,37 @@ async fn upgrade(
             err.error_response()
         }
     }
+}
+
+/// The token check of an upgrade to `room`: the identity, or the 401/403 response (counted,
+/// and logged without the token).
+fn authenticate(
+    req: &HttpRequest,
+    verifier: &Verifier,
+    query_token: Option<&str>,
+    room: &str,
+) -> Result<Identity, Box<HttpResponse>> {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let token = auth::request_token(query_token, authorization);
+    verifier.admit(token, room).map_err(|err| {
+        let refusal = err.refusal();
+        warn!(
+            "upgrade refused: {} ({err}) for room {room:?}",
+            refusal.reason()
+        );
+        metrics().refused(refusal.reason());
+        let mut response = match refusal {
+            auth::Refusal::Unauthorized => HttpResponse::Unauthorized(),
+            auth::Refusal::Forbidden => HttpResponse::Forbidden(),
+        };
+        if refusal == auth::Refusal::Unauthorized {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        Box::new(response.body(format!("{}: {err}\n", refusal.reason())))
+    })
 }
 
 /// Why an origin was refused.
@@ -350,13 +410,27 @@ impl<H: SessionHandler> SessionHandler for Counted<H> {
 }
 
 /// Runs the server of `config` until a signal's drain ends. `on_listening` gets the bound
-/// address once the socket listens.
+/// address once the socket listens. With `auth.*` set, the key file is read here (an
+/// unusable one is an `InvalidInput` error); the binary checks it first, to exit 2, and calls
+/// [`serve_with_auth`].
+pub async fn serve(
+    config: Config,
+    on_listening: impl FnOnce(SocketAddr),
+) -> std::io::Result<DrainReport> {
+    let verifier = Verifier::from_config(&config.auth, std::path::Path::new("config"))
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+    serve_with_auth(config, verifier, on_listening).await
+}
+
+/// [`serve`] with the token verifier already built from `config.auth`
+/// ([`Verifier::from_config`]); `None`: no authentication.
 ///
 /// The HTTP stack is actix-web's, assembled here from actix-server and actix-http (as
 /// `HttpServer` does) so that every accepted socket is a [`LingeringStream`]: a close the
 /// server decides on reaches a peer that is still sending.
-pub async fn serve(
+pub async fn serve_with_auth(
     config: Config,
+    verifier: Option<Verifier>,
     on_listening: impl FnOnce(SocketAddr),
 ) -> std::io::Result<DrainReport> {
     let signals = Signals::install().map_err(std::io::Error::other)?;
@@ -384,7 +458,8 @@ pub async fn serve(
     let supervisor = Supervisor::with_broker(broker, events).start();
     let readiness = Readiness::new();
     let mut state = AppState::new(config.clone(), supervisor.clone(), readiness.clone())
-        .with_broker_status(broker_status);
+        .with_broker_status(broker_status)
+        .with_auth(verifier);
     state.max_connections = budget.max_connections;
 
     let listener = listen(&config.server.bind, BACKLOG)?;

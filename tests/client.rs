@@ -662,8 +662,8 @@ async fn a_server_that_stops_answering_is_noticed_by_the_idle_timeout() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Against a stand-in server (the binary has no token expiry to offer): the token hook, the
-// resume URL, dedupe over the wire, the epoch frame.
+// Against a stand-in server (frames the binary does not send on cue): the token hook, the
+// resume URL, dedupe over the wire, the epoch frame. tests/auth.rs has the real expiry.
 // ---------------------------------------------------------------------------------------
 
 type StandInSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;

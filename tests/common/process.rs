@@ -71,12 +71,15 @@ impl ServerProcess {
 
     fn start_command_on(config: &str, mut command: Command, bind: &str) -> ServerProcess {
         let path = temp_file("config.toml", config);
+        // `info` unless the test set RUST_LOG itself (e.g. `debug`, to search every line).
+        if !command.get_envs().any(|(name, _)| name == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
         let mut child = command
             .arg("--config")
             .arg(&path)
             .arg("--bind")
             .arg(bind)
-            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
