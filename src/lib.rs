@@ -23,7 +23,8 @@
 //!             HTTP upgrade (/ws?room=R&name=N, to resume also &since=S&epoch=E)
 //!                    │  checks: draining 503, broker unreachable 503, Origin 403,
 //!                    │  room/name/since/epoch 400, token 401/403 (auth.rs: sub → name,
-//!                    │  rooms; expiry.rs closes 3000 at exp), max_connections 503
+//!                    │  rooms; expiry.rs closes 3000 at exp), per address 429
+//!                    │  (client_address.rs), max_connections 503
 //!                    ▼
 //!  ┌──────────── Session actor (one per connection, on an actix-web worker) ────────────┐
 //!  │ transport.rs: bytes ⇄ frames    close.rs: CloseMachine (pure, no I/O)              │
