@@ -209,11 +209,14 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
     Ok(Outcome { report, ok })
 }
 
+/// A member's writer, shared by its reader (pongs, close replies) and the send loop.
+type SharedWriter = Rc<Mutex<WsWriter>>;
+
 /// One room's members joined on one or more servers, and the senders among them.
 pub struct Load {
     shared: Rc<Shared>,
     /// The senders' writers: member k (k < senders) is on server k % servers.
-    writers: Vec<Rc<Mutex<WsWriter>>>,
+    writers: Vec<SharedWriter>,
     stats: Rc<ConnectStats>,
     connected_all: bool,
 }
@@ -262,7 +265,7 @@ impl Load {
             ended_early: Cell::new(0),
             stopping: Cell::new(false),
         });
-        let writers: Rc<RefCell<Vec<Option<Rc<Mutex<WsWriter>>>>>> =
+        let writers: Rc<RefCell<Vec<Option<SharedWriter>>>> =
             Rc::new(RefCell::new(vec![None; senders]));
         let stats = Rc::new(ConnectStats::default());
         let servers = addrs.len().max(1);
