@@ -22,8 +22,8 @@ pub struct RedisProc {
     pub addr: SocketAddr,
 }
 
-/// `cmdstat_NAME:calls=N,...` lines of `INFO commandstats`: name → calls.
-pub type CommandStats = BTreeMap<String, u64>;
+/// `cmdstat_NAME:calls=N,usec=U,...` lines of `INFO commandstats`: name → (calls, µs spent).
+pub type CommandStats = BTreeMap<String, (u64, u64)>;
 
 impl RedisProc {
     /// Starts `binary` on a free port and waits (up to 5 s) until it answers.
@@ -133,42 +133,58 @@ fn parse_command_stats(text: &str) -> CommandStats {
     text.lines()
         .filter_map(|line| {
             let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
-            Some((name.to_string(), calls.trim().parse().ok()?))
+            let field = |key: &str| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            Some((
+                name.to_string(),
+                (field("calls=")?, field("usec=").unwrap_or(0)),
+            ))
         })
         .collect()
 }
 
-/// Calls between two snapshots per command, and per message (÷ `messages`); `info` (our
-/// own reads) and `ping` (the nodes' health checks, every 2 s, not per message) are
-/// listed but left out of the total per message.
+/// Calls and the µs Redis spent in them between two snapshots, per command and per
+/// message (÷ `messages`); `info` (our own reads) and `ping` (the nodes' health checks,
+/// every 2 s, not per message) are listed but left out of the totals. Commands a Lua script
+/// runs are counted under their own names as well as in the script's EVALSHA (whose µs
+/// include theirs).
 pub fn commands_json(before: &CommandStats, after: &CommandStats, messages: u64) -> Value {
     let mut per_command = serde_json::Map::new();
     let mut total = 0u64;
-    for (name, calls) in after {
-        let delta = calls.saturating_sub(before.get(name).copied().unwrap_or(0));
+    let per = |x: u64| {
+        if messages == 0 {
+            Value::Null
+        } else {
+            json!((x as f64 / messages as f64 * 1000.0).round() / 1000.0)
+        }
+    };
+    for (name, (calls, usec)) in after {
+        let (calls_before, usec_before) = before.get(name).copied().unwrap_or((0, 0));
+        let delta = calls.saturating_sub(calls_before);
+        let usec = usec.saturating_sub(usec_before);
         if delta == 0 {
             continue;
         }
         if name != "info" && name != "ping" {
             total += delta;
         }
-        let per_message = if messages == 0 {
-            Value::Null
-        } else {
-            json!((delta as f64 / messages as f64 * 1000.0).round() / 1000.0)
-        };
         per_command.insert(
             name.clone(),
-            json!({ "calls": delta, "per_message": per_message }),
+            json!({
+                "calls": delta,
+                "per_message": per(delta),
+                "usec": usec,
+                "usec_per_message": per(usec),
+            }),
         );
     }
     json!({
         "messages": messages,
         "calls_excluding_info_ping": total,
-        "per_message": if messages == 0 { Value::Null } else {
-            json!((total as f64 / messages as f64 * 1000.0).round() / 1000.0)
-        },
+        "per_message": per(total),
         "by_command": per_command,
     })
 }
@@ -181,14 +197,18 @@ mod tests {
     fn parses_commandstats() {
         let text = "# Commandstats\r\ncmdstat_evalsha:calls=3000,usec=1,usec_per_call=0.1,rejected_calls=0,failed_calls=0\r\ncmdstat_info:calls=2,usec=5\r\n";
         let stats = parse_command_stats(text);
-        assert_eq!(stats.get("evalsha"), Some(&3000));
-        assert_eq!(stats.get("info"), Some(&2));
+        assert_eq!(stats.get("evalsha"), Some(&(3000, 1)));
+        assert_eq!(stats.get("info"), Some(&(2, 5)));
         let body = b"$5\r\nhello\r\n";
         assert_eq!(bulk_string(body), Ok(Some("hello".into())));
         assert_eq!(bulk_string(b"$5\r\nhel"), Ok(None));
-        let before = CommandStats::from([("evalsha".into(), 10), ("info".into(), 1)]);
-        let after = CommandStats::from([("evalsha".into(), 30), ("info".into(), 2)]);
+        let before = CommandStats::from([("evalsha".into(), (10, 100)), ("info".into(), (1, 9))]);
+        let after = CommandStats::from([("evalsha".into(), (30, 500)), ("info".into(), (2, 19))]);
         let line = commands_json(&before, &after, 20);
         assert_eq!(line["per_message"], json!(1.0));
+        assert_eq!(
+            line["by_command"]["evalsha"]["usec_per_message"],
+            json!(20.0)
+        );
     }
 }
