@@ -7,7 +7,8 @@
 //! seq arrives once and none is missing across the reconnect. Reports clean closes, lost
 //! and duplicated messages, the reconnect times after SIGTERM as a histogram (500 ms
 //! buckets), and latency of live messages sent before the SIGTERM, during the spread, and
-//! after.
+//! after, and for each of these phases the CPU of both nodes and of Redis and Redis's
+//! commands per second (where the time goes during the restart).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ use tokio::time::Instant;
 use super::fanout::parse_message;
 use super::{hist_json, micros, ms, new_histogram, stop_json, welcome_json, Ctx, Outcome};
 use crate::client::{self, End, Frame, Read};
-use crate::redis_proc::RedisProc;
+use crate::redis_proc::{CommandStats, RedisProc};
 use crate::server_proc::{Override, ServerProc};
 
 #[derive(Debug, clap::Args)]
@@ -248,6 +249,60 @@ async fn client_task(
     }
 }
 
+/// CPU of node A, node B and Redis and Redis's command counters at one moment.
+struct Snapshot {
+    at: Instant,
+    a: Option<Duration>,
+    b: Option<Duration>,
+    redis: Option<Duration>,
+    commands: CommandStats,
+}
+
+async fn snapshot(a: &ServerProc, b: &ServerProc, redis: &RedisProc) -> Snapshot {
+    Snapshot {
+        at: Instant::now(),
+        a: a.cpu_time(),
+        b: b.cpu_time(),
+        redis: redis.cpu_time(),
+        commands: redis.command_stats().await.unwrap_or_default(),
+    }
+}
+
+/// Where the CPU went between two snapshots: each process's CPU in ms per second of the
+/// phase, and Redis's commands (calls and µs) per second.
+fn phase_json(name: &str, from: &Snapshot, to: &Snapshot) -> Value {
+    let secs = to.at.saturating_duration_since(from.at).as_secs_f64();
+    let per_s = |x: Option<Duration>, y: Option<Duration>| match (x, y) {
+        (Some(x), Some(y)) if secs > 0.0 => {
+            json!((y.saturating_sub(x).as_secs_f64() * 1000.0 / secs).round())
+        }
+        _ => Value::Null,
+    };
+    let mut commands = serde_json::Map::new();
+    for (cmd, (calls, usec)) in &to.commands {
+        let (c0, u0) = from.commands.get(cmd).copied().unwrap_or((0, 0));
+        if *calls > c0 && secs > 0.0 {
+            commands.insert(
+                cmd.clone(),
+                json!({
+                    "calls_per_s": ((calls - c0) as f64 / secs).round(),
+                    "usec_per_s": (usec.saturating_sub(u0) as f64 / secs).round(),
+                }),
+            );
+        }
+    }
+    json!({
+        "phase": name,
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "cpu_ms_per_s": {
+            "node_a": per_s(from.a, to.a),
+            "node_b": per_s(from.b, to.b),
+            "redis": per_s(from.redis, to.redis),
+        },
+        "redis_commands": commands,
+    })
+}
+
 pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
     ctx.check_nofile(args.clients);
     let mut redis = RedisProc::start(&args.redis_server).await?;
@@ -350,6 +405,8 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
         args.rate
     );
     let start = Instant::now();
+    let during_end = spread + Duration::from_secs(1);
+    let mut phases = vec![snapshot(&a, &b, &redis).await];
     let mut sigterm_at = None;
     let mut sent = 0u64;
     let mut a_exit = None;
@@ -358,6 +415,7 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
             shared.sigterm_ns.set(
                 u64::try_from(Instant::now().duration_since(shared.base).as_nanos()).unwrap_or(0),
             );
+            phases.push(snapshot(&a, &b, &redis).await);
             sigterm_at = Some(Instant::now());
             a.sigterm();
         }
@@ -370,12 +428,22 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
             break;
         }
         sent += 1;
+        if phases.len() == 2 && sigterm_at.is_some_and(|t| t.elapsed() >= during_end) {
+            phases.push(snapshot(&a, &b, &redis).await);
+        }
         if a_exit.is_none() {
             if let (Some(sig), Some(exit)) = (sigterm_at, a.wait_exit(Duration::ZERO).await) {
                 a_exit = Some((sig.elapsed(), exit));
             }
         }
     }
+    phases.push(snapshot(&a, &b, &redis).await);
+    let phase_names = ["before", "during", "after"];
+    let phases_json: Vec<Value> = phases
+        .windows(2)
+        .zip(phase_names)
+        .map(|(w, name)| phase_json(name, &w[0], &w[1]))
+        .collect();
     let wait = Instant::now() + Duration::from_secs(10);
     while sender_last.get() < sent && Instant::now() < wait {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -462,6 +530,7 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
         "node_a_drain_log": a.drain_line().await,
         "node_a_stop": a_stop,
         "node_b": stop_b,
+        "phases": phases_json,
     });
     Ok(Outcome { report, ok })
 }
