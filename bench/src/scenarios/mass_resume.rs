@@ -209,7 +209,8 @@ async fn one_broker(
     for (mut rd, mut wr) in conns.borrow_mut().drain(..) {
         leaving.push(tokio::task::spawn_local(async move {
             let _ = wr.close(Some(1000), b"bye").await;
-            while !matches!(rd.next().await, Read::End(_)) {}
+            let ended = async { while !matches!(rd.next().await, Read::End(_)) {} };
+            let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
         }));
     }
     for l in leaving {

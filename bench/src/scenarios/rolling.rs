@@ -64,6 +64,8 @@ struct Shared {
     /// How much later than its `reconnect_after_ms` each client had its welcome on B.
     reconnect_lag: RefCell<Histogram<u64>>,
     going_away_delays: RefCell<Vec<u64>>,
+    /// Clients that had their first welcome.
+    joined: Cell<usize>,
     received: Cell<u64>,
     lost: Cell<u64>,
     duplicates: Cell<u64>,
@@ -142,7 +144,10 @@ async fn client_task(
         // Replayed messages are not live: their latency is the time away.
         let mut replay = 0u64;
         match last {
-            None => last = Some(wseq),
+            None => {
+                last = Some(wseq);
+                shared.joined.set(shared.joined.get() + 1);
+            }
             Some(prev) => {
                 if let Some(t) = drained_at.take() {
                     let sig = shared.base + Duration::from_nanos(shared.sigterm_ns.get());
@@ -341,6 +346,7 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
         reconnect_at: RefCell::new(Vec::new()),
         reconnect_lag: RefCell::new(new_histogram()),
         going_away_delays: RefCell::new(Vec::new()),
+        joined: Cell::new(0),
         received: Cell::new(0),
         lost: Cell::new(0),
         duplicates: Cell::new(0),
@@ -396,8 +402,16 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
             }
         });
     }
-    // Wait for every client's first welcome: the room's seq is 0 until the first send.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every client's first welcome comes before the first send (bounded: 30 s).
+    let joining = Instant::now() + Duration::from_secs(30);
+    while shared.joined.get() < args.clients && Instant::now() < joining {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "rolling: {} of {} clients joined",
+        shared.joined.get(),
+        args.clients
+    );
     let total = ((args.before_secs + args.after_secs) * args.rate).round() as u64;
     let sigterm_after = (args.before_secs * args.rate).round() as u64;
     eprintln!(
@@ -493,6 +507,7 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
     };
     redis.kill().await;
     let ok = unfinished == 0
+        && shared.joined.get() == args.clients
         && sent == total
         && lost == 0
         && shared.duplicates.get() == 0
@@ -506,6 +521,7 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
         "complete": ok,
         "sent": sent,
         "final_seq": final_seq,
+        "clients_joined_before_first_send": shared.joined.get(),
         "clients_unfinished": unfinished,
         "deliveries": shared.received.get(),
         "drained_connections": drained,
