@@ -4,7 +4,8 @@
 //! moment the reconnects start: when each client has its welcome and its last message (the
 //! K-th), whether every replay was complete and in order, and the servers' (and Redis's) CPU
 //! over the reconnect. Runs on the local broker (one node) and then on Redis (two nodes,
-//! clients alternating, its own `redis-server`), unless told to run only one.
+//! clients alternating, its own `redis-server`; `--redis-nodes 1` for one), unless told to
+//! run only one.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -32,6 +33,9 @@ pub struct MassResumeArgs {
     /// Which brokers: local, redis or both.
     #[arg(long, default_value = "both")]
     pub broker: String,
+    /// Nodes on Redis (1 or 2; clients alternate between them).
+    #[arg(long, default_value_t = 2)]
+    pub redis_nodes: usize,
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: String,
@@ -160,7 +164,7 @@ async fn one_broker(
     }
     let mut servers =
         vec![ServerProc::start(&ctx.server, &o, "resume-a", Duration::from_secs(10)).await?];
-    if redis {
+    if redis && args.redis_nodes >= 2 {
         servers
             .push(ServerProc::start(&ctx.server, &o, "resume-b", Duration::from_secs(10)).await?);
     }
@@ -169,10 +173,10 @@ async fn one_broker(
     }
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let pids: Vec<i32> = servers.iter().map(|s| s.pid).collect();
-    let label = if redis {
-        "redis, 2 nodes"
-    } else {
-        "local, 1 node"
+    let label = match (redis, servers.len()) {
+        (false, _) => "local, 1 node",
+        (true, 1) => "redis, 1 node",
+        (true, _) => "redis, 2 nodes",
     };
     eprintln!("mass-resume ({label}): servers {addrs:?}");
 
