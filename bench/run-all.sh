@@ -37,5 +37,6 @@ one() {
 for i in 1 2 3; do one "cluster-fanout-1000-$i" cluster-fanout 1000 3000; done
 for i in 1 2 3; do one "cluster-fanout-100-$i" cluster-fanout 100 3000; done
 for i in 1 2 3; do one "mass-resume-$i" mass-resume 1000 100; done
+for i in 1 2 3; do one "mass-resume-1node-$i" mass-resume 1000 100 --broker redis --redis-nodes 1; done
 for i in 1 2 3; do one "rolling-$i" rolling 2000 200; done
 one rolling-history-1000 rolling 2000 200 --history-size 1000
