@@ -24,3 +24,19 @@ run hold-10000 hold 10000
 run drain-10000 drain 10000
 run drain-10000-deaf-100 drain 10000 --deaf 100
 run close-latency-100 --timeout-secs 300 close-latency 100
+
+# Across nodes, resume, rolling deploy (issue 13): no baseline (it has no broker, no resume);
+# each starts its own redis-server (needs `redis-server` on PATH) and prints one JSON line.
+one() {
+    local name=$1
+    shift
+    echo "== $name: loadgen $*" >&2
+    "$LG" --server "$W" "$@" 2>/dev/null | tee "$OUT/$name.jsonl" | head -c 300
+    echo
+}
+for i in 1 2 3; do one "cluster-fanout-1000-$i" cluster-fanout 1000 3000; done
+for i in 1 2 3; do one "cluster-fanout-100-$i" cluster-fanout 100 3000; done
+for i in 1 2 3; do one "mass-resume-$i" mass-resume 1000 100; done
+for i in 1 2 3; do one "mass-resume-1node-$i" mass-resume 1000 100 --broker redis --redis-nodes 1; done
+for i in 1 2 3; do one "rolling-$i" rolling 2000 200; done
+one rolling-history-1000 rolling 2000 200 --history-size 1000

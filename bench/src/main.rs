@@ -9,6 +9,7 @@
 
 mod client;
 mod compare;
+mod redis_proc;
 mod scenarios;
 mod server_proc;
 
@@ -22,7 +23,8 @@ use serde_json::json;
 use scenarios::{Ctx, Outcome};
 use server_proc::ServerOpts;
 
-/// Load generator for wsgrace: hold, fanout, drain and close-latency scenarios.
+/// Load generator for wsgrace: hold, fanout, drain, close-latency, cluster-fanout,
+/// mass-resume and rolling scenarios.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -60,6 +62,12 @@ enum Scenario {
     Drain(scenarios::drain::DrainArgs),
     /// M client-initiated close round trips; time to the close frame and to EOF.
     CloseLatency(scenarios::close_latency::CloseLatencyArgs),
+    /// `fanout` across two nodes on a Redis it starts, beside one node with the local broker.
+    ClusterFanout(scenarios::cluster_fanout::ClusterFanoutArgs),
+    /// N clients of a room leave, K messages are sent, all resume at once.
+    MassResume(scenarios::mass_resume::MassResumeArgs),
+    /// Two nodes on one Redis under steady load; node A drained; its clients resume on B.
+    Rolling(scenarios::rolling::RollingArgs),
 }
 
 impl Scenario {
@@ -69,6 +77,9 @@ impl Scenario {
             Scenario::Fanout(_) => "fanout",
             Scenario::Drain(_) => "drain",
             Scenario::CloseLatency(_) => "close-latency",
+            Scenario::ClusterFanout(_) => "cluster-fanout",
+            Scenario::MassResume(_) => "mass-resume",
+            Scenario::Rolling(_) => "rolling",
         }
     }
 }
@@ -157,6 +168,9 @@ fn run_once(
             Scenario::Fanout(args) => scenarios::fanout::run(&ctx, args).await,
             Scenario::Drain(args) => scenarios::drain::run(&ctx, args).await,
             Scenario::CloseLatency(args) => scenarios::close_latency::run(&ctx, args).await,
+            Scenario::ClusterFanout(args) => scenarios::cluster_fanout::run(&ctx, args).await,
+            Scenario::MassResume(args) => scenarios::mass_resume::run(&ctx, args).await,
+            Scenario::Rolling(args) => scenarios::rolling::run(&ctx, args).await,
         }
     });
     // Client tasks still alive are dropped with the LocalSet; nothing waits on them.

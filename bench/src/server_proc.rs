@@ -167,6 +167,31 @@ impl ServerProc {
         })
     }
 
+    /// Waits (up to `limit`) until `GET /readyz` answers 200: a node on a Redis broker
+    /// prints `listening on` before it has reached Redis, and refuses upgrades until then.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let probe = async {
+                let mut conn = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+                conn.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut head = [0u8; 12];
+                conn.read_exact(&mut head).await.ok()?;
+                Some(head.ends_with(b"200"))
+            };
+            if let Ok(Some(true)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(format!("{} not ready within {limit:?}", self.addr));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Resident set size in bytes, from /proc/PID/status (VmRSS).
     pub fn rss_bytes(&self) -> Option<u64> {
         rss_of(self.pid)

@@ -11,7 +11,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
@@ -88,7 +89,7 @@ fn digits(bytes: &[u8]) -> Option<u64> {
 }
 
 /// `(seq, t)` of a chat message, `None` for other types or unparsable text.
-fn parse_message(payload: &[u8]) -> Option<Option<(u64, u64)>> {
+pub(crate) fn parse_message(payload: &[u8]) -> Option<Option<(u64, u64)>> {
     const TYPE: &[u8] = br#"{"type":"message""#;
     if !payload.starts_with(TYPE) && find(payload, br#""type":"message""#).is_none() {
         return None;
@@ -183,183 +184,273 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
     let mut server =
         ServerProc::start(&ctx.server, &overrides, "fanout", Duration::from_secs(10)).await?;
     eprintln!("fanout: server pid {} on {}", server.pid, server.addr);
-    let shared = Rc::new(Shared {
-        n: args.n,
-        base: Instant::now(),
-        reached: (0..args.m).map(|_| Cell::new(0)).collect(),
-        slowest: Cell::new(0),
-        window_open: Notify::new(),
-        received: Cell::new(0),
-        expected: (args.n * args.m) as u64,
-        all_received: Notify::new(),
-        last_delivery: Cell::new(None),
-        latency: RefCell::new(new_histogram()),
-        out_of_order: Cell::new(0),
-        gaps: Cell::new(0),
-        regressions: Cell::new(0),
-        unparsed: Cell::new(0),
-        other_types: Cell::new(0),
-        early_closes: RefCell::new(BTreeMap::new()),
-        ended_early: Cell::new(0),
-        stopping: Cell::new(false),
-    });
-    let sender: Rc<RefCell<Option<Rc<Mutex<WsWriter>>>>> = Rc::new(RefCell::new(None));
-    let on_connected = {
-        let (shared, sender) = (shared.clone(), sender.clone());
-        Rc::new(move |i: usize, rd, wr| {
-            let wr = Rc::new(Mutex::new(wr));
-            if i == 0 {
-                *sender.borrow_mut() = Some(wr.clone());
-            }
-            tokio::task::spawn_local(receiver(rd, wr, shared.clone()));
-        })
-    };
-    let stats = Rc::new(ConnectStats::default());
-    let connecting = connect_many(
-        server.addr,
-        args.n,
-        args.concurrency,
-        Rc::new(Vec::new()),
-        Rc::new(|i| format!("/ws?room=fanout&name=m{i}")),
-        on_connected,
-        stats.clone(),
-    );
-    let connected_all = tokio::time::timeout_at(ctx.deadline, connecting)
-        .await
-        .is_ok()
-        && stats.connected.get() == args.n;
-    let writer = sender.borrow_mut().take();
-    let mut sent: u64 = 0;
-    let mut send_error = None;
-    let mut first_send = None;
+    let load = Load::join(ctx, &[server.addr], args, "fanout", 1).await;
     let cpu_before = server.cpu_time();
-    let mut last_send = None;
-    let mut timed_out = !connected_all;
-    if let (true, Some(writer)) = (connected_all, writer) {
-        eprintln!(
-            "fanout: {} members joined; sending {} messages",
-            args.n, args.m
-        );
-        let mut text = Vec::with_capacity(32);
-        let start = Instant::now();
-        first_send = Some(start);
-        'send: for i in 0..args.m as u64 {
-            while sent - shared.slowest.get() >= args.window {
-                if shared.ended_early.get() > 0 {
-                    break 'send;
-                }
-                let wait = shared.window_open.notified();
-                if tokio::time::timeout_at(ctx.deadline, wait).await.is_err() {
-                    timed_out = true;
-                    break 'send;
-                }
-            }
-            if args.rate > 0.0 {
-                let at = start + Duration::from_secs_f64(i as f64 / args.rate);
-                tokio::time::sleep_until(at.min(ctx.deadline)).await;
-            }
-            text.clear();
-            let now = Instant::now();
-            let _ = write!(text, "t={}", now.duration_since(shared.base).as_nanos());
-            if let Err(e) = writer.lock().await.text(&text).await {
-                send_error = Some(e.to_string());
-                break;
-            }
-            sent += 1;
-            last_send = Some(now);
-            if now >= ctx.deadline {
-                timed_out = true;
-                break;
-            }
-        }
-        if !timed_out {
-            let limit = (Instant::now() + Duration::from_millis(args.wait_ms)).min(ctx.deadline);
-            while shared.received.get() < sent * args.n as u64 && shared.ended_early.get() == 0 {
-                let wait = shared.all_received.notified();
-                if tokio::time::timeout_at(limit, wait).await.is_err() {
-                    break;
-                }
-            }
-        }
-    } else {
-        eprintln!(
-            "fanout: only {} of {} members joined",
-            stats.connected.get(),
-            args.n
-        );
-    }
-    shared.stopping.set(true);
-    let received = shared.received.get();
-    let expected = sent * args.n as u64;
-    let duration = match (first_send, shared.last_delivery.get()) {
-        (Some(f), Some(l)) => l.saturating_duration_since(f),
-        _ => Duration::ZERO,
-    };
-    let send_duration = match (first_send, last_send) {
-        (Some(f), Some(l)) => l.saturating_duration_since(f),
-        _ => Duration::ZERO,
-    };
-    let rate = |count: u64, d: Duration| {
-        if d.is_zero() {
-            0.0
-        } else {
-            (count as f64 / d.as_secs_f64()).round()
-        }
-    };
+    let result = load.send(ctx, args).await;
     let rss = server.rss_bytes();
     // Server CPU per delivery: a cost that does not depend on how busy the machine is.
     let server_cpu = match (cpu_before, server.cpu_time()) {
         (Some(before), Some(after)) => after.saturating_sub(before),
         _ => Duration::ZERO,
     };
-    let cpu_ns_per_delivery = if received == 0 {
-        0.0
-    } else {
-        (server_cpu.as_nanos() as f64 / received as f64).round()
-    };
-    eprintln!("fanout: {received}/{expected} delivered; stopping the server");
-    let lost = expected.saturating_sub(received);
-    let member_lost = shared.ended_early.get() > 0;
-    let ok =
-        !timed_out && !member_lost && send_error.is_none() && sent == args.m as u64 && lost == 0;
+    eprintln!(
+        "fanout: {}/{} delivered; stopping the server",
+        result.received, result.expected
+    );
     // Everything is read before the stop: deliveries during the drain are not the run's.
-    let mut report = json!({
-        "scenario": "fanout",
-        "n": args.n,
-        "m": args.m,
-        "window": args.window,
-        "rate_limit": args.rate,
-        "complete": ok,
-        "timed_out": timed_out,
-        "stopped_early_member_lost": member_lost,
-        "connect": stats.json(),
-        "sent": sent,
-        "send_error": send_error,
-        "expected": expected,
-        "received": received,
-        "lost": lost,
-        "out_of_order": shared.out_of_order.get(),
-        "seq_gaps": shared.gaps.get(),
-        "seq_regressions": shared.regressions.get(),
-        "unparsed": shared.unparsed.get(),
-        "other_types": shared.other_types.get(),
-        "early_closes": *shared.early_closes.borrow(),
-        "ended_early": shared.ended_early.get(),
-        "duration_ms": ms(duration),
-        "send_duration_ms": ms(send_duration),
-        "sends_per_s": rate(sent, send_duration),
-        "deliveries_per_s": rate(received, duration),
-        "latency": hist_json(&shared.latency.borrow()),
-        "server_rss_bytes": rss,
-        "server_cpu_ms": ms(server_cpu),
-        "server_cpu_ns_per_delivery": cpu_ns_per_delivery,
-        "loadgen_rss_bytes": own_rss(),
-    });
+    let mut report = load.report(args, &result, server_cpu);
+    let ok = result.ok;
     let stop = stop_json(&mut server, Duration::from_secs(15)).await;
     if let Some(obj) = report.as_object_mut() {
+        obj.insert("scenario".into(), json!("fanout"));
+        obj.insert("server_rss_bytes".into(), json!(rss));
         obj.insert("server".into(), stop);
     }
     Ok(Outcome { report, ok })
+}
+
+/// A member's writer, shared by its reader (pongs, close replies) and the send loop.
+type SharedWriter = Rc<Mutex<WsWriter>>;
+
+/// One room's members joined on one or more servers, and the senders among them.
+pub struct Load {
+    shared: Rc<Shared>,
+    /// The senders' writers: member k (k < senders) is on server k % servers.
+    writers: Vec<SharedWriter>,
+    stats: Rc<ConnectStats>,
+    connected_all: bool,
+}
+
+/// What a `Load::send` did.
+pub struct SendResult {
+    pub sent: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub ok: bool,
+    timed_out: bool,
+    member_lost: bool,
+    send_error: Option<String>,
+    duration: Duration,
+    send_duration: Duration,
+}
+
+impl Load {
+    /// Joins `args.n` members to `room`, member i on `addrs[i % addrs.len()]`; members
+    /// `0..senders` are the senders (so with two servers and two senders, one on each).
+    pub async fn join(
+        ctx: &Ctx,
+        addrs: &[SocketAddr],
+        args: &FanoutArgs,
+        room: &str,
+        senders: usize,
+    ) -> Load {
+        let shared = Rc::new(Shared {
+            n: args.n,
+            base: Instant::now(),
+            reached: (0..args.m).map(|_| Cell::new(0)).collect(),
+            slowest: Cell::new(0),
+            window_open: Notify::new(),
+            received: Cell::new(0),
+            expected: (args.n * args.m) as u64,
+            all_received: Notify::new(),
+            last_delivery: Cell::new(None),
+            latency: RefCell::new(new_histogram()),
+            out_of_order: Cell::new(0),
+            gaps: Cell::new(0),
+            regressions: Cell::new(0),
+            unparsed: Cell::new(0),
+            other_types: Cell::new(0),
+            early_closes: RefCell::new(BTreeMap::new()),
+            ended_early: Cell::new(0),
+            stopping: Cell::new(false),
+        });
+        let writers: Rc<RefCell<Vec<Option<SharedWriter>>>> =
+            Rc::new(RefCell::new(vec![None; senders]));
+        let stats = Rc::new(ConnectStats::default());
+        let servers = addrs.len().max(1);
+        let mut connected_all = true;
+        for (k, addr) in addrs.iter().enumerate() {
+            // Members k, k + servers, k + 2·servers, ... go to server k.
+            let count = (args.n + servers - 1 - k) / servers;
+            let global = move |i: usize| k + i * servers;
+            let on_connected = {
+                let (shared, writers) = (shared.clone(), writers.clone());
+                Rc::new(move |i: usize, rd, wr| {
+                    let wr = Rc::new(Mutex::new(wr));
+                    if let Some(slot) = writers.borrow_mut().get_mut(global(i)) {
+                        *slot = Some(wr.clone());
+                    }
+                    tokio::task::spawn_local(receiver(rd, wr, shared.clone()));
+                })
+            };
+            let room = room.to_string();
+            let connecting = connect_many(
+                *addr,
+                count,
+                args.concurrency,
+                Rc::new(Vec::new()),
+                Rc::new(move |i| format!("/ws?room={room}&name=m{}", global(i))),
+                on_connected,
+                stats.clone(),
+            );
+            connected_all &= tokio::time::timeout_at(ctx.deadline, connecting)
+                .await
+                .is_ok();
+        }
+        connected_all &= stats.connected.get() == args.n;
+        let writers: Vec<_> = writers.borrow_mut().drain(..).flatten().collect();
+        connected_all &= writers.len() == senders;
+        Load {
+            shared,
+            writers,
+            stats,
+            connected_all,
+        }
+    }
+
+    /// Sends `args.m` messages, round robin over the senders, within the window, then
+    /// waits for the deliveries (up to `args.wait_ms`).
+    pub async fn send(&self, ctx: &Ctx, args: &FanoutArgs) -> SendResult {
+        let shared = &self.shared;
+        let mut sent: u64 = 0;
+        let mut send_error = None;
+        let mut first_send = None;
+        let mut last_send = None;
+        let mut timed_out = !self.connected_all;
+        if self.connected_all && !self.writers.is_empty() {
+            eprintln!(
+                "fanout: {} members joined; sending {} messages from {} sender(s)",
+                args.n,
+                args.m,
+                self.writers.len()
+            );
+            let mut text = Vec::with_capacity(32);
+            let start = Instant::now();
+            first_send = Some(start);
+            'send: for i in 0..args.m as u64 {
+                while sent - shared.slowest.get() >= args.window {
+                    if shared.ended_early.get() > 0 {
+                        break 'send;
+                    }
+                    let wait = shared.window_open.notified();
+                    if tokio::time::timeout_at(ctx.deadline, wait).await.is_err() {
+                        timed_out = true;
+                        break 'send;
+                    }
+                }
+                if args.rate > 0.0 {
+                    let at = start + Duration::from_secs_f64(i as f64 / args.rate);
+                    tokio::time::sleep_until(at.min(ctx.deadline)).await;
+                }
+                text.clear();
+                let now = Instant::now();
+                let _ = write!(text, "t={}", now.duration_since(shared.base).as_nanos());
+                let writer = &self.writers[i as usize % self.writers.len()];
+                if let Err(e) = writer.lock().await.text(&text).await {
+                    send_error = Some(e.to_string());
+                    break;
+                }
+                sent += 1;
+                last_send = Some(now);
+                if now >= ctx.deadline {
+                    timed_out = true;
+                    break;
+                }
+            }
+            if !timed_out {
+                let limit =
+                    (Instant::now() + Duration::from_millis(args.wait_ms)).min(ctx.deadline);
+                while shared.received.get() < sent * args.n as u64 && shared.ended_early.get() == 0
+                {
+                    let wait = shared.all_received.notified();
+                    if tokio::time::timeout_at(limit, wait).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            eprintln!(
+                "fanout: only {} of {} members joined",
+                self.stats.connected.get(),
+                args.n
+            );
+        }
+        shared.stopping.set(true);
+        let received = shared.received.get();
+        let expected = sent * args.n as u64;
+        let lost = expected.saturating_sub(received);
+        let member_lost = shared.ended_early.get() > 0;
+        let ok = !timed_out
+            && !member_lost
+            && send_error.is_none()
+            && sent == args.m as u64
+            && lost == 0;
+        let span = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a),
+            _ => Duration::ZERO,
+        };
+        SendResult {
+            sent,
+            expected,
+            received,
+            lost,
+            ok,
+            timed_out,
+            member_lost,
+            send_error,
+            duration: span(first_send, shared.last_delivery.get()),
+            send_duration: span(first_send, last_send),
+        }
+    }
+
+    /// The report's common part; `server_cpu` is the servers' CPU time over the send.
+    pub fn report(&self, args: &FanoutArgs, r: &SendResult, server_cpu: Duration) -> Value {
+        let shared = &self.shared;
+        let rate = |count: u64, d: Duration| {
+            if d.is_zero() {
+                0.0
+            } else {
+                (count as f64 / d.as_secs_f64()).round()
+            }
+        };
+        let cpu_ns_per_delivery = if r.received == 0 {
+            0.0
+        } else {
+            (server_cpu.as_nanos() as f64 / r.received as f64).round()
+        };
+        json!({
+            "n": args.n,
+            "m": args.m,
+            "window": args.window,
+            "rate_limit": args.rate,
+            "senders": self.writers.len(),
+            "complete": r.ok,
+            "timed_out": r.timed_out,
+            "stopped_early_member_lost": r.member_lost,
+            "connect": self.stats.json(),
+            "sent": r.sent,
+            "send_error": r.send_error,
+            "expected": r.expected,
+            "received": r.received,
+            "lost": r.lost,
+            "out_of_order": shared.out_of_order.get(),
+            "seq_gaps": shared.gaps.get(),
+            "seq_regressions": shared.regressions.get(),
+            "unparsed": shared.unparsed.get(),
+            "other_types": shared.other_types.get(),
+            "early_closes": *shared.early_closes.borrow(),
+            "ended_early": shared.ended_early.get(),
+            "duration_ms": ms(r.duration),
+            "send_duration_ms": ms(r.send_duration),
+            "sends_per_s": rate(r.sent, r.send_duration),
+            "deliveries_per_s": rate(r.received, r.duration),
+            "latency": hist_json(&shared.latency.borrow()),
+            "server_cpu_ms": ms(server_cpu),
+            "server_cpu_ns_per_delivery": cpu_ns_per_delivery,
+            "loadgen_rss_bytes": own_rss(),
+        })
+    }
 }
 
 #[cfg(test)]

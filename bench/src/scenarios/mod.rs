@@ -4,9 +4,12 @@
 //! turning histograms into JSON. Scenario-specific measuring lives in the sibling files.
 
 pub mod close_latency;
+pub mod cluster_fanout;
 pub mod drain;
 pub mod fanout;
 pub mod hold;
+pub mod mass_resume;
+pub mod rolling;
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -288,4 +291,43 @@ pub async fn stop_json(server: &mut ServerProc, grace: Duration) -> Value {
 /// Our own RSS, to show what the generator costs.
 pub fn own_rss() -> Option<u64> {
     crate::server_proc::rss_of(i32::try_from(std::process::id()).ok()?)
+}
+
+/// Reads until the first data message (the welcome), answering pings, and parses it.
+pub async fn welcome_json(rd: &mut WsReader, wr: &mut WsWriter) -> std::io::Result<Value> {
+    loop {
+        match rd.next().await {
+            Read::Frame(Frame::Message { payload }) => {
+                return serde_json::from_slice(payload)
+                    .map_err(|e| std::io::Error::other(format!("welcome is not JSON: {e}")))
+            }
+            Read::Frame(Frame::Ping(p)) => wr.pong(p).await?,
+            Read::Frame(Frame::Pong) => {}
+            Read::Frame(Frame::Close { code, .. }) => {
+                return Err(std::io::Error::other(format!(
+                    "closed before the welcome: {code:?}"
+                )))
+            }
+            Read::End(end) => {
+                return Err(std::io::Error::other(format!(
+                    "connection ended before the welcome: {end:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// The sum of the CPU time of `pids` so far (None if any cannot be read).
+pub fn cpu_sum(pids: &[i32]) -> Option<Duration> {
+    pids.iter()
+        .map(|p| crate::server_proc::cpu_time_of(*p))
+        .sum()
+}
+
+/// `b - a` of two `cpu_sum` readings, zero when either is missing.
+pub fn cpu_delta(a: Option<Duration>, b: Option<Duration>) -> Duration {
+    match (a, b) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => Duration::ZERO,
+    }
 }

@@ -1,0 +1,175 @@
+//! `cluster-fanout N M`: the `fanout` load across two nodes on one Redis, and beside it, in
+//! the same run, the same load on one node with the local broker. Starts its own
+//! `redis-server` (free port, no persistence, killed at the end). Members alternate between
+//! the two nodes; two senders (member 0 on node A, member 1 on node B) send the M messages
+//! round robin. Reports each side's deliveries/s, latency, losses and order, the servers'
+//! CPU per delivery summed over the nodes, Redis's CPU, Redis commands per message
+//! (`INFO commandstats` before/after the send), and the ratios cross-node / single node.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::fanout::{FanoutArgs, Load};
+use super::{cpu_delta, cpu_sum, ms, stop_json, Ctx, Outcome};
+use crate::redis_proc::{commands_json, RedisProc};
+use crate::server_proc::{Override, ServerProc};
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterFanoutArgs {
+    #[command(flatten)]
+    pub load: FanoutArgs,
+    /// The redis-server binary.
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: String,
+    /// Skip the single-node run.
+    #[arg(long)]
+    pub no_single: bool,
+}
+
+fn overrides(args: &FanoutArgs, redis_url: Option<&str>) -> Vec<Override> {
+    let mut o: Vec<Override> = vec![
+        ("server", "max_connections", super::max_connections(args.n)),
+        (
+            "session",
+            "outbound_queue",
+            toml::Value::Integer(args.outbound_queue),
+        ),
+    ];
+    if let Some(url) = redis_url {
+        o.push(("broker", "kind", toml::Value::String("redis".into())));
+        o.push(("broker", "redis_url", toml::Value::String(url.into())));
+    }
+    o
+}
+
+async fn cross_node(
+    ctx: &Ctx,
+    args: &FanoutArgs,
+    redis_bin: &str,
+) -> Result<(bool, Value), String> {
+    let mut redis = RedisProc::start(redis_bin).await?;
+    let url = redis.url();
+    let o = overrides(args, Some(&url));
+    let mut a = ServerProc::start(&ctx.server, &o, "cluster-a", Duration::from_secs(10)).await?;
+    let mut b = ServerProc::start(&ctx.server, &o, "cluster-b", Duration::from_secs(10)).await?;
+    a.wait_ready(Duration::from_secs(10)).await?;
+    b.wait_ready(Duration::from_secs(10)).await?;
+    eprintln!(
+        "cluster-fanout: redis pid {} on {}, node A pid {} on {}, node B pid {} on {}",
+        redis.pid, redis.addr, a.pid, a.addr, b.pid, b.addr
+    );
+    let load = Load::join(ctx, &[a.addr, b.addr], args, "fanout", 2).await;
+    let pids = [a.pid, b.pid];
+    let stats_before = redis.command_stats().await.unwrap_or_default();
+    let (cpu_before, redis_before) = (cpu_sum(&pids), redis.cpu_time());
+    let result = load.send(ctx, args).await;
+    let (cpu_after, redis_after) = (cpu_sum(&pids), redis.cpu_time());
+    let stats_after = redis.command_stats().await.unwrap_or_default();
+    let per_node = [
+        ("a", a.cpu_time(), a.rss_bytes()),
+        ("b", b.cpu_time(), b.rss_bytes()),
+    ];
+    let server_cpu = cpu_delta(cpu_before, cpu_after);
+    let redis_cpu = cpu_delta(redis_before, redis_after);
+    let mut report = load.report(args, &result, server_cpu);
+    let stop_a = stop_json(&mut a, Duration::from_secs(15)).await;
+    let stop_b = stop_json(&mut b, Duration::from_secs(15)).await;
+    redis.kill().await;
+    let per_message = |d: Duration| {
+        if result.sent == 0 {
+            0.0
+        } else {
+            (d.as_nanos() as f64 / result.sent as f64).round()
+        }
+    };
+    if let Some(obj) = report.as_object_mut() {
+        obj.insert("broker".into(), json!("redis, 2 nodes"));
+        obj.insert("redis_cpu_ms".into(), json!(ms(redis_cpu)));
+        obj.insert(
+            "redis_cpu_ns_per_message".into(),
+            json!(per_message(redis_cpu)),
+        );
+        obj.insert(
+            "server_cpu_ns_per_message".into(),
+            json!(per_message(server_cpu)),
+        );
+        obj.insert(
+            "redis_commands".into(),
+            commands_json(&stats_before, &stats_after, result.sent),
+        );
+        obj.insert(
+            "nodes".into(),
+            json!(per_node
+                .iter()
+                .map(|(name, cpu, rss)| json!({
+                    "node": name,
+                    "cpu_total_ms": cpu.map(ms),
+                    "rss_bytes": rss,
+                }))
+                .collect::<Vec<_>>()),
+        );
+        obj.insert("server".into(), json!({ "a": stop_a, "b": stop_b }));
+    }
+    Ok((result.ok, report))
+}
+
+async fn single_node(ctx: &Ctx, args: &FanoutArgs) -> Result<(bool, Value), String> {
+    let o = overrides(args, None);
+    let mut server = ServerProc::start(&ctx.server, &o, "single", Duration::from_secs(10)).await?;
+    eprintln!(
+        "cluster-fanout: single node pid {} on {}",
+        server.pid, server.addr
+    );
+    let load = Load::join(ctx, &[server.addr], args, "fanout", 2).await;
+    let cpu_before = server.cpu_time();
+    let result = load.send(ctx, args).await;
+    let server_cpu = cpu_delta(cpu_before, server.cpu_time());
+    let mut report = load.report(args, &result, server_cpu);
+    let stop = stop_json(&mut server, Duration::from_secs(15)).await;
+    if let Some(obj) = report.as_object_mut() {
+        obj.insert("broker".into(), json!("local, 1 node"));
+        obj.insert("server".into(), stop);
+    }
+    Ok((result.ok, report))
+}
+
+fn ratio(a: &Value, b: &Value, pointer: &str) -> Value {
+    match (
+        a.pointer(pointer).and_then(Value::as_f64),
+        b.pointer(pointer).and_then(Value::as_f64),
+    ) {
+        (Some(a), Some(b)) if b != 0.0 => json!((a / b * 1000.0).round() / 1000.0),
+        _ => Value::Null,
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: &ClusterFanoutArgs) -> Result<Outcome, String> {
+    if args.load.n < 2 {
+        return Err("cluster-fanout needs at least two members (a sender on each node)".into());
+    }
+    ctx.check_nofile(args.load.n);
+    let (cross_ok, cross) = cross_node(ctx, &args.load, &args.redis_server).await?;
+    let (single_ok, single) = if args.no_single {
+        (true, Value::Null)
+    } else {
+        single_node(ctx, &args.load).await?
+    };
+    let report = json!({
+        "scenario": "cluster-fanout",
+        "n": args.load.n,
+        "m": args.load.m,
+        "complete": cross_ok && single_ok,
+        "cross_over_single": {
+            "deliveries_per_s": ratio(&cross, &single, "/deliveries_per_s"),
+            "server_cpu_ns_per_delivery": ratio(&cross, &single, "/server_cpu_ns_per_delivery"),
+            "latency_p99_ms": ratio(&cross, &single, "/latency/p99_ms"),
+        },
+        "cross_node": cross,
+        "single_node": single,
+    });
+    Ok(Outcome {
+        report,
+        ok: cross_ok && single_ok,
+    })
+}
