@@ -7,18 +7,22 @@
 //! counts are not shared between cores) and offers it to each local member's [`Outbox`]: a
 //! queue push and an `Rc` clone, no allocation, no cross-thread traffic. A shard's mailbox is
 //! FIFO and the supervisor sends in `seq` order, so every member sees one order. It must not
-//! decide anything about closes: the outbox refuses what may not be sent.
+//! decide anything about closes: the outbox refuses what may not be sent. The drain's
+//! [`ShutDown`] goes the same way (one message per thread, then a local message to each
+//! session, which decides its close itself).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::{Actor, Addr, Context, Handler, Message};
 use bytestring::ByteString;
 use log::debug;
 
+use crate::close::CloseStatus;
 use crate::metrics::{metrics, DropReason};
-use crate::session::{local_outbox, Outbox, SessionId};
+use crate::session::{local_outbox, Outbox, SessionHandle, SessionId};
 use crate::transport::{encode_text, Refused};
 
 thread_local! {
@@ -128,6 +132,17 @@ pub struct Deliver {
     pub replayed: bool,
 }
 
+/// Tells sessions of this shard's thread to shut down ([`crate::session::Shutdown`]): the
+/// drain sends one of these per thread instead of one message per session across threads.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ShutDown {
+    /// The close status each session sends.
+    pub status: Option<CloseStatus>,
+    /// The sessions, each with the reconnect delay of its `going_away` (`None`: none sent).
+    pub sessions: Vec<(SessionHandle, Option<Duration>)>,
+}
+
 impl Handler<Admit> for Shard {
     type Result = ();
 
@@ -166,6 +181,20 @@ impl Handler<Remove> for Shard {
             members.remove(msg.id);
             if members.is_empty() {
                 self.rooms.remove(&msg.room);
+            }
+        }
+    }
+}
+
+impl Handler<ShutDown> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: ShutDown, _: &mut Self::Context) {
+        // Same thread: each message is a local queue push, no wake-up of another thread.
+        for (session, reconnect_after) in msg.sessions {
+            match reconnect_after {
+                Some(delay) => session.shutdown_going_away(msg.status.clone(), delay),
+                None => session.shutdown(msg.status.clone()),
             }
         }
     }

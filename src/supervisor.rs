@@ -41,7 +41,7 @@ use crate::broker::{
     ResumeRequest,
 };
 use crate::close::{CloseMode, CloseResult, CloseStatus, Initiator};
-use crate::fanout::{local_shard, Admit, Deliver, Remove, Shard};
+use crate::fanout::{local_shard, Admit, Deliver, Remove, Shard, ShutDown};
 use crate::metrics::{metrics, DropReason};
 use crate::resume::{Delivery, ResumeMerge};
 use crate::session::{SessionEnd, SessionHandle, SessionHandler, SessionId};
@@ -339,12 +339,25 @@ impl Supervisor {
         }
     }
 
+    /// Tells `ids` to shut down: one [`ShutDown`] per shard (thread), not one cross-thread
+    /// message per session.
     fn shut_down_batch(&self, ids: &[SessionId], status: &Option<CloseStatus>) {
         let spread = self.drain.as_ref().and_then(|drain| drain.reconnect_spread);
+        let mut per_shard: HashMap<&Addr<Shard>, Vec<(SessionHandle, Option<Duration>)>> =
+            HashMap::new();
         for id in ids {
             if let Some(member) = self.members.get(id) {
-                shut_down(&member.session, status, spread);
+                per_shard
+                    .entry(&member.shard)
+                    .or_default()
+                    .push((member.session.clone(), reconnect_delay(spread)));
             }
+        }
+        for (shard, sessions) in per_shard {
+            shard.do_send(ShutDown {
+                status: status.clone(),
+                sessions,
+            });
         }
     }
 
@@ -754,14 +767,18 @@ fn refuse(session: &SessionHandle, err: &BrokerError) {
     }
 }
 
+/// A `going_away` reconnect delay drawn uniformly from 0 to `spread` (`None`: no `going_away`).
+fn reconnect_delay(spread: Option<Duration>) -> Option<Duration> {
+    spread.map(|spread| {
+        let millis = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(fastrand::u64(0..=millis))
+    })
+}
+
 /// Tells one session to shut down, after a `going_away` with a delay drawn from `spread`.
 fn shut_down(session: &SessionHandle, status: &Option<CloseStatus>, spread: Option<Duration>) {
-    match spread {
-        Some(spread) => {
-            let millis = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
-            let delay = Duration::from_millis(fastrand::u64(0..=millis));
-            session.shutdown_going_away(status.clone(), delay);
-        }
+    match reconnect_delay(spread) {
+        Some(delay) => session.shutdown_going_away(status.clone(), delay),
         None => session.shutdown(status.clone()),
     }
 }
