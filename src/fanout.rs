@@ -110,14 +110,13 @@ pub struct Admit {
     pub replayed: bool,
 }
 
-/// Removes session `id` from `room`.
+/// Removes sessions from rooms: each `(room, id)` (the supervisor sends the sessions that
+/// left together, one message per thread).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct Remove {
-    /// The room.
-    pub room: Arc<str>,
-    /// The session.
-    pub id: SessionId,
+    /// The rooms and sessions.
+    pub members: Vec<(Arc<str>, SessionId)>,
 }
 
 /// Delivers one serialized room message to every local member of `room`.
@@ -177,10 +176,12 @@ impl Handler<Remove> for Shard {
     type Result = ();
 
     fn handle(&mut self, msg: Remove, _: &mut Self::Context) {
-        if let Some(members) = self.rooms.get_mut(&msg.room) {
-            members.remove(msg.id);
-            if members.is_empty() {
-                self.rooms.remove(&msg.room);
+        for (room, id) in msg.members {
+            if let Some(members) = self.rooms.get_mut(&room) {
+                members.remove(id);
+                if members.is_empty() {
+                    self.rooms.remove(&room);
+                }
             }
         }
     }
