@@ -13,6 +13,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ pub fn local_shard() -> Addr<Shard> {
 /// The fan-out actor of one worker thread.
 #[derive(Default)]
 pub struct Shard {
-    rooms: HashMap<Arc<str>, Members<Outbox>>,
+    rooms: HashMap<Arc<str>, Members<Rc<Outbox>>>,
 }
 
 /// A room's local members: a list to deliver along and an index for O(1) removal (a room of

@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +40,9 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     /// The outboxes of the sessions running on this thread, for [`local_outbox`].
-    static OUTBOXES: RefCell<HashMap<SessionId, Outbox>> = RefCell::new(HashMap::new());
+    /// Shared (`Rc`) with the shard that fans out to the session: one outbox per session,
+    /// not a copy with its own actor address (each `Addr` clone allocates).
+    static OUTBOXES: RefCell<HashMap<SessionId, Rc<Outbox>>> = RefCell::new(HashMap::new());
 }
 
 /// The direct way into a session's outbound queue, for code running on the session's own
@@ -84,7 +87,7 @@ impl Outbox {
 }
 
 /// The outbox of session `id` if it runs on the calling thread.
-pub fn local_outbox(id: SessionId) -> Option<Outbox> {
+pub fn local_outbox(id: SessionId) -> Option<Rc<Outbox>> {
     OUTBOXES.with(|outboxes| outboxes.borrow().get(&id).cloned())
 }
 
@@ -626,7 +629,7 @@ impl Actor for Session {
             limit: self.config.outbound_queue,
             session: ctx.address(),
         };
-        OUTBOXES.with(|outboxes| outboxes.borrow_mut().insert(self.id, outbox));
+        OUTBOXES.with(|outboxes| outboxes.borrow_mut().insert(self.id, Rc::new(outbox)));
         metrics().connections_open.inc();
         metrics().connections_total.inc();
         self.handler.on_start(&self.handle);

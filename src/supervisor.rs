@@ -166,7 +166,9 @@ struct Member {
     session: SessionHandle,
     room: Arc<str>,
     name: String,
-    shard: Addr<Shard>,
+    /// Shared by the members of one thread ([`Supervisor::intern_shard`]): an `Addr` clone
+    /// per member would allocate its own sender state.
+    shard: Arc<Addr<Shard>>,
     /// Until the session is enrolled in its room's fan-out: its own merge of the join
     /// snapshot and the live messages (see [`crate::resume`]).
     joining: Option<ResumeMerge>,
@@ -175,7 +177,7 @@ struct Member {
 #[derive(Default)]
 struct Room {
     /// Shards with enrolled members in the room, and how many each has.
-    shards: HashMap<Addr<Shard>, usize>,
+    shards: HashMap<Arc<Addr<Shard>>, usize>,
     /// Members not enrolled yet (waiting for their snapshot, or catching up with the live
     /// messages their snapshot was ahead of).
     joining: HashSet<SessionId>,
@@ -223,6 +225,8 @@ pub struct Supervisor {
     events: Option<BrokerEvents>,
     /// Scratch space for one message's deliveries (no allocation per message).
     out: Vec<Delivery>,
+    /// The shards of the members' threads, shared by their members.
+    shards: Vec<Arc<Addr<Shard>>>,
     /// Catch-ups started so far.
     catch_ups: u64,
     /// Messages handed to the Redis broker and not answered yet.
@@ -319,9 +323,22 @@ impl Supervisor {
             broker,
             events,
             out: Vec::new(),
+            shards: Vec::new(),
             catch_ups: 0,
             publishing: 0,
         }
+    }
+
+    /// The shared address of `shard` (one per worker thread); forgets shards nobody uses
+    /// any more (a worker thread that was replaced).
+    fn intern_shard(&mut self, shard: Addr<Shard>) -> Arc<Addr<Shard>> {
+        if let Some(known) = self.shards.iter().find(|known| ***known == shard) {
+            return known.clone();
+        }
+        self.shards.retain(|known| Arc::strong_count(known) > 1);
+        let shard = Arc::new(shard);
+        self.shards.push(shard.clone());
+        shard
     }
 
     /// Ends the drain if every session has left.
@@ -357,7 +374,7 @@ impl Supervisor {
         for id in ids {
             if let Some(member) = self.members.get(id) {
                 per_shard
-                    .entry(&member.shard)
+                    .entry(&*member.shard)
                     .or_default()
                     .push((member.session.clone(), reconnect_delay(spread)));
             }
@@ -843,6 +860,7 @@ impl Handler<Join> for Supervisor {
             Some((name, _)) => name.clone(),
             None => Arc::from(msg.room.as_str()),
         };
+        let shard = self.intern_shard(msg.shard);
         let room = self.rooms.entry(room_name.clone()).or_default();
         room.members += 1;
         room.joining.insert(id);
@@ -852,7 +870,7 @@ impl Handler<Join> for Supervisor {
                 session: msg.session,
                 room: room_name.clone(),
                 name: msg.name,
-                shard: msg.shard,
+                shard,
                 joining: Some(ResumeMerge::new(MAX_JOIN_BUFFER)),
             },
         );
@@ -882,7 +900,7 @@ impl Handler<Join> for Supervisor {
 }
 
 /// Per shard, the `(room, id)` of members that left and must be removed from its fan-out.
-type Removals = HashMap<Addr<Shard>, Vec<(Arc<str>, SessionId)>>;
+type Removals = HashMap<Arc<Addr<Shard>>, Vec<(Arc<str>, SessionId)>>;
 
 impl Supervisor {
     /// Forgets a session that ended; its shard's removal is added to `removals`.
@@ -1098,7 +1116,7 @@ impl SessionHandler for ChatHandler {
             .unwrap_or_else(|| format!("guest-{}", session.id()));
         self.supervisor.do_send(Join {
             session: session.clone(),
-            room: self.room.clone(),
+            room: std::mem::take(&mut self.room),
             name,
             shard: local_shard(),
             resume: self.resume.take(),
