@@ -23,7 +23,7 @@ use log::debug;
 
 use crate::close::CloseStatus;
 use crate::metrics::{metrics, DropReason};
-use crate::session::{local_outbox, Outbox, SessionHandle, SessionId};
+use crate::session::{local_outbox, Outbox, SessionId};
 use crate::transport::{encode_text, Refused};
 
 thread_local! {
@@ -134,13 +134,14 @@ pub struct Deliver {
 
 /// Tells sessions of this shard's thread to shut down ([`crate::session::Shutdown`]): the
 /// drain sends one of these per thread instead of one message per session across threads.
+/// Sessions that ended meanwhile are skipped.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct ShutDown {
     /// The close status each session sends.
     pub status: Option<CloseStatus>,
     /// The sessions, each with the reconnect delay of its `going_away` (`None`: none sent).
-    pub sessions: Vec<(SessionHandle, Option<Duration>)>,
+    pub sessions: Vec<(SessionId, Option<Duration>)>,
 }
 
 impl Handler<Admit> for Shard {
@@ -193,10 +194,9 @@ impl Handler<ShutDown> for Shard {
 
     fn handle(&mut self, msg: ShutDown, _: &mut Self::Context) {
         // Same thread: each message is a local queue push, no wake-up of another thread.
-        for (session, reconnect_after) in msg.sessions {
-            match reconnect_after {
-                Some(delay) => session.shutdown_going_away(msg.status.clone(), delay),
-                None => session.shutdown(msg.status.clone()),
+        for (id, reconnect_after) in msg.sessions {
+            if let Some(outbox) = local_outbox(id) {
+                outbox.shut_down(msg.status.clone(), reconnect_after);
             }
         }
     }

@@ -78,6 +78,15 @@ impl Outbox {
         self.queue.offer_encoded_replayed(frame)
     }
 
+    /// Tells the session to close for shutdown ([`Shutdown`]), from its own thread: the
+    /// drain's way in, with no actor address cloned and no other thread woken.
+    pub fn shut_down(&self, status: Option<CloseStatus>, reconnect_after: Option<Duration>) {
+        self.session.do_send(Shutdown {
+            status,
+            reconnect_after,
+        });
+    }
+
     fn report(&self, result: Result<(), Refused>) -> Result<(), Refused> {
         if let Err(Refused::Full { first: true }) = result {
             self.session.do_send(Overflowed);

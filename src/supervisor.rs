@@ -366,17 +366,17 @@ impl Supervisor {
     }
 
     /// Tells `ids` to shut down: one [`ShutDown`] per shard (thread), not one cross-thread
-    /// message per session.
+    /// message per session. The shard finds each session by its id (no address cloned).
     fn shut_down_batch(&self, ids: &[SessionId], status: &Option<CloseStatus>) {
         let spread = self.drain.as_ref().and_then(|drain| drain.reconnect_spread);
-        let mut per_shard: HashMap<&Addr<Shard>, Vec<(SessionHandle, Option<Duration>)>> =
+        let mut per_shard: HashMap<&Addr<Shard>, Vec<(SessionId, Option<Duration>)>> =
             HashMap::new();
         for id in ids {
             if let Some(member) = self.members.get(id) {
                 per_shard
                     .entry(&*member.shard)
                     .or_default()
-                    .push((member.session.clone(), reconnect_delay(spread)));
+                    .push((*id, reconnect_delay(spread)));
             }
         }
         for (shard, sessions) in per_shard {
