@@ -369,17 +369,13 @@ impl Supervisor {
     /// message per session. The shard finds each session by its id (no address cloned).
     fn shut_down_batch(&self, ids: &[SessionId], status: &Option<CloseStatus>) {
         let spread = self.drain.as_ref().and_then(|drain| drain.reconnect_spread);
-        let mut per_shard: HashMap<&Addr<Shard>, Vec<(SessionId, Option<Duration>)>> =
-            HashMap::new();
+        let mut per_shard = PerShard::default();
         for id in ids {
             if let Some(member) = self.members.get(id) {
-                per_shard
-                    .entry(&*member.shard)
-                    .or_default()
-                    .push((*id, reconnect_delay(spread)));
+                per_shard.add(&*member.shard, (*id, reconnect_delay(spread)));
             }
         }
-        for (shard, sessions) in per_shard {
+        for (shard, sessions) in per_shard.0 {
             shard.do_send(ShutDown {
                 status: status.clone(),
                 sessions,
@@ -899,8 +895,27 @@ impl Handler<Join> for Supervisor {
     }
 }
 
+/// Items grouped by shard. There is one shard per worker thread, so a list does; and an
+/// actor address is no hash key for clippy (interior mutability, though it hashes a pointer).
+struct PerShard<S, T>(Vec<(S, Vec<T>)>);
+
+impl<S, T> Default for PerShard<S, T> {
+    fn default() -> Self {
+        PerShard(Vec::new())
+    }
+}
+
+impl<S: PartialEq, T> PerShard<S, T> {
+    fn add(&mut self, shard: S, item: T) {
+        match self.0.iter_mut().find(|(known, _)| *known == shard) {
+            Some((_, items)) => items.push(item),
+            None => self.0.push((shard, vec![item])),
+        }
+    }
+}
+
 /// Per shard, the `(room, id)` of members that left and must be removed from its fan-out.
-type Removals = HashMap<Arc<Addr<Shard>>, Vec<(Arc<str>, SessionId)>>;
+type Removals = PerShard<Arc<Addr<Shard>>, (Arc<str>, SessionId)>;
 
 impl Supervisor {
     /// Forgets a session that ended; its shard's removal is added to `removals`.
@@ -922,10 +937,7 @@ impl Supervisor {
                         room.shards.remove(&member.shard);
                     }
                 }
-                removals
-                    .entry(member.shard)
-                    .or_default()
-                    .push((member.room.clone(), msg.id));
+                removals.add(member.shard, (member.room.clone(), msg.id));
             }
             if room.members == 0 {
                 self.rooms.remove(&member.room);
@@ -942,7 +954,7 @@ impl Supervisor {
 /// One [`Remove`] per shard: a drain that ends 10,000 sessions crosses threads once per
 /// batch of leaves, not once per session.
 fn send_removals(removals: Removals) {
-    for (shard, members) in removals {
+    for (shard, members) in removals.0 {
         shard.do_send(Remove { members });
     }
 }
@@ -951,7 +963,7 @@ impl Handler<Leave> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
-        let mut removals = Removals::new();
+        let mut removals = Removals::default();
         self.leave(msg, &mut removals);
         send_removals(removals);
         self.finish_drain_if_done(ctx);
@@ -962,7 +974,7 @@ impl Handler<LeaveBatch> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: LeaveBatch, ctx: &mut Self::Context) {
-        let mut removals = Removals::new();
+        let mut removals = Removals::default();
         for leave in msg.leaves {
             self.leave(leave, &mut removals);
         }
