@@ -7,16 +7,21 @@
 //! counts are not shared between cores) and offers it to each local member's [`Outbox`]: a
 //! queue push and an `Rc` clone, no allocation, no cross-thread traffic. A shard's mailbox is
 //! FIFO and the supervisor sends in `seq` order, so every member sees one order. It must not
-//! decide anything about closes: the outbox refuses what may not be sent.
+//! decide anything about closes: the outbox refuses what may not be sent. The drain's
+//! [`ShutDown`] goes the same way (one message per thread, then a local message to each
+//! session, which decides its close itself).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::{Actor, Addr, Context, Handler, Message};
 use bytestring::ByteString;
 use log::debug;
 
+use crate::close::CloseStatus;
 use crate::metrics::{metrics, DropReason};
 use crate::session::{local_outbox, Outbox, SessionId};
 use crate::transport::{encode_text, Refused};
@@ -39,7 +44,7 @@ pub fn local_shard() -> Addr<Shard> {
 /// The fan-out actor of one worker thread.
 #[derive(Default)]
 pub struct Shard {
-    rooms: HashMap<Arc<str>, Members<Outbox>>,
+    rooms: HashMap<Arc<str>, Members<Rc<Outbox>>>,
 }
 
 /// A room's local members: a list to deliver along and an index for O(1) removal (a room of
@@ -106,14 +111,13 @@ pub struct Admit {
     pub replayed: bool,
 }
 
-/// Removes session `id` from `room`.
+/// Removes sessions from rooms: each `(room, id)` (the supervisor sends the sessions that
+/// left together, one message per thread).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct Remove {
-    /// The room.
-    pub room: Arc<str>,
-    /// The session.
-    pub id: SessionId,
+    /// The rooms and sessions.
+    pub members: Vec<(Arc<str>, SessionId)>,
 }
 
 /// Delivers one serialized room message to every local member of `room`.
@@ -126,6 +130,18 @@ pub struct Deliver {
     pub text: ByteString,
     /// A missed message of a catch-up: not counted against `session.outbound_queue`.
     pub replayed: bool,
+}
+
+/// Tells sessions of this shard's thread to shut down ([`crate::session::Shutdown`]): the
+/// drain sends one of these per thread instead of one message per session across threads.
+/// Sessions that ended meanwhile are skipped.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ShutDown {
+    /// The close status each session sends.
+    pub status: Option<CloseStatus>,
+    /// The sessions, each with the reconnect delay of its `going_away` (`None`: none sent).
+    pub sessions: Vec<(SessionId, Option<Duration>)>,
 }
 
 impl Handler<Admit> for Shard {
@@ -162,10 +178,25 @@ impl Handler<Remove> for Shard {
     type Result = ();
 
     fn handle(&mut self, msg: Remove, _: &mut Self::Context) {
-        if let Some(members) = self.rooms.get_mut(&msg.room) {
-            members.remove(msg.id);
-            if members.is_empty() {
-                self.rooms.remove(&msg.room);
+        for (room, id) in msg.members {
+            if let Some(members) = self.rooms.get_mut(&room) {
+                members.remove(id);
+                if members.is_empty() {
+                    self.rooms.remove(&room);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<ShutDown> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: ShutDown, _: &mut Self::Context) {
+        // Same thread: each message is a local queue push, no wake-up of another thread.
+        for (id, reconnect_after) in msg.sessions {
+            if let Some(outbox) = local_outbox(id) {
+                outbox.shut_down(msg.status.clone(), reconnect_after);
             }
         }
     }

@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_rt::net::TcpStream;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::metrics::metrics;
 
@@ -210,12 +210,18 @@ impl Drop for LingerSlot {
 }
 
 /// Reads and discards until the peer's FIN or a bound, then drops (closes) `stream`.
-async fn linger(mut stream: TcpStream, bounds: LingerBounds, slot: LingerSlot) {
+async fn linger(stream: TcpStream, bounds: LingerBounds, slot: LingerSlot) {
     let discard = async {
-        let mut buf = [0u8; 16 * 1024];
         let mut read = 0u64;
         loop {
-            match stream.read(&mut buf).await {
+            if stream.readable().await.is_err() {
+                return LingerEnd::Failed;
+            }
+            // The buffer lives on the thread's stack, not in the task: a task holding it
+            // across the wait would cost every lingering connection 16 KiB of fresh heap (and
+            // a drain of 10,000 connections 160 MiB of page faults and zeroing).
+            let mut buf = [0u8; 16 * 1024];
+            match stream.try_read(&mut buf) {
                 Ok(0) => return LingerEnd::PeerClosed,
                 Ok(n) => {
                     read += n as u64;
@@ -223,6 +229,7 @@ async fn linger(mut stream: TcpStream, bounds: LingerBounds, slot: LingerSlot) {
                         return LingerEnd::TooMuch;
                     }
                 }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return LingerEnd::Failed,
             }
         }

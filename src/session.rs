@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +40,9 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     /// The outboxes of the sessions running on this thread, for [`local_outbox`].
-    static OUTBOXES: RefCell<HashMap<SessionId, Outbox>> = RefCell::new(HashMap::new());
+    /// Shared (`Rc`) with the shard that fans out to the session: one outbox per session,
+    /// not a copy with its own actor address (each `Addr` clone allocates).
+    static OUTBOXES: RefCell<HashMap<SessionId, Rc<Outbox>>> = RefCell::new(HashMap::new());
 }
 
 /// The direct way into a session's outbound queue, for code running on the session's own
@@ -75,6 +78,15 @@ impl Outbox {
         self.queue.offer_encoded_replayed(frame)
     }
 
+    /// Tells the session to close for shutdown ([`Shutdown`]), from its own thread: the
+    /// drain's way in, with no actor address cloned and no other thread woken.
+    pub fn shut_down(&self, status: Option<CloseStatus>, reconnect_after: Option<Duration>) {
+        self.session.do_send(Shutdown {
+            status,
+            reconnect_after,
+        });
+    }
+
     fn report(&self, result: Result<(), Refused>) -> Result<(), Refused> {
         if let Err(Refused::Full { first: true }) = result {
             self.session.do_send(Overflowed);
@@ -84,7 +96,7 @@ impl Outbox {
 }
 
 /// The outbox of session `id` if it runs on the calling thread.
-pub fn local_outbox(id: SessionId) -> Option<Outbox> {
+pub fn local_outbox(id: SessionId) -> Option<Rc<Outbox>> {
     OUTBOXES.with(|outboxes| outboxes.borrow().get(&id).cloned())
 }
 
@@ -626,7 +638,7 @@ impl Actor for Session {
             limit: self.config.outbound_queue,
             session: ctx.address(),
         };
-        OUTBOXES.with(|outboxes| outboxes.borrow_mut().insert(self.id, outbox));
+        OUTBOXES.with(|outboxes| outboxes.borrow_mut().insert(self.id, Rc::new(outbox)));
         metrics().connections_open.inc();
         metrics().connections_total.inc();
         self.handler.on_start(&self.handle);

@@ -20,6 +20,7 @@
 //!
 //! [`ChatHandler`] is the session handler that connects a session to its supervisor.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ use crate::broker::{
     ResumeRequest,
 };
 use crate::close::{CloseMode, CloseResult, CloseStatus, Initiator};
-use crate::fanout::{local_shard, Admit, Deliver, Remove, Shard};
+use crate::fanout::{local_shard, Admit, Deliver, Remove, Shard, ShutDown};
 use crate::metrics::{metrics, DropReason};
 use crate::resume::{Delivery, ResumeMerge};
 use crate::session::{SessionEnd, SessionHandle, SessionHandler, SessionId};
@@ -72,6 +73,14 @@ pub struct Leave {
     pub id: SessionId,
     /// How it ended.
     pub end: SessionEnd,
+}
+
+/// Sessions ended: [`Leave`] for each, sent together (see [`ChatHandler`]).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct LeaveBatch {
+    /// One per session, in the order they ended.
+    pub leaves: Vec<Leave>,
 }
 
 /// A chat message from session `from` to its room.
@@ -157,7 +166,9 @@ struct Member {
     session: SessionHandle,
     room: Arc<str>,
     name: String,
-    shard: Addr<Shard>,
+    /// Shared by the members of one thread ([`Supervisor::intern_shard`]): an `Addr` clone
+    /// per member would allocate its own sender state.
+    shard: Arc<Addr<Shard>>,
     /// Until the session is enrolled in its room's fan-out: its own merge of the join
     /// snapshot and the live messages (see [`crate::resume`]).
     joining: Option<ResumeMerge>,
@@ -166,7 +177,7 @@ struct Member {
 #[derive(Default)]
 struct Room {
     /// Shards with enrolled members in the room, and how many each has.
-    shards: HashMap<Addr<Shard>, usize>,
+    shards: HashMap<Arc<Addr<Shard>>, usize>,
     /// Members not enrolled yet (waiting for their snapshot, or catching up with the live
     /// messages their snapshot was ahead of).
     joining: HashSet<SessionId>,
@@ -214,6 +225,8 @@ pub struct Supervisor {
     events: Option<BrokerEvents>,
     /// Scratch space for one message's deliveries (no allocation per message).
     out: Vec<Delivery>,
+    /// The shards of the members' threads, shared by their members.
+    shards: Vec<Arc<Addr<Shard>>>,
     /// Catch-ups started so far.
     catch_ups: u64,
     /// Messages handed to the Redis broker and not answered yet.
@@ -310,9 +323,22 @@ impl Supervisor {
             broker,
             events,
             out: Vec::new(),
+            shards: Vec::new(),
             catch_ups: 0,
             publishing: 0,
         }
+    }
+
+    /// The shared address of `shard` (one per worker thread); forgets shards nobody uses
+    /// any more (a worker thread that was replaced).
+    fn intern_shard(&mut self, shard: Addr<Shard>) -> Arc<Addr<Shard>> {
+        if let Some(known) = self.shards.iter().find(|known| ***known == shard) {
+            return known.clone();
+        }
+        self.shards.retain(|known| Arc::strong_count(known) > 1);
+        let shard = Arc::new(shard);
+        self.shards.push(shard.clone());
+        shard
     }
 
     /// Ends the drain if every session has left.
@@ -339,12 +365,21 @@ impl Supervisor {
         }
     }
 
+    /// Tells `ids` to shut down: one [`ShutDown`] per shard (thread), not one cross-thread
+    /// message per session. The shard finds each session by its id (no address cloned).
     fn shut_down_batch(&self, ids: &[SessionId], status: &Option<CloseStatus>) {
         let spread = self.drain.as_ref().and_then(|drain| drain.reconnect_spread);
+        let mut per_shard = PerShard::default();
         for id in ids {
             if let Some(member) = self.members.get(id) {
-                shut_down(&member.session, status, spread);
+                per_shard.add(&*member.shard, (*id, reconnect_delay(spread)));
             }
+        }
+        for (shard, sessions) in per_shard.0 {
+            shard.do_send(ShutDown {
+                status: status.clone(),
+                sessions,
+            });
         }
     }
 
@@ -754,14 +789,18 @@ fn refuse(session: &SessionHandle, err: &BrokerError) {
     }
 }
 
+/// A `going_away` reconnect delay drawn uniformly from 0 to `spread` (`None`: no `going_away`).
+fn reconnect_delay(spread: Option<Duration>) -> Option<Duration> {
+    spread.map(|spread| {
+        let millis = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(fastrand::u64(0..=millis))
+    })
+}
+
 /// Tells one session to shut down, after a `going_away` with a delay drawn from `spread`.
 fn shut_down(session: &SessionHandle, status: &Option<CloseStatus>, spread: Option<Duration>) {
-    match spread {
-        Some(spread) => {
-            let millis = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
-            let delay = Duration::from_millis(fastrand::u64(0..=millis));
-            session.shutdown_going_away(status.clone(), delay);
-        }
+    match reconnect_delay(spread) {
+        Some(delay) => session.shutdown_going_away(status.clone(), delay),
         None => session.shutdown(status.clone()),
     }
 }
@@ -817,6 +856,7 @@ impl Handler<Join> for Supervisor {
             Some((name, _)) => name.clone(),
             None => Arc::from(msg.room.as_str()),
         };
+        let shard = self.intern_shard(msg.shard);
         let room = self.rooms.entry(room_name.clone()).or_default();
         room.members += 1;
         room.joining.insert(id);
@@ -826,7 +866,7 @@ impl Handler<Join> for Supervisor {
                 session: msg.session,
                 room: room_name.clone(),
                 name: msg.name,
-                shard: msg.shard,
+                shard,
                 joining: Some(ResumeMerge::new(MAX_JOIN_BUFFER)),
             },
         );
@@ -855,10 +895,31 @@ impl Handler<Join> for Supervisor {
     }
 }
 
-impl Handler<Leave> for Supervisor {
-    type Result = ();
+/// Items grouped by shard. There is one shard per worker thread, so a list does; and an
+/// actor address is no hash key for clippy (interior mutability, though it hashes a pointer).
+struct PerShard<S, T>(Vec<(S, Vec<T>)>);
 
-    fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
+impl<S, T> Default for PerShard<S, T> {
+    fn default() -> Self {
+        PerShard(Vec::new())
+    }
+}
+
+impl<S: PartialEq, T> PerShard<S, T> {
+    fn add(&mut self, shard: S, item: T) {
+        match self.0.iter_mut().find(|(known, _)| *known == shard) {
+            Some((_, items)) => items.push(item),
+            None => self.0.push((shard, vec![item])),
+        }
+    }
+}
+
+/// Per shard, the `(room, id)` of members that left and must be removed from its fan-out.
+type Removals = PerShard<Arc<Addr<Shard>>, (Arc<str>, SessionId)>;
+
+impl Supervisor {
+    /// Forgets a session that ended; its shard's removal is added to `removals`.
+    fn leave(&mut self, msg: Leave, removals: &mut Removals) {
         let Some(member) = self.members.remove(&msg.id) else {
             return;
         };
@@ -870,16 +931,13 @@ impl Handler<Leave> for Supervisor {
             if member.joining.is_some() {
                 room.joining.remove(&msg.id);
             } else {
-                member.shard.do_send(Remove {
-                    room: member.room.clone(),
-                    id: msg.id,
-                });
                 if let Some(count) = room.shards.get_mut(&member.shard) {
                     *count -= 1;
                     if *count == 0 {
                         room.shards.remove(&member.shard);
                     }
                 }
+                removals.add(member.shard, (member.room.clone(), msg.id));
             }
             if room.members == 0 {
                 self.rooms.remove(&member.room);
@@ -890,6 +948,37 @@ impl Handler<Leave> for Supervisor {
                 drain.report.count(&msg.end);
             }
         }
+    }
+}
+
+/// One [`Remove`] per shard: a drain that ends 10,000 sessions crosses threads once per
+/// batch of leaves, not once per session.
+fn send_removals(removals: Removals) {
+    for (shard, members) in removals.0 {
+        shard.do_send(Remove { members });
+    }
+}
+
+impl Handler<Leave> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
+        let mut removals = Removals::default();
+        self.leave(msg, &mut removals);
+        send_removals(removals);
+        self.finish_drain_if_done(ctx);
+    }
+}
+
+impl Handler<LeaveBatch> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeaveBatch, ctx: &mut Self::Context) {
+        let mut removals = Removals::default();
+        for leave in msg.leaves {
+            self.leave(leave, &mut removals);
+        }
+        send_removals(removals);
         self.finish_drain_if_done(ctx);
     }
 }
@@ -1039,7 +1128,7 @@ impl SessionHandler for ChatHandler {
             .unwrap_or_else(|| format!("guest-{}", session.id()));
         self.supervisor.do_send(Join {
             session: session.clone(),
-            room: self.room.clone(),
+            room: std::mem::take(&mut self.room),
             name,
             shard: local_shard(),
             resume: self.resume.take(),
@@ -1054,9 +1143,53 @@ impl SessionHandler for ChatHandler {
     }
 
     fn on_end(&mut self, session: &SessionHandle, end: &SessionEnd) {
-        self.supervisor.do_send(Leave {
-            id: session.id(),
-            end: end.clone(),
+        leave_soon(
+            &self.supervisor,
+            Leave {
+                id: session.id(),
+                end: end.clone(),
+            },
+        );
+    }
+}
+
+thread_local! {
+    /// Leaves of this thread's sessions not sent yet, with their supervisor.
+    static LEAVING: RefCell<Vec<(Addr<Supervisor>, Leave)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Sends `leave` to `supervisor` together with the other leaves of this thread's sessions that
+/// end in the same turn of the thread's event loop: a task queued behind them sends them as
+/// one [`LeaveBatch`]. In a drain of 10,000 sessions that is a few hundred messages to the
+/// supervisor's thread instead of 10,000, each of which could wake it.
+fn leave_soon(supervisor: &Addr<Supervisor>, leave: Leave) {
+    let first = LEAVING.with(|leaving| {
+        let mut leaving = leaving.borrow_mut();
+        leaving.push((supervisor.clone(), leave));
+        leaving.len() == 1
+    });
+    if !first {
+        return;
+    }
+    // Outside an arbiter (or one that is stopping) nobody would run the task: send now.
+    let queued = actix_rt::Arbiter::try_current()
+        .is_some_and(|arbiter| arbiter.spawn(async { send_leaving() }));
+    if !queued {
+        send_leaving();
+    }
+}
+
+/// Sends this thread's pending leaves, one [`LeaveBatch`] per supervisor.
+fn send_leaving() {
+    let mut leaving = LEAVING.with(|leaving| std::mem::take(&mut *leaving.borrow_mut()));
+    while let Some((supervisor, _)) = leaving.first() {
+        let supervisor = supervisor.clone();
+        let (mine, others): (Vec<_>, Vec<_>) = leaving
+            .into_iter()
+            .partition(|(other, _)| *other == supervisor);
+        supervisor.do_send(LeaveBatch {
+            leaves: mine.into_iter().map(|(_, leave)| leave).collect(),
         });
+        leaving = others;
     }
 }
