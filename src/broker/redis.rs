@@ -80,10 +80,10 @@ return {epoch, seqtext}
 "#;
 
 /// The join script. KEYS: room hash, history stream. ARGV: a fresh epoch (used if the room
-/// is new), ttl in ms, `since` (empty: no resume asked), history size. Returns
-/// `{epoch, seq, entries}` where entries are the stream's entries from `since`+1, read only
-/// when they could all be there. The resume rule itself is applied by the caller
-/// ([`can_resume`]).
+/// is new), ttl in ms. Returns `{epoch, seq, {}}`. The history after `since` is read by the
+/// caller with a plain XRANGE, not inside Lua: converting 100 stream entries to Lua tables
+/// and back cost ~130 µs of Redis's single thread per resuming join (BENCHMARKS.md,
+/// `mass-resume`), ~6 times the XRANGE itself.
 pub const SNAPSHOT_SCRIPT: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -93,21 +93,9 @@ if not epoch then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-local entries = {}
-if ARGV[3] ~= '' then
-  local since = tonumber(ARGV[3])
-  local size = tonumber(ARGV[4])
-  if since < seq and seq - since <= size then
-    entries = redis.call('XRANGE', KEYS[2], string.format('%d', since + 1) .. '-0', '+',
-      'COUNT', seq - since)
-  end
-end
-return {epoch, string.format('%d', seq), entries}
+return {epoch, string.format('%d', seq), {}}
 "#;
 
-/// The largest `since` handed to the script (Lua numbers are doubles); above it, nothing is
-/// resumed (no room gets near it).
-const MAX_SCRIPT_SEQ: u64 = 1 << 53;
 /// Messages sent as one pipeline at most.
 const MAX_BATCH: usize = 256;
 
@@ -378,21 +366,7 @@ impl RedisBroker {
             let Some(mut connection) = shared.connection.borrow().clone() else {
                 return Err(BrokerError::Unavailable);
             };
-            let since = match &resume {
-                Some(request) if request.since < MAX_SCRIPT_SEQ => request.since.to_string(),
-                _ => String::new(),
-            };
-            let answer: Result<Value, RedisError> = shared
-                .snapshot_script
-                .key(shared.keys.room(&room))
-                .key(shared.keys.history(&room))
-                .arg(Epoch::random().as_str())
-                .arg(shared.history.ttl.as_millis() as u64)
-                .arg(since)
-                .arg(shared.history.size)
-                .invoke_async(&mut connection)
-                .await;
-            let value = answer.map_err(|err| {
+            let failed = |err: RedisError| {
                 metrics().broker_errors.inc();
                 if is_connection_error(&err) {
                     let _ = shared.commands.unbounded_send(Command::Suspect);
@@ -400,7 +374,50 @@ impl RedisBroker {
                 } else {
                     BrokerError::Server(err.to_string())
                 }
-            })?;
+            };
+            let value: Value = shared
+                .snapshot_script
+                .key(shared.keys.room(&room))
+                .key(shared.keys.history(&room))
+                .arg(Epoch::random().as_str())
+                .arg(shared.history.ttl.as_millis() as u64)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(failed)?;
+            let (epoch, seq) = snapshot_head(&value)?;
+            let wanted = resume
+                .as_ref()
+                .filter(|request| {
+                    request.since < seq && seq - request.since <= shared.history.size as u64
+                })
+                .map(|request| request.since + 1);
+            let Some(first) = wanted else {
+                return parse_snapshot(room, value, resume.as_ref(), shared.history.size);
+            };
+            // The history after `since`, up to the snapshot's seq, and the room's epoch once
+            // more: if Redis lost the room in between, the entries may be another epoch's, and
+            // nothing is replayed (the epoch check fails, or the entries are not all there).
+            let (entries, epoch_now): (Value, Option<String>) = redis::pipe()
+                .cmd("XRANGE")
+                .arg(shared.keys.history(&room))
+                .arg(format!("{first}-0"))
+                .arg(format!("{seq}-0"))
+                .cmd("HGET")
+                .arg(shared.keys.room(&room))
+                .arg("epoch")
+                .query_async(&mut connection)
+                .await
+                .map_err(failed)?;
+            let entries = if epoch_now.as_deref() == Some(epoch.as_str()) {
+                entries
+            } else {
+                Value::Array(Vec::new())
+            };
+            let value = Value::Array(vec![
+                Value::BulkString(epoch.into_bytes()),
+                Value::BulkString(seq.to_string().into_bytes()),
+                entries,
+            ]);
             parse_snapshot(room, value, resume.as_ref(), shared.history.size)
         }
     }
@@ -416,7 +433,22 @@ impl RedisBroker {
     }
 }
 
-/// Reads the snapshot script's answer and applies the resume rule.
+/// The epoch and seq of the snapshot script's answer.
+fn snapshot_head(value: &Value) -> Result<(String, u64), BrokerError> {
+    let bad = || BrokerError::Server("unexpected snapshot answer: epoch or seq".to_owned());
+    let Value::Array(parts) = value else {
+        return Err(bad());
+    };
+    let epoch = parts.first().and_then(text).ok_or_else(bad)?;
+    let seq = parts
+        .get(1)
+        .and_then(text)
+        .and_then(|seq| seq.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((epoch, seq))
+}
+
+/// Reads the snapshot's answer (`{epoch, seq, entries}`) and applies the resume rule.
 fn parse_snapshot(
     room: Arc<str>,
     value: Value,
@@ -923,8 +955,6 @@ impl Driver {
                 .key(self.keys.history(room))
                 .arg(Epoch::random().as_str())
                 .arg(self.settings.history.ttl.as_millis() as u64)
-                .arg("")
-                .arg(self.settings.history.size)
                 .invoke_async(connection)
                 .await;
             let value = answer.map_err(|err| err.to_string())?;
