@@ -22,8 +22,10 @@
 //!   next, so messages handed over in order execute in that order.
 //! - **Join**: [`RedisBroker::subscribe`] answers once Redis confirmed the SUBSCRIBE (so that
 //!   every later message reaches the event stream), then [`RedisBroker::snapshot`] reads the
-//!   epoch, the seq and the stream after `since` in one script ([`SNAPSHOT_SCRIPT`]); the
-//!   caller merges both with [`crate::resume::ResumeMerge`]. Subscriptions are counted per
+//!   epoch and the seq with a script ([`SNAPSHOT_SCRIPT`], which creates a missing room),
+//!   and, for a resume, the stream from `since`+1 to that seq with a plain XRANGE plus the
+//!   epoch once more (one pipeline; a changed epoch or a missing entry: nothing replayed);
+//!   the caller merges both with [`crate::resume::ResumeMerge`]. Subscriptions are counted per
 //!   room: SUBSCRIBE on the first, UNSUBSCRIBE on the last.
 //! - **Health**: the node starts without Redis. A driver task connects in the background with
 //!   capped exponential backoff, reports up/down ([`RedisBroker::health`] and
