@@ -27,7 +27,7 @@ use common::member::{
 use common::process::{http_get, http_get_body, metric, run_to_exit, ServerProcess};
 use common::proxy::TcpProxy;
 use common::redis::RedisServer;
-use common::{RawClient, OP_CLOSE};
+use common::{free_port, RawClient, OP_CLOSE};
 
 /// A node's config: the Redis broker at `url` under `prefix`, then `extra` TOML tables.
 fn config(url: &str, prefix: &str, extra: &str) -> String {
@@ -1224,6 +1224,9 @@ async fn the_redis_password_never_reaches_stderr() {
 #[test]
 fn bad_broker_keys_exit_2_naming_the_key() {
     const SECRET: &str = "top-5ecret-in-url";
+    // No server runs there: a config that slipped through would fail to connect, not reach a
+    // Redis of the machine.
+    let port = free_port();
     let mut cases = vec![
         (
             "[broker]\nkind = \"redis\"\n".to_owned(),
@@ -1232,7 +1235,7 @@ fn bad_broker_keys_exit_2_naming_the_key() {
         ),
         (config("", "p", ""), vec![], "broker.redis_url"),
         (
-            config("http://127.0.0.1:6379/0", "p", ""),
+            config(&format!("http://127.0.0.1:{port}/0"), "p", ""),
             vec![],
             "broker.redis_url",
         ),
@@ -1242,10 +1245,10 @@ fn bad_broker_keys_exit_2_naming_the_key() {
             "broker.redis_url",
         ),
         (
-            config("redis://127.0.0.1:6379/0", "p", ""),
+            config(&format!("redis://127.0.0.1:{port}/0"), "p", ""),
             vec![(
                 "WSGRACE_REDIS_URL",
-                format!("http://:{SECRET}@127.0.0.1:6379/0"),
+                format!("http://:{SECRET}@127.0.0.1:{port}/0"),
             )],
             "broker.redis_url",
         ),
@@ -1258,7 +1261,7 @@ fn bad_broker_keys_exit_2_naming_the_key() {
     // TLS needs the `redis-tls` feature; without it a rediss:// URL is a config error.
     if cfg!(not(feature = "redis-tls")) {
         cases.push((
-            config(&format!("rediss://:{SECRET}@127.0.0.1:6380/0"), "p", ""),
+            config(&format!("rediss://:{SECRET}@127.0.0.1:{port}/0"), "p", ""),
             vec![],
             "broker.redis_url",
         ));
