@@ -163,23 +163,7 @@ pub async fn connect_many(
 
 /// Reads until the first data message (the welcome), answering pings.
 pub async fn await_welcome(rd: &mut WsReader, wr: &mut WsWriter) -> std::io::Result<()> {
-    loop {
-        match rd.next().await {
-            Read::Frame(Frame::Message { .. }) => return Ok(()),
-            Read::Frame(Frame::Ping(p)) => wr.pong(p).await?,
-            Read::Frame(Frame::Pong) => {}
-            Read::Frame(Frame::Close { code, .. }) => {
-                return Err(std::io::Error::other(format!(
-                    "closed before the welcome: {code:?}"
-                )))
-            }
-            Read::End(end) => {
-                return Err(std::io::Error::other(format!(
-                    "connection ended before the welcome: {end:?}"
-                )))
-            }
-        }
-    }
+    welcome_json(rd, wr).await.map(drop)
 }
 
 /// How an idle member's connection went.

@@ -109,25 +109,17 @@ async fn client_task(
             Some(s) => format!("/ws?room=rolling&name=c{id}&since={s}&epoch={epoch}"),
             None => format!("/ws?room=rolling&name=c{id}"),
         };
-        let (mut rd, mut wr) = match client::connect(target, None, &path, id as u64).await {
-            Ok(c) => c,
-            Err(e) => {
-                shared.error(format!("client {id} connect: {e}"));
-                shared
-                    .failed_reconnects
-                    .set(shared.failed_reconnects.get() + 1);
-                attempt += 1;
-                if attempt > 20 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-                continue;
-            }
+        let connected = match client::connect(target, None, &path, id as u64).await {
+            Ok((mut rd, mut wr)) => match welcome_json(&mut rd, &mut wr).await {
+                Ok(welcome) => Ok((rd, wr, welcome)),
+                Err(e) => Err(format!("client {id} welcome: {e}")),
+            },
+            Err(e) => Err(format!("client {id} connect: {e}")),
         };
-        let welcome = match welcome_json(&mut rd, &mut wr).await {
-            Ok(w) => w,
+        let (mut rd, mut wr, welcome) = match connected {
+            Ok(connected) => connected,
             Err(e) => {
-                shared.error(format!("client {id} welcome: {e}"));
+                shared.error(e);
                 shared
                     .failed_reconnects
                     .set(shared.failed_reconnects.get() + 1);
