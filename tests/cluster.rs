@@ -541,13 +541,7 @@ async fn a_replay_longer_than_the_outbound_queue_arrives_whole_on_the_other_node
     }
     let mut late = join(&b, "r", "late", Some((0, &epoch))).await;
     late.welcome.assert_resumed(Some(true), Some(300));
-    let mut replay = Vec::new();
-    while replay.len() < 300 {
-        match late.next().await {
-            Frame::Message(msg) => replay.push(msg),
-            other => panic!("after {} replayed messages: {other:?}", replay.len()),
-        }
-    }
+    let replay = late.rx.messages_through(300).await;
     assert_contiguous("the replay", &replay, 1, 300);
 }
 
@@ -967,13 +961,7 @@ async fn a_catch_up_longer_than_the_outbound_queue_arrives_whole() {
     proxy.restore();
     wait_status(a.addr, "/readyz", 200).await;
     talker.say("t-201").await;
-    let mut seen = Vec::new();
-    while seen.len() < 201 {
-        match ann.next().await {
-            Frame::Message(msg) => seen.push(msg),
-            other => panic!("after {} caught-up messages: {other:?}", seen.len()),
-        }
-    }
+    let seen = ann.rx.messages_through(201).await;
     assert_contiguous("ann", &seen, 1, 201);
 }
 

@@ -415,13 +415,7 @@ async fn a_replay_longer_than_the_outbound_queue_arrives_whole() {
     assert_eq!(say_many(&mut talker, 300).await, 300);
     let mut late = join(&server, "r", "late", Some((0, &epoch))).await;
     late.welcome.assert_resumed(Some(true), Some(300));
-    let mut replay = Vec::new();
-    while replay.len() < 300 {
-        match late.next().await {
-            Frame::Message(msg) => replay.push(msg),
-            other => panic!("after {} replayed messages: {other:?}", replay.len()),
-        }
-    }
+    let replay = late.rx.messages_through(300).await;
     assert_contiguous("the replay", &replay, 1, 300);
 }
 
