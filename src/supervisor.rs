@@ -404,7 +404,7 @@ impl Supervisor {
                 failed.push(*id);
                 continue;
             }
-            send_to_member(member, *id, &self.out, false);
+            send_to_member(member, *id, &self.out);
         }
         let mut line_overflowed = false;
         if let Some(line) = room.line.as_mut() {
@@ -438,7 +438,7 @@ impl Supervisor {
             if let Some(merge) = member.joining.as_mut() {
                 self.out.clear();
                 merge.epoch_changed(&change, &mut self.out);
-                send_to_member(member, *id, &self.out, false);
+                send_to_member(member, *id, &self.out);
             }
         }
         if let Some(line) = room.line.as_mut() {
@@ -502,15 +502,14 @@ impl Supervisor {
         let mut frames = Vec::with_capacity(self.out.len() + 1);
         frames.push(welcome);
         frames.extend(self.out.iter().filter_map(delivery_json));
-        member.shard.do_send(Admit {
-            room: member.room.clone(),
-            id,
-            frames,
-            enroll: false,
-            replayed: true,
-        });
-        let room = member.room.clone();
-        self.enroll_caught_up(&room);
+        let Some(room) = self.rooms.get_mut(&member.room) else {
+            return;
+        };
+        // With the local broker (and mostly with Redis) the member is enrolled at once: the
+        // welcome, the replay and the enrolment go to its shard as one message.
+        if enroll(room, id, member, frames, true) {
+            room.joining.remove(&id);
+        }
     }
 
     /// Enrols every joining member of `room` whose merge is live and no ahead of the room's
@@ -519,36 +518,13 @@ impl Supervisor {
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
-        let mut enrolled = Vec::new();
-        for id in &room.joining {
-            let Some(member) = self.members.get_mut(id) else {
-                continue;
-            };
-            let Some(merge) = member.joining.as_ref() else {
-                continue;
-            };
-            if !can_enroll(room.line.as_ref(), merge) {
-                continue;
-            }
-            if room.line.is_none() {
-                if let Some((epoch, seq)) = merge.last_delivered() {
-                    room.line = Some(ResumeMerge::live_at(epoch.clone(), seq));
-                }
-            }
-            member.joining = None;
-            *room.shards.entry(member.shard.clone()).or_default() += 1;
-            member.shard.do_send(Admit {
-                room: room_name.clone(),
-                id: *id,
-                frames: Vec::new(),
-                enroll: true,
-                replayed: false,
-            });
-            enrolled.push(*id);
-        }
-        for id in enrolled {
-            room.joining.remove(&id);
-        }
+        // Taken out while `enroll` changes the room (an empty set does not allocate).
+        let mut joining = std::mem::take(&mut room.joining);
+        joining.retain(|id| match self.members.get_mut(id) {
+            Some(member) => !enroll(room, *id, member, Vec::new(), false),
+            None => true,
+        });
+        room.joining = joining;
     }
 
     /// A join that cannot finish: the session is closed 1013 so that its client comes back
@@ -737,18 +713,58 @@ impl Supervisor {
     }
 }
 
-/// Sends `deliveries` to one member through its shard (`enroll` false: only to it).
-fn send_to_member(member: &Member, id: SessionId, deliveries: &[Delivery], enroll: bool) {
-    if deliveries.is_empty() && !enroll {
+/// Sends `deliveries` to one member (not enrolled yet) through its shard.
+fn send_to_member(member: &Member, id: SessionId, deliveries: &[Delivery]) {
+    if deliveries.is_empty() {
         return;
     }
     member.shard.do_send(Admit {
         room: member.room.clone(),
         id,
         frames: deliveries.iter().filter_map(delivery_json).collect(),
-        enroll,
+        enroll: false,
         replayed: false,
     });
+}
+
+/// Enrols joining member `id` of `room` in its shard's fan-out if its merge is live and not
+/// ahead of the room's enrolled members ([`can_enroll`]); `frames` (its welcome and replay,
+/// `replayed`) go to its shard first, in the same message. Not enrolled: the frames alone.
+/// Returns whether it was enrolled (the caller takes it off `room.joining`).
+fn enroll(
+    room: &mut Room,
+    id: SessionId,
+    member: &mut Member,
+    frames: Vec<ByteString>,
+    replayed: bool,
+) -> bool {
+    let enrollable = member
+        .joining
+        .as_ref()
+        .is_some_and(|merge| can_enroll(room.line.as_ref(), merge));
+    if enrollable {
+        if room.line.is_none() {
+            if let Some((epoch, seq)) = member
+                .joining
+                .as_ref()
+                .and_then(ResumeMerge::last_delivered)
+            {
+                room.line = Some(ResumeMerge::live_at(epoch.clone(), seq));
+            }
+        }
+        member.joining = None;
+        *room.shards.entry(member.shard.clone()).or_default() += 1;
+    }
+    if enrollable || !frames.is_empty() {
+        member.shard.do_send(Admit {
+            room: member.room.clone(),
+            id,
+            frames,
+            enroll: enrollable,
+            replayed,
+        });
+    }
+    enrollable
 }
 
 /// Sends `deliveries` to every shard with enrolled members of `room` (`replayed`: a
