@@ -75,6 +75,7 @@ pub mod session;
 pub mod shutdown;
 pub mod supervisor;
 pub mod transport;
+pub mod upgrade;
 
 pub use close::{
     CloseError, CloseMachine, CloseMode, CloseOutcome, CloseRecord, CloseResult, CloseState,

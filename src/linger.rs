@@ -5,8 +5,9 @@
 //! queue, makes the kernel answer with a reset; the reset purges what the server had queued but
 //! not yet sent, and makes the peer's kernel drop what it had not yet read, close frame
 //! included, so a browser reports 1006 where the server sent 1008. [`LingeringStream`] wraps
-//! the accepted socket: when the HTTP dispatcher shuts it down, it half-closes (FIN after the
-//! last byte); when the dispatcher drops it, the socket goes to a background task that reads
+//! the accepted socket: when the HTTP dispatcher or the session's writer
+//! ([`crate::transport::write_out`]) shuts it down, it half-closes (FIN after the last byte);
+//! when the last owner drops it, the socket goes to a background task that reads
 //! and discards until the peer closes its side, or until [`LingerBounds`] (time and bytes)
 //! pass, and only then closes it. This is nginx's `lingering_close`.
 //!
@@ -18,6 +19,7 @@
 
 use std::cell::Cell;
 use std::io;
+use std::net::Shutdown;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,7 +67,7 @@ pub struct LingeringStream {
     stream: Option<TcpStream>,
     bounds: LingerBounds,
     /// Our side sent its FIN: what is left is to read the peer's remaining bytes.
-    write_closed: bool,
+    write_closed: Cell<bool>,
     switch: LingerSwitch,
 }
 
@@ -75,7 +77,7 @@ impl LingeringStream {
         LingeringStream {
             stream: Some(stream),
             bounds,
-            write_closed: false,
+            write_closed: Cell::new(false),
             switch: LingerSwitch::default(),
         }
     }
@@ -88,6 +90,60 @@ impl LingeringStream {
     /// The switch a session uses to skip the linger.
     pub fn switch(&self) -> LingerSwitch {
         self.switch.clone()
+    }
+
+    /// Reads into `buf` through a shared reference, so that a session's reader and writer can
+    /// share the socket (an upgraded connection, [`crate::transport::SocketReader`]). `Ok(0)`:
+    /// the peer closed its side.
+    pub fn poll_read_shared(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let stream = self.shared_stream()?;
+        loop {
+            std::task::ready!(stream.poll_read_ready(cx))?;
+            match stream.try_read(buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    /// Writes from `buf` through a shared reference (see [`Self::poll_read_shared`]).
+    pub fn poll_write_shared(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let stream = self.shared_stream()?;
+        loop {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write(buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    /// Half-closes through a shared reference: the FIN follows the last byte written, and the
+    /// connection lingers when dropped.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        socket2::SockRef::from(self.shared_stream()?).shutdown(Shutdown::Write)?;
+        self.write_closed.set(true);
+        Ok(())
+    }
+
+    /// Ends both directions at once, without lingering: a reader waiting on the socket sees
+    /// its end. For a connection whose writes failed.
+    pub fn shutdown_both(&self) {
+        self.switch.skip();
+        if let Ok(stream) = self.shared_stream() {
+            // Fails only when the socket is already gone, which is what is asked for.
+            let _ = socket2::SockRef::from(stream).shutdown(Shutdown::Both);
+        }
+    }
+
+    fn shared_stream(&self) -> io::Result<&TcpStream> {
+        self.stream
+            .as_ref()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 
     fn stream(&mut self) -> io::Result<&mut TcpStream> {
@@ -152,7 +208,7 @@ impl AsyncWrite for LingeringStream {
             Err(err) => return Poll::Ready(Err(err)),
         };
         if let Poll::Ready(Ok(())) = result {
-            this.write_closed = true;
+            this.write_closed.set(true);
         }
         result
     }
@@ -165,7 +221,7 @@ impl Drop for LingeringStream {
         };
         // Only a connection we closed in order lingers: one that failed or was aborted has
         // nothing left to deliver.
-        if !self.write_closed || self.switch.skipped() || self.bounds.time.is_zero() {
+        if !self.write_closed.get() || self.switch.skipped() || self.bounds.time.is_zero() {
             return;
         }
         // The dispatcher drops the stream on a worker thread inside its runtime; when the

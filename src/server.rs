@@ -4,8 +4,9 @@
 //! Every check that can refuse an upgrade happens here, before the handshake: draining (503),
 //! broker unreachable (503), origin (403), room, name, `since` and `epoch` (400), token (401,
 //! 403, with authentication on), open WebSockets of the client address (429), connection limit
-//! (503). It must not implement session or close behaviour: accepted upgrades go to
-//! [`crate::session::start`].
+//! (503). It must not implement session or close behaviour: an upgrade request is taken out
+//! of the HTTP dispatcher with its connection ([`crate::upgrade`]), and an accepted one goes to
+//! a session that owns the socket ([`crate::session::start_on_socket`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,8 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
+use actix_http::body::BoxBody;
 use actix_http::error::DispatchError;
-use actix_http::{Extensions, HttpService};
+use actix_http::{HttpService, Request, RequestHead, Response};
 use actix_service::{
     fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt,
 };
@@ -38,6 +40,7 @@ use crate::session::{self, SessionConfig, SessionEnd, SessionHandle, SessionHand
 use crate::shutdown::{self, DrainPlan, Readiness, Signals};
 use crate::supervisor::{ChatHandler, DrainReport, Supervisor};
 use crate::transport::{tune_socket, SocketTuning};
+use crate::upgrade::{self, UpgradeFailed, Upgrading};
 
 /// What the routes share.
 #[derive(Clone)]
@@ -212,71 +215,89 @@ fn resume_request(
     }
 }
 
-async fn upgrade(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+/// An upgrade the checks let through: its session's handler and settings.
+struct Admitted {
+    handler: Counted<Expiring<ChatHandler>>,
+    config: SessionConfig,
+}
+
+/// Every check that can refuse an upgrade, in order; the refusal is counted (and logged where
+/// the SPEC asks for a line).
+fn admit(state: &AppState, req: &RequestHead) -> Result<Admitted, Box<HttpResponse>> {
     if !state.readiness.is_ready() {
         metrics().refused("draining");
-        return HttpResponse::ServiceUnavailable().body("draining\n");
+        return Err(Box::new(
+            HttpResponse::ServiceUnavailable().body("draining\n"),
+        ));
     }
     if !state.broker.is_up() {
         metrics().refused("broker_unavailable");
-        return HttpResponse::ServiceUnavailable().body("broker unavailable\n");
+        return Err(Box::new(
+            HttpResponse::ServiceUnavailable().body("broker unavailable\n"),
+        ));
     }
-    if let Err(refusal) = check_origin(&req, &state.config.server.allowed_origins) {
+    if let Err(refusal) = check_origin(req, &state.config.server.allowed_origins) {
         warn!("upgrade refused: {refusal}");
         metrics().refused("origin");
-        return HttpResponse::Forbidden().body(format!("{refusal}\n"));
+        return Err(Box::new(
+            HttpResponse::Forbidden().body(format!("{refusal}\n")),
+        ));
     }
-    let mut query = match web::Query::<JoinQuery>::from_query(req.query_string()) {
+    let mut query = match web::Query::<JoinQuery>::from_query(req.uri.query().unwrap_or_default()) {
         Ok(query) => query.into_inner(),
         Err(err) => {
             metrics().refused("bad_query");
-            return HttpResponse::BadRequest().body(format!("bad query: {err}\n"));
+            return Err(Box::new(
+                HttpResponse::BadRequest().body(format!("bad query: {err}\n")),
+            ));
         }
     };
     let room = query.room.unwrap_or_else(|| "lobby".to_owned());
     if !is_valid_name(&room) {
         metrics().refused("bad_room");
-        return HttpResponse::BadRequest().body("room must be 1-64 characters of [A-Za-z0-9_.-]\n");
+        return Err(Box::new(
+            HttpResponse::BadRequest().body("room must be 1-64 characters of [A-Za-z0-9_.-]\n"),
+        ));
     }
     // With authentication on, the token's `sub` names the session (the query's `name` is not
     // used) and its `exp` ends it.
     let mut identity = None;
     if let Some(verifier) = &state.auth {
-        match authenticate(&req, verifier, query.token.as_deref(), &room) {
+        match authenticate(req, verifier, query.token.as_deref(), &room) {
             Ok(admitted) => {
                 query.name = Some(admitted.name.clone());
                 identity = Some(admitted);
             }
-            Err(refused) => return *refused,
+            Err(refused) => return Err(refused),
         }
     }
     if let Some(name) = &query.name {
         if !is_valid_name(name) {
             metrics().refused("bad_name");
-            return HttpResponse::BadRequest()
-                .body("name must be 1-64 characters of [A-Za-z0-9_.-]\n");
+            return Err(Box::new(
+                HttpResponse::BadRequest().body("name must be 1-64 characters of [A-Za-z0-9_.-]\n"),
+            ));
         }
     }
     let resume = match resume_request(query.since.as_deref(), query.epoch.as_deref()) {
         Ok(resume) => resume,
         Err(bad) => {
             metrics().refused(bad.reason());
-            return HttpResponse::BadRequest().body(format!("{bad}\n"));
+            return Err(Box::new(
+                HttpResponse::BadRequest().body(format!("{bad}\n")),
+            ));
         }
     };
-    let address = upgrade_client_address(&req, &state.trusted_proxies);
+    let address = upgrade_client_address(req, &state.trusted_proxies);
     let address_slot = match address.map(|address| state.per_address.acquire(address)) {
         None | Some(Ok(None)) => None,
         Some(Ok(Some(slot))) => Some(slot),
         Some(Err(at_limit)) => {
             warn!("upgrade refused: {at_limit} (server.max_connections_per_ip)");
             metrics().refused("per_ip_limit");
-            return HttpResponse::TooManyRequests()
-                .body("too many connections from this address\n");
+            return Err(Box::new(
+                HttpResponse::TooManyRequests().body("too many connections from this address\n"),
+            ));
         }
     };
     let open = state.open.fetch_add(1, Ordering::AcqRel);
@@ -287,7 +308,9 @@ async fn upgrade(
             state.max_connections
         );
         metrics().refused("max_connections");
-        return HttpResponse::ServiceUnavailable().body("too many connections\n");
+        return Err(Box::new(
+            HttpResponse::ServiceUnavailable().body("too many connections\n"),
+        ));
     }
     let config = state.session_config(&room);
     let handler = Counted {
@@ -298,7 +321,21 @@ async fn upgrade(
         _guard: guard,
         _address_slot: address_slot,
     };
-    match session::start(&req, payload, handler, config) {
+    Ok(Admitted { handler, config })
+}
+
+/// `/ws` without `Upgrade: websocket`: the checks, then the handshake's refusal. (An upgrade
+/// request goes to [`upgrade_connection`] instead.)
+async fn upgrade(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let admitted = match admit(&state, req.head()) {
+        Ok(admitted) => admitted,
+        Err(refused) => return *refused,
+    };
+    match session::start(&req, payload, admitted.handler, admitted.config) {
         Ok((_, response)) => response,
         Err(err) => {
             metrics().refused("handshake");
@@ -307,10 +344,49 @@ async fn upgrade(
     }
 }
 
+/// Serves a request with `Upgrade: websocket`, taken from the HTTP dispatcher together with its
+/// connection ([`crate::upgrade`]): the checks of [`admit`] and the handshake; then the session
+/// owns the socket, and what is returned writes to it. A refusal is answered and the connection
+/// closed.
+async fn upgrade_connection(
+    state: AppState,
+    req: Request,
+    connection: Upgrading,
+) -> Option<upgrade::Writing> {
+    let refusal: Response<BoxBody> = if req.path() != "/ws" {
+        HttpResponse::NotFound().finish().into()
+    } else {
+        match admit(&state, req.head()) {
+            Err(refused) => (*refused).into(),
+            Ok(admitted) => {
+                return match upgrade::accept(req, connection, admitted.handler, admitted.config)
+                    .await
+                {
+                    Ok((_, writing)) => Some(writing),
+                    Err(err @ UpgradeFailed::Handshake(_)) => {
+                        metrics().refused("handshake");
+                        log::debug!("upgrade refused: {err}");
+                        None
+                    }
+                    Err(err) => {
+                        log::debug!("upgrade failed: {err}");
+                        None
+                    }
+                };
+            }
+        }
+    };
+    drop(req);
+    if let Err(err) = upgrade::refuse(connection, refusal).await {
+        log::debug!("answering a refused upgrade failed: {err}");
+    }
+    None
+}
+
 /// The token check of an upgrade to `room`: the identity, or the 401/403 response (counted,
 /// and logged without the token).
 fn authenticate(
-    req: &HttpRequest,
+    req: &RequestHead,
     verifier: &Verifier,
     query_token: Option<&str>,
     room: &str,
@@ -347,7 +423,7 @@ enum OriginRefused {
     Missing,
 }
 
-fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), OriginRefused> {
+fn check_origin(req: &RequestHead, allowed: &[String]) -> Result<(), OriginRefused> {
     if allowed.is_empty() {
         return Ok(());
     }
@@ -382,8 +458,8 @@ struct Counted<H> {
 
 /// The client address of an upgrade: the TCP peer, or from `X-Forwarded-For` when the peer is
 /// a trusted proxy ([`client_address`]). `None` without a peer address (not over TCP).
-fn upgrade_client_address(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip();
+fn upgrade_client_address(req: &RequestHead, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let peer = req.peer_addr?.ip();
     let forwarded = req
         .headers()
         .get_all("x-forwarded-for")
@@ -483,7 +559,7 @@ pub async fn serve_with_auth(
         .disable_signals()
         .shutdown_timeout(1)
         .listen("wsgrace", listener, move || {
-            http_service(routes(state.clone()), connection)
+            http_service(state.clone(), connection)
         })?
         .run();
     on_listening(addr);
@@ -536,7 +612,7 @@ struct ConnectionSettings {
 
 /// One worker's HTTP/1 service over lingering sockets, serving `routes`.
 fn http_service(
-    routes: impl Fn(&mut web::ServiceConfig) + Clone + 'static,
+    state: AppState,
     settings: ConnectionSettings,
 ) -> impl ServiceFactory<
     actix_rt::net::TcpStream,
@@ -546,7 +622,7 @@ fn http_service(
     InitError = (),
 > {
     let app = App::new()
-        .configure(routes)
+        .configure(routes(state.clone()))
         .into_factory()
         .map_err(|err: actix_web::Error| err.error_response());
     let http = HttpService::build()
@@ -555,12 +631,27 @@ fn http_service(
         // stream then reads what the peer still sends, for a bounded time.
         .client_disconnect_timeout(Duration::ZERO)
         .local_addr(settings.local_addr)
-        .on_connect_ext(move |io: &LingeringStream, extensions: &mut Extensions| {
-            if let Some(tcp) = io.tcp() {
-                tune_socket(tcp, settings.tuning);
-            }
-            extensions.insert(io.switch());
-        })
+        .on_connect_ext(
+            move |io: &LingeringStream, _: &mut actix_http::Extensions| {
+                if let Some(tcp) = io.tcp() {
+                    tune_socket(tcp, settings.tuning);
+                }
+            },
+        )
+        // The handshake runs in a box of its own, freed once it is done: a session's
+        // connection then keeps only the small writing future (the dispatcher's task holds it
+        // in place of its own state).
+        .upgrade(fn_service(
+            move |(req, connection): (Request, Upgrading)| {
+                let accepting = Box::pin(upgrade_connection(state.clone(), req, connection));
+                async move {
+                    if let Some(writing) = accepting.await {
+                        writing.await;
+                    }
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            },
+        ))
         .h1(map_config(app, |()| AppConfig::default()));
     fn_service(move |tcp: actix_rt::net::TcpStream| {
         let peer = tcp.peer_addr().ok();

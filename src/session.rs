@@ -18,6 +18,7 @@ use actix::{
     ResponseFuture, StreamHandler, WrapFuture,
 };
 use actix_http::ws::{CloseCode, CloseReason, Message as Frame};
+use actix_web::error::PayloadError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -29,9 +30,11 @@ use crate::close::{
     Action, CloseError, CloseMachine, CloseMode, CloseOutcome, CloseRecord, CloseState,
     CloseStatus, DataVerdict, Initiator, Input, WaiterId,
 };
-use crate::linger::LingerSwitch;
+use crate::linger::{LingerSwitch, LingeringStream};
 use crate::metrics::{metrics, DropReason};
-use crate::transport::{self, Inbound, InboundError, InboundFrames, OutboundQueue, Refused};
+use crate::transport::{
+    self, Inbound, InboundError, InboundFrames, OutboundBody, OutboundQueue, Refused, SocketReader,
+};
 
 /// A session's id, unique in the process.
 pub type SessionId = u64;
@@ -338,7 +341,8 @@ impl SessionHandle {
     }
 }
 
-/// Upgrades `req` to a WebSocket served by a new session actor.
+/// Upgrades `req` to a WebSocket served by a new session actor, inside actix-web's HTTP
+/// dispatcher (for apps that embed wsgrace in their own actix-web server).
 ///
 /// Answers the handshake error as an HTTP error (400) when `req` is no valid upgrade.
 pub fn start(
@@ -348,15 +352,47 @@ pub fn start(
     config: SessionConfig,
 ) -> Result<(SessionHandle, HttpResponse), actix_web::Error> {
     let mut response = actix_web_actors::ws::handshake(req)?;
+    let linger = req.conn_data::<LingerSwitch>().cloned();
+    let (handle, body) = spawn(payload, linger, handler, config);
+    Ok((handle, response.streaming(body)))
+}
+
+/// Serves an upgraded connection the caller took from the HTTP dispatcher after writing the
+/// 101 response (the binary's server, [`crate::server`]): a new session actor reads `socket`,
+/// starting with `leftover` (bytes read past the upgrade request), and the returned future
+/// writes the session's frames until the session ends, then closes the connection. Neither
+/// holds a buffer while the connection is idle.
+pub fn start_on_socket(
+    socket: LingeringStream,
+    leftover: Bytes,
+    handler: impl SessionHandler,
+    config: SessionConfig,
+) -> (SessionHandle, impl std::future::Future<Output = ()>) {
+    let socket = Rc::new(socket);
+    let reader = SocketReader::new(socket.clone(), leftover);
+    let (handle, body) = spawn(reader, Some(socket.switch()), handler, config);
+    (handle, transport::write_out(socket, body))
+}
+
+/// Starts a session actor reading `inbound`; returns its handle and the stream of bytes to
+/// write to the peer.
+fn spawn<S>(
+    inbound: S,
+    linger: Option<LingerSwitch>,
+    handler: impl SessionHandler,
+    config: SessionConfig,
+) -> (SessionHandle, OutboundBody)
+where
+    S: futures::Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
+{
     let (queue, body) = transport::outbound();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let max_message_bytes = config.max_message_bytes;
     let max_messages_per_sec = config.max_messages_per_sec;
     let state = Arc::new(AtomicU8::new(state_to_u8(CloseState::Open)));
     let shared_state = state.clone();
-    let linger = req.conn_data::<LingerSwitch>().cloned();
     let addr = Session::create(move |ctx| {
-        ctx.add_stream(InboundFrames::new(payload, max_message_bytes));
+        ctx.add_stream(InboundFrames::new(inbound, max_message_bytes));
         Session {
             id,
             handle: SessionHandle {
@@ -381,7 +417,7 @@ pub fn start(
             linger,
         }
     });
-    Ok((SessionHandle { id, addr, state }, response.streaming(body)))
+    (SessionHandle { id, addr, state }, body)
 }
 
 /// The session actor. Create it with [`start`].

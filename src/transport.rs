@@ -1,19 +1,22 @@
 //! The WebSocket transport: the one module that turns bytes into frames and frames into bytes.
 //!
-//! Inbound, [`InboundFrames`] decodes the request payload with actix-http's codec,
-//! reassembles fragmented messages (RFC 6455 §5.4), enforces the message size limit, checks
-//! UTF-8 and classifies every failure as an [`InboundError`] whose close code is decided in
-//! one place ([`InboundError::close_code`]).
+//! Inbound, [`InboundFrames`] decodes the peer's bytes with actix-http's codec, reassembles
+//! fragmented messages (RFC 6455 §5.4), enforces the message size limit, checks UTF-8 and
+//! classifies every failure as an [`InboundError`] whose close code is decided in one place
+//! ([`InboundError::close_code`]). The bytes come from one of two places: the request payload
+//! of actix-web's dispatcher (an app embedding [`crate::start`]), or, for a connection taken
+//! out of the dispatcher ([`crate::upgrade`], the binary's server), the socket itself through
+//! [`SocketReader`]. Either way no read buffer is kept while the connection is idle.
 //!
-//! Outbound, [`OutboundQueue`] is the session's bounded queue of frames not yet taken by the
-//! HTTP dispatcher, and [`OutboundBody`] is the response body that drains it. The session
-//! actor runs as its own task (not inside the response body, as actix-web-actors'
-//! `WebsocketContext` does): a client that stops reading then only fills this queue, while
-//! its actor keeps running its heartbeat, timeouts and slow-consumer check.
+//! Outbound, [`OutboundQueue`] is the session's bounded queue of frames not yet written, and
+//! [`OutboundBody`] drains it: as the response body the dispatcher polls, or through
+//! [`write_out`] straight to the socket. The session actor runs as its own task (not inside
+//! the response body, as actix-web-actors' `WebsocketContext` does): a client that stops
+//! reading then only fills this queue, while its actor keeps running its heartbeat, timeouts
+//! and slow-consumer check.
 //!
 //! This module knows nothing of close states or of the chat: it must not decide anything
-//! beyond "these bytes are (not) a valid frame". Replacing actix-web-actors means replacing
-//! this file.
+//! beyond "these bytes are (not) a valid frame".
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -30,6 +33,7 @@ use bytestring::ByteString;
 use futures::Stream;
 
 use crate::close::CloseStatus;
+use crate::linger::LingeringStream;
 
 /// One complete event from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,7 +253,13 @@ where
                     }
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // An idle connection holds no read buffer: what was read is decoded, and
+                    // the next read allocates what it needs.
+                    if this.buf.is_empty() && this.buf.capacity() > 0 {
+                        this.buf = BytesMut::new();
+                    }
+                }
                 Err(err) => {
                     this.done = true;
                     let err = classify(err, this.max_message_bytes);
@@ -271,6 +281,83 @@ where
             }
         }
     }
+}
+
+/// The inbound bytes of an upgraded connection the session owns (the binary's server, not an
+/// embedding app's actix-web handler): read straight from the socket, a read at a time, into a
+/// buffer on the thread's stack, so that an idle connection holds no read buffer. Yields what
+/// the HTTP parser had read past the upgrade request first.
+pub struct SocketReader {
+    socket: Rc<LingeringStream>,
+    leftover: Option<Bytes>,
+}
+
+impl SocketReader {
+    /// Reads `socket`, starting with `leftover`.
+    pub fn new(socket: Rc<LingeringStream>, leftover: Bytes) -> Self {
+        SocketReader {
+            socket,
+            leftover: Some(leftover).filter(|bytes| !bytes.is_empty()),
+        }
+    }
+}
+
+/// Most bytes taken from the socket per read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+impl Stream for SocketReader {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(leftover) = this.leftover.take() {
+            return Poll::Ready(Some(Ok(leftover)));
+        }
+        let mut buf = [0u8; READ_CHUNK_BYTES];
+        match this.socket.poll_read_shared(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(0)) => Poll::Ready(None),
+            Poll::Ready(Ok(n)) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(&buf[..n])))),
+            Poll::Ready(Err(err)) => Poll::Ready(Some(Err(PayloadError::Io(err)))),
+        }
+    }
+}
+
+/// Writes what the session queues to its upgraded connection until the session ends it: then
+/// half-closes (the connection lingers, see [`crate::linger`]) or, for an abort, just drops it.
+/// A failed write ends both directions, so that the session's [`SocketReader`] sees the end and
+/// the session is aborted.
+pub async fn write_out(socket: Rc<LingeringStream>, mut body: OutboundBody) {
+    use futures::StreamExt;
+    while let Some(chunk) = body.next().await {
+        let written = match chunk {
+            Ok(chunk) => write_all(&socket, &chunk).await,
+            Err(err) => Err(std::io::Error::other(err.to_string())),
+        };
+        if let Err(err) = written {
+            log::debug!("writing to a websocket failed: {err}");
+            socket.shutdown_both();
+            return;
+        }
+    }
+    if body.aborted() {
+        return;
+    }
+    if let Err(err) = socket.shutdown_write() {
+        log::debug!("half-closing a websocket failed: {err}");
+        socket.shutdown_both();
+    }
+}
+
+async fn write_all(socket: &LingeringStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = std::future::poll_fn(|cx| socket.poll_write_shared(cx, bytes)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }
 
 /// How far the outbound side has come.
@@ -480,6 +567,13 @@ impl OutboundQueue {
 struct EncodeFailed;
 
 impl actix_web::ResponseError for EncodeFailed {}
+
+impl OutboundBody {
+    /// The session aborted the connection: nothing more is written, and it does not linger.
+    pub fn aborted(&self) -> bool {
+        self.shared.borrow().end == OutboundEnd::Abort
+    }
+}
 
 impl Stream for OutboundBody {
     type Item = Result<Bytes, actix_web::Error>;

@@ -6,12 +6,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_http::error::DispatchError;
+use actix_http::{Extensions, HttpService, Request, Response};
+use actix_service::{fn_service, ServiceFactoryExt};
 use bytestring::ByteString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::timeout;
+use wsgrace::linger::{LingerBounds, LingeringStream};
+use wsgrace::upgrade::Upgrading;
 use wsgrace::{SessionConfig, SessionEnd, SessionHandle, SessionHandler};
 
 /// A free loopback port (bound and released: good enough on a test machine).
@@ -55,20 +59,36 @@ impl SessionHandler for Recorder {
     }
 }
 
-/// A server with one worker serving `/ws` with the [`Recorder`] handler.
+/// A server with one worker serving `/ws` with the [`Recorder`] handler, the way the binary
+/// serves it: the session owns the upgraded socket ([`wsgrace::upgrade`]). (The other way in,
+/// [`wsgrace::start`] inside actix-web's dispatcher, is what `examples/echo` runs for the
+/// Autobahn suite.)
 pub struct TestServer {
     pub addr: SocketAddr,
     pub events: UnboundedReceiver<Event>,
 }
 
-async fn ws_route(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<(UnboundedSender<Event>, SessionConfig)>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let (events, config) = state.get_ref().clone();
-    let (_, response) = wsgrace::start(&req, payload, Recorder { events }, config)?;
-    Ok(response)
+/// How the test server's connections linger (as the binary's defaults).
+const LINGER: LingerBounds = LingerBounds {
+    time: Duration::from_secs(5),
+    bytes: 16 * 1024 * 1024,
+    max_lingering: 1024,
+};
+
+async fn serve_upgrade(
+    req: Request,
+    connection: Upgrading,
+    events: UnboundedSender<Event>,
+    config: SessionConfig,
+) {
+    if req.path() != "/ws" {
+        let _ = wsgrace::upgrade::refuse(connection, Response::not_found()).await;
+        return;
+    }
+    match wsgrace::upgrade::accept(req, connection, Recorder { events }, config).await {
+        Ok((_, writing)) => writing.await,
+        Err(err) => eprintln!("test server: {err}"),
+    }
 }
 
 impl TestServer {
@@ -78,26 +98,50 @@ impl TestServer {
         std::thread::spawn(move || {
             let system = actix::System::new();
             let result = system.block_on(async move {
-                let state = web::Data::new((events_tx, config));
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(state.clone())
-                        .route("/ws", web::get().to(ws_route))
-                })
-                .workers(1)
-                .disable_signals()
-                .on_connect(wsgrace::transport::on_connect(
-                    wsgrace::transport::SocketTuning {
-                        user_timeout: Duration::from_secs(15),
-                        send_buffer: 0,
-                    },
-                ))
-                .client_disconnect_timeout(Duration::ZERO)
-                .bind("127.0.0.1:0")?;
-                let addr = server.addrs()[0];
-                let running = server.run();
+                let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+                let addr = listener.local_addr()?;
+                let server = actix_server::Server::build()
+                    .workers(1)
+                    .disable_signals()
+                    .listen("test", listener, move || {
+                        let events = events_tx.clone();
+                        let config = config.clone();
+                        let http = HttpService::build()
+                            .client_disconnect_timeout(Duration::ZERO)
+                            .on_connect_ext(|io: &LingeringStream, _: &mut Extensions| {
+                                if let Some(tcp) = io.tcp() {
+                                    wsgrace::transport::tune_socket(
+                                        tcp,
+                                        wsgrace::transport::SocketTuning {
+                                            user_timeout: Duration::from_secs(15),
+                                            send_buffer: 0,
+                                        },
+                                    );
+                                }
+                            })
+                            .upgrade(fn_service(move |(req, connection)| {
+                                let served =
+                                    serve_upgrade(req, connection, events.clone(), config.clone());
+                                async move {
+                                    served.await;
+                                    Ok::<(), std::convert::Infallible>(())
+                                }
+                            }))
+                            .h1(|_req: Request| async {
+                                Ok::<_, std::convert::Infallible>(Response::not_found())
+                            });
+                        fn_service(|tcp: actix_rt::net::TcpStream| {
+                            let peer = tcp.peer_addr().ok();
+                            std::future::ready(Ok::<_, DispatchError>((
+                                LingeringStream::new(tcp, LINGER),
+                                peer,
+                            )))
+                        })
+                        .and_then(http)
+                    })?
+                    .run();
                 let _ = addr_tx.send(addr);
-                running.await
+                server.await
             });
             if let Err(err) = result {
                 eprintln!("test server failed: {err}");
@@ -231,6 +275,14 @@ pub fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
     payload
 }
 
+/// A valid upgrade request for `path`.
+pub fn upgrade_request(addr: SocketAddr, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
 /// A WebSocket client that writes any bytes and reads frames one by one.
 pub struct RawClient {
     stream: TcpStream,
@@ -260,14 +312,34 @@ impl RawClient {
             stream,
             buf: Vec::new(),
         };
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        client.send_raw(request.as_bytes()).await;
+        client
+            .send_raw(upgrade_request(addr, path).as_bytes())
+            .await;
         let head = client.read_http_head().await;
         assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
         client
+    }
+
+    /// Connects and sends `bytes` in one write (an upgrade request and whatever a client sends
+    /// before it has the answer), then reads the response head, whatever its status.
+    pub async fn request(addr: SocketAddr, bytes: &[u8]) -> (String, RawClient) {
+        let stream = timeout(DEADLINE, TcpStream::connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let mut client = RawClient {
+            stream,
+            buf: Vec::new(),
+        };
+        client.send_raw(bytes).await;
+        let head = client.read_http_head().await;
+        (head, client)
+    }
+
+    /// Reads until the server closes the connection; returns what was not parsed yet.
+    pub async fn read_to_end(&mut self) -> Vec<u8> {
+        while self.fill().await > 0 {}
+        std::mem::take(&mut self.buf)
     }
 
     async fn read_http_head(&mut self) -> String {

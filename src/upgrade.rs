@@ -1,0 +1,92 @@
+//! Upgraded connections taken from actix-http's HTTP/1 dispatcher: the handshake's answer, then
+//! the session owns the socket.
+//!
+//! actix-http hands a request carrying `Upgrade: websocket` to an upgrade service together
+//! with its connection ([`Upgrading`]), once [`actix_http::HttpService`] is built with one. The
+//! 101 goes out through the dispatcher's codec, and the connection then belongs to a session
+//! ([`crate::session::start_on_socket`]): the dispatcher, its 8 KiB read and write buffers and
+//! its timers are gone, and an idle connection holds no buffer at all. A refusal is answered
+//! with `Connection: close` and the connection closes (lingering, see [`crate::linger`]).
+//!
+//! This module decides nothing about who may connect (that is [`crate::server`]) nor about
+//! sessions (that is [`crate::session`]).
+
+use actix_codec::{Framed, FramedParts};
+use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::ws::HandshakeError;
+use actix_http::{h1, ConnectionType, Request, Response};
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
+use futures::SinkExt;
+
+use crate::linger::LingeringStream;
+use crate::session::{self, SessionConfig, SessionHandle, SessionHandler};
+
+/// A connection whose request asks for an upgrade, as the HTTP dispatcher hands it over.
+pub type Upgrading = Framed<LingeringStream, h1::Codec>;
+
+/// Why an upgrade ended without a session.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeFailed {
+    /// The request is no valid WebSocket handshake; it was answered with the matching status.
+    #[error("not a valid websocket handshake: {0}")]
+    Handshake(HandshakeError),
+    /// The 101 response could not be written: the peer is gone.
+    #[error("writing the 101 response failed: {0}")]
+    Io(std::io::Error),
+}
+
+/// What is left of an accepted upgrade: writing the session's frames to the connection until
+/// the session ends, then closing it. The caller awaits it where the connection's task runs
+/// (for actix-http: in its upgrade service's future).
+pub type Writing = LocalBoxFuture<'static, ()>;
+
+/// Completes the handshake of `req` and hands `connection` to a new session running `handler`.
+///
+/// The request and the dispatcher's buffers are dropped here, before the session's life: an
+/// idle connection keeps only the session and the small [`Writing`] future. Await this in a
+/// future of its own (boxed, say) that ends before the [`Writing`] starts, so that its state
+/// (the request, the codec) is not kept either.
+pub async fn accept(
+    req: Request,
+    mut connection: Upgrading,
+    handler: impl SessionHandler,
+    config: SessionConfig,
+) -> Result<(SessionHandle, Writing), UpgradeFailed> {
+    let accepted = actix_http::ws::handshake(req.head());
+    drop(req);
+    let switching = match accepted {
+        Ok(mut accepted) => accepted.finish().drop_body(),
+        Err(err) => {
+            // The answer is best effort: the error reported is the handshake's.
+            let _ = refuse(connection, (&err).into()).await;
+            return Err(UpgradeFailed::Handshake(err));
+        }
+    };
+    connection
+        .send((switching, BodySize::None).into())
+        .await
+        .map_err(UpgradeFailed::Io)?;
+    let FramedParts { io, read_buf, .. } = connection.into_parts();
+    // Bytes the client sent right behind its request, copied out of the dispatcher's 8 KiB
+    // read buffer so that the buffer goes now.
+    let leftover = Bytes::copy_from_slice(&read_buf);
+    drop(read_buf);
+    let (handle, writing) = session::start_on_socket(io, leftover, handler, config);
+    Ok((handle, Box::pin(writing)))
+}
+
+/// Answers `connection` with `response` (a refusal, whose body is in memory) and
+/// `Connection: close`, then closes it.
+pub async fn refuse(mut connection: Upgrading, response: Response<BoxBody>) -> std::io::Result<()> {
+    let (mut head, body) = response.into_parts();
+    head.head_mut().set_connection_type(ConnectionType::Close);
+    let body = body.try_into_bytes().unwrap_or_default();
+    connection
+        .send((head, BodySize::Sized(body.len() as u64)).into())
+        .await?;
+    if !body.is_empty() {
+        connection.send(h1::Message::Chunk(Some(body))).await?;
+    }
+    SinkExt::<h1::Message<(Response<()>, BodySize)>>::close(&mut connection).await
+}
