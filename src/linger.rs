@@ -52,7 +52,8 @@ static LINGERING: AtomicUsize = AtomicUsize::new(0);
 pub struct LingerSwitch(Rc<Cell<bool>>);
 
 impl LingerSwitch {
-    /// The connection closes without lingering.
+    /// The connection closes without lingering: it was aborted, or the peer acknowledged our
+    /// close frame, so that nothing of ours is left to deliver.
     pub fn skip(&self) {
         self.0.set(true);
     }
@@ -140,6 +141,11 @@ impl LingeringStream {
         }
     }
 
+    /// Whether the connection lingers once closed (see [`LingerSwitch::skip`]).
+    pub fn lingers(&self) -> bool {
+        !self.switch.skipped() && !self.bounds.time.is_zero()
+    }
+
     fn shared_stream(&self) -> io::Result<&TcpStream> {
         self.stream
             .as_ref()
@@ -221,7 +227,7 @@ impl Drop for LingeringStream {
         };
         // Only a connection we closed in order lingers: one that failed or was aborted has
         // nothing left to deliver.
-        if !self.write_closed.get() || self.switch.skipped() || self.bounds.time.is_zero() {
+        if !self.write_closed.get() || !self.lingers() {
             return;
         }
         // The dispatcher drops the stream on a worker thread inside its runtime; when the

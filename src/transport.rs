@@ -324,7 +324,8 @@ impl Stream for SocketReader {
 }
 
 /// Writes what the session queues to its upgraded connection until the session ends it: then
-/// half-closes (the connection lingers, see [`crate::linger`]) or, for an abort, just drops it.
+/// half-closes (the connection lingers, see [`crate::linger`]) or, when it is not to linger
+/// (an abort, an acknowledged close), just drops it.
 /// A failed write ends both directions, so that the session's [`SocketReader`] sees the end and
 /// the session is aborted.
 pub async fn write_out(socket: Rc<LingeringStream>, mut body: OutboundBody) {
@@ -340,7 +341,8 @@ pub async fn write_out(socket: Rc<LingeringStream>, mut body: OutboundBody) {
             return;
         }
     }
-    if body.aborted() {
+    if body.aborted() || !socket.lingers() {
+        // Dropping the last owner closes the socket: the FIN follows what was written.
         return;
     }
     if let Err(err) = socket.shutdown_write() {

@@ -6,6 +6,7 @@ mod common;
 
 use common::{RawClient, TestServer, DEADLINE, OP_CLOSE, OP_TEXT};
 use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -355,4 +356,36 @@ async fn a_close_sent_to_a_quiet_peer_ends_by_the_close_timeout_not_the_silence_
     assert_eq!(session.close(None).await, Ok(CloseOutcome::TimedOut));
     let (end, _) = server.ended(session.id()).await;
     assert_eq!(end.record.result, CloseResult::Timeout);
+}
+
+#[tokio::test]
+async fn an_acknowledged_server_close_ends_the_connection_at_once() {
+    // The server's awaited close is acknowledged: the peer has read our close frame, the last
+    // frame there is, so the server closes its socket at once instead of lingering (the test
+    // server lingers for a minute, far beyond the deadline). Bytes the peer sends after that
+    // get a reset.
+    let mut server = TestServer::start(common::test_config());
+    let mut client = RawClient::connect(server.addr, "/ws").await;
+    let session = server.next_session().await;
+    let closing = tokio::spawn(async move { session.close(status(4001, "done")).await });
+    assert_eq!(client.expect_close().await.close_code(), Some(4001));
+    client.send_close(Some(4001), "").await;
+    let outcome = timeout(DEADLINE, closing)
+        .await
+        .expect("close did not answer")
+        .expect("close task");
+    assert!(matches!(outcome, Ok(CloseOutcome::Acked(_))), "{outcome:?}");
+    client.expect_eof().await;
+    let (mut stream, _) = client.into_parts();
+    let reset = async {
+        loop {
+            if stream.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    timeout(DEADLINE, reset)
+        .await
+        .expect("the server still reads (lingers) after an acknowledged close");
 }

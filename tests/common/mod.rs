@@ -68,9 +68,10 @@ pub struct TestServer {
     pub events: UnboundedReceiver<Event>,
 }
 
-/// How the test server's connections linger (as the binary's defaults).
+/// How the test server's connections linger: for longer than any deadline, so that a test
+/// sees whether a connection lingers at all.
 const LINGER: LingerBounds = LingerBounds {
-    time: Duration::from_secs(5),
+    time: Duration::from_secs(60),
     bytes: 16 * 1024 * 1024,
     max_lingering: 1024,
 };
