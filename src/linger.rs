@@ -93,18 +93,19 @@ impl LingeringStream {
         self.switch.clone()
     }
 
-    /// Reads into `buf` through a shared reference, so that a session's reader and writer can
-    /// share the socket (an upgraded connection, [`crate::transport::SocketReader`]). `Ok(0)`:
-    /// the peer closed its side.
-    pub fn poll_read_shared(
+    /// Reads through a shared reference, so that a session's reader and writer can share the
+    /// socket (an upgraded connection, [`crate::transport::SocketReader`]): once the socket is
+    /// readable, `read` is called with it, and called again when readiness proved stale.
+    /// `read` gets its buffer only then, so an idle connection's wake-ups cost no buffer.
+    pub fn poll_read_shared<T>(
         &self,
         cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
+        mut read: impl FnMut(&TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
         let stream = self.shared_stream()?;
         loop {
             std::task::ready!(stream.poll_read_ready(cx))?;
-            match stream.try_read(buf) {
+            match read(stream) {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                 done => return Poll::Ready(done),
             }

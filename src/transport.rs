@@ -313,11 +313,15 @@ impl Stream for SocketReader {
         if let Some(leftover) = this.leftover.take() {
             return Poll::Ready(Some(Ok(leftover)));
         }
-        let mut buf = [0u8; READ_CHUNK_BYTES];
-        match this.socket.poll_read_shared(cx, &mut buf) {
+        let read = this.socket.poll_read_shared(cx, |stream| {
+            let mut buf = [0u8; READ_CHUNK_BYTES];
+            let n = stream.try_read(&mut buf)?;
+            Ok(Bytes::copy_from_slice(&buf[..n]))
+        });
+        match read {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(0)) => Poll::Ready(None),
-            Poll::Ready(Ok(n)) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(&buf[..n])))),
+            Poll::Ready(Ok(bytes)) if bytes.is_empty() => Poll::Ready(None),
+            Poll::Ready(Ok(bytes)) => Poll::Ready(Some(Ok(bytes))),
             Poll::Ready(Err(err)) => Poll::Ready(Some(Err(PayloadError::Io(err)))),
         }
     }

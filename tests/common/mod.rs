@@ -305,18 +305,8 @@ impl RawClient {
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
         }
-        let stream = timeout(DEADLINE, socket.connect(addr))
-            .await
-            .expect("connect timed out")
-            .expect("connect");
-        let mut client = RawClient {
-            stream,
-            buf: Vec::new(),
-        };
-        client
-            .send_raw(upgrade_request(addr, path).as_bytes())
-            .await;
-        let head = client.read_http_head().await;
+        let (head, client) =
+            Self::request_on(socket, addr, upgrade_request(addr, path).as_bytes()).await;
         assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
         client
     }
@@ -324,7 +314,11 @@ impl RawClient {
     /// Connects and sends `bytes` in one write (an upgrade request and whatever a client sends
     /// before it has the answer), then reads the response head, whatever its status.
     pub async fn request(addr: SocketAddr, bytes: &[u8]) -> (String, RawClient) {
-        let stream = timeout(DEADLINE, TcpStream::connect(addr))
+        Self::request_on(TcpSocket::new_v4().expect("socket"), addr, bytes).await
+    }
+
+    async fn request_on(socket: TcpSocket, addr: SocketAddr, bytes: &[u8]) -> (String, RawClient) {
+        let stream = timeout(DEADLINE, socket.connect(addr))
             .await
             .expect("connect timed out")
             .expect("connect");
