@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix_http::error::DispatchError;
 use actix_http::{Extensions, HttpService, Request, Response};
 use actix_service::{fn_service, ServiceFactoryExt};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytestring::ByteString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -92,6 +93,16 @@ async fn serve_upgrade(
     }
 }
 
+async fn embedded_route(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<(UnboundedSender<Event>, SessionConfig)>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (events, config) = state.get_ref().clone();
+    let (_, response) = wsgrace::start(&req, payload, Recorder { events }, config)?;
+    Ok(response)
+}
+
 impl TestServer {
     pub fn start(config: SessionConfig) -> TestServer {
         let (events_tx, events) = unbounded_channel();
@@ -143,6 +154,46 @@ impl TestServer {
                     .run();
                 let _ = addr_tx.send(addr);
                 server.await
+            });
+            if let Err(err) = result {
+                eprintln!("test server failed: {err}");
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(DEADLINE)
+            .expect("test server did not bind");
+        TestServer { addr, events }
+    }
+
+    /// The same server on the other way in: `wsgrace::start` inside actix-web's own
+    /// `HttpServer` and its HTTP dispatcher, as an app embeds the session (no lingering close,
+    /// which `HttpServer` cannot give).
+    pub fn start_embedded(config: SessionConfig) -> TestServer {
+        let (events_tx, events) = unbounded_channel();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let system = actix::System::new();
+            let result = system.block_on(async move {
+                let state = web::Data::new((events_tx, config));
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(state.clone())
+                        .route("/ws", web::get().to(embedded_route))
+                })
+                .workers(1)
+                .disable_signals()
+                .on_connect(wsgrace::transport::on_connect(
+                    wsgrace::transport::SocketTuning {
+                        user_timeout: Duration::from_secs(15),
+                        send_buffer: 0,
+                    },
+                ))
+                .client_disconnect_timeout(Duration::ZERO)
+                .bind("127.0.0.1:0")?;
+                let addr = server.addrs()[0];
+                let running = server.run();
+                let _ = addr_tx.send(addr);
+                running.await
             });
             if let Err(err) = result {
                 eprintln!("test server failed: {err}");
