@@ -214,7 +214,13 @@ pub enum KeyError {
     /// An EC key on a curve ES256 cannot use.
     #[error("is an EC key on another curve than P-256 (ES256 needs prime256v1)")]
     Curve,
+    /// An RSA key too short to verify with: ring refuses every signature of it.
+    #[error("is an RSA key of {0} bits; RS256 needs at least {MIN_RSA_BITS}")]
+    RsaTooShort(usize),
 }
+
+/// The shortest RSA modulus ring verifies RS256 signatures with.
+pub const MIN_RSA_BITS: usize = 2048;
 
 /// The DER of the OID of P-256 (prime256v1, 1.2.840.10045.3.1.7).
 const P256_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -240,6 +246,13 @@ impl Verifier {
             return Err(KeyError::NotPem);
         }
         if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            // Taken as is, a short key would start the server and then refuse every token as
+            // a bad signature.
+            if let Some(bits) = pem_body(text).and_then(|der| rsa_modulus_bits(label, &der)) {
+                if bits < MIN_RSA_BITS {
+                    return Err(KeyError::RsaTooShort(bits));
+                }
+            }
             return Ok(Verifier::new(key, Algorithm::RS256));
         }
         if let Ok(key) = DecodingKey::from_ec_pem(pem) {
@@ -428,6 +441,61 @@ fn pem_body(text: &str) -> Option<Vec<u8>> {
         .take_while(|line| !line.starts_with("-----END "))
         .collect();
     STANDARD.decode(body).ok()
+}
+
+/// The first DER element of `der`: its tag, its contents and what follows it.
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (len, rest) = rest.split_at(count);
+        let len = len
+            .iter()
+            .fold(0usize, |acc, byte| (acc << 8) | usize::from(*byte));
+        (len, rest)
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(len);
+    Some((tag, contents, rest))
+}
+
+/// The modulus length in bits of the RSA public key `der`: a SubjectPublicKeyInfo under the
+/// PEM label `PUBLIC KEY`, PKCS#1 under `RSA PUBLIC KEY`. `None` if it is neither.
+fn rsa_modulus_bits(label: &str, der: &[u8]) -> Option<usize> {
+    const SEQUENCE: u8 = 0x30;
+    const INTEGER: u8 = 0x02;
+    const BIT_STRING: u8 = 0x03;
+    let mut key = der;
+    if label == "PUBLIC KEY" {
+        let (SEQUENCE, info, _) = der_element(der)? else {
+            return None;
+        };
+        let (SEQUENCE, _algorithm, rest) = der_element(info)? else {
+            return None;
+        };
+        let (BIT_STRING, bits, _) = der_element(rest)? else {
+            return None;
+        };
+        // A BIT STRING starts with its count of unused bits: none here.
+        key = bits.strip_prefix(&[0])?;
+    }
+    let (SEQUENCE, rsa, _) = der_element(key)? else {
+        return None;
+    };
+    let (INTEGER, modulus, _) = der_element(rsa)? else {
+        return None;
+    };
+    let start = modulus.iter().position(|byte| *byte != 0)?;
+    let leading = modulus[start].leading_zeros() as usize;
+    Some((modulus.len() - start) * 8 - leading)
 }
 
 #[cfg(test)]
@@ -714,6 +782,43 @@ mod tests {
             .unwrap_err(),
             KeyError::NotPem
         );
+    }
+
+    /// A 1024-bit RSA public key (made with `openssl genpkey`), as SPKI and as PKCS#1.
+    const RSA_1024_SPKI: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQCb6kIsIuja/PzW1yBqyy1UPDqW
+84iVzDbf1ArvrAwPHWzlzusApUPKraGiAgNW3iBelMlgQBo9x3Smty1TE8vd3hx4
+aL+a62giunziPBCTWcsSkJGjc8rcsDKbl/YmZdHtnas4ef6rxgsS9onb05MByY0P
+7+E1a6m7iVFOJXGibwIDAQAB
+-----END PUBLIC KEY-----
+";
+    const RSA_1024_PKCS1: &str = "-----BEGIN RSA PUBLIC KEY-----
+MIGJAoGBAJvqQiwi6Nr8/NbXIGrLLVQ8OpbziJXMNt/UCu+sDA8dbOXO6wClQ8qt
+oaICA1beIF6UyWBAGj3HdKa3LVMTy93eHHhov5rraCK6fOI8EJNZyxKQkaNzytyw
+MpuX9iZl0e2dqzh5/qvGCxL2idvTkwHJjQ/v4TVrqbuJUU4lcaJvAgMBAAE=
+-----END RSA PUBLIC KEY-----
+";
+
+    #[test]
+    fn rsa_keys_under_2048_bits_are_refused() {
+        for pem in [RSA_1024_SPKI, RSA_1024_PKCS1] {
+            assert_eq!(
+                Verifier::from_public_key_pem(pem.as_bytes()).unwrap_err(),
+                KeyError::RsaTooShort(1024)
+            );
+        }
+        // The walk through the DER: lengths in short and long form, and truncated input.
+        assert_eq!(
+            der_element(&[0x02, 0x01, 0x05, 0xff]),
+            Some((0x02, &[0x05][..], &[0xff][..]))
+        );
+        assert_eq!(
+            der_element(&[0x04, 0x81, 0x01, 0x07]),
+            Some((0x04, &[0x07][..], &[][..]))
+        );
+        assert_eq!(der_element(&[0x04, 0x82, 0x01]), None);
+        assert_eq!(der_element(&[0x04, 0x05, 0x00]), None);
+        assert_eq!(rsa_modulus_bits("PUBLIC KEY", &[0x30, 0x00]), None);
     }
 
     #[test]

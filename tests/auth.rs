@@ -330,17 +330,22 @@ async fn the_name_is_the_tokens_sub_from_either_carrier() {
 
 /// openssl-made key pairs: (private PEM, public PEM path).
 fn key_pair(algorithm: &str) -> (Vec<u8>, PathBuf) {
-    assert!(
-        std::path::Path::new(OPENSSL).exists(),
-        "tests/auth.rs needs {OPENSSL}: apt-get install -y openssl"
-    );
-    let private = temp_file(&format!("{algorithm}-private.pem"), "");
-    let public = temp_file(&format!("{algorithm}-public.pem"), "");
     let args: &[&str] = match algorithm {
         "RS256" => &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
         "ES256" => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
         _ => &["-algorithm", "ed25519"],
     };
+    openssl_key_pair(algorithm, args)
+}
+
+/// A key pair `openssl genpkey` makes with `args`: (private PEM, public PEM path).
+fn openssl_key_pair(name: &str, args: &[&str]) -> (Vec<u8>, PathBuf) {
+    assert!(
+        std::path::Path::new(OPENSSL).exists(),
+        "tests/auth.rs needs {OPENSSL}: apt-get install -y openssl"
+    );
+    let private = temp_file(&format!("{name}-private.pem"), "");
+    let public = temp_file(&format!("{name}-public.pem"), "");
     let run = |command: &mut Command| {
         let output = command.output().expect("run openssl");
         assert!(
@@ -690,6 +695,11 @@ async fn config_errors_exit_2_naming_the_key_and_never_the_secret() {
     let not_pem = temp_file("not-a-key.pem", "hello\n");
     let (private, _) = key_pair("ES256");
     let private_path = temp_file("private.pem", &String::from_utf8_lossy(&private));
+    // Short enough that ring would refuse every signature made with it.
+    let (_, rsa_1024) = openssl_key_pair(
+        "RSA-1024",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
+    );
     let short = "only-31-bytes-of-secret-0123456";
     for (config, env, key) in [
         (
@@ -725,6 +735,11 @@ async fn config_errors_exit_2_naming_the_key_and_never_the_secret() {
                 "[auth]\njwt_public_key_file = \"{}\"\n",
                 private_path.display()
             ),
+            vec![],
+            "auth.jwt_public_key_file",
+        ),
+        (
+            format!("[auth]\njwt_public_key_file = \"{}\"\n", rsa_1024.display()),
             vec![],
             "auth.jwt_public_key_file",
         ),
