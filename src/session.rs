@@ -33,7 +33,8 @@ use crate::close::{
 use crate::linger::{LingerSwitch, LingeringStream};
 use crate::metrics::{metrics, DropReason};
 use crate::transport::{
-    self, Inbound, InboundError, InboundFrames, OutboundBody, OutboundQueue, Refused, SocketReader,
+    self, InFlight, InFlightToken, Inbound, InboundError, InboundFrames, OutboundBody,
+    OutboundQueue, Refused, SocketReader,
 };
 
 /// A session's id, unique in the process.
@@ -249,9 +250,18 @@ pub struct SessionHandle {
     id: SessionId,
     addr: Addr<Session>,
     state: Arc<AtomicU8>,
+    in_flight: InFlight,
 }
 
 impl SessionHandle {
+    /// Counts one of the session's messages as on its way through the application until the
+    /// token is dropped: with [`transport::MAX_MESSAGES_IN_FLIGHT`] of them, the session reads
+    /// nothing more from its peer (see [`InFlight`]). A handler that passes messages on
+    /// (to another actor, a broker) holds one per message until it is done with it.
+    pub fn hold_inbound(&self) -> InFlightToken {
+        self.in_flight.hold()
+    }
+
     /// The session's id.
     pub fn id(&self) -> SessionId {
         self.id
@@ -390,15 +400,22 @@ where
     let max_message_bytes = config.max_message_bytes;
     let max_messages_per_sec = config.max_messages_per_sec;
     let state = Arc::new(AtomicU8::new(state_to_u8(CloseState::Open)));
+    let in_flight = InFlight::new(transport::MAX_MESSAGES_IN_FLIGHT);
+    let handle_in_flight = in_flight.clone();
     let shared_state = state.clone();
     let addr = Session::create(move |ctx| {
-        ctx.add_stream(InboundFrames::new(inbound, max_message_bytes));
+        ctx.add_stream(InboundFrames::new(
+            inbound,
+            max_message_bytes,
+            Some(in_flight.clone()),
+        ));
         Session {
             id,
             handle: SessionHandle {
                 id,
                 addr: ctx.address(),
                 state: shared_state,
+                in_flight,
             },
             handler: Box::new(handler),
             config,
@@ -417,7 +434,13 @@ where
             linger,
         }
     });
-    (SessionHandle { id, addr, state }, body)
+    let handle = SessionHandle {
+        id,
+        addr,
+        state,
+        in_flight: handle_in_flight,
+    };
+    (handle, body)
 }
 
 /// The session actor. Create it with [`start`].

@@ -47,6 +47,7 @@ use crate::metrics::{metrics, DropReason};
 use crate::resume::{Delivery, ResumeMerge};
 use crate::session::{SessionEnd, SessionHandle, SessionHandler, SessionId};
 use crate::shutdown::{batch_schedule, DrainPlan};
+use crate::transport::InFlightToken;
 
 /// A session joins `room` as `name`.
 #[derive(Debug, Clone, Message)]
@@ -84,13 +85,16 @@ pub struct LeaveBatch {
 }
 
 /// A chat message from session `from` to its room.
-#[derive(Debug, Clone, Message)]
+#[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Broadcast {
     /// The sender.
     pub from: SessionId,
     /// The text.
     pub text: ByteString,
+    /// Counts the message as on its way ([`SessionHandle::hold_inbound`]) until it is
+    /// delivered or refused (for Redis: published); `None`: not counted.
+    pub in_flight: Option<InFlightToken>,
 }
 
 /// Drain every session as `plan` says (its deadline counted from now); answers the report.
@@ -676,7 +680,15 @@ impl Supervisor {
     /// A message from `from` to its room, through the broker. The local broker answers at
     /// once; with Redis the message comes back as a live event, and a refusal reaches the
     /// sender as an `error` frame.
-    fn publish(&mut self, from: SessionId, text: ByteString, ctx: &mut Context<Self>) {
+    /// Publishes `text` of member `from`; `in_flight` is dropped once the message is done
+    /// with (delivered here, or published to Redis, or refused).
+    fn publish(
+        &mut self,
+        from: SessionId,
+        text: ByteString,
+        in_flight: Option<InFlightToken>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(member) = self.members.get(&from) else {
             return;
         };
@@ -701,6 +713,7 @@ impl Supervisor {
                         if let Err(err) = published.await {
                             refuse(&sender, &err);
                         }
+                        drop(in_flight);
                     }
                     .into_actor(self)
                     .map(|(), act, ctx| {
@@ -1003,7 +1016,7 @@ impl Handler<Broadcast> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Broadcast, ctx: &mut Self::Context) {
-        self.publish(msg.from, msg.text, ctx);
+        self.publish(msg.from, msg.text, msg.in_flight, ctx);
     }
 }
 
@@ -1155,6 +1168,7 @@ impl SessionHandler for ChatHandler {
         self.supervisor.do_send(Broadcast {
             from: session.id(),
             text,
+            in_flight: Some(session.hold_inbound()),
         });
     }
 

@@ -23,6 +23,8 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use actix_codec::{Decoder, Encoder};
@@ -30,6 +32,7 @@ use actix_http::ws::{Codec, Frame, Item, Message, OpCode, ProtocolError};
 use actix_web::error::PayloadError;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
+use futures::task::AtomicWaker;
 use futures::Stream;
 
 use crate::close::CloseStatus;
@@ -154,6 +157,8 @@ pub struct InboundFrames<S> {
     buf: BytesMut,
     /// The text message being reassembled from fragments.
     partial: Option<BytesMut>,
+    /// No more is read while this many messages are on their way.
+    in_flight: Option<InFlight>,
     max_message_bytes: usize,
     eof: bool,
     done: bool,
@@ -163,13 +168,15 @@ impl<S> InboundFrames<S>
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
 {
-    /// Reads `payload`, accepting messages of at most `max_message_bytes`.
-    pub fn new(payload: S, max_message_bytes: usize) -> Self {
+    /// Reads `payload`, accepting messages of at most `max_message_bytes`; while `in_flight`
+    /// is at its limit, reads nothing more (what was read is still decoded).
+    pub fn new(payload: S, max_message_bytes: usize, in_flight: Option<InFlight>) -> Self {
         InboundFrames {
             payload,
             codec: Codec::new().max_size(max_message_bytes),
             buf: BytesMut::new(),
             partial: None,
+            in_flight,
             max_message_bytes,
             eof: false,
             done: false,
@@ -270,6 +277,11 @@ where
                 this.done = true;
                 return Poll::Ready(None);
             }
+            if let Some(in_flight) = &this.in_flight {
+                if in_flight.poll_room(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
             match Pin::new(&mut this.payload).poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
                 Poll::Ready(Some(Err(err))) => {
@@ -364,6 +376,74 @@ async fn write_all(socket: &LingeringStream, mut bytes: &[u8]) -> std::io::Resul
         bytes = &bytes[n..];
     }
     Ok(())
+}
+
+/// A session's messages on their way through the application (a chat message on its way to
+/// the supervisor and the broker, say): past `limit` of them, the session reads no more from
+/// its peer until some are done, and TCP's flow control slows the peer down. A client that
+/// floods without a rate limit then fills no unbounded queue; nothing it sent is dropped.
+/// Cloning shares the count; tokens may be dropped on any thread.
+#[derive(Debug, Clone)]
+pub struct InFlight(Arc<InFlightShared>);
+
+#[derive(Debug)]
+struct InFlightShared {
+    count: AtomicUsize,
+    limit: usize,
+    /// The reader waiting for room.
+    reader: AtomicWaker,
+}
+
+/// One message on its way; dropping it says the message is done.
+#[derive(Debug)]
+pub struct InFlightToken(Arc<InFlightShared>);
+
+/// How many messages of one session may be on their way at once ([`InFlight`]).
+pub const MAX_MESSAGES_IN_FLIGHT: usize = 64;
+
+impl InFlight {
+    /// A count that stops the reader at `limit` messages.
+    pub fn new(limit: usize) -> Self {
+        InFlight(Arc::new(InFlightShared {
+            count: AtomicUsize::new(0),
+            limit,
+            reader: AtomicWaker::new(),
+        }))
+    }
+
+    /// Counts one more message on its way until the token is dropped.
+    pub fn hold(&self) -> InFlightToken {
+        self.0.count.fetch_add(1, Ordering::AcqRel);
+        InFlightToken(self.0.clone())
+    }
+
+    /// Messages on their way now.
+    pub fn count(&self) -> usize {
+        self.0.count.load(Ordering::Acquire)
+    }
+
+    /// Ready while fewer than the limit are on their way; otherwise the reader is woken when
+    /// one is done.
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.count() < self.0.limit {
+            return Poll::Ready(());
+        }
+        self.0.reader.register(cx.waker());
+        // A token dropped between the check and the registration woke nobody: look again.
+        if self.count() < self.0.limit {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for InFlightToken {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) >= self.0.limit {
+            self.0.reader.wake();
+        }
+    }
 }
 
 /// How far the outbound side has come.

@@ -213,3 +213,41 @@ async fn a_client_over_the_message_rate_is_closed_1008() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_that_flood_without_a_rate_limit_are_slowed_not_queued() {
+    // No rate limit (the default): four clients, each alone in its room, send 2,500 messages
+    // of 8 KiB each (80 MiB in all) as fast as their sockets take them. Each session stops
+    // reading while 64 of its messages are on their way to the supervisor, so the flood waits
+    // in TCP, not in the server's memory; every message still arrives, in order.
+    let server = ServerProcess::start("[history]\nsize = 10\n");
+    let rss_before = server.rss_bytes();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
+    let sampling = {
+        let peak = peak.clone();
+        let pid_rss = server.rss_reader();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(pid_rss(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let floods: Vec<_> = (0..4)
+        .map(|i| {
+            let room = format!("flood{i}");
+            let server = &server;
+            async move { flood(server, &room, 2500, 8192).await }
+        })
+        .collect();
+    futures::future::join_all(floods).await;
+    sampling.abort();
+    let grown = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(rss_before);
+    eprintln!("server RSS grew by at most {grown} bytes during the flood");
+    assert!(
+        grown < 32 * 1024 * 1024,
+        "server RSS grew by {grown} bytes during the flood"
+    );
+}

@@ -174,14 +174,13 @@ impl ServerProcess {
 
     /// The server's resident memory, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/PID/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmRSS")
-            * 1024
+        rss_of(self.pid())
+    }
+
+    /// Reads the server's RSS from anywhere (a sampling task), as [`Self::rss_bytes`].
+    pub fn rss_reader(&self) -> impl Fn() -> u64 + Send + 'static {
+        let pid = self.pid();
+        move || rss_of(pid)
     }
 
     /// Lines on stdout after `listening on`: the contract is that there are none.
@@ -348,6 +347,18 @@ pub async fn metric(addr: SocketAddr, sample: &str) -> f64 {
             (name == sample).then(|| value.parse().ok()).flatten()
         })
         .unwrap_or(0.0)
+}
+
+/// The resident memory of process `pid` in bytes (`VmRSS`).
+fn rss_of(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
 }
 
 /// The headers of a WebSocket upgrade, for [`http_get`].
