@@ -614,6 +614,11 @@ impl Session {
             return;
         }
         let now = Instant::now();
+        // While its messages wait for the application, the session is not reading: the peer's
+        // silence is ours, not the peer's.
+        if self.handle.in_flight.is_full() {
+            self.last_seen = now;
+        }
         if now.saturating_duration_since(self.last_seen) >= self.config.client_timeout {
             warn!(
                 "session={} no frame for {:?}: aborting",

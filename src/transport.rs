@@ -422,15 +422,20 @@ impl InFlight {
         self.0.count.load(Ordering::Acquire)
     }
 
+    /// Whether the reader is held back now.
+    pub fn is_full(&self) -> bool {
+        self.count() >= self.0.limit
+    }
+
     /// Ready while fewer than the limit are on their way; otherwise the reader is woken when
     /// one is done.
     fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.count() < self.0.limit {
+        if !self.is_full() {
             return Poll::Ready(());
         }
         self.0.reader.register(cx.waker());
         // A token dropped between the check and the registration woke nobody: look again.
-        if self.count() < self.0.limit {
+        if !self.is_full() {
             Poll::Ready(())
         } else {
             Poll::Pending

@@ -7,6 +7,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::Event;
+
 use common::{
     close_payload, encode_frame, RawClient, TestServer, DEADLINE, OP_BINARY, OP_CLOSE,
     OP_CONTINUATION, OP_PING, OP_TEXT,
@@ -261,4 +263,45 @@ async fn a_client_that_does_not_read_is_closed_1008_slow_consumer() {
     let (end, _) = server.ended(session.id()).await;
     assert!(end.dropped_slow_consumer > 0);
     assert_eq!(end.record.result, CloseResult::Error);
+}
+
+#[tokio::test]
+async fn a_session_held_back_by_its_messages_in_flight_is_not_timed_out() {
+    // The handler keeps 64 messages "on their way" (their tokens) for longer than the client
+    // timeout: the session reads nothing meanwhile, so the client's pongs wait in TCP. That
+    // silence is the server's, not the client's: the session stays open, and once the
+    // messages are done it reads what waited.
+    let mut server = TestServer::start(SessionConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        client_timeout: Duration::from_secs(1),
+        ..config()
+    });
+    let mut client = RawClient::connect(server.addr, "/ws").await;
+    let session = server.next_session().await;
+    for i in 0..wsgrace::transport::MAX_MESSAGES_IN_FLIGHT {
+        client.send_text(&format!("hold {i}")).await;
+    }
+    let mut held = Vec::new();
+    while held.len() < wsgrace::transport::MAX_MESSAGES_IN_FLIGHT {
+        match server.next_event().await {
+            Event::Held(_, token) => held.push(token),
+            Event::Ended(_, end) => panic!("ended while held: {end:?}"),
+            _ => {}
+        }
+    }
+    client.send_text("after").await;
+    // Twice the client timeout, answering every ping (nothing to wait for: what is checked is
+    // that nothing happens). An end of the connection (the session timed out) ends the wait
+    // early, and fails below.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(_)) = tokio::time::timeout_at(until, client.next_frame()).await {}
+    assert_eq!(session.state(), wsgrace::CloseState::Open);
+    drop(held);
+    loop {
+        match server.next_event().await {
+            Event::Message(id, text) if id == session.id() && text == "after" => break,
+            Event::Ended(_, end) => panic!("ended before reading on: {end:?}"),
+            _ => {}
+        }
+    }
 }

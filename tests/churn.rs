@@ -348,6 +348,7 @@ impl Shared {
             }
             Event::Message(id, text) => self.on_message(id, text),
             Event::Ended(id, end) => self.on_end(id, end),
+            Event::Held(..) => {}
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::timeout;
 use wsgrace::linger::{LingerBounds, LingeringStream};
+use wsgrace::transport::InFlightToken;
 use wsgrace::upgrade::Upgrading;
 use wsgrace::{SessionConfig, SessionEnd, SessionHandle, SessionHandler};
 
@@ -36,9 +37,12 @@ pub enum Event {
     Started(SessionHandle),
     Message(u64, String),
     Ended(u64, SessionEnd),
+    /// A message starting with `hold ` came: the token counts it as on its way until dropped.
+    Held(u64, InFlightToken),
 }
 
-/// Records every event and echoes each text message back to its sender.
+/// Records every event and echoes each text message back to its sender; holds a message
+/// starting with `hold ` as on its way (see [`Event::Held`]).
 struct Recorder {
     events: UnboundedSender<Event>,
 }
@@ -49,6 +53,11 @@ impl SessionHandler for Recorder {
     }
 
     fn on_message(&mut self, session: &SessionHandle, text: ByteString) {
+        if text.starts_with("hold ") {
+            let _ = self
+                .events
+                .send(Event::Held(session.id(), session.hold_inbound()));
+        }
         let _ = self
             .events
             .send(Event::Message(session.id(), text.to_string()));
