@@ -112,65 +112,73 @@ async fn embedded_route(
     Ok(response)
 }
 
+/// Socket options of the test servers' connections.
+const TUNING: wsgrace::transport::SocketTuning = wsgrace::transport::SocketTuning {
+    user_timeout: Duration::from_secs(15),
+    send_buffer: 0,
+};
+
+/// Runs `serve` on a thread of its own, in an actix system; `serve` sends the address it
+/// listens on, then runs until the test process ends. Returns that address.
+fn spawn_server<F, Fut>(serve: F) -> SocketAddr
+where
+    F: FnOnce(std::sync::mpsc::Sender<SocketAddr>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Err(err) = actix::System::new().block_on(serve(addr_tx)) {
+            eprintln!("test server failed: {err}");
+        }
+    });
+    addr_rx
+        .recv_timeout(DEADLINE)
+        .expect("test server did not bind")
+}
+
 impl TestServer {
     pub fn start(config: SessionConfig) -> TestServer {
         let (events_tx, events) = unbounded_channel();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let system = actix::System::new();
-            let result = system.block_on(async move {
-                let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-                let addr = listener.local_addr()?;
-                let server = actix_server::Server::build()
-                    .workers(1)
-                    .disable_signals()
-                    .listen("test", listener, move || {
-                        let events = events_tx.clone();
-                        let config = config.clone();
-                        let http = HttpService::build()
-                            .client_disconnect_timeout(Duration::ZERO)
-                            .on_connect_ext(|io: &LingeringStream, _: &mut Extensions| {
-                                if let Some(tcp) = io.tcp() {
-                                    wsgrace::transport::tune_socket(
-                                        tcp,
-                                        wsgrace::transport::SocketTuning {
-                                            user_timeout: Duration::from_secs(15),
-                                            send_buffer: 0,
-                                        },
-                                    );
-                                }
-                            })
-                            .upgrade(fn_service(move |(req, connection)| {
-                                let served =
-                                    serve_upgrade(req, connection, events.clone(), config.clone());
-                                async move {
-                                    served.await;
-                                    Ok::<(), std::convert::Infallible>(())
-                                }
-                            }))
-                            .h1(|_req: Request| async {
-                                Ok::<_, std::convert::Infallible>(Response::not_found())
-                            });
-                        fn_service(|tcp: actix_rt::net::TcpStream| {
-                            let peer = tcp.peer_addr().ok();
-                            std::future::ready(Ok::<_, DispatchError>((
-                                LingeringStream::new(tcp, LINGER),
-                                peer,
-                            )))
+        let addr = spawn_server(move |addr_tx| async move {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let server = actix_server::Server::build()
+                .workers(1)
+                .disable_signals()
+                .listen("test", listener, move || {
+                    let events = events_tx.clone();
+                    let config = config.clone();
+                    let http = HttpService::build()
+                        .client_disconnect_timeout(Duration::ZERO)
+                        .on_connect_ext(|io: &LingeringStream, _: &mut Extensions| {
+                            if let Some(tcp) = io.tcp() {
+                                wsgrace::transport::tune_socket(tcp, TUNING);
+                            }
                         })
-                        .and_then(http)
-                    })?
-                    .run();
-                let _ = addr_tx.send(addr);
-                server.await
-            });
-            if let Err(err) = result {
-                eprintln!("test server failed: {err}");
-            }
+                        .upgrade(fn_service(move |(req, connection)| {
+                            let served =
+                                serve_upgrade(req, connection, events.clone(), config.clone());
+                            async move {
+                                served.await;
+                                Ok::<(), std::convert::Infallible>(())
+                            }
+                        }))
+                        .h1(|_req: Request| async {
+                            Ok::<_, std::convert::Infallible>(Response::not_found())
+                        });
+                    fn_service(|tcp: actix_rt::net::TcpStream| {
+                        let peer = tcp.peer_addr().ok();
+                        std::future::ready(Ok::<_, DispatchError>((
+                            LingeringStream::new(tcp, LINGER),
+                            peer,
+                        )))
+                    })
+                    .and_then(http)
+                })?
+                .run();
+            let _ = addr_tx.send(addr);
+            server.await
         });
-        let addr = addr_rx
-            .recv_timeout(DEADLINE)
-            .expect("test server did not bind");
         TestServer { addr, events }
     }
 
@@ -179,38 +187,23 @@ impl TestServer {
     /// which `HttpServer` cannot give).
     pub fn start_embedded(config: SessionConfig) -> TestServer {
         let (events_tx, events) = unbounded_channel();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let system = actix::System::new();
-            let result = system.block_on(async move {
-                let state = web::Data::new((events_tx, config));
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(state.clone())
-                        .route("/ws", web::get().to(embedded_route))
-                })
-                .workers(1)
-                .disable_signals()
-                .on_connect(wsgrace::transport::on_connect(
-                    wsgrace::transport::SocketTuning {
-                        user_timeout: Duration::from_secs(15),
-                        send_buffer: 0,
-                    },
-                ))
-                .client_disconnect_timeout(Duration::ZERO)
-                .bind("127.0.0.1:0")?;
-                let addr = server.addrs()[0];
-                let running = server.run();
-                let _ = addr_tx.send(addr);
-                running.await
-            });
-            if let Err(err) = result {
-                eprintln!("test server failed: {err}");
-            }
+        let addr = spawn_server(move |addr_tx| async move {
+            let state = web::Data::new((events_tx, config));
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(state.clone())
+                    .route("/ws", web::get().to(embedded_route))
+            })
+            .workers(1)
+            .disable_signals()
+            .on_connect(wsgrace::transport::on_connect(TUNING))
+            .client_disconnect_timeout(Duration::ZERO)
+            .bind("127.0.0.1:0")?;
+            let addr = server.addrs()[0];
+            let running = server.run();
+            let _ = addr_tx.send(addr);
+            running.await
         });
-        let addr = addr_rx
-            .recv_timeout(DEADLINE)
-            .expect("test server did not bind");
         TestServer { addr, events }
     }
 
