@@ -221,43 +221,40 @@ struct Admitted {
     config: SessionConfig,
 }
 
+/// A refusal of [`admit`].
+fn refused(response: HttpResponse) -> Result<Admitted, Box<HttpResponse>> {
+    Err(Box::new(response))
+}
+
 /// Every check that can refuse an upgrade, in order; the refusal is counted (and logged where
 /// the SPEC asks for a line).
 fn admit(state: &AppState, req: &RequestHead) -> Result<Admitted, Box<HttpResponse>> {
     if !state.readiness.is_ready() {
         metrics().refused("draining");
-        return Err(Box::new(
-            HttpResponse::ServiceUnavailable().body("draining\n"),
-        ));
+        return refused(HttpResponse::ServiceUnavailable().body("draining\n"));
     }
     if !state.broker.is_up() {
         metrics().refused("broker_unavailable");
-        return Err(Box::new(
-            HttpResponse::ServiceUnavailable().body("broker unavailable\n"),
-        ));
+        return refused(HttpResponse::ServiceUnavailable().body("broker unavailable\n"));
     }
     if let Err(refusal) = check_origin(req, &state.config.server.allowed_origins) {
         warn!("upgrade refused: {refusal}");
         metrics().refused("origin");
-        return Err(Box::new(
-            HttpResponse::Forbidden().body(format!("{refusal}\n")),
-        ));
+        return refused(HttpResponse::Forbidden().body(format!("{refusal}\n")));
     }
     let mut query = match web::Query::<JoinQuery>::from_query(req.uri.query().unwrap_or_default()) {
         Ok(query) => query.into_inner(),
         Err(err) => {
             metrics().refused("bad_query");
-            return Err(Box::new(
-                HttpResponse::BadRequest().body(format!("bad query: {err}\n")),
-            ));
+            return refused(HttpResponse::BadRequest().body(format!("bad query: {err}\n")));
         }
     };
     let room = query.room.unwrap_or_else(|| "lobby".to_owned());
     if !is_valid_name(&room) {
         metrics().refused("bad_room");
-        return Err(Box::new(
+        return refused(
             HttpResponse::BadRequest().body("room must be 1-64 characters of [A-Za-z0-9_.-]\n"),
-        ));
+        );
     }
     // With authentication on, the token's `sub` names the session (the query's `name` is not
     // used) and its `exp` ends it.
@@ -274,18 +271,16 @@ fn admit(state: &AppState, req: &RequestHead) -> Result<Admitted, Box<HttpRespon
     if let Some(name) = &query.name {
         if !is_valid_name(name) {
             metrics().refused("bad_name");
-            return Err(Box::new(
+            return refused(
                 HttpResponse::BadRequest().body("name must be 1-64 characters of [A-Za-z0-9_.-]\n"),
-            ));
+            );
         }
     }
     let resume = match resume_request(query.since.as_deref(), query.epoch.as_deref()) {
         Ok(resume) => resume,
         Err(bad) => {
             metrics().refused(bad.reason());
-            return Err(Box::new(
-                HttpResponse::BadRequest().body(format!("{bad}\n")),
-            ));
+            return refused(HttpResponse::BadRequest().body(format!("{bad}\n")));
         }
     };
     let address = upgrade_client_address(req, &state.trusted_proxies);
@@ -295,9 +290,9 @@ fn admit(state: &AppState, req: &RequestHead) -> Result<Admitted, Box<HttpRespon
         Some(Err(at_limit)) => {
             warn!("upgrade refused: {at_limit} (server.max_connections_per_ip)");
             metrics().refused("per_ip_limit");
-            return Err(Box::new(
+            return refused(
                 HttpResponse::TooManyRequests().body("too many connections from this address\n"),
-            ));
+            );
         }
     };
     let open = state.open.fetch_add(1, Ordering::AcqRel);
@@ -308,9 +303,7 @@ fn admit(state: &AppState, req: &RequestHead) -> Result<Admitted, Box<HttpRespon
             state.max_connections
         );
         metrics().refused("max_connections");
-        return Err(Box::new(
-            HttpResponse::ServiceUnavailable().body("too many connections\n"),
-        ));
+        return refused(HttpResponse::ServiceUnavailable().body("too many connections\n"));
     }
     let config = state.session_config(&room);
     let handler = Counted {
