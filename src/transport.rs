@@ -755,6 +755,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn in_flight_holds_the_reader_back_at_its_limit_and_wakes_it_below() {
+        use std::sync::atomic::AtomicBool;
+        use std::task::Wake;
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let woken = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let in_flight = InFlight::new(2);
+        let first = in_flight.hold();
+        assert!(in_flight.poll_room(&mut cx).is_ready());
+        let second = in_flight.hold();
+        assert!(in_flight.is_full());
+        assert!(in_flight.poll_room(&mut cx).is_pending());
+        // Done on another thread, as the supervisor's are.
+        std::thread::spawn(move || drop(second))
+            .join()
+            .expect("the dropping thread");
+        assert!(woken.0.load(Ordering::SeqCst), "the reader was not woken");
+        assert!(in_flight.poll_room(&mut cx).is_ready());
+        assert_eq!(in_flight.count(), 1);
+        drop(first);
+        assert_eq!(in_flight.count(), 0);
+    }
+
+    #[test]
     fn a_replay_does_not_count_against_the_limit() {
         let (queue, mut body) = outbound();
         let text = || ByteString::from_static("x");
