@@ -362,6 +362,8 @@ pub fn start(
     config: SessionConfig,
 ) -> Result<(SessionHandle, HttpResponse), actix_web::Error> {
     let mut response = actix_web_actors::ws::handshake(req)?;
+    // An app that serves through `linger::LingeringStream` puts the connection's switch into
+    // the connection data (`on_connect_ext`), so that an aborted session skips the linger.
     let linger = req.conn_data::<LingerSwitch>().cloned();
     let (handle, body) = spawn(payload, linger, handler, config);
     Ok((handle, response.streaming(body)))
