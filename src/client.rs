@@ -345,6 +345,15 @@ impl SeqTracker {
         SeqTracker::default()
     }
 
+    /// A tracker that goes on from `resume` (the app has every message through
+    /// `resume.since` of `resume.epoch`).
+    pub fn resuming(resume: &Resume) -> SeqTracker {
+        SeqTracker {
+            epoch: resume.epoch.clone(),
+            seq: Some(resume.since),
+        }
+    }
+
     pub fn epoch(&self) -> Option<&str> {
         self.epoch.as_deref()
     }
@@ -620,6 +629,10 @@ pub struct ClientConfig {
     /// TCP reset is noticed. Set it well above the server's `session.heartbeat_interval_ms`
     /// (e.g. three times). Default `None`: no timeout, like the browser module.
     pub idle_timeout: Option<Duration>,
+    /// Where to resume from on the first connection: another client's
+    /// [`Client::resume_point`], to go on after it stopped (a 1008, the app's own close)
+    /// without losing or repeating a message. Default `None`: start at the room's present.
+    pub resume: Option<Resume>,
 }
 
 impl ClientConfig {
@@ -635,6 +648,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             idle_timeout: None,
+            resume: None,
         }
     }
 }
@@ -652,6 +666,7 @@ impl fmt::Debug for ClientConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("close_timeout", &self.close_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("resume", &self.resume)
             .finish()
     }
 }
@@ -772,17 +787,24 @@ impl Client {
             app_closed: false,
             close_request: None,
             outbound: None,
-            epoch: None,
-            last_seq: None,
+            epoch: config
+                .resume
+                .as_ref()
+                .and_then(|resume| resume.epoch.clone()),
+            last_seq: config.resume.as_ref().map(|resume| resume.since),
             name: None,
         })));
         let stop = CancellationToken::new();
         let done = CancellationToken::new();
         let room = config.room.clone();
         let close_timeout = config.close_timeout;
+        let tracker = config
+            .resume
+            .as_ref()
+            .map_or_else(SeqTracker::new, SeqTracker::resuming);
         let driver = Driver {
             config,
-            tracker: SeqTracker::new(),
+            tracker,
             attempt: 0,
             welcome_name: None,
             state: ConnectionState::Connecting,
@@ -874,6 +896,17 @@ impl Client {
     /// The last seq handed to the app, or the welcome's seq if later.
     pub fn last_seq(&self) -> Option<u64> {
         self.shared.lock().last_seq
+    }
+
+    /// Where a new client goes on from this one ([`ClientConfig::resume`]): after the last
+    /// message handed to the app (or the config's own `resume` before any); also after this
+    /// client stopped. `None` before the first welcome of a client that did not resume.
+    pub fn resume_point(&self) -> Option<Resume> {
+        let inner = self.shared.lock();
+        inner.last_seq.map(|since| Resume {
+            since,
+            epoch: inner.epoch.clone(),
+        })
     }
 }
 

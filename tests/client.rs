@@ -883,3 +883,60 @@ async fn close_3000_without_a_hook_stops() {
         "{rest:?}"
     );
 }
+
+#[tokio::test]
+async fn a_new_client_goes_on_from_where_a_stopped_one_left() {
+    let mut server = ServerProcess::start("");
+    let mut talker = Watched::connect(config(server.addr, "cont", "tom"));
+    talker.open().await;
+    let mut first = Watched::connect(config(server.addr, "cont", "ann"));
+    first.open().await;
+    for i in 1..=5 {
+        assert!(talker.client.send(format!("m{i}")));
+    }
+    first
+        .until("m5", |e| match e {
+            ClientEvent::Message { text, .. } if text == "m5" => Some(()),
+            _ => None,
+        })
+        .await;
+    first.client.close(1000, "done").await.expect("close");
+    first.ended().await;
+    let resume = first.client.resume_point().expect("a resume point");
+    for i in 6..=10 {
+        assert!(talker.client.send(format!("m{i}")));
+    }
+    talker
+        .until("m10 back", |e| match e {
+            ClientEvent::Message { text, .. } if text == "m10" => Some(()),
+            _ => None,
+        })
+        .await;
+
+    let mut next_config = config(server.addr, "cont", "ann");
+    next_config.resume = Some(resume);
+    let mut next = Watched::connect(next_config);
+    let missed = next
+        .until("the resume", |e| match e {
+            ClientEvent::Resumed { missed } => Some(*missed),
+            ClientEvent::Gap { .. } => panic!("the resume was refused: {e:?}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(missed, 5);
+    assert!(next.client.send("m11"));
+    next.until("m11", |e| match e {
+        ClientEvent::Message { text, .. } if text == "m11" => Some(()),
+        _ => None,
+    })
+    .await;
+    // Between them, the two clients saw every message once, in order.
+    let mut seqs = first.seqs();
+    seqs.extend(next.seqs());
+    let talker_seqs = talker.seqs();
+    let first_seq = talker_seqs[0];
+    assert_eq!(seqs, (first_seq..first_seq + 11).collect::<Vec<_>>());
+    next.client.close(1000, "").await.expect("close");
+    talker.client.close(1000, "").await.expect("close");
+    drain(&mut server).await;
+}
