@@ -94,6 +94,15 @@ impl Watched {
         }
     }
 
+    /// Reads events until the message `text`.
+    async fn message(&mut self, text: &str) {
+        self.until(text, |e| match e {
+            ClientEvent::Message { text: got, .. } if got == text => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
     async fn open(&mut self) {
         self.until("state Open", |e| {
             matches!(e, ClientEvent::State(ConnectionState::Open)).then_some(())
@@ -894,24 +903,14 @@ async fn a_new_client_goes_on_from_where_a_stopped_one_left() {
     for i in 1..=5 {
         assert!(talker.client.send(format!("m{i}")));
     }
-    first
-        .until("m5", |e| match e {
-            ClientEvent::Message { text, .. } if text == "m5" => Some(()),
-            _ => None,
-        })
-        .await;
+    first.message("m5").await;
     first.client.close(1000, "done").await.expect("close");
     first.ended().await;
     let resume = first.client.resume_point().expect("a resume point");
     for i in 6..=10 {
         assert!(talker.client.send(format!("m{i}")));
     }
-    talker
-        .until("m10 back", |e| match e {
-            ClientEvent::Message { text, .. } if text == "m10" => Some(()),
-            _ => None,
-        })
-        .await;
+    talker.message("m10").await;
 
     let mut next_config = config(server.addr, "cont", "ann");
     next_config.resume = Some(resume);
@@ -925,11 +924,7 @@ async fn a_new_client_goes_on_from_where_a_stopped_one_left() {
         .await;
     assert_eq!(missed, 5);
     assert!(next.client.send("m11"));
-    next.until("m11", |e| match e {
-        ClientEvent::Message { text, .. } if text == "m11" => Some(()),
-        _ => None,
-    })
-    .await;
+    next.message("m11").await;
     // Between them, the two clients saw every message once, in order.
     let mut seqs = first.seqs();
     seqs.extend(next.seqs());
