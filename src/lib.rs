@@ -56,7 +56,9 @@
 //! The close-state machine in [`close`] knows nothing of actix or sockets; the session actor
 //! feeds it and carries out its actions; [`transport`] is the only module that touches bytes.
 //! The binary (`src/main.rs`) is a user of this library: [`server::serve`] with a
-//! [`config::Config`].
+//! [`config::Config`]. It takes each upgrade out of actix-http's dispatcher with its
+//! connection ([`upgrade`]), so that the session owns its socket; an app can instead run a
+//! session inside its own actix-web handler ([`start`]).
 
 pub mod auth;
 pub mod broker;
