@@ -412,41 +412,17 @@ async fn beyond_the_history_or_in_another_epoch_nothing_is_resumed() {
     }
     // The stream holds 6..=10: after 5 everything is there, after 4 seq 5 is gone.
     let mut edge = join(&b, "r", "edge", Some((5, &epoch))).await;
-    assert_eq!(
-        (edge.welcome.resumed, edge.welcome.missed, edge.welcome.seq),
-        (Some(true), Some(5), 10),
-        "{:?}",
-        edge.welcome
-    );
+    edge.welcome.assert_resume(Some(true), Some(5), 10, &epoch);
     assert_contiguous("edge", &edge.rx.messages_through(10).await, 6, 10);
     let mut late = join(&b, "r", "late", Some((4, &epoch))).await;
-    assert_eq!(
-        (
-            late.welcome.resumed,
-            late.welcome.seq,
-            late.welcome.epoch.as_str()
-        ),
-        (Some(false), 10, epoch.as_str()),
-        "{:?}",
-        late.welcome
-    );
+    late.welcome.assert_resume(Some(false), None, 10, &epoch);
     let mut wrong = join(&b, "r", "wrong", Some((8, "another-epoch"))).await;
-    assert_eq!(
-        (wrong.welcome.resumed, wrong.welcome.seq),
-        (Some(false), 10),
-        "{:?}",
-        wrong.welcome
-    );
+    wrong.welcome.assert_not_resumed(10);
     let mut ahead = join(&b, "r", "ahead", Some((11, &epoch))).await;
     assert_eq!(ahead.welcome.resumed, Some(false), "{:?}", ahead.welcome);
     // The largest `since` there is (Lua's numbers are doubles: no rounding into range).
     let far = join(&a, "r", "far", Some((i64::MAX as u64, &epoch))).await;
-    assert_eq!(
-        (far.welcome.resumed, far.welcome.seq),
-        (Some(false), 10),
-        "{:?}",
-        far.welcome
-    );
+    far.welcome.assert_not_resumed(10);
     far.leave().await;
 
     talker.say("live").await;
@@ -510,16 +486,8 @@ async fn since_0_in_a_new_room_is_a_resume_with_nothing_missed() {
     let redis = RedisServer::start();
     let a = start_node(&config(&redis.url(), &prefix("since-0"), "")).await;
     let member = Member::join(a.ws_url("?room=brand-new&name=m&since=0")).await;
-    assert_eq!(
-        (
-            member.welcome.resumed,
-            member.welcome.missed,
-            member.welcome.seq
-        ),
-        (Some(true), Some(0), 0),
-        "{:?}",
-        member.welcome
-    );
+    member.welcome.assert_resumed(Some(true), Some(0));
+    assert_eq!(member.welcome.seq, 0);
 }
 
 /// As in tests/resume.rs: a replay longer than `session.outbound_queue` is what the client
@@ -573,12 +541,7 @@ async fn a_room_idle_past_the_ttl_is_not_resumed_and_starts_a_new_epoch() {
         "expired too early"
     );
     let late = join(&b, "r", "late", Some((1, &epoch))).await;
-    assert_eq!(
-        (late.welcome.resumed, late.welcome.seq),
-        (Some(false), 0),
-        "{:?}",
-        late.welcome
-    );
+    late.welcome.assert_not_resumed(0);
     assert_ne!(
         late.welcome.epoch, epoch,
         "an expired room starts a new epoch"
@@ -994,12 +957,7 @@ async fn a_node_cut_off_longer_than_the_history_closes_its_sessions_1013() {
     }
     ann.rx.finish().await;
     let back = join(&a, "r", "ann", Some((1, &epoch))).await;
-    assert_eq!(
-        (back.welcome.resumed, back.welcome.seq),
-        (Some(false), 10),
-        "{:?}",
-        back.welcome
-    );
+    back.welcome.assert_not_resumed(10);
 }
 
 /// Redis restarts empty and the room's new epoch gets messages from one node while the

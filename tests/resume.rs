@@ -85,12 +85,7 @@ async fn a_client_that_reconnects_with_since_and_epoch_gets_what_it_missed() {
     bob.welcome.assert_resumed(Some(true), Some(2));
     assert_contiguous("bob's replay", &bob.rx.messages_through(7).await, 6, 7);
     let mut cy = Member::join(server.ws_url(&query("r", "cy", Some((7, &epoch))))).await;
-    assert_eq!(
-        (cy.welcome.resumed, cy.welcome.missed, cy.welcome.seq),
-        (Some(true), Some(0), 7),
-        "{:?}",
-        cy.welcome
-    );
+    cy.welcome.assert_resume(Some(true), Some(0), 7, &epoch);
     talker.say("for everyone").await;
     assert_next_is_live(&mut cy, 8, "talker", "for everyone").await;
     assert_next_is_live(&mut bob, 8, "talker", "for everyone").await;
@@ -154,25 +149,11 @@ async fn a_gap_beyond_the_history_is_not_resumed_and_nothing_is_replayed() {
 
     // History holds 6..=10: after 5 everything is there, after 4 seq 5 is gone.
     let mut edge = join(&server, "r", "edge", Some((5, &epoch))).await;
-    assert_eq!(
-        (edge.welcome.resumed, edge.welcome.missed, edge.welcome.seq),
-        (Some(true), Some(5), 10),
-        "{:?}",
-        edge.welcome
-    );
+    edge.welcome.assert_resume(Some(true), Some(5), 10, &epoch);
     assert_contiguous("edge", &edge.rx.messages_through(10).await, 6, 10);
 
     let mut late = join(&server, "r", "late", Some((4, &epoch))).await;
-    assert_eq!(
-        (
-            late.welcome.resumed,
-            late.welcome.seq,
-            late.welcome.epoch.as_str()
-        ),
-        (Some(false), 10, epoch.as_str()),
-        "{:?}",
-        late.welcome
-    );
+    late.welcome.assert_resume(Some(false), None, 10, &epoch);
     talker.say("live").await;
     assert_next_is_live(&mut late, 11, "talker", "live").await;
     assert_next_is_live(&mut edge, 11, "talker", "live").await;
@@ -204,35 +185,16 @@ async fn another_epoch_or_a_since_beyond_the_room_is_not_resumed() {
     say_many(&mut talker, 4).await;
 
     let mut wrong = join(&server, "r", "wrong", Some((2, "not-the-epoch"))).await;
-    assert_eq!(
-        (
-            wrong.welcome.resumed,
-            wrong.welcome.seq,
-            wrong.welcome.epoch.as_str()
-        ),
-        (Some(false), 4, epoch.as_str()),
-        "{:?}",
-        wrong.welcome
-    );
+    wrong.welcome.assert_resume(Some(false), None, 4, &epoch);
     let mut ahead = join(&server, "r", "ahead", Some((9, &epoch))).await;
-    assert_eq!(
-        (ahead.welcome.resumed, ahead.welcome.seq),
-        (Some(false), 4),
-        "{:?}",
-        ahead.welcome
-    );
+    ahead.welcome.assert_not_resumed(4);
     // The largest `since` there is: accepted, and far ahead.
     let max = i64::MAX as u64;
     let mut far = join(&server, "r", "far", Some((max, &epoch))).await;
     assert_eq!(far.welcome.resumed, Some(false), "{:?}", far.welcome);
     // A room nobody used yet: any `since` above 0 is ahead of it.
     let fresh = join(&server, "new-room", "fresh", Some((3, &epoch))).await;
-    assert_eq!(
-        (fresh.welcome.resumed, fresh.welcome.seq),
-        (Some(false), 0),
-        "{:?}",
-        fresh.welcome
-    );
+    fresh.welcome.assert_not_resumed(0);
     fresh.leave().await;
 
     talker.say("live").await;
@@ -317,11 +279,7 @@ async fn a_restarted_process_is_a_new_epoch() {
     let second = ServerProcess::start("");
     let mut back = join(&second, "r", "talker", Some((3, &old_epoch))).await;
     let welcome = back.welcome.clone();
-    assert_eq!(
-        (welcome.resumed, welcome.seq),
-        (Some(false), 0),
-        "{welcome:?}"
-    );
+    welcome.assert_not_resumed(0);
     assert_ne!(welcome.epoch, old_epoch, "a new process, a new epoch");
     let receipt = back.say("again").await;
     assert_eq!(receipt.last().map(|m| m.seq), Some(1), "seqs start again");

@@ -44,6 +44,11 @@ impl Welcome {
         assert_eq!((self.resumed, self.missed), (resumed, missed), "{self:?}");
     }
 
+    /// The resume was refused (`resumed: false`); the room is at `seq`.
+    pub fn assert_not_resumed(&self, seq: u64) {
+        assert_eq!((self.resumed, self.seq), (Some(false), seq), "{self:?}");
+    }
+
     /// [`Welcome::assert_resumed`], and the room's seq and epoch.
     pub fn assert_resume(&self, resumed: Option<bool>, missed: Option<u64>, seq: u64, epoch: &str) {
         assert_eq!(
