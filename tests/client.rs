@@ -103,6 +103,16 @@ impl Watched {
         .await
     }
 
+    /// Reads events until the resume succeeded; its `missed`. A refused resume fails.
+    async fn resumed(&mut self, what: &str) -> u64 {
+        self.until(what, |e| match e {
+            ClientEvent::Resumed { missed } => Some(*missed),
+            ClientEvent::Gap { .. } => panic!("the resume was refused: {e:?}"),
+            _ => None,
+        })
+        .await
+    }
+
     async fn open(&mut self) {
         self.until("state Open", |e| {
             matches!(e, ClientEvent::State(ConnectionState::Open)).then_some(())
@@ -296,13 +306,7 @@ async fn the_client_survives_a_drain_and_resumes_every_seq_exactly_once() {
     assert_eq!(reader.client.state(), ConnectionState::Reconnecting);
     gate.cancel();
 
-    let missed = reader
-        .until("the resume on B", |e| match e {
-            ClientEvent::Resumed { missed } => Some(*missed),
-            ClientEvent::Gap { .. } => panic!("the resume was refused: {e:?}"),
-            _ => None,
-        })
-        .await;
+    let missed = reader.resumed("the resume on B").await;
     assert!(missed >= 5, "missed {missed}");
     assert_eq!(reader.client.epoch().as_deref(), Some(epoch.as_str()));
     reader
@@ -317,12 +321,7 @@ async fn the_client_survives_a_drain_and_resumes_every_seq_exactly_once() {
         .await
         .expect("the writer finished")
         .expect("the writer did not panic");
-    reader
-        .until("`end`", |e| match e {
-            ClientEvent::Message { text, .. } if text == "end" => Some(()),
-            _ => None,
-        })
-        .await;
+    reader.message("end").await;
     let seqs = reader.seqs();
     let expected: Vec<u64> = (1..=end).collect();
     assert_eq!(seqs, expected, "every seq once, in order, none missing");
@@ -657,13 +656,7 @@ async fn a_server_that_stops_answering_is_noticed_by_the_idle_timeout() {
     assert_eq!(reason, "connect timeout");
 
     signal(server.pid(), "-CONT");
-    let missed = client
-        .until("the resume", |e| match e {
-            ClientEvent::Resumed { missed } => Some(*missed),
-            ClientEvent::Gap { .. } => panic!("{e:?}"),
-            _ => None,
-        })
-        .await;
+    let missed = client.resumed("the resume").await;
     assert_eq!(missed, 0);
     client.client.close(1000, "").await.expect("close");
     client.ended().await;
@@ -832,12 +825,7 @@ async fn close_3000_gets_a_fresh_token_from_the_hook_and_resumes() {
         })
         .await;
     assert_eq!(missed, 2);
-    client
-        .until("the new epoch's first message", |e| match e {
-            ClientEvent::Message { text, .. } if text == "new one" => Some(()),
-            _ => None,
-        })
-        .await;
+    client.message("new one").await;
     assert_eq!(client.seqs(), [1, 2, 3, 1], "each seq once per epoch");
     assert_eq!(client.client.epoch().as_deref(), Some("e2"));
     assert_eq!(client.client.last_seq(), Some(1));
@@ -915,13 +903,7 @@ async fn a_new_client_goes_on_from_where_a_stopped_one_left() {
     let mut next_config = config(server.addr, "cont", "ann");
     next_config.resume = Some(resume);
     let mut next = Watched::connect(next_config);
-    let missed = next
-        .until("the resume", |e| match e {
-            ClientEvent::Resumed { missed } => Some(*missed),
-            ClientEvent::Gap { .. } => panic!("the resume was refused: {e:?}"),
-            _ => None,
-        })
-        .await;
+    let missed = next.resumed("the resume").await;
     assert_eq!(missed, 5);
     assert!(next.client.send("m11"));
     next.message("m11").await;
