@@ -82,7 +82,7 @@ return {epoch, seqtext}
 "#;
 
 /// The join script. KEYS: room hash, history stream. ARGV: a fresh epoch (used if the room
-/// is new), ttl in ms. Returns `{epoch, seq, {}}`. The history after `since` is read by the
+/// is new), ttl in ms. Returns `{epoch, seq}`. The history after `since` is read by the
 /// caller with a plain XRANGE, not inside Lua: converting 100 stream entries to Lua tables
 /// and back cost ~130 µs of Redis's single thread per resuming join (BENCHMARKS.md,
 /// `mass-resume`), ~6 times the XRANGE itself.
@@ -95,7 +95,7 @@ if not epoch then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-return {epoch, string.format('%d', seq), {}}
+return {epoch, string.format('%d', seq)}
 "#;
 
 /// Messages sent as one pipeline at most.
@@ -393,8 +393,9 @@ impl RedisBroker {
                     request.since < seq && seq - request.since <= shared.history.size as u64
                 })
                 .map(|request| request.since + 1);
+            let history_size = shared.history.size;
             let Some(first) = wanted else {
-                return parse_snapshot(room, value, resume.as_ref(), shared.history.size);
+                return join_snapshot(room, epoch, seq, Vec::new(), resume.as_ref(), history_size);
             };
             // The history after `since`, up to the snapshot's seq, and the room's epoch once
             // more: if Redis lost the room in between, the entries may be another epoch's, and
@@ -410,17 +411,12 @@ impl RedisBroker {
                 .query_async(&mut connection)
                 .await
                 .map_err(failed)?;
-            let entries = if epoch_now.as_deref() == Some(epoch.as_str()) {
-                entries
-            } else {
-                Value::Array(Vec::new())
+            let entries = match entries {
+                Value::Array(entries) if epoch_now.as_deref() == Some(epoch.as_str()) => entries,
+                Value::Array(_) => Vec::new(),
+                _ => return Err(snapshot_error("entries")),
             };
-            let value = Value::Array(vec![
-                Value::BulkString(epoch.into_bytes()),
-                Value::BulkString(seq.to_string().into_bytes()),
-                entries,
-            ]);
-            parse_snapshot(room, value, resume.as_ref(), shared.history.size)
+            join_snapshot(room, epoch, seq, entries, resume.as_ref(), history_size)
         }
     }
 
@@ -435,9 +431,14 @@ impl RedisBroker {
     }
 }
 
+/// The snapshot answer is not what the script returns.
+fn snapshot_error(what: &str) -> BrokerError {
+    BrokerError::Server(format!("unexpected snapshot answer: {what}"))
+}
+
 /// The epoch and seq of the snapshot script's answer.
 fn snapshot_head(value: &Value) -> Result<(String, u64), BrokerError> {
-    let bad = || BrokerError::Server("unexpected snapshot answer: epoch or seq".to_owned());
+    let bad = || snapshot_error("epoch or seq");
     let Value::Array(parts) = value else {
         return Err(bad());
     };
@@ -450,29 +451,16 @@ fn snapshot_head(value: &Value) -> Result<(String, u64), BrokerError> {
     Ok((epoch, seq))
 }
 
-/// Reads the snapshot's answer (`{epoch, seq, entries}`) and applies the resume rule.
-fn parse_snapshot(
+/// The room at `epoch` and `seq` for a joining session, with the XRANGE `entries` read after
+/// its `since`; applies the resume rule.
+fn join_snapshot(
     room: Arc<str>,
-    value: Value,
+    epoch: String,
+    seq: u64,
+    entries: Vec<Value>,
     resume: Option<&ResumeRequest>,
     history_size: usize,
 ) -> Result<JoinSnapshot, BrokerError> {
-    let bad = |what: &str| BrokerError::Server(format!("unexpected snapshot answer: {what}"));
-    let Value::Array(mut parts) = value else {
-        return Err(bad("not an array"));
-    };
-    if parts.len() != 3 {
-        return Err(bad("not 3 parts"));
-    }
-    let entries = parts.pop().unwrap_or(Value::Nil);
-    let seq = parts
-        .pop()
-        .and_then(|v| text(&v))
-        .and_then(|s| s.parse().ok());
-    let epoch = parts.pop().and_then(|v| text(&v));
-    let (Some(epoch), Some(seq)) = (epoch, seq) else {
-        return Err(bad("epoch or seq"));
-    };
     let epoch = Epoch::new(epoch);
     let Some(request) = resume else {
         return Ok(JoinSnapshot {
@@ -482,12 +470,9 @@ fn parse_snapshot(
             resume: Resume::NotAsked,
         });
     };
-    let Value::Array(entries) = entries else {
-        return Err(bad("entries"));
-    };
     let mut replay = Vec::with_capacity(entries.len());
     for entry in entries {
-        let (seq, json) = parse_entry(entry).ok_or_else(|| bad("stream entry"))?;
+        let (seq, json) = parse_entry(entry).ok_or_else(|| snapshot_error("stream entry"))?;
         replay.push(Published {
             room: room.clone(),
             epoch: epoch.clone(),
@@ -960,8 +945,16 @@ impl Driver {
                 .invoke_async(connection)
                 .await;
             let value = answer.map_err(|err| err.to_string())?;
-            let snapshot = parse_snapshot(room.clone(), value, None, self.settings.history.size)
-                .map_err(|err| err.to_string())?;
+            let (epoch, seq) = snapshot_head(&value).map_err(|err| err.to_string())?;
+            let snapshot = join_snapshot(
+                room.clone(),
+                epoch,
+                seq,
+                Vec::new(),
+                None,
+                self.settings.history.size,
+            )
+            .map_err(|err| err.to_string())?;
             current.push(snapshot);
         }
         sink.ping::<Value>().await.map_err(|err| err.to_string())?;
