@@ -167,6 +167,18 @@ impl ServerProc {
         })
     }
 
+    /// [`ServerProc::start`], then [`ServerProc::wait_ready`]: a node that serves upgrades
+    /// (on Redis, once it has reached Redis). 10 s for each.
+    pub async fn start_ready(
+        opts: &ServerOpts,
+        overrides: &[Override],
+        tag: &str,
+    ) -> Result<ServerProc, String> {
+        let server = ServerProc::start(opts, overrides, tag, Duration::from_secs(10)).await?;
+        server.wait_ready(Duration::from_secs(10)).await?;
+        Ok(server)
+    }
+
     /// Waits (up to `limit`) until `GET /readyz` answers 200: a node on a Redis broker
     /// prints `listening on` before it has reached Redis, and refuses upgrades until then.
     pub async fn wait_ready(&self, limit: Duration) -> Result<(), String> {

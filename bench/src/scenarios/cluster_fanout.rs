@@ -51,10 +51,8 @@ async fn cross_node(
     let mut redis = RedisProc::start(redis_bin).await?;
     let url = redis.url();
     let o = overrides(args, Some(&url));
-    let mut a = ServerProc::start(&ctx.server, &o, "cluster-a", Duration::from_secs(10)).await?;
-    let mut b = ServerProc::start(&ctx.server, &o, "cluster-b", Duration::from_secs(10)).await?;
-    a.wait_ready(Duration::from_secs(10)).await?;
-    b.wait_ready(Duration::from_secs(10)).await?;
+    let mut a = ServerProc::start_ready(&ctx.server, &o, "cluster-a").await?;
+    let mut b = ServerProc::start_ready(&ctx.server, &o, "cluster-b").await?;
     eprintln!(
         "cluster-fanout: redis pid {} on {}, node A pid {} on {}, node B pid {} on {}",
         redis.pid, redis.addr, a.pid, a.addr, b.pid, b.addr

@@ -162,14 +162,9 @@ async fn one_broker(
         o.push(("broker", "kind", toml::Value::String("redis".into())));
         o.push(("broker", "redis_url", toml::Value::String(r.url())));
     }
-    let mut servers =
-        vec![ServerProc::start(&ctx.server, &o, "resume-a", Duration::from_secs(10)).await?];
+    let mut servers = vec![ServerProc::start_ready(&ctx.server, &o, "resume-a").await?];
     if redis && args.redis_nodes >= 2 {
-        servers
-            .push(ServerProc::start(&ctx.server, &o, "resume-b", Duration::from_secs(10)).await?);
-    }
-    for s in &servers {
-        s.wait_ready(Duration::from_secs(10)).await?;
+        servers.push(ServerProc::start_ready(&ctx.server, &o, "resume-b").await?);
     }
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let pids: Vec<i32> = servers.iter().map(|s| s.pid).collect();

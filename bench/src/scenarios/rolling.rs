@@ -318,10 +318,8 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
             toml::Value::Integer(args.spread_ms),
         ),
     ];
-    let mut a = ServerProc::start(&ctx.server, &o, "rolling-a", Duration::from_secs(10)).await?;
-    let mut b = ServerProc::start(&ctx.server, &o, "rolling-b", Duration::from_secs(10)).await?;
-    a.wait_ready(Duration::from_secs(10)).await?;
-    b.wait_ready(Duration::from_secs(10)).await?;
+    let mut a = ServerProc::start_ready(&ctx.server, &o, "rolling-a").await?;
+    let mut b = ServerProc::start_ready(&ctx.server, &o, "rolling-b").await?;
     eprintln!(
         "rolling: redis {}, node A {} (pid {}), node B {}",
         redis.addr, a.addr, a.pid, b.addr
