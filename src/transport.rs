@@ -283,6 +283,11 @@ where
                 }
             }
             match Pin::new(&mut this.payload).poll_next(cx) {
+                // Nothing pending: the chunk becomes the buffer (no copy when it is not
+                // shared, as a socket read's is not).
+                Poll::Ready(Some(Ok(chunk))) if this.buf.is_empty() => {
+                    this.buf = BytesMut::from(chunk);
+                }
                 Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
                 Poll::Ready(Some(Err(err))) => {
                     this.done = true;
