@@ -68,6 +68,7 @@ pub mod close;
 pub mod config;
 pub mod expiry;
 pub mod fanout;
+pub mod handshake;
 pub mod linger;
 pub mod metrics;
 pub mod open_files;

@@ -356,7 +356,7 @@ async fn upgrade_connection(
                     .await
                 {
                     Ok((_, writing)) => Some(writing),
-                    Err(err @ UpgradeFailed::Handshake(_)) => {
+                    Err(err @ (UpgradeFailed::Handshake(_) | UpgradeFailed::Framing(_))) => {
                         metrics().refused("handshake");
                         log::debug!("upgrade refused: {err}");
                         None

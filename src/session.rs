@@ -354,13 +354,20 @@ impl SessionHandle {
 /// Upgrades `req` to a WebSocket served by a new session actor, inside actix-web's HTTP
 /// dispatcher (for apps that embed wsgrace in their own actix-web server).
 ///
-/// Answers the handshake error as an HTTP error (400) when `req` is no valid upgrade.
+/// Answers the handshake error as an HTTP error (400) when `req` is no valid upgrade, or one
+/// framed as no upgrade may be ([`crate::handshake::check_framing`]: HTTP/1.0, a body).
 pub fn start(
     req: &HttpRequest,
     payload: web::Payload,
     handler: impl SessionHandler,
     config: SessionConfig,
 ) -> Result<(SessionHandle, HttpResponse), actix_web::Error> {
+    crate::handshake::check_framing(req.head()).map_err(|bad| {
+        let answer = HttpResponse::BadRequest()
+            .force_close()
+            .body(format!("{bad}\n"));
+        actix_web::error::InternalError::from_response(bad, answer)
+    })?;
     let mut response = actix_web_actors::ws::handshake(req)?;
     // An app that serves through `linger::LingeringStream` puts the connection's switch into
     // the connection data (`on_connect_ext`), so that an aborted session skips the linger.

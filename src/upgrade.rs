@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use futures::SinkExt;
 
+use crate::handshake::{check_framing, BadFraming};
 use crate::linger::LingeringStream;
 use crate::session::{self, SessionConfig, SessionHandle, SessionHandler};
 
@@ -31,6 +32,10 @@ pub enum UpgradeFailed {
     /// The request is no valid WebSocket handshake; it was answered with the matching status.
     #[error("not a valid websocket handshake: {0}")]
     Handshake(HandshakeError),
+    /// The request is framed in a way no upgrade may be (HTTP/1.0, a body); it was answered
+    /// 400.
+    #[error("{0}")]
+    Framing(BadFraming),
     /// The 101 response could not be written: the peer is gone.
     #[error("writing the 101 response failed: {0}")]
     Io(std::io::Error),
@@ -53,6 +58,12 @@ pub async fn accept(
     handler: impl SessionHandler,
     config: SessionConfig,
 ) -> Result<(SessionHandle, Writing), UpgradeFailed> {
+    if let Err(bad) = check_framing(req.head()) {
+        drop(req);
+        // The answer is best effort: the error reported is the framing's.
+        let _ = refuse(connection, bad.response()).await;
+        return Err(UpgradeFailed::Framing(bad));
+    }
     let accepted = actix_http::ws::handshake(req.head());
     drop(req);
     let switching = match accepted {

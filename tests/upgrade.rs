@@ -73,3 +73,45 @@ async fn a_refused_upgrade_is_answered_and_its_connection_closed() {
     client.send_text("after").await;
     assert_eq!(client.next_frame().await.expect("an echo").text(), "after");
 }
+
+#[tokio::test]
+async fn an_upgrade_over_http_1_0_or_with_a_body_gets_400_before_any_101() {
+    // Against the binary, where a chunked request reaches the HTTP routes and one with a
+    // `Content-Length` reaches the upgrade out of the dispatcher: both ways refuse.
+    let server = common::process::ServerProcess::start("");
+    let addr = server.addr;
+    let valid = upgrade_request(addr, "/ws?room=framing");
+    let with_header =
+        |header: &str| valid.replacen("\r\n\r\n", &format!("\r\n{header}\r\n\r\n"), 1);
+    let cases = [
+        ("HTTP/1.0", valid.replacen("HTTP/1.1", "HTTP/1.0", 1)),
+        (
+            "chunked body",
+            with_header("Transfer-Encoding: chunked") + "5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "content-length body",
+            with_header("Content-Length: 5") + "hello",
+        ),
+    ];
+    for (case, request) in cases {
+        let (head, mut client) = RawClient::request(addr, request.as_bytes()).await;
+        let status = head.split(' ').nth(1).unwrap_or_default();
+        assert_eq!(status, "400", "{case}: {head}");
+        // (HTTP/1.0 closes after the answer without saying so.)
+        assert!(
+            head.starts_with("HTTP/1.0") || head.to_ascii_lowercase().contains("connection: close"),
+            "{case}: {head}"
+        );
+        let body = String::from_utf8_lossy(&client.read_to_end().await).into_owned();
+        assert!(!body.contains("101"), "{case}: {body}");
+    }
+    // A Content-Length of 0 is no body: switched.
+    let (head, _client) =
+        RawClient::request(addr, with_header("Content-Length: 0").as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // And the server goes on serving.
+    let mut client = RawClient::connect(addr, "/ws?room=framing").await;
+    let welcome = client.next_frame().await.expect("a welcome");
+    assert!(welcome.text().contains("welcome"), "{}", welcome.text());
+}
