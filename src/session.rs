@@ -588,6 +588,19 @@ impl Session {
         }
     }
 
+    /// Queues a ping or pong while output is open, against the same bound as texts
+    /// (SPEC: pongs owed to a peer that does not read count against `session.outbound_queue`).
+    fn send_control(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        if self.machine.check_send().is_err() {
+            return;
+        }
+        if let Err(Refused::Full { .. }) =
+            self.queue.offer_control(frame, self.config.outbound_queue)
+        {
+            self.slow_consumer(0, ctx);
+        }
+    }
+
     /// The peer does not read: drop what is queued (it would only delay the close frame)
     /// and close 1008. `refused` messages were already turned away.
     fn slow_consumer(&mut self, refused: u64, ctx: &mut Context<Self>) {
@@ -638,9 +651,7 @@ impl Session {
         }
         if now.saturating_duration_since(self.last_ping) >= self.config.heartbeat_interval {
             self.last_ping = now;
-            if self.machine.check_send().is_ok() {
-                self.queue.push(Frame::Ping(Bytes::new()));
-            }
+            self.send_control(Frame::Ping(Bytes::new()), ctx);
         }
         self.schedule_tick(ctx);
     }
@@ -805,11 +816,7 @@ impl StreamHandler<Result<Inbound, InboundError>> for Session {
                     );
                 }
             },
-            Ok(Inbound::Ping(payload)) => {
-                if self.machine.check_send().is_ok() {
-                    self.queue.push(Frame::Pong(payload));
-                }
-            }
+            Ok(Inbound::Ping(payload)) => self.send_control(Frame::Pong(payload), ctx),
             Ok(Inbound::Pong) => {}
             Ok(Inbound::Close(status)) => self.feed_infallible(Input::PeerClose(status), ctx),
             Err(err) => match err.close_code() {

@@ -597,7 +597,15 @@ impl OutboundQueue {
         Ok(())
     }
 
-    /// Queues a control frame. After a close frame only the end may follow; after
+    /// Queues a ping or pong the server owes its peer, counted against `limit` like a text: a
+    /// peer that sends pings and reads nothing fills the queue (and is closed as a slow
+    /// consumer) instead of growing it without bound.
+    pub fn offer_control(&self, frame: Message, limit: usize) -> Result<(), Refused> {
+        self.offer(Outgoing::Frame(frame), limit)
+    }
+
+    /// Queues a close frame, whatever the queue holds: the last frame there is, which no limit
+    /// may keep from the peer. After a close frame only the end may follow; after
     /// [`end`](Self::end) or [`abort`](Self::abort) it is discarded.
     pub fn push(&self, frame: Message) {
         let mut shared = self.shared.borrow_mut();
@@ -814,6 +822,30 @@ mod tests {
         queue.push(Message::Close(None));
         assert_eq!(
             queue.offer_text_replayed(text()),
+            Err(Refused::OutputClosed)
+        );
+    }
+
+    #[test]
+    fn pings_and_pongs_count_against_the_limit_and_a_close_frame_does_not() {
+        let (queue, _body) = outbound();
+        let text = || ByteString::from_static("x");
+        assert_eq!(queue.offer_text(text(), 3), Ok(()));
+        assert_eq!(queue.offer_control(Message::Pong(Bytes::new()), 3), Ok(()));
+        assert_eq!(queue.offer_control(Message::Ping(Bytes::new()), 3), Ok(()));
+        assert_eq!(
+            queue.offer_control(Message::Pong(Bytes::new()), 3),
+            Err(Refused::Full { first: true })
+        );
+        assert_eq!(
+            queue.offer_text(text(), 3),
+            Err(Refused::Full { first: false })
+        );
+        // The close frame goes whatever the queue holds; nothing follows it.
+        queue.push(Message::Close(None));
+        assert_eq!(queue.shared.borrow().frames.len(), 4);
+        assert_eq!(
+            queue.offer_control(Message::Pong(Bytes::new()), 100),
             Err(Refused::OutputClosed)
         );
     }

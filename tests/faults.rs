@@ -251,3 +251,99 @@ async fn clients_that_flood_without_a_rate_limit_are_slowed_not_queued() {
         "server RSS grew by {grown} bytes during the flood"
     );
 }
+
+/// Samples the server's RSS every 10 ms until dropped; [`PeakRss::grown`] is the most it grew.
+struct PeakRss {
+    before: u64,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sampling: tokio::task::JoinHandle<()>,
+}
+
+impl PeakRss {
+    fn start(server: &ServerProcess) -> PeakRss {
+        let before = server.rss_bytes();
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+        let rss = server.rss_reader();
+        let sampled = peak.clone();
+        let sampling = tokio::spawn(async move {
+            loop {
+                sampled.fetch_max(rss(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        PeakRss {
+            before,
+            peak,
+            sampling,
+        }
+    }
+
+    fn grown(&self) -> u64 {
+        self.peak
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(self.before)
+    }
+}
+
+impl Drop for PeakRss {
+    fn drop(&mut self) {
+        self.sampling.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_pings_and_reads_nothing_is_closed_1008_with_memory_bounded() {
+    // The issue's case: 48 MiB of empty pings from a client that reads nothing. Each ping owes
+    // a pong; the pongs count against the outbound queue like texts, so the queue fills and the
+    // session closes 1008 instead of growing by ~40 bytes a ping (314 MiB before the fix). The
+    // close timeout is long so that the session still waits for the ack when the client, done
+    // sending, reads.
+    let server = ServerProcess::start(
+        "[session]\nheartbeat_interval_ms = 60000\nclient_timeout_ms = 120000\n\
+         [close]\ntimeout_ms = 60000\n",
+    );
+    let client = server.join_raw("?room=pings", Some(4096)).await;
+    let rss = PeakRss::start(&server);
+    let (stream, mut unread) = client.into_parts();
+    let (mut read, mut write) = stream.into_split();
+    let ping = common::encode_frame(true, 0, common::OP_PING, true, b"");
+    let chunk = ping.repeat(64 * 1024 / ping.len());
+    let mut sent = 0usize;
+    while sent < 48 << 20 {
+        // Once the session closed, nobody reads until the client has read the close frame:
+        // TCP holds the writes back.
+        match timeout(Duration::from_secs(3), write.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            _ => break,
+        }
+    }
+    let grown = rss.grown();
+    eprintln!("{sent} bytes of pings; server RSS grew by at most {grown} bytes");
+    assert!(
+        grown < 8 * 1024 * 1024,
+        "server RSS grew by {grown} bytes during a ping flood"
+    );
+    // Behind the pongs it could queue: the close frame.
+    let deadline = Instant::now() + DEADLINE;
+    let close = loop {
+        if let Some((frame, used)) = common::parse_server_frame(&unread) {
+            unread.drain(..used);
+            if frame.opcode == common::OP_CLOSE {
+                break frame;
+            }
+            continue;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            read.read(&mut buf),
+        )
+        .await
+        .expect("no close frame before the deadline")
+        .expect("reading the close frame");
+        assert!(n > 0, "EOF without a close frame");
+        unread.extend_from_slice(&buf[..n]);
+    };
+    assert_eq!(close.close_code(), Some(1008));
+    assert_eq!(close.close_reason(), "slow consumer");
+}
