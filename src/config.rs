@@ -199,7 +199,8 @@ pub struct CloseSettings {
     /// discarding what the peer still sends before it closes the socket, in milliseconds, so
     /// that the peer's kernel does not throw away the close frame on a reset. 0 = close at once.
     pub linger_ms: u64,
-    /// Lingering close: the most bytes discarded before the socket is closed anyway.
+    /// Lingering close: the most bytes discarded; past it nothing more is read, and the socket
+    /// closes when `linger_ms` is up.
     pub linger_bytes: u64,
 }
 

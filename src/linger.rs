@@ -12,8 +12,12 @@
 //! pass, and only then closes it. This is nginx's `lingering_close`.
 //!
 //! The bounds cap what a hostile peer can hold: one socket for at most `time`, at most `bytes`
-//! read. The task is not a session: the drain does not wait for it, and a stopping server drops
-//! it. A connection whose session aborted skips the linger ([`LingerSwitch`]).
+//! read. Past `bytes` the task stops reading but keeps the socket until `time`: TCP's window
+//! then holds a peer that keeps flooding back, while a peer that also reads still gets to read
+//! the close frame (closing at the byte bound would reset the connection under it, and the
+//! peer's kernel would drop the unread close frame). The task is not a session: the drain does
+//! not wait for it, and a stopping server drops it. A connection whose session aborted skips
+//! the linger ([`LingerSwitch`]).
 //!
 //! It must not know about WebSocket frames or sessions: it only moves bytes at the very end.
 
@@ -36,7 +40,8 @@ use crate::metrics::metrics;
 pub struct LingerBounds {
     /// The most time spent reading after the FIN; zero: close at once.
     pub time: Duration,
-    /// The most bytes read and discarded.
+    /// The most bytes read and discarded; past it the connection is no longer read, and
+    /// closes when `time` is up.
     pub bytes: u64,
     /// The most connections lingering at once in the process; a close beyond it does not
     /// linger (descriptors are finite: see [`crate::open_files`]).
@@ -256,7 +261,7 @@ enum LingerEnd {
     PeerClosed,
     /// The time bound passed.
     Timeout,
-    /// The byte bound passed.
+    /// The byte bound passed: nothing more was read until the time bound.
     TooMuch,
     /// Reading failed (the peer reset).
     Failed,
@@ -272,8 +277,10 @@ impl Drop for LingerSlot {
     }
 }
 
-/// Reads and discards until the peer's FIN or a bound, then drops (closes) `stream`.
+/// Reads and discards until the peer's FIN or the time bound, then drops (closes) `stream`;
+/// past the byte bound it stops reading and waits for the time bound.
 async fn linger(stream: TcpStream, bounds: LingerBounds, slot: LingerSlot) {
+    let deadline = tokio::time::Instant::now() + bounds.time;
     let discard = async {
         let mut read = 0u64;
         loop {
@@ -297,9 +304,13 @@ async fn linger(stream: TcpStream, bounds: LingerBounds, slot: LingerSlot) {
             }
         }
     };
-    let end = tokio::time::timeout(bounds.time, discard)
+    let end = tokio::time::timeout_at(deadline, discard)
         .await
         .unwrap_or(LingerEnd::Timeout);
+    if end == LingerEnd::TooMuch {
+        // A flooding peer that also reads needs the time to read our close frame.
+        tokio::time::sleep_until(deadline).await;
+    }
     if end != LingerEnd::PeerClosed {
         log::debug!("lingering close ended: {end:?}");
     }

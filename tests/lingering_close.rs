@@ -480,3 +480,69 @@ async fn a_slow_consumer_that_keeps_sending_sees_1008() {
         }
     }
 }
+
+/// Messages of 8,000 bytes a flooder sends (the 3,000, 24 MB): after the cut, more than
+/// `close.linger_bytes` (16 MiB) still follow.
+const FLOOD: usize = 3000;
+
+/// One flooder: it sends [`FLOOD`] messages into its own room as fast as it can, whatever it
+/// reads, and reads slowly from the start (16 KiB every 60 ms), so that it is cut off as a slow
+/// consumer with about 256 KiB ahead of the close frame, and reads that close frame only about
+/// a second after the server's linger started: by then the linger has read 16 MiB. Returns the
+/// close it saw.
+async fn flooder_round(server: &ServerProcess, room: String) -> Seen {
+    let client = server
+        .join_raw(&format!("?room={room}"), Some(16 * 1024))
+        .await;
+    let (stream, mut unread) = client.into_parts();
+    let (mut read, mut write) = stream.into_split();
+    let frame = masked(OP_TEXT, &[b'f'; 8000]);
+    let flooding = tokio::spawn(async move {
+        for _ in 0..FLOOD {
+            if write.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        // Dropping the writer would send a FIN: kept until the round ends.
+        write
+    });
+    let seen = loop {
+        if let Some((frame, used)) = parse_server_frame(&unread) {
+            unread.drain(..used);
+            if frame.opcode == OP_CLOSE {
+                break Ok((frame.close_code().unwrap_or(0), frame.close_reason()));
+            }
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let mut chunk = [0u8; 16 * 1024];
+        match read.read(&mut chunk).await {
+            Ok(0) => break Err("EOF without a close frame".to_owned()),
+            Ok(n) => unread.extend_from_slice(&chunk[..n]),
+            Err(err) => break Err(format!("{err} before the close frame")),
+        }
+    };
+    // The flooder is held back by TCP once the server stops reading, until the linger's time
+    // bound closes the connection.
+    let _ = timeout(DEADLINE, flooding).await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooder_past_the_linger_byte_bound_still_reads_its_1008() {
+    // The server's linger reads and discards at most 16 MiB; a closing connection that past
+    // that closes at once resets the peer, whose kernel drops the close frame it had not read
+    // yet (2-3 of 3 tries lost it with 24 MB). It stops reading instead and closes at
+    // `close.linger_ms`. Rounds run at once, in rooms of their own.
+    let server =
+        server("outbound_queue = 64\nsend_buffer_bytes = 131072\n[close]\nlinger_ms = 3000");
+    let rounds = (0..6).map(|round| flooder_round(&server, format!("flooder-{round}")));
+    let seen = futures::future::join_all(rounds).await;
+    let failures: Vec<String> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, seen)| !matches!(seen, Ok((1008, reason)) if reason == "slow consumer"))
+        .map(|(round, seen)| format!("round {round}: {seen:?}"))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
