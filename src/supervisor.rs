@@ -1036,30 +1036,7 @@ impl Handler<Drain> for Supervisor {
                 "drain deadline reached: aborting {} sessions",
                 act.members.len()
             );
-            for member in act.members.values() {
-                member.session.abort();
-            }
-            // Aborted sessions leave at once; if one cannot (its thread is gone), end anyway.
-            ctx.run_later(Duration::from_millis(500), |act, ctx| {
-                let ids: Vec<SessionId> = act.members.keys().copied().collect();
-                for id in ids {
-                    if let Some(member) = act.members.remove(&id) {
-                        debug!("session={} dropped from the registry", member.session.id());
-                        if let Some(drain) = act.drain.as_mut() {
-                            drain.report.aborted += 1;
-                        }
-                    }
-                }
-                act.rooms.clear();
-                if act.publishing > 0 {
-                    warn!(
-                        "drain: {} messages still unanswered by the broker at the deadline",
-                        act.publishing
-                    );
-                    act.publishing = 0;
-                }
-                act.finish_drain_if_done(ctx);
-            });
+            act.abort_remaining(ctx);
         });
         self.drain = Some(DrainState {
             started: Instant::now(),
@@ -1112,12 +1089,56 @@ impl Handler<AbortAll> for Supervisor {
 
     fn handle(&mut self, _: AbortAll, ctx: &mut Self::Context) {
         info!("aborting {} sessions", self.members.len());
+        if self
+            .drain
+            .as_ref()
+            .is_some_and(|drain| drain.reply.is_some())
+        {
+            // The drain's report counts them, and answers once they are gone.
+            self.abort_remaining(ctx);
+            return;
+        }
         for member in self.members.values() {
             member.session.abort();
         }
         if self.members.is_empty() {
             ctx.stop();
         }
+    }
+}
+
+/// How long aborted sessions have to report their end before the supervisor forgets them.
+const ABORT_GRACE: Duration = Duration::from_millis(500);
+
+impl Supervisor {
+    /// Aborts every session still registered, for the drain's deadline or a second signal.
+    /// Aborted sessions leave at once, each counted in the drain's report; one that cannot (its
+    /// thread is gone) is dropped from the registry after [`ABORT_GRACE`], counted aborted,
+    /// and the drain answers.
+    fn abort_remaining(&mut self, ctx: &mut Context<Self>) {
+        for member in self.members.values() {
+            member.session.abort();
+        }
+        ctx.run_later(ABORT_GRACE, |act, ctx| {
+            let ids: Vec<SessionId> = act.members.keys().copied().collect();
+            for id in ids {
+                if let Some(member) = act.members.remove(&id) {
+                    debug!("session={} dropped from the registry", member.session.id());
+                    if let Some(drain) = act.drain.as_mut() {
+                        drain.report.aborted += 1;
+                    }
+                }
+            }
+            act.rooms.clear();
+            if act.publishing > 0 {
+                warn!(
+                    "drain: {} messages still unanswered by the broker at the deadline",
+                    act.publishing
+                );
+                act.publishing = 0;
+            }
+            act.finish_drain_if_done(ctx);
+        });
     }
 }
 

@@ -126,9 +126,14 @@ async fn the_drain_deadline_bounds_the_exit_when_close_timeouts_are_longer() {
 async fn a_second_sigterm_aborts_everything_and_exits_at_once() {
     let mut server =
         ServerProcess::start("[close]\ntimeout_ms = 30000\n[shutdown]\ndrain_timeout_ms = 60000\n");
-    let mut deaf = server.join_raw("", None).await;
+    let mut deaf = Vec::new();
+    for _ in 0..3 {
+        deaf.push(server.join_raw("", None).await);
+    }
     server.sigterm();
-    deaf.expect_close().await;
+    for client in &mut deaf {
+        client.expect_close().await;
+    }
     server.wait_for_log("drain started").await;
     let second = Instant::now();
     server.sigterm();
@@ -138,6 +143,35 @@ async fn a_second_sigterm_aborts_everything_and_exits_at_once() {
     // SPEC: within 1 s; the slack is for a loaded CI machine, far below the 30 s it would
     // otherwise take.
     assert!(took < Duration::from_millis(2000), "took {took:?}");
+    // SPEC Shutdown 4-5: the report counts the sessions the second signal aborted.
+    let stderr = server.wait_for_log("drain finished").await;
+    let report = stderr
+        .lines()
+        .find(|line| line.contains("drain finished"))
+        .unwrap_or_default();
+    assert!(
+        report.contains("sessions=3 ") && report.contains(" aborted=3 "),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn sighup_drains_like_sigterm() {
+    // A terminal that hangs up, or a supervisor that sends HUP, must not cost the clients
+    // their close frames: there is nothing to reload, so HUP drains.
+    let mut server = ServerProcess::start("");
+    let mut client = server.join_raw("", None).await;
+    server.signal("HUP");
+    let close = client.expect_close().await;
+    assert_eq!(close.close_code(), Some(1001));
+    client.send_close(Some(1001), "").await;
+    let status = server.wait_exit(DEADLINE).await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        server.stderr().contains("SIGHUP: draining"),
+        "{}",
+        server.stderr()
+    );
 }
 
 #[tokio::test]
