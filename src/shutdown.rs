@@ -1,9 +1,9 @@
 //! Shutdown: readiness, the signals, the drain deadline and the second-signal force.
 //!
 //! [`Readiness`] is the one flag that `/readyz` and the upgrade route read. [`drain_on_signal`]
-//! waits for SIGTERM, SIGINT or SIGHUP, flips readiness, asks the supervisor to drain, and bounds the
-//! whole thing: the drain's own deadline, a hard cap one second later, and a second signal
-//! that aborts everything at once. It must not know about sessions or sockets: it only talks
+//! waits for SIGTERM, SIGINT or SIGHUP, flips readiness, asks the supervisor to drain, and
+//! bounds the whole thing: the drain's own deadline, a hard cap one second later, and a second
+//! signal that aborts everything at once. It must not know about sessions or sockets: it only talks
 //! to the supervisor and the HTTP server handle.
 
 use std::sync::atomic::{AtomicBool, Ordering};
