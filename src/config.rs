@@ -102,8 +102,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// If not empty, an upgrade whose `Origin` header is not one of these gets HTTP 403.
     pub allowed_origins: Vec<String>,
-    /// A client must send its whole request head within this many milliseconds, else 408
-    /// and the connection is closed (slowloris).
+    /// A client must send each whole request head (every request of a keep-alive connection)
+    /// within this many milliseconds, else 408 and the connection is closed (slowloris).
     pub request_timeout_ms: u64,
     /// Open WebSockets per client address; more get HTTP 429. 0 = no limit.
     pub max_connections_per_ip: usize,

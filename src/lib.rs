@@ -72,6 +72,7 @@ pub mod handshake;
 pub mod linger;
 pub mod metrics;
 pub mod open_files;
+pub mod request_deadline;
 pub mod resume;
 pub mod server;
 pub mod session;

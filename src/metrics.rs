@@ -97,6 +97,8 @@ pub struct Metrics {
     pub resumes: Family<ResultLabels, Counter>,
     /// Messages replayed to resumed sessions.
     pub resumed_messages: Counter,
+    /// HTTP request heads that took longer than `server.request_timeout_ms` (answered 408).
+    pub request_timeouts: Counter,
 }
 
 impl Metrics {
@@ -119,6 +121,7 @@ impl Metrics {
             broker_errors: Counter::default(),
             resumes: Family::default(),
             resumed_messages: Counter::default(),
+            request_timeouts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -195,6 +198,11 @@ impl Metrics {
             "wsgrace_resumed_messages",
             "Messages replayed to resumed sessions",
             metrics.resumed_messages.clone(),
+        );
+        registry.register(
+            "wsgrace_request_timeouts",
+            "HTTP request heads that took longer than server.request_timeout_ms (answered 408)",
+            metrics.request_timeouts.clone(),
         );
         Metrics {
             registry,

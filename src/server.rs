@@ -36,6 +36,7 @@ use crate::expiry::Expiring;
 use crate::linger::{LingerBounds, LingeringStream};
 use crate::metrics::{self, metrics};
 use crate::open_files;
+use crate::request_deadline::HeadTimed;
 use crate::session::{self, SessionConfig, SessionEnd, SessionHandle, SessionHandler};
 use crate::shutdown::{self, DrainPlan, Readiness, Signals};
 use crate::supervisor::{ChatHandler, DrainReport, Supervisor};
@@ -619,14 +620,16 @@ fn http_service(
         .into_factory()
         .map_err(|err: actix_web::Error| err.error_response());
     let http = HttpService::build()
-        .client_request_timeout(settings.request_timeout)
+        // Every request head's deadline is the connection's own (`HeadTimed`): actix-http's
+        // would cover the first request only.
+        .client_request_timeout(Duration::ZERO)
         // The connection ends right after the close handshake (RFC 6455 §7.1.1); the lingering
         // stream then reads what the peer still sends, for a bounded time.
         .client_disconnect_timeout(Duration::ZERO)
         .local_addr(settings.local_addr)
         .on_connect_ext(
-            move |io: &LingeringStream, _: &mut actix_http::Extensions| {
-                if let Some(tcp) = io.tcp() {
+            move |io: &HeadTimed<LingeringStream>, _: &mut actix_http::Extensions| {
+                if let Some(tcp) = io.get_ref().tcp() {
                     tune_socket(tcp, settings.tuning);
                 }
             },
@@ -649,7 +652,10 @@ fn http_service(
     fn_service(move |tcp: actix_rt::net::TcpStream| {
         let peer = tcp.peer_addr().ok();
         std::future::ready(Ok::<_, DispatchError>((
-            LingeringStream::new(tcp, settings.linger),
+            HeadTimed::new(
+                LingeringStream::new(tcp, settings.linger),
+                settings.request_timeout,
+            ),
             peer,
         )))
     })

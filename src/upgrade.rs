@@ -21,10 +21,11 @@ use futures::SinkExt;
 
 use crate::handshake::{check_framing, BadFraming};
 use crate::linger::LingeringStream;
+use crate::request_deadline::HeadTimed;
 use crate::session::{self, SessionConfig, SessionHandle, SessionHandler};
 
 /// A connection whose request asks for an upgrade, as the HTTP dispatcher hands it over.
-pub type Upgrading = Framed<LingeringStream, h1::Codec>;
+pub type Upgrading = Framed<HeadTimed<LingeringStream>, h1::Codec>;
 
 /// Why an upgrade ended without a session.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,8 @@ pub async fn accept(
         .await
         .map_err(UpgradeFailed::Io)?;
     let FramedParts { io, read_buf, .. } = connection.into_parts();
+    // The connection leaves HTTP: no more request heads, and no timer kept.
+    let io = io.into_inner();
     // Bytes the client sent right behind its request, copied out of the dispatcher's 8 KiB
     // read buffer so that the buffer goes now.
     let leftover = Bytes::copy_from_slice(&read_buf);

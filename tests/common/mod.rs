@@ -16,6 +16,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::timeout;
 use wsgrace::linger::{LingerBounds, LingeringStream};
+use wsgrace::request_deadline::HeadTimed;
 use wsgrace::transport::InFlightToken;
 use wsgrace::upgrade::Upgrading;
 use wsgrace::{SessionConfig, SessionEnd, SessionHandle, SessionHandler};
@@ -112,6 +113,9 @@ async fn embedded_route(
     Ok(response)
 }
 
+/// How long the test server waits for a request head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Socket options of the test servers' connections.
 const TUNING: wsgrace::transport::SocketTuning = wsgrace::transport::SocketTuning {
     user_timeout: Duration::from_secs(15),
@@ -150,8 +154,8 @@ impl TestServer {
                     let config = config.clone();
                     let http = HttpService::build()
                         .client_disconnect_timeout(Duration::ZERO)
-                        .on_connect_ext(|io: &LingeringStream, _: &mut Extensions| {
-                            if let Some(tcp) = io.tcp() {
+                        .on_connect_ext(|io: &HeadTimed<LingeringStream>, _: &mut Extensions| {
+                            if let Some(tcp) = io.get_ref().tcp() {
                                 wsgrace::transport::tune_socket(tcp, TUNING);
                             }
                         })
@@ -169,7 +173,7 @@ impl TestServer {
                     fn_service(|tcp: actix_rt::net::TcpStream| {
                         let peer = tcp.peer_addr().ok();
                         std::future::ready(Ok::<_, DispatchError>((
-                            LingeringStream::new(tcp, LINGER),
+                            HeadTimed::new(LingeringStream::new(tcp, LINGER), REQUEST_TIMEOUT),
                             peer,
                         )))
                     })
