@@ -6,13 +6,18 @@
 //! PEM public key of `auth.jwt_public_key_file`, the algorithm following from the key type.
 //! Exactly that one algorithm is accepted: the algorithm comes from the configuration, never
 //! from the token, so `alg: none` and an HS256 token "signed" with the public key's bytes are
-//! refused. `exp` is required, `nbf` checked, `iss` / `aud` required and checked when
-//! configured, all with [`LEEWAY`] — the same leeway the session's expiry timer adds.
+//! refused; so is a header with `crit` (this server understands no extension). `exp` is
+//! required and `nbf` checked, here rather than by jsonwebtoken (which reads them as `u64`
+//! only): each must be a NumericDate, any JSON number (a fraction, a negative, one past
+//! `u64`: an `nbf` of 1e300 is far ahead, an `exp` of 1e300 far off), both with [`LEEWAY`] —
+//! the same leeway the session's expiry timer adds. `iss` / `aud` are required and checked
+//! when configured.
 //!
 //! Every refusal is an [`AuthError`] that maps to 401 ([`Refusal::Unauthorized`]) or 403
 //! ([`Refusal::Forbidden`], a room the token does not grant). This module is pure: no actix
 //! types, no I/O but reading the key file once, and no message of it ever contains a token
-//! or the secret (tokens are credentials; logs are not a place for them).
+//! or the secret (tokens are credentials; logs are not a place for them); what a message
+//! shows of a token (its `alg`) is escaped, so that it cannot split a log line.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -73,9 +78,11 @@ pub enum AuthError {
     #[error("malformed token")]
     Malformed,
     /// The header names another algorithm than the configured one (`none` included).
-    #[error("wrong algorithm {found}, expected {expected:?}")]
+    /// `Display` shows `found` escaped (`escape_debug`): it is a peer's text, and a newline in
+    /// it must not split a log line.
+    #[error("wrong algorithm {}, expected {expected:?}", .found.escape_debug())]
     WrongAlgorithm {
-        /// The header's `alg`, as far as it could be read (at most 16 characters).
+        /// The header's `alg`, as far as it could be read (at most 16 characters, as sent).
         found: String,
         /// The configured algorithm.
         expected: Algorithm,
@@ -89,8 +96,16 @@ pub enum AuthError {
     /// `nbf` - leeway is still ahead.
     #[error("token not valid yet")]
     NotYetValid,
-    /// A required claim (`exp`, or `iss`/`aud` when configured) is missing.
-    #[error("missing claim {0}")]
+    /// The header has a `crit` parameter: it names extensions that must be understood
+    /// (RFC 7515 §4.1.11), and this server understands none.
+    #[error("critical header extensions (crit) are not supported")]
+    UnknownCritical,
+    /// `exp` or `nbf` (the name given) is not a NumericDate (RFC 7519 §2: a JSON number).
+    #[error("{0} is not a NumericDate")]
+    NotNumericDate(&'static str),
+    /// A required claim (`exp`, or `iss`/`aud` when configured) is missing. The name is
+    /// ours, not the token's; `Display` escapes it all the same.
+    #[error("missing claim {}", .0.escape_debug())]
     MissingClaim(String),
     /// `iss` is not `auth.issuer`.
     #[error("wrong issuer")]
@@ -104,7 +119,8 @@ pub enum AuthError {
     /// `rooms` is not a list of strings.
     #[error("rooms must be a list of strings")]
     BadRooms,
-    /// The token is valid but its `rooms` do not grant the room asked for.
+    /// The token is valid but its `rooms` do not grant the room asked for (the room, which
+    /// `Display` does not show).
     #[error("room not granted by the token")]
     RoomNotGranted(String),
 }
@@ -299,12 +315,14 @@ impl Verifier {
 
     fn new(key: DecodingKey, algorithm: Algorithm) -> Verifier {
         let mut validation = Validation::new(algorithm);
-        validation.leeway = LEEWAY.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // `exp` and `nbf` are checked by `validity`: jsonwebtoken 9 takes them as `u64` and
+        // ignores an `nbf` it cannot read as one (a string, 1e300), and calls a too large
+        // `exp` missing.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         // Without a configured audience, a token's `aud` is not ours to judge.
         validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp"]);
+        validation.set_required_spec_claims::<&str>(&[]);
         Verifier {
             key,
             validation,
@@ -340,13 +358,16 @@ impl Verifier {
         self.algorithm
     }
 
-    /// Verifies `token` (signature, algorithm, `exp`, `nbf`, `iss`, `aud`, `sub`, `rooms`)
-    /// against the clock.
+    /// Verifies `token` (algorithm, no `crit`, signature, `iss`, `aud`, `exp`, `nbf`, `sub`,
+    /// `rooms`) against the clock. An `exp` / `nbf` that is a list or an object is refused
+    /// as [`AuthError::Malformed`] (jsonwebtoken cannot read such claims at all); any other
+    /// JSON value that is not a number as [`AuthError::NotNumericDate`].
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
         self.check_header(token)?;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|err| self.error(err.kind()))?;
         let claims = data.claims;
+        let expires_at = validity(&claims, SystemTime::now())?;
         let name = match claims.get("sub") {
             Some(Value::String(sub)) if is_valid_name(sub) => sub.clone(),
             _ => return Err(AuthError::BadSubject),
@@ -360,14 +381,6 @@ impl Verifier {
                 .ok_or(AuthError::BadRooms)?,
             Some(_) => return Err(AuthError::BadRooms),
         };
-        // jsonwebtoken has checked that `exp` is a non-negative number.
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| AuthError::MissingClaim("exp".to_owned()))?;
-        let expires_at = UNIX_EPOCH
-            .checked_add(Duration::from_secs_f64(exp.clamp(0.0, 1e15)))
-            .ok_or(AuthError::Expired)?;
         Ok(Grant {
             identity: Identity { name, expires_at },
             rooms: RoomGrants::new(rooms),
@@ -384,7 +397,10 @@ impl Verifier {
     }
 
     /// Refuses a header whose `alg` is not the configured one before any key is used, so that
-    /// `alg: none` and unknown algorithms are named as what they are.
+    /// `alg: none` and unknown algorithms are named as what they are; then one with `crit`,
+    /// whatever its value (RFC 7515 §4.1.11: a list of extensions the recipient must
+    /// understand, never empty; this server understands none). jsonwebtoken's `Header` has
+    /// no `crit` and would ignore it.
     fn check_header(&self, token: &str) -> Result<(), AuthError> {
         let header = token.split('.').next().ok_or(AuthError::Malformed)?;
         let header = URL_SAFE_NO_PAD
@@ -402,6 +418,9 @@ impl Verifier {
                 found: found.chars().take(16).collect(),
                 expected: self.algorithm,
             });
+        }
+        if header.contains_key("crit") {
+            return Err(AuthError::UnknownCritical);
         }
         Ok(())
     }
@@ -429,6 +448,52 @@ impl Verifier {
             _ => AuthError::Malformed,
         }
     }
+}
+
+/// The latest `exp` taken as a moment (1e15 s after the epoch, some 31 million years): a
+/// later one is that far future, and the session's deadline (`exp` + [`LEEWAY`]) must not
+/// overflow.
+const MAX_EXP_SECS: f64 = 1e15;
+
+/// The claim `name` as a NumericDate (RFC 7519 §2: seconds since the epoch, any JSON number,
+/// fractional, negative or past `u64` included), `None` when absent.
+fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(number)) => number
+            .as_f64()
+            .filter(|secs| secs.is_finite())
+            .map(Some)
+            .ok_or(AuthError::NotNumericDate(name)),
+        Some(_) => Err(AuthError::NotNumericDate(name)),
+    }
+}
+
+/// The validity window of raw claims at `now`, with [`LEEWAY`] on both sides: `exp`
+/// required, `nbf` optional, both NumericDates. Refused when `exp` + leeway is before `now`
+/// ([`AuthError::Expired`]; a negative `exp`, before 1970, always is) or `nbf` - leeway after
+/// it ([`AuthError::NotYetValid`]; an `nbf` past `u64`, e.g. 1e300, is far ahead; a negative
+/// one is in the past). Returns `exp` as a moment, at most [`MAX_EXP_SECS`] after the epoch.
+fn validity(claims: &Map<String, Value>, now: SystemTime) -> Result<SystemTime, AuthError> {
+    let exp =
+        numeric_date(claims, "exp")?.ok_or_else(|| AuthError::MissingClaim("exp".to_owned()))?;
+    let nbf = numeric_date(claims, "nbf")?;
+    let now = match now.duration_since(UNIX_EPOCH) {
+        Ok(since) => since.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
+    };
+    let leeway = LEEWAY.as_secs_f64();
+    if exp + leeway < now {
+        return Err(AuthError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf - leeway > now) {
+        return Err(AuthError::NotYetValid);
+    }
+    // Clamped: `from_secs_f64` panics on a negative value (an `exp` before 1970 with a
+    // clock before it too).
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs_f64(exp.clamp(0.0, MAX_EXP_SECS)))
+        .ok_or(AuthError::Expired)
 }
 
 /// The DER inside a PEM text (the base64 between the armor lines).
@@ -745,6 +810,204 @@ mod tests {
         assert!(verifier
             .admit(Some(&with("exp", json!(t - 2))), "lobby")
             .is_ok());
+    }
+
+    /// A token of the raw JSON texts `header` and `claims` (so that it may hold what neither
+    /// `Header` nor `Value` can: a `crit`, a number past `u64`), signed with HS256.
+    fn signed(header: &str, claims: &str) -> String {
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(SECRET),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        format!("{message}.{signature}")
+    }
+
+    /// Issue 19: what RFC 7515 / 7519 call invalid is refused (`crit`, an `exp` / `nbf` that
+    /// is not a NumericDate, an `nbf` past `u64`), what they call valid is accepted (a float,
+    /// an `exp` past `u64`: far future, no overflow), and a peer's `alg` reaches `Display`
+    /// escaped.
+    #[test]
+    fn tokens_the_jwt_rfcs_call_invalid_are_refused() {
+        let verifier = Verifier::hs256(SECRET);
+        let t = now();
+        let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let claims = |times: &str| format!(r#"{{"sub":"ann","rooms":["*"],{times}}}"#);
+        let exp = format!(r#""exp":{}"#, t + 60);
+        let crit = |crit: &str| {
+            signed(
+                &format!(r#"{{"alg":"HS256","crit":{crit}}}"#),
+                &claims(&exp),
+            )
+        };
+        let nbf = |nbf: &str| signed(header, &claims(&format!(r#"{exp},"nbf":{nbf}"#)));
+        let exp_is = |exp: &str| signed(header, &claims(&format!(r#""exp":{exp}"#)));
+        let alg = |alg: &str| signed(&format!(r#"{{"alg":{alg}}}"#), &claims(&exp));
+        let wrong_alg = |found: &str| AuthError::WrongAlgorithm {
+            found: found.to_owned(),
+            expected: Algorithm::HS256,
+        };
+        let refused = [
+            ("crit [\"x\"]", crit(r#"["x"]"#), AuthError::UnknownCritical),
+            ("crit []", crit("[]"), AuthError::UnknownCritical),
+            ("crit \"x\"", crit(r#""x""#), AuthError::UnknownCritical),
+            (
+                "nbf \"string\"",
+                nbf(r#""string""#),
+                AuthError::NotNumericDate("nbf"),
+            ),
+            ("nbf true", nbf("true"), AuthError::NotNumericDate("nbf")),
+            ("nbf null", nbf("null"), AuthError::NotNumericDate("nbf")),
+            // jsonwebtoken cannot read the claims at all.
+            ("nbf [1]", nbf("[1]"), AuthError::Malformed),
+            ("nbf 1e300", nbf("1e300"), AuthError::NotYetValid),
+            (
+                "nbf 2^64",
+                nbf("18446744073709551616"),
+                AuthError::NotYetValid,
+            ),
+            (
+                "nbf now+60",
+                nbf(&(t + 60).to_string()),
+                AuthError::NotYetValid,
+            ),
+            (
+                "exp \"string\"",
+                exp_is(r#""string""#),
+                AuthError::NotNumericDate("exp"),
+            ),
+            ("exp null", exp_is("null"), AuthError::NotNumericDate("exp")),
+            (
+                "exp now-60",
+                exp_is(&(t - 60).to_string()),
+                AuthError::Expired,
+            ),
+            (
+                "alg with a newline",
+                alg(r#""HS256\nFORGED""#),
+                wrong_alg("HS256\nFORGED"),
+            ),
+            ("alg with a CR", alg(r#""\rFORGED""#), wrong_alg("\rFORGED")),
+            (
+                "alg of 17 characters",
+                alg(r#""\n234567890123456X""#),
+                wrong_alg("\n234567890123456"),
+            ),
+        ];
+        let at = |secs: f64| UNIX_EPOCH + Duration::from_secs_f64(secs);
+        let in_a_minute = at((t + 60) as f64);
+        let accepted = [
+            ("nbf now-60", nbf(&(t - 60).to_string()), in_a_minute),
+            ("nbf 1.5e9", nbf("1.5e9"), in_a_minute),
+            ("nbf -1", nbf("-1"), in_a_minute),
+            ("exp 1e300", exp_is("1e300"), at(1e15)),
+            ("exp 2^64", exp_is("18446744073709551616"), at(1e15)),
+            (
+                "exp float in the future",
+                exp_is(&format!("{}.5", t + 60)),
+                at((t + 60) as f64 + 0.5),
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (what, token, expected) in refused {
+            match verifier.verify(&token) {
+                Err(err) if err == expected => {
+                    let shown = err.to_string();
+                    if shown.contains(char::is_control) || shown.contains(&token) {
+                        wrong.push(format!("{what}: Display {shown:?}"));
+                    }
+                }
+                other => wrong.push(format!("{what}: {other:?}, expected {expected:?}")),
+            }
+        }
+        for (what, token, expected) in accepted {
+            match verifier.verify(&token) {
+                Ok(grant) if grant.identity.expires_at == expected => {
+                    // The session's deadline must not overflow.
+                    assert!(grant.identity.closes_at() > grant.identity.expires_at);
+                }
+                other => wrong.push(format!("{what}: {other:?}, expected Ok({expected:?})")),
+            }
+        }
+        assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+        assert_eq!(
+            wrong_alg("HS256\nFORGED").to_string(),
+            r"wrong algorithm HS256\nFORGED, expected HS256"
+        );
+    }
+
+    /// `validity` at a fixed moment: each NumericDate form, the leeway's edges, what is not
+    /// a NumericDate.
+    #[test]
+    fn validity_of_exp_and_nbf() {
+        const NOW: u64 = 1_700_000_000;
+        let now = UNIX_EPOCH + Duration::from_secs(NOW);
+        let at = |secs: f64| Ok(UNIX_EPOCH + Duration::from_secs_f64(secs));
+        let hour = || at((NOW + 3600) as f64);
+        let not_numeric = |claim| Err(AuthError::NotNumericDate(claim));
+        let cases: Vec<(&str, Result<SystemTime, AuthError>)> = vec![
+            (r#"{"exp": 1700003600}"#, hour()),
+            (r#"{"exp": 1700003600.25}"#, at(1_700_003_600.25)),
+            (r#"{"exp": 1.7000036e9}"#, hour()),
+            (r#"{"exp": 1699999995}"#, at(1_699_999_995.0)),
+            (r#"{"exp": 1699999994.5}"#, Err(AuthError::Expired)),
+            (r#"{"exp": 1699999940}"#, Err(AuthError::Expired)),
+            (r#"{"exp": 0}"#, Err(AuthError::Expired)),
+            (r#"{"exp": -1}"#, Err(AuthError::Expired)),
+            (r#"{"exp": -1e300}"#, Err(AuthError::Expired)),
+            (r#"{"exp": 1e300}"#, at(1e15)),
+            (r#"{"exp": 18446744073709551616}"#, at(1e15)),
+            (r#"{"exp": 18446744073709551615}"#, at(1e15)),
+            (r#"{}"#, Err(AuthError::MissingClaim("exp".to_owned()))),
+            (r#"{"exp": "1700003600"}"#, not_numeric("exp")),
+            (r#"{"exp": null}"#, not_numeric("exp")),
+            (r#"{"exp": true}"#, not_numeric("exp")),
+            (r#"{"exp": [1700003600]}"#, not_numeric("exp")),
+            (r#"{"exp": {}}"#, not_numeric("exp")),
+            (r#"{"exp": 1700003600, "nbf": 1700000000}"#, hour()),
+            (r#"{"exp": 1700003600, "nbf": 1699999940}"#, hour()),
+            (r#"{"exp": 1700003600, "nbf": 1.5e9}"#, hour()),
+            (r#"{"exp": 1700003600, "nbf": -1}"#, hour()),
+            (r#"{"exp": 1700003600, "nbf": -1e300}"#, hour()),
+            (r#"{"exp": 1700003600, "nbf": 1700000005}"#, hour()),
+            (
+                r#"{"exp": 1700003600, "nbf": 1700000005.5}"#,
+                Err(AuthError::NotYetValid),
+            ),
+            (
+                r#"{"exp": 1700003600, "nbf": 1700000060}"#,
+                Err(AuthError::NotYetValid),
+            ),
+            (
+                r#"{"exp": 1700003600, "nbf": 1e300}"#,
+                Err(AuthError::NotYetValid),
+            ),
+            (
+                r#"{"exp": 1700003600, "nbf": 18446744073709551616}"#,
+                Err(AuthError::NotYetValid),
+            ),
+            (
+                r#"{"exp": 1700003600, "nbf": "1700000000"}"#,
+                not_numeric("nbf"),
+            ),
+            (r#"{"exp": 1700003600, "nbf": null}"#, not_numeric("nbf")),
+            (r#"{"exp": 1700003600, "nbf": false}"#, not_numeric("nbf")),
+            (r#"{"exp": 1700003600, "nbf": [1]}"#, not_numeric("nbf")),
+            // A bad `exp` is named before a bad `nbf`; an expired token before one not valid
+            // yet.
+            (r#"{"exp": "x", "nbf": "y"}"#, not_numeric("exp")),
+            (r#"{"exp": 1, "nbf": 1e300}"#, Err(AuthError::Expired)),
+        ];
+        for (claims, expected) in cases {
+            let claims: Map<String, Value> = serde_json::from_str(claims).unwrap();
+            assert_eq!(validity(&claims, now), expected, "{claims:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Authentication against the real binary (SPEC: Authentication): every bad token is refused
-//! before the upgrade with its status and counted; the name is the token's `sub`, from
+//! before the upgrade with its status and counted, those the JWT RFCs call invalid (`crit`, an
+//! `exp` / `nbf` that is not a NumericDate, an `nbf` past `u64`) included, with their reason
+//! logged, and a token's `alg` reaches the log escaped; the name is the token's `sub`, from
 //! `?token=` or `Authorization: Bearer`; RS256, ES256 and EdDSA keys (made with the openssl
 //! CLI) accept only their own algorithm; at `exp` + leeway a session closes 3000 "token
 //! expired" in its close mode, and both clients (`wsgrace::client` and `/wsgrace.js` in
@@ -56,9 +58,24 @@ fn claims(sub: &str, rooms: &[&str], ttl: i64) -> Value {
     json!({"sub": sub, "rooms": rooms, "exp": now() as i64 + ttl})
 }
 
-fn b64(value: &Value) -> String {
+/// base64url of JSON: a `&Value`, or a raw JSON text (`&str`).
+fn b64(json: &(impl std::fmt::Display + ?Sized)) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string())
+}
+
+/// A token of the raw JSON texts `header` and `claims`, signed with the test secret: for what
+/// `Header` has no field for (`crit`, an `alg` that is not an algorithm) and what `json!`
+/// cannot hold (a number past `u64`).
+fn hs256_raw(header: &str, claims: &str) -> String {
+    let message = format!("{}.{}", b64(header), b64(claims));
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+    )
+    .expect("sign a token");
+    format!("{message}.{signature}")
 }
 
 fn hs256_config(extra: &str) -> String {
@@ -296,6 +313,122 @@ async fn bad_tokens_are_refused_before_the_upgrade_with_their_status_and_metric(
         "{log}"
     );
     assert_no_token_logged(&server, &tokens);
+}
+
+/// Issue 19: what RFC 7515 / 7519 call invalid is refused with 401 and its reason logged: a
+/// `crit` header (the server knows no extension), an `exp` / `nbf` that is not a NumericDate,
+/// an `nbf` too large for an integer (a valid NumericDate, far ahead). An `exp` that large is
+/// a far future and joins.
+#[tokio::test]
+async fn tokens_the_jwt_rfcs_call_invalid_are_refused() {
+    let server = start(&hs256_config(""));
+    let t = now();
+    let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let claims = |times: &str| format!(r#"{{"sub":"ann","rooms":["*"],{times}}}"#);
+    let exp = format!(r#""exp":{}"#, t + 60);
+    let crit = |crit: &str| {
+        hs256_raw(
+            &format!(r#"{{"alg":"HS256","typ":"JWT","crit":{crit}}}"#),
+            &claims(&exp),
+        )
+    };
+    let nbf = |nbf: &str| hs256_raw(header, &claims(&format!(r#"{exp},"nbf":{nbf}"#)));
+    let exp_is = |exp: &str| hs256_raw(header, &claims(&format!(r#""exp":{exp}"#)));
+    let crit_reason = "critical header extensions (crit) are not supported";
+    // What, the token, the reason the warn line gives.
+    let cases = [
+        ("crit naming an extension", crit(r#"["x"]"#), crit_reason),
+        ("crit empty", crit("[]"), crit_reason),
+        ("crit not a list", crit(r#""x""#), crit_reason),
+        (
+            "nbf a string",
+            nbf(r#""string""#),
+            "nbf is not a NumericDate",
+        ),
+        ("nbf a bool", nbf("true"), "nbf is not a NumericDate"),
+        ("nbf null", nbf("null"), "nbf is not a NumericDate"),
+        // jsonwebtoken cannot read such claims at all.
+        ("nbf a list", nbf("[1]"), "malformed token"),
+        ("nbf 1e300", nbf("1e300"), "token not valid yet"),
+        (
+            "nbf 2^64",
+            nbf("18446744073709551616"),
+            "token not valid yet",
+        ),
+        (
+            "exp a string",
+            exp_is(r#""string""#),
+            "exp is not a NumericDate",
+        ),
+        ("exp a bool", exp_is("true"), "exp is not a NumericDate"),
+        ("exp null", exp_is("null"), "exp is not a NumericDate"),
+    ];
+    // Each in its own room, so that its warn line is told from the others'.
+    let mut wrong = Vec::new();
+    for (i, (what, token, _)) in cases.iter().enumerate() {
+        let path = format!("/ws?room=r{i}&token={token}");
+        let status = upgrade_status(server.addr, &path, &[]).await;
+        if status != 401 {
+            wrong.push(format!("{what}: HTTP {status}"));
+        }
+    }
+    // stderr is one ordered stream: once this last refusal is logged, all the others are.
+    assert_eq!(upgrade_status(server.addr, "/ws?room=end", &[]).await, 401);
+    let log = server
+        .wait_for_log("upgrade refused: unauthorized (no token) for room \"end\"")
+        .await;
+    for (i, (what, _, reason)) in cases.iter().enumerate() {
+        let line = format!("upgrade refused: unauthorized ({reason}) for room \"r{i}\"");
+        if !log.contains(&line) {
+            wrong.push(format!("{what}: no log line {line:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}\n{log}", wrong.join("\n"));
+    assert_eq!(
+        metric(server.addr, UNAUTHORIZED).await,
+        cases.len() as f64 + 1.0
+    );
+
+    // An `exp` past u64 is a far future: the session joins (its expiry timer does not
+    // overflow) and works.
+    let far = exp_is("1e300");
+    let (mut ws, welcome) = join(server.addr, &format!("?room=far&token={far}"), None).await;
+    assert_eq!(welcome["name"], "ann", "{welcome}");
+    ws.send(Message::Text("still here".into()))
+        .await
+        .expect("send");
+    let message = next_json(&mut ws).await;
+    assert_eq!(message["text"], "still here", "{message}");
+    let mut tokens: Vec<String> = cases.into_iter().map(|case| case.1).collect();
+    tokens.push(far);
+    assert_no_token_logged(&server, &tokens);
+}
+
+/// Issue 19: a token's `alg` is a peer's text; it reaches the warn line escaped, so a newline
+/// in it cannot forge a log line.
+#[tokio::test]
+async fn a_tokens_alg_reaches_the_log_escaped() {
+    let server = start(&hs256_config(""));
+    let claims = claims("ann", &["lobby"], 60).to_string();
+    let token = hs256_raw(r#"{"alg":"HS256\nFORGED line","typ":"JWT"}"#, &claims);
+    let path = format!("/ws?room=lobby&token={token}");
+    assert_eq!(upgrade_status(server.addr, &path, &[]).await, 401);
+    let log = server
+        .wait_for_log("upgrade refused: unauthorized (wrong algorithm HS256")
+        .await;
+    // The text after the newline is on no line of its own (env_logger indents the lines
+    // that follow a newline in a message): only inside the warn record, after its header.
+    let forged = log.lines().find(|line| {
+        line.trim_start().starts_with("FORGED")
+            || (line.contains("FORGED") && !line.starts_with('['))
+    });
+    assert!(forged.is_none(), "a forged log line: {forged:?}\n{log}");
+    // At most 16 characters of the token's `alg`, the newline shown as `\n`.
+    assert!(
+        log.contains(r#"(wrong algorithm HS256\nFORGED lin, expected HS256) for room "lobby""#),
+        "{log}"
+    );
+    assert!(!log.contains(&token), "the token in the log");
 }
 
 #[tokio::test]
