@@ -55,8 +55,8 @@ async fn main() -> std::io::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9001".to_owned());
     let server = HttpServer::new(|| App::new().default_service(web::get().to(ws)))
-        .on_connect(wsgrace::transport::on_connect(
-            wsgrace::transport::SocketTuning {
+        .on_connect(wsgrace::connection::transport::on_connect(
+            wsgrace::connection::transport::SocketTuning {
                 user_timeout: config().client_timeout,
                 send_buffer: 0,
             },

@@ -18,8 +18,9 @@ use actix::{Actor, Addr};
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytestring::ByteString;
-use wsgrace::shutdown::{self, DrainPlan};
-use wsgrace::supervisor::{Join, Leave};
+use wsgrace::rooms::drain::DrainPlan;
+use wsgrace::rooms::supervisor::{Join, Leave};
+use wsgrace::service::shutdown;
 use wsgrace::{
     CloseMode, CloseStatus, Readiness, SessionConfig, SessionEnd, SessionHandle, SessionHandler,
     Supervisor,
@@ -38,7 +39,7 @@ impl SessionHandler for Echo {
             session: session.clone(),
             room: "echo".into(),
             name: format!("user-{}", session.id()),
-            shard: wsgrace::fanout::local_shard(),
+            shard: wsgrace::rooms::fanout::local_shard(),
             resume: None,
         });
     }

@@ -306,7 +306,7 @@ impl Default for HistorySettings {
 }
 
 /// The `[auth]` table. Authentication is on when `jwt_secret` or `jwt_public_key_file` is
-/// set; `crate::auth::Verifier::from_config` turns it into a token verifier (and reads the
+/// set; `crate::service::auth::Verifier::from_config` turns it into a token verifier (and reads the
 /// key file).
 #[derive(Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -681,7 +681,7 @@ impl Config {
     }
 
     /// The `[auth]` rules that need no file: the key file itself is read and checked by
-    /// `crate::auth::Verifier::from_config`. No message shows the secret.
+    /// `crate::service::auth::Verifier::from_config`. No message shows the secret.
     fn validate_auth(&self, check: &Check) -> Result<(), ConfigError> {
         let auth = &self.auth;
         if !auth.jwt_secret.is_empty() && !auth.jwt_public_key_file.is_empty() {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use wsgrace::auth::Verifier;
 use wsgrace::config::Config;
+use wsgrace::service::auth::Verifier;
 
 /// Chat-style WebSocket server that closes connections properly and drains on SIGTERM.
 #[derive(Debug, Parser)]
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = actix_web::rt::System::new().block_on(wsgrace::server::serve_with_auth(
+    let result = actix_web::rt::System::new().block_on(wsgrace::service::server::serve_with_auth(
         config,
         verifier,
         |addr| {

@@ -25,7 +25,7 @@
 //!   epoch and the seq with a script ([`SNAPSHOT_SCRIPT`], which creates a missing room),
 //!   and, for a resume, the stream from `since`+1 to that seq with a plain XRANGE plus the
 //!   epoch once more (one pipeline; a changed epoch or a missing entry: nothing replayed);
-//!   the caller merges both with [`crate::resume::ResumeMerge`]. Subscriptions are counted per
+//!   the caller merges both with [`crate::rooms::resume::ResumeMerge`]. Subscriptions are counted per
 //!   room: SUBSCRIBE on the first, UNSUBSCRIBE on the last.
 //! - **Health**: the node starts without Redis. A driver task connects in the background with
 //!   capped exponential backoff, reports up/down ([`RedisBroker::health`] and

@@ -1,6 +1,6 @@
 //! A session that ends when its token does: [`Expiring`] wraps a [`SessionHandler`] and,
 //! once the session has started, closes it with 3000 "token expired" at a deadline (the
-//! token's `exp` plus [`crate::auth::LEEWAY`]).
+//! token's `exp` plus [`crate::service::auth::LEEWAY`]).
 //!
 //! The close goes through the session's shutdown path ([`SessionHandle::shutdown`]), so it
 //! is made in the session's close mode (the room's `close.room_modes` entry, else
@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 use bytestring::ByteString;
 use log::{error, info};
 
-use crate::auth::{TOKEN_EXPIRED_CODE, TOKEN_EXPIRED_REASON};
 use crate::close::{CloseMode, CloseStatus};
-use crate::session::{SessionEnd, SessionHandle, SessionHandler};
+use crate::connection::session::{SessionEnd, SessionHandle, SessionHandler};
+use crate::service::auth::{TOKEN_EXPIRED_CODE, TOKEN_EXPIRED_REASON};
 
 /// A handler whose session closes with 3000 "token expired" at `closes_at` (never without
 /// one).

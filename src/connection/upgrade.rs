@@ -4,12 +4,12 @@
 //! actix-http hands a request carrying `Upgrade: websocket` to an upgrade service together
 //! with its connection ([`Upgrading`]), once [`actix_http::HttpService`] is built with one. The
 //! 101 goes out through the dispatcher's codec, and the connection then belongs to a session
-//! ([`crate::session::start_on_socket`]): the dispatcher, its 8 KiB read and write buffers and
+//! ([`crate::connection::session::start_on_socket`]): the dispatcher, its 8 KiB read and write buffers and
 //! its timers are gone, and an idle connection holds no buffer at all. A refusal is answered
-//! with `Connection: close` and the connection closes (lingering, see [`crate::linger`]).
+//! with `Connection: close` and the connection closes (lingering, see [`crate::connection::linger`]).
 //!
-//! This module decides nothing about who may connect (that is [`crate::server`]) nor about
-//! sessions (that is [`crate::session`]).
+//! This module decides nothing about who may connect (that is [`crate::service::server`]) nor about
+//! sessions (that is [`crate::connection::session`]).
 
 use actix_codec::{Framed, FramedParts};
 use actix_http::body::{BodySize, BoxBody, MessageBody};
@@ -19,10 +19,10 @@ use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use futures::SinkExt;
 
-use crate::handshake::{check_framing, BadFraming};
-use crate::linger::LingeringStream;
-use crate::request_deadline::HeadTimed;
-use crate::session::{self, SessionConfig, SessionHandle, SessionHandler};
+use crate::connection::handshake::{check_framing, BadFraming};
+use crate::connection::linger::LingeringStream;
+use crate::connection::request_deadline::HeadTimed;
+use crate::connection::session::{self, SessionConfig, SessionHandle, SessionHandler};
 
 /// A connection whose request asks for an upgrade, as the HTTP dispatcher hands it over.
 pub type Upgrading = Framed<HeadTimed<LingeringStream>, h1::Codec>;

@@ -3,8 +3,8 @@
 //! for an HTTP/1.1 GET, and an upgrade request has no body.
 //!
 //! Both ways in use it before they switch protocols: the binary's upgrade out of the
-//! dispatcher ([`crate::upgrade::accept`]) and the embedded one ([`crate::session::start`]).
-//! It decides nothing about who may connect (that is [`crate::server`]).
+//! dispatcher ([`crate::connection::upgrade::accept`]) and the embedded one ([`crate::connection::session::start`]).
+//! It decides nothing about who may connect (that is [`crate::service::server`]).
 
 use actix_http::body::BoxBody;
 use actix_http::header;

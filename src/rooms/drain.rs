@@ -1,45 +1,17 @@
-//! Shutdown: readiness, the signals, the drain deadline and the second-signal force.
+//! The drain's plan and its report: which sessions are told to close when, and how they
+//! ended.
 //!
-//! [`Readiness`] is the one flag that `/readyz` and the upgrade route read. [`drain_on_signal`]
-//! waits for SIGTERM, SIGINT or SIGHUP, flips readiness, asks the supervisor to drain, and
-//! bounds the whole thing: the drain's own deadline, a hard cap one second later, and a second
-//! signal that aborts everything at once. It must not know about sessions or sockets: it only talks
-//! to the supervisor and the HTTP server handle.
+//! [`batch_schedule`] is pure: it turns a [`DrainPlan`] and a count of sessions into
+//! [`Batch`]es, so that every session has its whole close timeout before the deadline.
+//! [`DrainReport`] counts the ends the supervisor sees. The supervisor carries the plan out;
+//! the signals that start it are the service's ([`crate::service::shutdown`]). It must not
+//! touch sessions itself.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::fmt;
 use std::time::Duration;
 
-use actix::Addr;
-use actix_rt::signal::unix::{signal, Signal, SignalKind};
-use actix_web::dev::ServerHandle;
-use log::{info, warn};
-
-use crate::close::CloseStatus;
-use crate::supervisor::{AbortAll, Drain, DrainReport, Supervisor};
-
-/// Whether the server accepts new sessions. Cloning shares the flag.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness {
-    draining: Arc<AtomicBool>,
-}
-
-impl Readiness {
-    /// A ready flag.
-    pub fn new() -> Self {
-        Readiness::default()
-    }
-
-    /// True until the drain starts.
-    pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire)
-    }
-
-    /// From now on: not ready.
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Release);
-    }
-}
+use crate::close::{CloseMode, CloseResult, CloseStatus, Initiator};
+use crate::connection::session::SessionEnd;
 
 /// What a drain does.
 #[derive(Debug, Clone)]
@@ -112,118 +84,61 @@ pub fn batch_schedule(sessions: usize, plan: &DrainPlan) -> (Vec<Batch>, bool) {
     (batches, compressed)
 }
 
-/// How the signal listener could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen for signals: {0}")]
-pub struct SignalError(#[from] std::io::Error);
-
-/// SIGTERM, SIGINT and SIGHUP, caught from the moment this value exists: create it before the
-/// server announces itself, so that an early signal drains instead of killing the process.
-/// SIGHUP drains like SIGTERM: wsgrace has nothing to reload, and a hangup (a closed terminal,
-/// a process supervisor's HUP) must not drop every connection without a close frame, as the
-/// default action would.
-pub struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
+/// The result of a drain, logged at its end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Sessions open when the drain started.
+    pub sessions: usize,
+    /// Closed awaited, with the peer's ack.
+    pub acked_awaited: usize,
+    /// Closed fire-and-forget, with the peer's ack.
+    pub acked_fire_and_forget: usize,
+    /// The peer closed first during the drain.
+    pub client_closed: usize,
+    /// Not acked within the close timeout.
+    pub timed_out: usize,
+    /// Aborted: vanished, failed, or still open at the deadline.
+    pub aborted: usize,
+    /// Messages from peers dropped because their session was closing awaited.
+    pub dropped_messages: u64,
+    /// Messages from peers delivered after a fire-and-forget close frame.
+    pub delivered_after_close: u64,
+    /// From the drain's start to its end.
+    pub duration: Duration,
 }
 
-impl Signals {
-    /// Installs the handlers.
-    pub fn install() -> Result<Signals, SignalError> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-}
-
-/// Waits for SIGTERM, SIGINT or SIGHUP, then drains and stops `server`. A second signal during
-/// the drain aborts every session and stops at once. Returns the drain report.
-pub async fn drain_on_signal(
-    signals: Signals,
-    supervisor: Addr<Supervisor>,
-    readiness: Readiness,
-    plan: DrainPlan,
-    server: ServerHandle,
-) -> DrainReport {
-    let Signals {
-        mut term,
-        mut int,
-        mut hup,
-    } = signals;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: draining"),
-        _ = int.recv() => info!("SIGINT: draining"),
-        _ = hup.recv() => info!("SIGHUP: draining"),
-    }
-    let second = async {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-            _ = hup.recv() => {},
-        }
-    };
-    let report = drain(supervisor, readiness, plan, second).await;
-    info!("drain finished: {report}");
-    server.stop(false).await;
-    report
-}
-
-/// Drains through `supervisor`: readiness off, every session told, answer by the deadline.
-/// When `force` completes first, every session is aborted and the drain ends at once.
-pub async fn drain(
-    supervisor: Addr<Supervisor>,
-    readiness: Readiness,
-    plan: DrainPlan,
-    force: impl std::future::Future<Output = ()>,
-) -> DrainReport {
-    readiness.set_draining();
-    crate::metrics::metrics().draining.set(1);
-    let started = std::time::Instant::now();
-    let hard_cap = plan.deadline + Duration::from_millis(900);
-    let mut request = std::pin::pin!(supervisor.send(Drain { plan }));
-    tokio::select! {
-        report = &mut request => return answered(report, started),
-        _ = force => warn!("second signal: aborting every session"),
-        _ = actix_rt::time::sleep(hard_cap) => {
-            warn!("drain not finished {hard_cap:?} after the signal: stopping anyway");
-        }
-    }
-    // The aborted sessions' ends reach the supervisor at once; its report counts them.
-    supervisor.do_send(AbortAll);
-    if std::env::var_os("MUTANT").is_some() {
-        return DrainReport::default();
-    }
-    match tokio::time::timeout(FORCED_REPORT_WAIT, request).await {
-        Ok(report) => answered(report, started),
-        Err(_) => {
-            warn!("the supervisor did not report the aborted drain in time");
-            DrainReport {
-                duration: started.elapsed(),
-                ..DrainReport::default()
-            }
+impl DrainReport {
+    /// Counts one session's end.
+    pub fn count(&mut self, end: &SessionEnd) {
+        self.dropped_messages += end.dropped_after_close + end.dropped_slow_consumer;
+        self.delivered_after_close += end.delivered_after_close;
+        match (end.record.result, end.record.initiator, end.record.mode) {
+            (CloseResult::Acked, Initiator::Client, _) => self.client_closed += 1,
+            (CloseResult::Acked, _, CloseMode::Awaited) => self.acked_awaited += 1,
+            (CloseResult::Acked, _, CloseMode::FireAndForget) => self.acked_fire_and_forget += 1,
+            (CloseResult::Timeout, _, _) => self.timed_out += 1,
+            (CloseResult::Aborted | CloseResult::Error, _, _) => self.aborted += 1,
         }
     }
 }
 
-/// How long a forced drain waits for the supervisor's report (which it gives within its abort
-/// grace): the process still exits within 1 s of the second signal.
-const FORCED_REPORT_WAIT: Duration = Duration::from_millis(800);
-
-/// The supervisor's answer to the drain, or an empty report if it could not answer.
-fn answered(
-    report: Result<DrainReport, actix::MailboxError>,
-    started: std::time::Instant,
-) -> DrainReport {
-    report.unwrap_or_else(|err| {
-        warn!("the supervisor did not answer the drain: {err}");
-        DrainReport {
-            duration: started.elapsed(),
-            ..DrainReport::default()
-        }
-    })
+impl fmt::Display for DrainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sessions={} acked_awaited={} acked_fire_and_forget={} client_closed={} \
+             timed_out={} aborted={} dropped_messages={} delivered_after_close={} duration_ms={}",
+            self.sessions,
+            self.acked_awaited,
+            self.acked_fire_and_forget,
+            self.client_closed,
+            self.timed_out,
+            self.aborted,
+            self.dropped_messages,
+            self.delivered_after_close,
+            self.duration.as_millis()
+        )
+    }
 }
 
 #[cfg(test)]

@@ -22,9 +22,9 @@ use bytestring::ByteString;
 use log::debug;
 
 use crate::close::CloseStatus;
+use crate::connection::session::{local_outbox, Outbox, SessionId};
+use crate::connection::transport::{encode_text, Refused};
 use crate::metrics::{metrics, DropReason};
-use crate::session::{local_outbox, Outbox, SessionId};
-use crate::transport::{encode_text, Refused};
 
 thread_local! {
     static LOCAL: RefCell<Option<Addr<Shard>>> = const { RefCell::new(None) };
@@ -132,7 +132,7 @@ pub struct Deliver {
     pub replayed: bool,
 }
 
-/// Tells sessions of this shard's thread to shut down ([`crate::session::Shutdown`]): the
+/// Tells sessions of this shard's thread to shut down ([`crate::connection::session::Shutdown`]): the
 /// drain sends one of these per thread instead of one message per session across threads.
 /// Sessions that ended meanwhile are skipped.
 #[derive(Debug, Clone, Message)]

@@ -8,7 +8,7 @@
 //!
 //! A joining session is not enrolled at once: it first gets its welcome and, when it resumes,
 //! the replay from its join snapshot; with Redis, live messages that arrive before the
-//! snapshot are merged in ([`crate::resume::ResumeMerge`]). It is enrolled in the room's
+//! snapshot are merged in ([`crate::rooms::resume::ResumeMerge`]). It is enrolled in the room's
 //! shard fan-out once the room's line (what the enrolled members have been given) is not
 //! behind it; until then it gets live messages one by one. Each seq reaches it once.
 //!
@@ -20,9 +20,7 @@
 //!
 //! [`ChatHandler`] is the session handler that connects a session to its supervisor.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,13 +39,18 @@ use crate::broker::{
     Broker, BrokerError, Epoch, EpochChange, JoinSnapshot, LocalBroker, Published, Resume,
     ResumeRequest,
 };
-use crate::close::{CloseMode, CloseResult, CloseStatus, Initiator};
-use crate::fanout::{local_shard, Admit, Deliver, Remove, Shard, ShutDown};
+use crate::close::CloseStatus;
+use crate::connection::session::{SessionEnd, SessionHandle, SessionId};
+use crate::connection::transport::InFlightToken;
 use crate::metrics::{metrics, DropReason};
-use crate::resume::{Delivery, ResumeMerge};
-use crate::session::{SessionEnd, SessionHandle, SessionHandler, SessionId};
-use crate::shutdown::{batch_schedule, DrainPlan};
-use crate::transport::InFlightToken;
+use crate::rooms::drain::{batch_schedule, DrainPlan};
+// Where it was before 0.2 (see CHANGELOG.md).
+#[doc(hidden)]
+pub use crate::rooms::drain::DrainReport;
+use crate::rooms::fanout::{Admit, Deliver, Remove, Shard, ShutDown};
+#[doc(hidden)]
+pub use crate::rooms::handler::ChatHandler;
+use crate::rooms::resume::{Delivery, ResumeMerge};
 
 /// A session joins `room` as `name`.
 #[derive(Debug, Clone, Message)]
@@ -59,7 +62,7 @@ pub struct Join {
     pub room: String,
     /// Its nickname.
     pub name: String,
-    /// The fan-out shard of the session's thread ([`crate::fanout::local_shard`], called on
+    /// The fan-out shard of the session's thread ([`crate::rooms::fanout::local_shard`], called on
     /// that thread).
     pub shard: Addr<Shard>,
     /// The `since` and `epoch` of its upgrade, if it resumes.
@@ -110,62 +113,6 @@ pub struct Drain {
 #[rtype(result = "()")]
 pub struct AbortAll;
 
-/// The result of a drain, logged at its end.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DrainReport {
-    /// Sessions open when the drain started.
-    pub sessions: usize,
-    /// Closed awaited, with the peer's ack.
-    pub acked_awaited: usize,
-    /// Closed fire-and-forget, with the peer's ack.
-    pub acked_fire_and_forget: usize,
-    /// The peer closed first during the drain.
-    pub client_closed: usize,
-    /// Not acked within the close timeout.
-    pub timed_out: usize,
-    /// Aborted: vanished, failed, or still open at the deadline.
-    pub aborted: usize,
-    /// Messages from peers dropped because their session was closing awaited.
-    pub dropped_messages: u64,
-    /// Messages from peers delivered after a fire-and-forget close frame.
-    pub delivered_after_close: u64,
-    /// From the drain's start to its end.
-    pub duration: Duration,
-}
-
-impl DrainReport {
-    fn count(&mut self, end: &SessionEnd) {
-        self.dropped_messages += end.dropped_after_close + end.dropped_slow_consumer;
-        self.delivered_after_close += end.delivered_after_close;
-        match (end.record.result, end.record.initiator, end.record.mode) {
-            (CloseResult::Acked, Initiator::Client, _) => self.client_closed += 1,
-            (CloseResult::Acked, _, CloseMode::Awaited) => self.acked_awaited += 1,
-            (CloseResult::Acked, _, CloseMode::FireAndForget) => self.acked_fire_and_forget += 1,
-            (CloseResult::Timeout, _, _) => self.timed_out += 1,
-            (CloseResult::Aborted | CloseResult::Error, _, _) => self.aborted += 1,
-        }
-    }
-}
-
-impl fmt::Display for DrainReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "sessions={} acked_awaited={} acked_fire_and_forget={} client_closed={} \
-             timed_out={} aborted={} dropped_messages={} delivered_after_close={} duration_ms={}",
-            self.sessions,
-            self.acked_awaited,
-            self.acked_fire_and_forget,
-            self.client_closed,
-            self.timed_out,
-            self.aborted,
-            self.dropped_messages,
-            self.delivered_after_close,
-            self.duration.as_millis()
-        )
-    }
-}
-
 struct Member {
     session: SessionHandle,
     room: Arc<str>,
@@ -174,7 +121,7 @@ struct Member {
     /// per member would allocate its own sender state.
     shard: Arc<Addr<Shard>>,
     /// Until the session is enrolled in its room's fan-out: its own merge of the join
-    /// snapshot and the live messages (see [`crate::resume`]).
+    /// snapshot and the live messages (see [`crate::rooms::resume`]).
     joining: Option<ResumeMerge>,
 }
 
@@ -1139,108 +1086,5 @@ impl Supervisor {
             }
             act.finish_drain_if_done(ctx);
         });
-    }
-}
-
-/// The session handler of the chat server: joins the supervisor on start, broadcasts every
-/// message to the room, leaves on end. The shutdown close mode is the session's configured
-/// one (the room override or `close.mode`).
-pub struct ChatHandler {
-    supervisor: Addr<Supervisor>,
-    room: String,
-    name: Option<String>,
-    resume: Option<ResumeRequest>,
-}
-
-impl ChatHandler {
-    /// A handler for a session in `room`; `name` defaults to `guest-ID`.
-    pub fn new(supervisor: Addr<Supervisor>, room: String, name: Option<String>) -> Self {
-        ChatHandler {
-            supervisor,
-            room,
-            name,
-            resume: None,
-        }
-    }
-
-    /// The session resumes: the welcome says whether, and the messages after `since` follow.
-    pub fn resume(mut self, resume: Option<ResumeRequest>) -> Self {
-        self.resume = resume;
-        self
-    }
-}
-
-impl SessionHandler for ChatHandler {
-    fn on_start(&mut self, session: &SessionHandle) {
-        let name = self
-            .name
-            .take()
-            .unwrap_or_else(|| format!("guest-{}", session.id()));
-        self.supervisor.do_send(Join {
-            session: session.clone(),
-            room: std::mem::take(&mut self.room),
-            name,
-            shard: local_shard(),
-            resume: self.resume.take(),
-        });
-    }
-
-    fn on_message(&mut self, session: &SessionHandle, text: ByteString) {
-        self.supervisor.do_send(Broadcast {
-            from: session.id(),
-            text,
-            in_flight: Some(session.hold_inbound()),
-        });
-    }
-
-    fn on_end(&mut self, session: &SessionHandle, end: &SessionEnd) {
-        leave_soon(
-            &self.supervisor,
-            Leave {
-                id: session.id(),
-                end: end.clone(),
-            },
-        );
-    }
-}
-
-thread_local! {
-    /// Leaves of this thread's sessions not sent yet, with their supervisor.
-    static LEAVING: RefCell<Vec<(Addr<Supervisor>, Leave)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Sends `leave` to `supervisor` together with the other leaves of this thread's sessions that
-/// end in the same turn of the thread's event loop: a task queued behind them sends them as
-/// one [`LeaveBatch`]. In a drain of 10,000 sessions that is a few hundred messages to the
-/// supervisor's thread instead of 10,000, each of which could wake it.
-fn leave_soon(supervisor: &Addr<Supervisor>, leave: Leave) {
-    let first = LEAVING.with(|leaving| {
-        let mut leaving = leaving.borrow_mut();
-        leaving.push((supervisor.clone(), leave));
-        leaving.len() == 1
-    });
-    if !first {
-        return;
-    }
-    // Outside an arbiter (or one that is stopping) nobody would run the task: send now.
-    let queued = actix_rt::Arbiter::try_current()
-        .is_some_and(|arbiter| arbiter.spawn(async { send_leaving() }));
-    if !queued {
-        send_leaving();
-    }
-}
-
-/// Sends this thread's pending leaves, one [`LeaveBatch`] per supervisor.
-fn send_leaving() {
-    let mut leaving = LEAVING.with(|leaving| std::mem::take(&mut *leaving.borrow_mut()));
-    while let Some((supervisor, _)) = leaving.first() {
-        let supervisor = supervisor.clone();
-        let (mine, others): (Vec<_>, Vec<_>) = leaving
-            .into_iter()
-            .partition(|(other, _)| *other == supervisor);
-        supervisor.do_send(LeaveBatch {
-            leaves: mine.into_iter().map(|(_, leave)| leave).collect(),
-        });
-        leaving = others;
     }
 }

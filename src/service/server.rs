@@ -5,8 +5,8 @@
 //! broker unreachable (503), origin (403), room, name, `since` and `epoch` (400), token (401,
 //! 403, with authentication on), open WebSockets of the client address (429), connection limit
 //! (503). It must not implement session or close behaviour: an upgrade request is taken out
-//! of the HTTP dispatcher with its connection ([`crate::upgrade`]), and an accepted one goes to
-//! a session that owns the socket ([`crate::session::start_on_socket`]).
+//! of the HTTP dispatcher with its connection ([`crate::connection::upgrade`]), and an accepted one goes to
+//! a session that owns the socket ([`crate::connection::session::start_on_socket`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,21 +27,23 @@ use bytestring::ByteString;
 use log::warn;
 use serde::Deserialize;
 
-use crate::auth::{self, Identity, Verifier};
 use crate::broker::{Broker, BrokerStatus, Epoch, ResumeRequest};
-use crate::client_address::{client_address, AddressLimit, AddressSlot};
 use crate::close::{CloseMode, CloseStatus};
 use crate::config::{is_valid_name, Config};
-use crate::expiry::Expiring;
-use crate::linger::{LingerBounds, LingeringStream};
+use crate::connection::linger::{LingerBounds, LingeringStream};
+use crate::connection::request_deadline::HeadTimed;
+use crate::connection::session::{self, SessionConfig, SessionEnd, SessionHandle, SessionHandler};
+use crate::connection::transport::{tune_socket, SocketTuning};
+use crate::connection::upgrade::{self, UpgradeFailed, Upgrading};
 use crate::metrics::{self, metrics};
-use crate::open_files;
-use crate::request_deadline::HeadTimed;
-use crate::session::{self, SessionConfig, SessionEnd, SessionHandle, SessionHandler};
-use crate::shutdown::{self, DrainPlan, Readiness, Signals};
-use crate::supervisor::{ChatHandler, DrainReport, Supervisor};
-use crate::transport::{tune_socket, SocketTuning};
-use crate::upgrade::{self, UpgradeFailed, Upgrading};
+use crate::rooms::drain::{DrainPlan, DrainReport};
+use crate::rooms::handler::ChatHandler;
+use crate::rooms::supervisor::Supervisor;
+use crate::service::auth::{self, Identity, Verifier};
+use crate::service::client_address::{client_address, AddressLimit, AddressSlot};
+use crate::service::expiry::Expiring;
+use crate::service::open_files;
+use crate::service::shutdown::{self, Readiness, Signals};
 
 /// What the routes share.
 #[derive(Clone)]
@@ -85,7 +87,7 @@ impl AppState {
         self
     }
 
-    /// Upgrades need a token that `verifier` accepts (see [`crate::auth`]); `None`: no
+    /// Upgrades need a token that `verifier` accepts (see [`crate::service::auth`]); `None`: no
     /// authentication.
     pub fn with_auth(mut self, verifier: Option<Verifier>) -> Self {
         self.auth = verifier.map(Arc::new);
@@ -108,10 +110,10 @@ impl AppState {
 }
 
 /// The chat page served at `/` (it imports `/wsgrace.js`).
-const CHAT_PAGE: &str = include_str!("../web/chat.html");
+const CHAT_PAGE: &str = include_str!("../../web/chat.html");
 
 /// The browser client served at `/wsgrace.js`, a plain ES module.
-const CLIENT_MODULE: &str = include_str!("../web/wsgrace.js");
+const CLIENT_MODULE: &str = include_str!("../../web/wsgrace.js");
 
 /// Mounts `/`, `/wsgrace.js`, `/ws`, `/healthz`, `/readyz` and `/metrics`.
 pub fn routes(state: AppState) -> impl Fn(&mut web::ServiceConfig) + Clone {
@@ -339,7 +341,7 @@ async fn upgrade(
 }
 
 /// Serves a request with `Upgrade: websocket`, taken from the HTTP dispatcher together with its
-/// connection ([`crate::upgrade`]): the checks of [`admit`] and the handshake; then the session
+/// connection ([`crate::connection::upgrade`]): the checks of [`admit`] and the handshake; then the session
 /// owns the socket, and what is returned writes to it. A refusal is answered and the connection
 /// closed.
 async fn upgrade_connection(

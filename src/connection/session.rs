@@ -30,12 +30,12 @@ use crate::close::{
     Action, CloseError, CloseMachine, CloseMode, CloseOutcome, CloseRecord, CloseState,
     CloseStatus, DataVerdict, Initiator, Input, WaiterId,
 };
-use crate::linger::{LingerSwitch, LingeringStream};
-use crate::metrics::{metrics, DropReason};
-use crate::transport::{
+use crate::connection::linger::{LingerSwitch, LingeringStream};
+use crate::connection::transport::{
     self, InFlight, InFlightToken, Inbound, InboundError, InboundFrames, OutboundBody,
     OutboundQueue, Refused, SocketReader,
 };
+use crate::metrics::{metrics, DropReason};
 
 /// A session's id, unique in the process.
 pub type SessionId = u64;
@@ -355,14 +355,14 @@ impl SessionHandle {
 /// dispatcher (for apps that embed wsgrace in their own actix-web server).
 ///
 /// Answers the handshake error as an HTTP error (400) when `req` is no valid upgrade, or one
-/// framed as no upgrade may be ([`crate::handshake::check_framing`]: HTTP/1.0, a body).
+/// framed as no upgrade may be ([`crate::connection::handshake::check_framing`]: HTTP/1.0, a body).
 pub fn start(
     req: &HttpRequest,
     payload: web::Payload,
     handler: impl SessionHandler,
     config: SessionConfig,
 ) -> Result<(SessionHandle, HttpResponse), actix_web::Error> {
-    crate::handshake::check_framing(req.head()).map_err(|bad| {
+    crate::connection::handshake::check_framing(req.head()).map_err(|bad| {
         let answer = HttpResponse::BadRequest()
             .force_close()
             .body(format!("{bad}\n"));
@@ -377,7 +377,7 @@ pub fn start(
 }
 
 /// Serves an upgraded connection the caller took from the HTTP dispatcher after writing the
-/// 101 response (the binary's server, [`crate::server`]): a new session actor reads `socket`,
+/// 101 response (the binary's server, [`crate::service::server`]): a new session actor reads `socket`,
 /// starting with `leftover` (bytes read past the upgrade request), and the returned future
 /// writes the session's frames until the session ends, then closes the connection. Neither
 /// holds a buffer while the connection is idle.
@@ -470,7 +470,7 @@ pub struct Session {
     dropped_after_close: u64,
     delivered_after_close: u64,
     dropped_slow_consumer: u64,
-    /// The connection's lingering close, when the server provides one ([`crate::server`]).
+    /// The connection's lingering close, when the server provides one ([`crate::service::server`]).
     linger: Option<LingerSwitch>,
 }
 
