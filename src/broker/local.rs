@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 
 use super::{
-    can_resume, BrokerError, Epoch, EpochChange, JoinSnapshot, MessageHead, Published, Resume,
-    ResumeRequest,
+    can_resume, Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerStatus, Epoch, EpochChange,
+    JoinSnapshot, MessageHead, Pending, Published, Resume, ResumeRequest,
 };
 use crate::config::HistorySettings;
 
@@ -118,6 +118,11 @@ pub struct LocalBroker {
     rooms: HashMap<Arc<str>, RoomLog>,
     /// Bytes of every room's history.
     bytes: u64,
+    /// Local members per room ([`Broker::join`] / [`Broker::leave`]): a room with members is
+    /// never forgotten.
+    occupants: HashMap<Arc<str>, usize>,
+    /// Events of the last publish, for [`Broker::ready_events`].
+    ready: Vec<BrokerEvent>,
 }
 
 impl LocalBroker {
@@ -127,6 +132,8 @@ impl LocalBroker {
             limits,
             rooms: HashMap::new(),
             bytes: 0,
+            occupants: HashMap::new(),
+            ready: Vec::new(),
         }
     }
 
@@ -302,6 +309,57 @@ impl LocalBroker {
             }
         }
         changes
+    }
+}
+
+impl Broker for LocalBroker {
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus::always_up()
+    }
+
+    fn take_event_stream(&mut self) -> Option<BrokerEvents> {
+        None
+    }
+
+    fn join(&mut self, room: &Arc<str>, resume: Option<ResumeRequest>) -> Pending<JoinSnapshot> {
+        *self.occupants.entry(room.clone()).or_default() += 1;
+        Pending::Ready(Ok(self.snapshot(room, resume.as_ref(), Instant::now())))
+    }
+
+    fn leave(&mut self, room: &Arc<str>) {
+        if let Some(count) = self.occupants.get_mut(room) {
+            *count -= 1;
+            if *count == 0 {
+                self.occupants.remove(room);
+            }
+        }
+    }
+
+    fn read_since(&mut self, room: &Arc<str>, request: ResumeRequest) -> Pending<JoinSnapshot> {
+        Pending::Ready(Ok(self.snapshot(room, Some(&request), Instant::now())))
+    }
+
+    fn publish(&mut self, room: &Arc<str>, from: &str, text: &str) -> Pending<Published> {
+        let published = LocalBroker::publish(self, room, from, text, Instant::now()).map(|out| {
+            self.ready
+                .extend(out.epoch_changes.into_iter().map(BrokerEvent::EpochChanged));
+            self.ready.push(BrokerEvent::Message(out.message.clone()));
+            out.message
+        });
+        Pending::Ready(published)
+    }
+
+    fn ready_events(&mut self, out: &mut Vec<BrokerEvent>) {
+        out.append(&mut self.ready);
+    }
+
+    fn maintain(&mut self) {
+        let occupants = std::mem::take(&mut self.occupants);
+        let forgotten = self.sweep(Instant::now(), |room| occupants.contains_key(room));
+        self.occupants = occupants;
+        if forgotten > 0 {
+            log::debug!("history: {forgotten} idle rooms forgotten");
+        }
     }
 }
 

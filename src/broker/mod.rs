@@ -1,18 +1,20 @@
-//! The broker seam: what the supervisor asks of wherever a room's order and history live.
+//! The broker seam: what the supervisor asks of wherever a room's order and history live,
+//! as one interface both brokers implement ([`Broker`]), with the types it speaks in.
 //!
 //! A broker gives each room message its `seq` (per room, from 1, no gap), keeps a bounded
 //! history per room for resume, names that history with an [`Epoch`], and delivers every
-//! message to the room's members in `seq` order. Two implementations:
+//! message to the room's members in `seq` order, as [`BrokerEvent`]s. Two implementations:
 //!
 //! - [`local::LocalBroker`], the default: one process, synchronous, called from inside the
-//!   supervisor actor (no locks, no I/O). The supervisor fans its messages out itself.
-//! - [`redis::RedisBroker`]: rooms shared by every node on one Redis. Publishing and joining
-//!   are futures; messages of every node (this one's included) come back on the event
-//!   stream ([`redis::BrokerEvent`]), and the supervisor fans those out.
+//!   supervisor actor (no locks, no I/O): its answers are [`Pending::Ready`], its events are
+//!   there to take at once ([`Broker::ready_events`]).
+//! - [`redis::RedisBroker`]: rooms shared by every node on one Redis. Its answers are futures
+//!   ([`Pending::Later`]); messages of every node (this one's included) come back on its
+//!   event stream ([`Broker::take_event_stream`]).
 //!
-//! [`Broker`] is what the supervisor holds. This module owns the shared types and the pure
-//! rules both brokers apply: the `message` frame's JSON ([`MessageHead`]) and the resume
-//! rule ([`can_resume`]). It must not know about actix, sessions or sockets.
+//! The supervisor never asks which one it has. This module owns the shared types and the
+//! pure resume rule both brokers apply ([`can_resume`]). It must not know about actix,
+//! sessions or sockets.
 
 pub mod local;
 pub mod redis;
@@ -27,8 +29,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytestring::ByteString;
-use serde::Serialize;
+use futures::future::LocalBoxFuture;
 
+use crate::protocol::{epoch_json, FrameError};
+
+pub use crate::protocol::MessageHead;
 pub use local::LocalBroker;
 pub use redis::RedisBroker;
 
@@ -142,27 +147,10 @@ pub struct EpochChange {
     pub seq: u64,
 }
 
-#[derive(Serialize)]
-struct EpochFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    room: &'a str,
-    epoch: &'a str,
-    seq: u64,
-}
-
 impl EpochChange {
     /// The `{"type":"epoch","room":R,"epoch":E,"seq":N}` frame.
     pub fn to_json(&self) -> Result<ByteString, BrokerError> {
-        let frame = EpochFrame {
-            kind: "epoch",
-            room: &self.room,
-            epoch: self.epoch.as_str(),
-            seq: self.seq,
-        };
-        serde_json::to_string(&frame)
-            .map(ByteString::from)
-            .map_err(|err| BrokerError::Encode(err.to_string()))
+        Ok(epoch_json(&self.room, self.epoch.as_str(), self.seq)?)
     }
 }
 
@@ -192,49 +180,9 @@ pub enum BrokerError {
     Stopped,
 }
 
-/// The start of a `message` frame, everything before the seq:
-/// `{"type":"message","room":R,"from":F,"text":T,"seq":`. Both brokers finish it with
-/// [`MessageHead::finish`], so that the frame is serialized once, where the seq is known
-/// (in the Redis broker, inside the script).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageHead(String);
-
-#[derive(Serialize)]
-struct HeadFields<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    room: &'a str,
-    from: &'a str,
-    text: &'a str,
-}
-
-impl MessageHead {
-    /// The head of a message from `from` in `room` saying `text`.
-    pub fn new(room: &str, from: &str, text: &str) -> Result<MessageHead, BrokerError> {
-        let fields = HeadFields {
-            kind: "message",
-            room,
-            from,
-            text,
-        };
-        let mut json =
-            serde_json::to_string(&fields).map_err(|err| BrokerError::Encode(err.to_string()))?;
-        // serde_json writes a struct as one object ending in `}`: replace it by the seq field.
-        if json.pop() != Some('}') {
-            return Err(BrokerError::Encode("not a JSON object".to_owned()));
-        }
-        json.push_str(",\"seq\":");
-        Ok(MessageHead(json))
-    }
-
-    /// The text of the head.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The whole frame with `seq`.
-    pub fn finish(&self, seq: u64) -> ByteString {
-        ByteString::from(format!("{}{seq}}}", self.0))
+impl From<FrameError> for BrokerError {
+    fn from(err: FrameError) -> Self {
+        BrokerError::Encode(err.0)
     }
 }
 
@@ -261,56 +209,124 @@ pub fn can_resume(
     oldest.is_some_and(|oldest| oldest <= request.since + 1)
 }
 
+/// Whether the broker is reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerHealth {
+    /// Not connected (yet, or any more): upgrades and `/readyz` answer 503, messages are
+    /// refused.
+    Down,
+    /// Connected and subscribed.
+    Up,
+}
+
+/// What a broker tells the supervisor, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerEvent {
+    /// A message of a room with members on this node (from any node, this one included), in
+    /// seq order.
+    Message(Published),
+    /// A room's history was lost (Redis restarted empty, the room expired, or the local
+    /// broker dropped it to stay in its budget): tell its open sessions with an `epoch` frame.
+    /// Comes before any message of the new epoch. Found on a reconnect, its `seq` is 0 (the
+    /// new epoch's messages published meanwhile are in the history, to be read after
+    /// [`BrokerHealth::Up`]); seen on a live message, it is that message's seq less one.
+    EpochChanged(EpochChange),
+    /// The broker went up or down.
+    Health(BrokerHealth),
+}
+
+/// The receiving end of a broker's [`BrokerEvent`]s that arrive by themselves (an actix actor
+/// can `add_stream` it).
+pub type BrokerEvents = futures::channel::mpsc::Receiver<BrokerEvent>;
+
 /// Whether the broker can be reached, for `/readyz` and upgrades: always with the local
 /// broker; with Redis, while it is connected. Cheap to clone and to ask from any thread.
 #[derive(Debug, Clone, Default)]
-pub struct BrokerStatus(Option<tokio::sync::watch::Receiver<redis::BrokerHealth>>);
+pub struct BrokerStatus(Option<tokio::sync::watch::Receiver<BrokerHealth>>);
 
 impl BrokerStatus {
+    /// A broker that is always up (one in this process).
+    pub fn always_up() -> Self {
+        BrokerStatus(None)
+    }
+
+    /// A broker whose health `health` follows.
+    pub fn following(health: tokio::sync::watch::Receiver<BrokerHealth>) -> Self {
+        BrokerStatus(Some(health))
+    }
+
     /// Whether the broker is up now.
     pub fn is_up(&self) -> bool {
         match &self.0 {
             None => true,
-            Some(health) => *health.borrow() == redis::BrokerHealth::Up,
+            Some(health) => *health.borrow() == BrokerHealth::Up,
         }
     }
 }
 
-/// What the supervisor holds: the local broker (synchronous) or a handle on the Redis one
-/// (asynchronous; its events come on the stream [`redis::RedisBroker::start`] returned).
-pub enum Broker {
-    /// Rooms in this process.
-    Local(LocalBroker),
-    /// Rooms shared through Redis.
-    Redis(RedisBroker),
+/// A broker's answer: now (the local broker), or a future that answers later (Redis).
+pub enum Pending<T> {
+    /// The answer.
+    Ready(Result<T, BrokerError>),
+    /// The answer to come.
+    Later(LocalBoxFuture<'static, Result<T, BrokerError>>),
 }
 
-impl Broker {
-    /// Its reachability, for `/readyz` and upgrades.
-    pub fn status(&self) -> BrokerStatus {
-        match self {
-            Broker::Local(_) => BrokerStatus(None),
-            Broker::Redis(redis) => BrokerStatus(Some(redis.health())),
-        }
-    }
+/// What the supervisor asks of a broker. Every call is made from the supervisor's actor, in
+/// the order its inputs arrive; see the module docs.
+pub trait Broker {
+    /// Whether it can be reached, for `/readyz` and upgrades.
+    fn status(&self) -> BrokerStatus;
 
-    /// The broker `config` asks for, with the Redis broker's event stream when it is that
-    /// one. The Redis broker's tasks start on the current tokio runtime (call it inside the
-    /// actix system); it connects in the background. Fails only for a bad URL.
-    pub fn from_config(
-        config: &crate::config::Config,
-    ) -> Result<(Broker, Option<redis::BrokerEvents>), BrokerError> {
-        match config.broker.kind {
-            crate::config::BrokerKind::Local => {
-                crate::metrics::metrics().broker_up.set(1);
-                let limits = local::HistoryLimits::from(&config.history);
-                Ok((Broker::Local(LocalBroker::new(limits)), None))
-            }
-            crate::config::BrokerKind::Redis => {
-                let settings = redis::RedisSettings::new(&config.broker, &config.history);
-                let (broker, events) = RedisBroker::start(settings)?;
-                Ok((Broker::Redis(broker), Some(events)))
-            }
+    /// The events that arrive by themselves (messages from other nodes, epoch changes,
+    /// health), once; `None` for a broker that has none.
+    fn take_event_stream(&mut self) -> Option<BrokerEvents>;
+
+    /// A member of this node joins `room`: from now on the room's messages reach this node
+    /// as events (with Redis: once the first member's SUBSCRIBE is confirmed, which comes
+    /// before the answer), and the answer is the room as the member first sees it, with the
+    /// outcome of its resume request. Every call is matched by one [`Broker::leave`],
+    /// whatever the answer.
+    fn join(&mut self, room: &Arc<str>, resume: Option<ResumeRequest>) -> Pending<JoinSnapshot>;
+
+    /// A member of this node left `room` (after the last one, the node no longer follows it).
+    fn leave(&mut self, room: &Arc<str>);
+
+    /// The room's history after `request` (a catch-up after a reconnect), without joining.
+    fn read_since(&mut self, room: &Arc<str>, request: ResumeRequest) -> Pending<JoinSnapshot>;
+
+    /// Gives a message from `from` in `room` saying `text` the room's next seq; the answer is
+    /// the message as published. The message itself reaches the room's members as a
+    /// [`BrokerEvent::Message`] (with the epoch changes it caused before it): at once from
+    /// [`Broker::ready_events`], or later on the event stream. A refusal
+    /// ([`BrokerError::Unavailable`]) means it reached nobody.
+    fn publish(&mut self, room: &Arc<str>, from: &str, text: &str) -> Pending<Published>;
+
+    /// Moves the events the last calls produced at once into `out` (the local broker's
+    /// messages); a broker whose events all come on its stream has none.
+    fn ready_events(&mut self, out: &mut Vec<BrokerEvent>);
+
+    /// Housekeeping, called every [`MAINTENANCE_INTERVAL`] (the local broker drops expired
+    /// history and forgets idle rooms).
+    fn maintain(&mut self);
+}
+
+/// How often the supervisor calls [`Broker::maintain`].
+pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The broker `config` asks for. The Redis broker's tasks start on the current tokio runtime
+/// (call it inside the actix system); it connects in the background. Fails only for a bad
+/// URL.
+pub fn from_config(config: &crate::config::Config) -> Result<Box<dyn Broker>, BrokerError> {
+    match config.broker.kind {
+        crate::config::BrokerKind::Local => {
+            crate::metrics::metrics().broker_up.set(1);
+            let limits = local::HistoryLimits::from(&config.history);
+            Ok(Box::new(LocalBroker::new(limits)))
+        }
+        crate::config::BrokerKind::Redis => {
+            let settings = redis::RedisSettings::new(&config.broker, &config.history);
+            Ok(Box::new(RedisBroker::start(settings)?))
         }
     }
 }
@@ -328,32 +344,6 @@ mod tests {
             assert_eq!(e.as_str().len(), 16, "{e}");
             assert!(e.as_str().bytes().all(|c| c.is_ascii_hexdigit()), "{e}");
         }
-    }
-
-    #[test]
-    fn message_frame_matches_the_protocol() {
-        let head = MessageHead::new("lobby", "ann", "hi \"there\"\n").unwrap();
-        let json = head.finish(42);
-        assert_eq!(
-            &*json,
-            r#"{"type":"message","room":"lobby","from":"ann","text":"hi \"there\"\n","seq":42}"#
-        );
-        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(value["seq"], 42);
-        assert_eq!(value["text"], "hi \"there\"\n");
-    }
-
-    #[test]
-    fn epoch_frame() {
-        let change = EpochChange {
-            room: Arc::from("r"),
-            epoch: Epoch::new("00ff"),
-            seq: 7,
-        };
-        assert_eq!(
-            &*change.to_json().unwrap(),
-            r#"{"type":"epoch","room":"r","epoch":"00ff","seq":7}"#
-        );
     }
 
     #[test]

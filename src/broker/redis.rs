@@ -51,8 +51,8 @@ use tokio::sync::watch;
 
 use super::local::HistoryLimits;
 use super::{
-    can_resume, BrokerError, Epoch, EpochChange, JoinSnapshot, MessageHead, Published, Resume,
-    ResumeRequest,
+    can_resume, Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerHealth, BrokerStatus, Epoch,
+    EpochChange, JoinSnapshot, MessageHead, Pending, Published, Resume, ResumeRequest,
 };
 use crate::config::{check_redis_url, redact_url, BrokerSettings, HistorySettings};
 use crate::metrics::metrics;
@@ -139,34 +139,6 @@ impl RedisSettings {
     }
 }
 
-/// Whether the broker is reachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrokerHealth {
-    /// Not connected (yet, or any more): upgrades and `/readyz` answer 503, messages are
-    /// refused.
-    Down,
-    /// Connected and subscribed.
-    Up,
-}
-
-/// What the broker tells the supervisor, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BrokerEvent {
-    /// A message of a subscribed room (from any node, this one included), in seq order.
-    Message(Published),
-    /// A subscribed room's history was lost (Redis restarted empty, or the room expired):
-    /// tell its open sessions with an `epoch` frame. Comes before any message of the new
-    /// epoch. Found on a reconnect, its `seq` is 0 (the new epoch's messages published
-    /// meanwhile are in the history, to be read after [`BrokerHealth::Up`]); seen on a live
-    /// message, it is that message's seq less one.
-    EpochChanged(EpochChange),
-    /// The broker went up or down.
-    Health(BrokerHealth),
-}
-
-/// The receiving end of [`BrokerEvent`]s (an actix actor can `add_stream` it).
-pub type BrokerEvents = mpsc::Receiver<BrokerEvent>;
-
 /// Keys and channels of one prefix.
 #[derive(Debug, Clone)]
 struct Keys {
@@ -225,18 +197,19 @@ struct Shared {
     snapshot_script: Script,
 }
 
-/// A handle on the Redis broker; clones share it. The broker's tasks end when the last
-/// handle is dropped.
-#[derive(Clone)]
+/// The Redis broker: a handle on its tasks, and its event stream until the supervisor takes
+/// it ([`Broker::take_event_stream`]). The tasks end when the broker is dropped.
 pub struct RedisBroker {
     shared: Arc<Shared>,
+    events: Option<BrokerEvents>,
 }
 
 impl RedisBroker {
     /// Starts the broker's tasks on the current tokio runtime (an actix system is one) and
     /// returns at once: the broker connects in the background and reports
-    /// [`BrokerEvent::Health`] when it is up. Fails only for a bad URL.
-    pub fn start(settings: RedisSettings) -> Result<(RedisBroker, BrokerEvents), BrokerError> {
+    /// [`BrokerEvent::Health`] when it is up, on the event stream
+    /// ([`Broker::take_event_stream`]). Fails only for a bad URL.
+    pub fn start(settings: RedisSettings) -> Result<RedisBroker, BrokerError> {
         check_redis_url(&settings.url).map_err(BrokerError::BadUrl)?;
         if settings.url.starts_with("rediss://") && !cfg!(feature = "redis-tls") {
             return Err(BrokerError::BadUrl(
@@ -286,8 +259,9 @@ impl RedisBroker {
                 health: health_rx,
                 snapshot_script: Script::new(SNAPSHOT_SCRIPT),
             }),
+            events: Some(events_rx),
         };
-        Ok((broker, events_rx))
+        Ok(broker)
     }
 
     /// Publishes a message from `from` in `room` saying `text`. The order of calls is the
@@ -303,22 +277,24 @@ impl RedisBroker {
         text: &str,
     ) -> impl Future<Output = Result<Published, BrokerError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        let queued = MessageHead::new(room, from, text).and_then(|head| {
-            if self.shared.connection.borrow().is_none() {
-                return Err(BrokerError::Unavailable);
-            }
-            self.shared
-                .publish
-                .try_send(PublishJob {
-                    room: Arc::from(room),
-                    head,
-                    reply,
-                })
-                .map_err(|err| match err {
-                    tokio::sync::mpsc::error::TrySendError::Full(_) => BrokerError::Unavailable,
-                    tokio::sync::mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
-                })
-        });
+        let queued = MessageHead::new(room, from, text)
+            .map_err(BrokerError::from)
+            .and_then(|head| {
+                if self.shared.connection.borrow().is_none() {
+                    return Err(BrokerError::Unavailable);
+                }
+                self.shared
+                    .publish
+                    .try_send(PublishJob {
+                        room: Arc::from(room),
+                        head,
+                        reply,
+                    })
+                    .map_err(|err| match err {
+                        tokio::sync::mpsc::error::TrySendError::Full(_) => BrokerError::Unavailable,
+                        tokio::sync::mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
+                    })
+            });
         async move {
             queued?;
             answer.await.unwrap_or(Err(BrokerError::Stopped))
@@ -429,6 +405,43 @@ impl RedisBroker {
     pub fn is_up(&self) -> bool {
         *self.shared.health.borrow() == BrokerHealth::Up
     }
+}
+
+impl Broker for RedisBroker {
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus::following(self.health())
+    }
+
+    fn take_event_stream(&mut self) -> Option<BrokerEvents> {
+        self.events.take()
+    }
+
+    fn join(&mut self, room: &Arc<str>, resume: Option<ResumeRequest>) -> Pending<JoinSnapshot> {
+        // SUBSCRIBE is sent now, before any later unsubscribe of this room; the snapshot is
+        // read once Redis confirmed it, so that no message falls between.
+        let subscribed = self.subscribe(room);
+        let snapshot = self.snapshot(room, resume);
+        Pending::Later(Box::pin(async move {
+            subscribed.await?;
+            snapshot.await
+        }))
+    }
+
+    fn leave(&mut self, room: &Arc<str>) {
+        self.unsubscribe(room);
+    }
+
+    fn read_since(&mut self, room: &Arc<str>, request: ResumeRequest) -> Pending<JoinSnapshot> {
+        Pending::Later(Box::pin(self.snapshot(room, Some(request))))
+    }
+
+    fn publish(&mut self, room: &Arc<str>, from: &str, text: &str) -> Pending<Published> {
+        Pending::Later(Box::pin(RedisBroker::publish(self, room, from, text)))
+    }
+
+    fn ready_events(&mut self, _: &mut Vec<BrokerEvent>) {}
+
+    fn maintain(&mut self) {}
 }
 
 /// The snapshot answer is not what the script returns.

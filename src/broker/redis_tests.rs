@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::local::HistoryLimits;
-use super::redis::{BrokerEvent, BrokerEvents, BrokerHealth, RedisBroker, RedisSettings};
+use super::redis::{RedisBroker, RedisSettings};
+use super::{Broker, BrokerEvent, BrokerEvents, BrokerHealth};
 use super::{Epoch, Published, Resume, ResumeRequest};
 use crate::config::{BrokerSettings, HistorySettings};
 
@@ -139,8 +140,15 @@ async fn wait_health(broker: &RedisBroker, want: BrokerHealth) {
 }
 
 async fn started(server: &RedisServer, size: usize) -> (RedisBroker, BrokerEvents) {
-    let (broker, events) = RedisBroker::start(settings(&server.url(), size)).unwrap();
+    let (broker, events) = start(settings(&server.url(), size));
     wait_health(&broker, BrokerHealth::Up).await;
+    (broker, events)
+}
+
+/// A started broker and its event stream.
+fn start(settings: RedisSettings) -> (RedisBroker, BrokerEvents) {
+    let mut broker = RedisBroker::start(settings).unwrap();
+    let events = broker.take_event_stream().unwrap();
     (broker, events)
 }
 
@@ -178,11 +186,12 @@ async fn two_nodes_see_every_message_once_in_seq_order() {
     a.subscribe("r").await.unwrap();
     b.subscribe("r").await.unwrap();
     const EACH: usize = 200;
-    let send = |broker: RedisBroker, name: &'static str| {
+    let send = |broker: &RedisBroker, name: &'static str| {
+        // Queued here, in order; answered in the spawned task.
+        let pending: Vec<_> = (0..EACH)
+            .map(|i| broker.publish("r", name, &i.to_string()))
+            .collect();
         tokio::spawn(async move {
-            let pending: Vec<_> = (0..EACH)
-                .map(|i| broker.publish("r", name, &i.to_string()))
-                .collect();
             let mut seqs = Vec::new();
             for result in futures::future::join_all(pending).await {
                 seqs.push(result.unwrap().seq);
@@ -190,7 +199,7 @@ async fn two_nodes_see_every_message_once_in_seq_order() {
             seqs
         })
     };
-    let (a_seqs, b_seqs) = tokio::join!(send(a.clone(), "a"), send(b.clone(), "b"));
+    let (a_seqs, b_seqs) = tokio::join!(send(&a, "a"), send(&b, "b"));
     // Each node's messages executed in the order they were handed over.
     for seqs in [a_seqs.unwrap(), b_seqs.unwrap()] {
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
@@ -328,7 +337,7 @@ async fn a_new_epoch_published_by_another_node_is_told_first() {
 #[tokio::test]
 async fn starts_without_redis_then_comes_up() {
     let mut server = RedisServer::on_port(RedisServer::free_port());
-    let (broker, mut events) = RedisBroker::start(settings(&server.url(), 10)).unwrap();
+    let (broker, mut events) = start(settings(&server.url(), 10));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!broker.is_up());
     assert!(broker.publish("r", "ann", "x").await.is_err());

@@ -10,4 +10,5 @@ pub mod drain;
 pub mod fanout;
 pub mod handler;
 pub mod resume;
+pub mod room;
 pub mod supervisor;

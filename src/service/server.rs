@@ -27,7 +27,7 @@ use bytestring::ByteString;
 use log::warn;
 use serde::Deserialize;
 
-use crate::broker::{Broker, BrokerStatus, Epoch, ResumeRequest};
+use crate::broker::{self, BrokerStatus, Epoch, ResumeRequest};
 use crate::close::{CloseMode, CloseStatus};
 use crate::config::{is_valid_name, Config};
 use crate::connection::linger::{LingerBounds, LingeringStream};
@@ -523,11 +523,11 @@ pub async fn serve_with_auth(
         );
     }
     let config = Arc::new(config);
-    let (broker, events) = Broker::from_config(&config).map_err(|err| {
+    let broker = broker::from_config(&config).map_err(|err| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("broker: {err}"))
     })?;
     let broker_status = broker.status();
-    let supervisor = Supervisor::with_broker(broker, events).start();
+    let supervisor = Supervisor::with_broker(broker).start();
     let readiness = Readiness::new();
     let mut state = AppState::new(config.clone(), supervisor.clone(), readiness.clone())
         .with_broker_status(broker_status)
