@@ -864,7 +864,7 @@ fn one_line(message: &str) -> String {
 mod tests {
     use super::*;
 
-    const SHIPPED: &str = include_str!("../config.toml");
+    const SHIPPED: &str = include_str!("../../config.toml");
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))
