@@ -12,7 +12,6 @@
 //! settings.
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -20,6 +19,15 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::close::{is_sendable_code, CloseMode, MAX_REASON_BYTES};
+
+mod check;
+mod names;
+mod redis_url;
+
+use check::Check;
+pub use names::is_valid_name;
+use names::MAX_NAME_CHARS;
+pub use redis_url::{check_redis_url, redact_url};
 
 /// Allowed `session.heartbeat_interval_ms`: 10 ms to one hour.
 const HEARTBEAT_INTERVAL_MS: RangeInclusive<u64> = 10..=3_600_000;
@@ -53,8 +61,6 @@ const LINGER_MS: RangeInclusive<u64> = 0..=60_000;
 const LINGER_BYTES: RangeInclusive<u64> = 0..=1 << 30;
 /// Allowed `session.send_buffer_bytes`: 0 (the kernel's default) or 4 KiB to 64 MiB.
 const SEND_BUFFER_BYTES: RangeInclusive<usize> = 4_096..=64 << 20;
-/// The longest room (or nick) name.
-const MAX_NAME_CHARS: usize = 64;
 /// Allowed `history.size` (0 = no history).
 const HISTORY_SIZE: RangeInclusive<usize> = 0..=1_000_000;
 /// Allowed `history.ttl_ms`: one second to 30 days.
@@ -494,7 +500,7 @@ impl Config {
     /// [`Config::parse`] calls this; call it again after changing a config in code (e.g. a
     /// command-line override of `server.bind`).
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let check = Check { path };
+        let check = Check::new(path);
 
         let server = &self.server;
         if let Err(err) = server.bind.parse::<SocketAddr>() {
@@ -729,86 +735,6 @@ impl Config {
             .get(room)
             .copied()
             .unwrap_or(self.close.mode)
-    }
-}
-
-/// Whether `s` is a valid room or nick name: 1 to 64 characters of `[A-Za-z0-9_.-]`.
-pub fn is_valid_name(s: &str) -> bool {
-    (1..=MAX_NAME_CHARS).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// Whether `url` has the form of a broker URL: `redis://` or `rediss://`, then a host.
-/// The error is the rule that was broken (without the URL, which may hold a password).
-pub fn check_redis_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("redis://")
-        .or_else(|| url.strip_prefix("rediss://"))
-        .ok_or_else(|| "must start with redis:// or rediss://".to_owned())?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    if host.is_empty() || host.starts_with(':') {
-        return Err("must name a host, as in redis://host:port/db".to_owned());
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must not contain whitespace".to_owned());
-    }
-    Ok(())
-}
-
-/// `url` with the password (if any) replaced by `***`, for logs and error messages:
-/// `redis://user:secret@host/0` → `redis://user:***@host/0`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let user = match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{user}:***"),
-        // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
-        None => "***".to_owned(),
-    };
-    format!("{scheme}://{user}@{host}{tail}")
-}
-
-/// Builds the errors of one validation pass for one file.
-struct Check<'a> {
-    path: &'a Path,
-}
-
-impl Check<'_> {
-    fn invalid(&self, key: &str, message: String) -> ConfigError {
-        ConfigError::InvalidValue {
-            path: self.path.to_owned(),
-            key: key.to_owned(),
-            message,
-        }
-    }
-
-    fn range<T: PartialOrd + Display>(
-        &self,
-        key: &str,
-        value: T,
-        allowed: RangeInclusive<T>,
-    ) -> Result<(), ConfigError> {
-        if allowed.contains(&value) {
-            return Ok(());
-        }
-        Err(self.invalid(
-            key,
-            format!(
-                "must be between {} and {}, got {value}",
-                allowed.start(),
-                allowed.end()
-            ),
-        ))
     }
 }
 
@@ -1193,16 +1119,6 @@ mod tests {
     }
 
     #[test]
-    fn valid_names() {
-        for name in ["lobby", "a", "A-z_0.9", &"x".repeat(64)] {
-            assert!(is_valid_name(name), "{name:?}");
-        }
-        for name in ["", "no spaces", "é", "a/b", "a\n", &"x".repeat(65)] {
-            assert!(!is_valid_name(name), "{name:?}");
-        }
-    }
-
-    #[test]
     fn broker_and_history_defaults() {
         let config = Config::default();
         assert_eq!(config.broker.kind, BrokerKind::Local);
@@ -1280,23 +1196,6 @@ mod tests {
         let shown = err.to_string();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("user:***@host:6379"), "{shown}");
-    }
-
-    #[test]
-    fn redaction() {
-        for (url, shown) in [
-            ("redis://host:6379/0", "redis://host:6379/0"),
-            (
-                "redis://user:pw@host:6379/0",
-                "redis://user:***@host:6379/0",
-            ),
-            ("redis://:pw@host", "redis://:***@host"),
-            ("redis://pw@host", "redis://***@host"),
-            ("rediss://u:p@ss@host/1?x=y", "rediss://u:***@host/1?x=y"),
-            ("no scheme", "no scheme"),
-        ] {
-            assert_eq!(redact_url(url), shown, "{url}");
-        }
     }
 
     #[test]
