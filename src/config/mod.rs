@@ -12,7 +12,6 @@
 //! settings.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
@@ -23,11 +22,13 @@ use crate::close::{is_sendable_code, CloseMode, MAX_REASON_BYTES};
 mod check;
 mod names;
 mod redis_url;
+mod server;
 
 use check::Check;
 pub use names::is_valid_name;
 use names::MAX_NAME_CHARS;
 pub use redis_url::{check_redis_url, redact_url};
+pub use server::ServerConfig;
 
 /// Allowed `session.heartbeat_interval_ms`: 10 ms to one hour.
 const HEARTBEAT_INTERVAL_MS: RangeInclusive<u64> = 10..=3_600_000;
@@ -39,14 +40,8 @@ const MAX_FRAME_BYTES: RangeInclusive<usize> = 125..=64 * 1024 * 1024;
 const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
 /// Allowed `close.timeout_ms`: 1 ms to ten minutes.
 const CLOSE_TIMEOUT_MS: RangeInclusive<u64> = 1..=600_000;
-/// Allowed `server.workers` (0 = one per core).
-const WORKERS: RangeInclusive<usize> = 0..=1024;
-/// Allowed `server.request_timeout_ms`: 100 ms to ten minutes.
-const REQUEST_TIMEOUT_MS: RangeInclusive<u64> = 100..=600_000;
 /// Allowed `session.max_messages_per_sec` (0 = no limit).
 const MAX_MESSAGES_PER_SEC: RangeInclusive<u32> = 0..=1_000_000;
-/// Allowed `server.max_connections`.
-const MAX_CONNECTIONS: RangeInclusive<usize> = 1..=10_000_000;
 /// Allowed `shutdown.drain_timeout_ms`: 1 ms to one hour.
 const DRAIN_TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;
 /// Allowed `shutdown.batch_interval_ms`: up to ten minutes.
@@ -94,64 +89,6 @@ pub struct Config {
     pub history: HistorySettings,
     /// `[auth]`: signed tokens at the upgrade (off while no secret and no key file is set).
     pub auth: AuthSettings,
-}
-
-/// The `[server]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Listen address, `IP:PORT`; port 0 picks a free port.
-    pub bind: String,
-    /// actix-web worker threads; 0 = one per core.
-    pub workers: usize,
-    /// Open connections beyond which upgrades get HTTP 503.
-    pub max_connections: usize,
-    /// If not empty, an upgrade whose `Origin` header is not one of these gets HTTP 403.
-    pub allowed_origins: Vec<String>,
-    /// A client must send each whole request head (every request of a keep-alive connection)
-    /// within this many milliseconds, else 408 and the connection is closed (slowloris).
-    pub request_timeout_ms: u64,
-    /// Open WebSockets per client address; more get HTTP 429. 0 = no limit.
-    pub max_connections_per_ip: usize,
-    /// Peers (addresses or CIDRs) whose `X-Forwarded-For` is believed for the client address;
-    /// empty = the TCP peer is the client. Read them with [`ServerConfig::trusted_proxies`].
-    pub trusted_proxies: Vec<String>,
-}
-
-impl ServerConfig {
-    /// `trusted_proxies` parsed (a single address is a /32 or /128 network). Entries that do
-    /// not parse are left out; [`Config::validate`] refuses them first.
-    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
-        self.trusted_proxies
-            .iter()
-            .filter_map(|entry| parse_network(entry).ok())
-            .collect()
-    }
-}
-
-/// An address (`10.0.0.5`, `::1`) or a CIDR (`10.0.0.0/8`, `fd00::/8`).
-fn parse_network(entry: &str) -> Result<ipnet::IpNet, String> {
-    if let Ok(network) = entry.parse::<ipnet::IpNet>() {
-        return Ok(network.trunc());
-    }
-    entry
-        .parse::<std::net::IpAddr>()
-        .map(ipnet::IpNet::from)
-        .map_err(|_| format!("must be an IP address or a CIDR such as 10.0.0.0/8, got {entry:?}"))
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            bind: "127.0.0.1:8080".to_owned(),
-            workers: 0,
-            max_connections: 100_000,
-            allowed_origins: Vec::new(),
-            request_timeout_ms: 5_000,
-            max_connections_per_ip: 0,
-            trusted_proxies: Vec::new(),
-        }
-    }
 }
 
 /// The `[session]` table.
@@ -502,45 +439,7 @@ impl Config {
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let check = Check::new(path);
 
-        let server = &self.server;
-        if let Err(err) = server.bind.parse::<SocketAddr>() {
-            return Err(check.invalid(
-                "server.bind",
-                format!("{err}: expected IP:PORT, got {:?}", server.bind),
-            ));
-        }
-        check.range("server.workers", server.workers, WORKERS)?;
-        check.range(
-            "server.max_connections",
-            server.max_connections,
-            MAX_CONNECTIONS,
-        )?;
-        check.range(
-            "server.request_timeout_ms",
-            server.request_timeout_ms,
-            REQUEST_TIMEOUT_MS,
-        )?;
-        for (index, origin) in server.allowed_origins.iter().enumerate() {
-            let key = format!("server.allowed_origins[{index}]");
-            if origin.is_empty() {
-                return Err(check.invalid(&key, "must not be empty".to_owned()));
-            }
-            if origin.chars().any(char::is_whitespace) || origin.ends_with('/') {
-                return Err(check.invalid(
-                    &key,
-                    format!(
-                        "must be an origin as browsers send it, scheme://host[:port] with no \
-                         whitespace or trailing slash, got {origin:?}"
-                    ),
-                ));
-            }
-        }
-
-        for (index, entry) in server.trusted_proxies.iter().enumerate() {
-            if let Err(problem) = parse_network(entry) {
-                return Err(check.invalid(&format!("server.trusted_proxies[{index}]"), problem));
-            }
-        }
+        self.server.validate(&check)?;
 
         let session = &self.session;
         check.range(
