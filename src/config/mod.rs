@@ -23,39 +23,27 @@ mod check;
 mod names;
 mod redis_url;
 mod server;
+mod session;
 
 use check::Check;
 pub use names::is_valid_name;
 use names::MAX_NAME_CHARS;
 pub use redis_url::{check_redis_url, redact_url};
 pub use server::ServerConfig;
+pub use session::{SessionSettings, DEFAULT_SEND_BUFFER_BYTES};
 
-/// Allowed `session.heartbeat_interval_ms`: 10 ms to one hour.
-const HEARTBEAT_INTERVAL_MS: RangeInclusive<u64> = 10..=3_600_000;
-/// Allowed `session.client_timeout_ms`: 10 ms to one day (and above the heartbeat interval).
-const CLIENT_TIMEOUT_MS: RangeInclusive<u64> = 10..=86_400_000;
-/// Allowed `session.max_frame_bytes`: at least a control frame's payload, at most 64 MiB.
-const MAX_FRAME_BYTES: RangeInclusive<usize> = 125..=64 * 1024 * 1024;
-/// Allowed `session.outbound_queue`.
-const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
 /// Allowed `close.timeout_ms`: 1 ms to ten minutes.
 const CLOSE_TIMEOUT_MS: RangeInclusive<u64> = 1..=600_000;
-/// Allowed `session.max_messages_per_sec` (0 = no limit).
-const MAX_MESSAGES_PER_SEC: RangeInclusive<u32> = 0..=1_000_000;
 /// Allowed `shutdown.drain_timeout_ms`: 1 ms to one hour.
 const DRAIN_TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;
 /// Allowed `shutdown.batch_interval_ms`: up to ten minutes.
 const BATCH_INTERVAL_MS: RangeInclusive<u64> = 0..=600_000;
 /// Allowed `shutdown.reconnect_spread_ms`: up to ten minutes.
 const RECONNECT_SPREAD_MS: RangeInclusive<u64> = 0..=600_000;
-/// The default `session.send_buffer_bytes`.
-pub const DEFAULT_SEND_BUFFER_BYTES: usize = 262_144;
 /// Allowed `close.linger_ms`: up to one minute (0 = close at once).
 const LINGER_MS: RangeInclusive<u64> = 0..=60_000;
 /// Allowed `close.linger_bytes`: up to 1 GiB.
 const LINGER_BYTES: RangeInclusive<u64> = 0..=1 << 30;
-/// Allowed `session.send_buffer_bytes`: 0 (the kernel's default) or 4 KiB to 64 MiB.
-const SEND_BUFFER_BYTES: RangeInclusive<usize> = 4_096..=64 << 20;
 /// Allowed `history.size` (0 = no history).
 const HISTORY_SIZE: RangeInclusive<usize> = 0..=1_000_000;
 /// Allowed `history.ttl_ms`: one second to 30 days.
@@ -89,42 +77,6 @@ pub struct Config {
     pub history: HistorySettings,
     /// `[auth]`: signed tokens at the upgrade (off while no secret and no key file is set).
     pub auth: AuthSettings,
-}
-
-/// The `[session]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SessionSettings {
-    /// The server pings each session this often, in milliseconds.
-    pub heartbeat_interval_ms: u64,
-    /// A session that sends no frame at all (pong included) for this long is aborted, in
-    /// milliseconds. Greater than `heartbeat_interval_ms`.
-    pub client_timeout_ms: u64,
-    /// The largest incoming message, reassembled, in bytes; a larger one is closed with 1009.
-    pub max_frame_bytes: usize,
-    /// Outgoing messages a session may have queued; beyond this it is closed with 1008.
-    pub outbound_queue: usize,
-    /// Incoming messages per second one session may send (bursts up to one second's worth);
-    /// beyond this it is closed with 1008. 0 = no limit.
-    pub max_messages_per_sec: u32,
-    /// The kernel send buffer of each connection (`SO_SNDBUF`), in bytes; 0 = the kernel's
-    /// default, which grows up to `net.ipv4.tcp_wmem`'s maximum per socket. It bounds how much
-    /// a client that does not read can park in kernel memory, and what a close frame waits
-    /// behind.
-    pub send_buffer_bytes: usize,
-}
-
-impl Default for SessionSettings {
-    fn default() -> Self {
-        SessionSettings {
-            heartbeat_interval_ms: 5_000,
-            client_timeout_ms: 15_000,
-            max_frame_bytes: 65_536,
-            outbound_queue: 1_024,
-            max_messages_per_sec: 0,
-            send_buffer_bytes: DEFAULT_SEND_BUFFER_BYTES,
-        }
-    }
 }
 
 /// The `[close]` table.
@@ -441,53 +393,7 @@ impl Config {
 
         self.server.validate(&check)?;
 
-        let session = &self.session;
-        check.range(
-            "session.heartbeat_interval_ms",
-            session.heartbeat_interval_ms,
-            HEARTBEAT_INTERVAL_MS,
-        )?;
-        check.range(
-            "session.client_timeout_ms",
-            session.client_timeout_ms,
-            CLIENT_TIMEOUT_MS,
-        )?;
-        check.range(
-            "session.max_messages_per_sec",
-            session.max_messages_per_sec,
-            MAX_MESSAGES_PER_SEC,
-        )?;
-        if session.client_timeout_ms <= session.heartbeat_interval_ms {
-            return Err(check.invalid(
-                "session.client_timeout_ms",
-                format!(
-                    "must be greater than session.heartbeat_interval_ms ({}), got {}",
-                    session.heartbeat_interval_ms, session.client_timeout_ms
-                ),
-            ));
-        }
-        check.range(
-            "session.max_frame_bytes",
-            session.max_frame_bytes,
-            MAX_FRAME_BYTES,
-        )?;
-        check.range(
-            "session.outbound_queue",
-            session.outbound_queue,
-            OUTBOUND_QUEUE,
-        )?;
-        if session.send_buffer_bytes != 0 && !SEND_BUFFER_BYTES.contains(&session.send_buffer_bytes)
-        {
-            return Err(check.invalid(
-                "session.send_buffer_bytes",
-                format!(
-                    "must be 0 (the kernel's default) or between {} and {}, got {}",
-                    SEND_BUFFER_BYTES.start(),
-                    SEND_BUFFER_BYTES.end(),
-                    session.send_buffer_bytes
-                ),
-            ));
-        }
+        self.session.validate(&check)?;
 
         let close = &self.close;
         check.range("close.timeout_ms", close.timeout_ms, CLOSE_TIMEOUT_MS)?;
