@@ -11,7 +11,6 @@
 //! about actix: the binary and embedding applications turn a [`Config`] into their own
 //! settings.
 
-use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
@@ -20,30 +19,25 @@ use serde::Deserialize;
 use crate::close::{is_sendable_code, CloseMode, MAX_REASON_BYTES};
 
 mod check;
+mod close;
 mod names;
 mod redis_url;
 mod server;
 mod session;
 
 use check::Check;
+pub use close::CloseSettings;
 pub use names::is_valid_name;
-use names::MAX_NAME_CHARS;
 pub use redis_url::{check_redis_url, redact_url};
 pub use server::ServerConfig;
 pub use session::{SessionSettings, DEFAULT_SEND_BUFFER_BYTES};
 
-/// Allowed `close.timeout_ms`: 1 ms to ten minutes.
-const CLOSE_TIMEOUT_MS: RangeInclusive<u64> = 1..=600_000;
 /// Allowed `shutdown.drain_timeout_ms`: 1 ms to one hour.
 const DRAIN_TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;
 /// Allowed `shutdown.batch_interval_ms`: up to ten minutes.
 const BATCH_INTERVAL_MS: RangeInclusive<u64> = 0..=600_000;
 /// Allowed `shutdown.reconnect_spread_ms`: up to ten minutes.
 const RECONNECT_SPREAD_MS: RangeInclusive<u64> = 0..=600_000;
-/// Allowed `close.linger_ms`: up to one minute (0 = close at once).
-const LINGER_MS: RangeInclusive<u64> = 0..=60_000;
-/// Allowed `close.linger_bytes`: up to 1 GiB.
-const LINGER_BYTES: RangeInclusive<u64> = 0..=1 << 30;
 /// Allowed `history.size` (0 = no history).
 const HISTORY_SIZE: RangeInclusive<usize> = 0..=1_000_000;
 /// Allowed `history.ttl_ms`: one second to 30 days.
@@ -77,38 +71,6 @@ pub struct Config {
     pub history: HistorySettings,
     /// `[auth]`: signed tokens at the upgrade (off while no secret and no key file is set).
     pub auth: AuthSettings,
-}
-
-/// The `[close]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CloseSettings {
-    /// The mode of server-initiated closes, unless `room_modes` names the session's room.
-    pub mode: CloseMode,
-    /// How long a closing session waits for the peer's close frame before it aborts, in
-    /// milliseconds, counted from the moment its own close frame is sent.
-    pub timeout_ms: u64,
-    /// Room name → close mode, overriding `mode` for that room's sessions.
-    pub room_modes: BTreeMap<String, CloseMode>,
-    /// Lingering close: after the server's last byte and its FIN, how long it keeps reading and
-    /// discarding what the peer still sends before it closes the socket, in milliseconds, so
-    /// that the peer's kernel does not throw away the close frame on a reset. 0 = close at once.
-    pub linger_ms: u64,
-    /// Lingering close: the most bytes discarded; past it nothing more is read, and the socket
-    /// closes when `linger_ms` is up.
-    pub linger_bytes: u64,
-}
-
-impl Default for CloseSettings {
-    fn default() -> Self {
-        CloseSettings {
-            mode: CloseMode::Awaited,
-            timeout_ms: 5_000,
-            room_modes: BTreeMap::new(),
-            linger_ms: 5_000,
-            linger_bytes: 16 << 20,
-        }
-    }
 }
 
 /// The `[shutdown]` table.
@@ -395,20 +357,7 @@ impl Config {
 
         self.session.validate(&check)?;
 
-        let close = &self.close;
-        check.range("close.timeout_ms", close.timeout_ms, CLOSE_TIMEOUT_MS)?;
-        check.range("close.linger_ms", close.linger_ms, LINGER_MS)?;
-        check.range("close.linger_bytes", close.linger_bytes, LINGER_BYTES)?;
-        for room in close.room_modes.keys() {
-            if !is_valid_name(room) {
-                return Err(check.invalid(
-                    &format!("close.room_modes.{}", room.escape_debug()),
-                    format!(
-                        "not a valid room name: 1-{MAX_NAME_CHARS} characters of A-Z a-z 0-9 _ . -"
-                    ),
-                ));
-            }
-        }
+        self.close.validate(&check)?;
 
         let shutdown = &self.shutdown;
         if !is_sendable_code(shutdown.code) {

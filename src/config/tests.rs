@@ -327,13 +327,6 @@ fn bounds_are_inclusive() {
 }
 
 #[test]
-fn a_newline_in_a_room_name_stays_on_one_line() {
-    let err = error("[close.room_modes]\n\"a\\nb\" = \"awaited\"\n");
-    assert_eq!(err.key(), Some("close.room_modes.a\\nb"));
-    assert!(!err.to_string().contains('\n'));
-}
-
-#[test]
 fn broker_and_history_defaults() {
     let config = Config::default();
     assert_eq!(config.broker.kind, BrokerKind::Local);
