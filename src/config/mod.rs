@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::close::{is_sendable_code, CloseMode, MAX_REASON_BYTES};
+use crate::close::CloseMode;
 
 mod check;
 mod close;
@@ -24,6 +24,7 @@ mod names;
 mod redis_url;
 mod server;
 mod session;
+mod shutdown;
 
 use check::Check;
 pub use close::CloseSettings;
@@ -31,13 +32,8 @@ pub use names::is_valid_name;
 pub use redis_url::{check_redis_url, redact_url};
 pub use server::ServerConfig;
 pub use session::{SessionSettings, DEFAULT_SEND_BUFFER_BYTES};
+pub use shutdown::ShutdownSettings;
 
-/// Allowed `shutdown.drain_timeout_ms`: 1 ms to one hour.
-const DRAIN_TIMEOUT_MS: RangeInclusive<u64> = 1..=3_600_000;
-/// Allowed `shutdown.batch_interval_ms`: up to ten minutes.
-const BATCH_INTERVAL_MS: RangeInclusive<u64> = 0..=600_000;
-/// Allowed `shutdown.reconnect_spread_ms`: up to ten minutes.
-const RECONNECT_SPREAD_MS: RangeInclusive<u64> = 0..=600_000;
 /// Allowed `history.size` (0 = no history).
 const HISTORY_SIZE: RangeInclusive<usize> = 0..=1_000_000;
 /// Allowed `history.ttl_ms`: one second to 30 days.
@@ -71,38 +67,6 @@ pub struct Config {
     pub history: HistorySettings,
     /// `[auth]`: signed tokens at the upgrade (off while no secret and no key file is set).
     pub auth: AuthSettings,
-}
-
-/// The `[shutdown]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ShutdownSettings {
-    /// The close code sent to every session on shutdown; a sendable code.
-    pub code: u16,
-    /// The close reason sent on shutdown, at most 123 bytes of UTF-8.
-    pub reason: String,
-    /// Hard deadline for the whole drain, from the first signal, in milliseconds.
-    pub drain_timeout_ms: u64,
-    /// Close sessions in batches of this many; 0 = all at once.
-    pub batch_size: usize,
-    /// Milliseconds between two batches.
-    pub batch_interval_ms: u64,
-    /// The `going_away` message before a shutdown close suggests a reconnect delay drawn
-    /// uniformly from 0 to this many milliseconds.
-    pub reconnect_spread_ms: u64,
-}
-
-impl Default for ShutdownSettings {
-    fn default() -> Self {
-        ShutdownSettings {
-            code: 1001,
-            reason: "server shutting down".to_owned(),
-            drain_timeout_ms: 10_000,
-            batch_size: 0,
-            batch_interval_ms: 0,
-            reconnect_spread_ms: 5_000,
-        }
-    }
 }
 
 /// Where rooms live: `broker.kind`.
@@ -359,40 +323,7 @@ impl Config {
 
         self.close.validate(&check)?;
 
-        let shutdown = &self.shutdown;
-        if !is_sendable_code(shutdown.code) {
-            return Err(check.invalid(
-                "shutdown.code",
-                format!(
-                    "close code {} may not be sent (allowed: 1000-1003, 1007-1014, 3000-4999)",
-                    shutdown.code
-                ),
-            ));
-        }
-        if shutdown.reason.len() > MAX_REASON_BYTES {
-            return Err(check.invalid(
-                "shutdown.reason",
-                format!(
-                    "must be at most {MAX_REASON_BYTES} bytes of UTF-8, got {}",
-                    shutdown.reason.len()
-                ),
-            ));
-        }
-        check.range(
-            "shutdown.drain_timeout_ms",
-            shutdown.drain_timeout_ms,
-            DRAIN_TIMEOUT_MS,
-        )?;
-        check.range(
-            "shutdown.batch_interval_ms",
-            shutdown.batch_interval_ms,
-            BATCH_INTERVAL_MS,
-        )?;
-        check.range(
-            "shutdown.reconnect_spread_ms",
-            shutdown.reconnect_spread_ms,
-            RECONNECT_SPREAD_MS,
-        )?;
+        self.shutdown.validate(&check)?;
 
         let broker = &self.broker;
         if broker.redis_url.is_empty() {

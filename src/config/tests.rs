@@ -304,17 +304,6 @@ fn out_of_range_values_name_their_key() {
 }
 
 #[test]
-fn shutdown_reason_is_limited_to_123_bytes() {
-    let ok = format!("[shutdown]\nreason = \"{}\"\n", "r".repeat(123));
-    assert_eq!(parse(&ok).unwrap().shutdown.reason.len(), 123);
-    // 62 two-byte characters: 124 bytes, though only 62 characters.
-    let long = format!("[shutdown]\nreason = \"{}\"\n", "é".repeat(62));
-    let err = error(&long);
-    assert_eq!(err.key(), Some("shutdown.reason"));
-    assert!(err.to_string().ends_with("got 124"), "{err}");
-}
-
-#[test]
 fn bounds_are_inclusive() {
     let config = parse(
         "[server]\nworkers = 1024\nmax_connections = 1\n\
