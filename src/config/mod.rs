@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::close::CloseMode;
 
+mod broker;
 mod check;
 mod close;
 mod names;
@@ -26,6 +27,7 @@ mod server;
 mod session;
 mod shutdown;
 
+pub use broker::{BrokerKind, BrokerSettings, REDIS_URL_ENV};
 use check::Check;
 pub use close::CloseSettings;
 pub use names::is_valid_name;
@@ -40,10 +42,6 @@ const HISTORY_SIZE: RangeInclusive<usize> = 0..=1_000_000;
 const HISTORY_TTL_MS: RangeInclusive<u64> = 1_000..=2_592_000_000;
 /// Allowed `history.max_bytes`: up to 1 TiB.
 const HISTORY_MAX_BYTES: RangeInclusive<u64> = 0..=1 << 40;
-/// The longest `broker.key_prefix`.
-const MAX_KEY_PREFIX_CHARS: usize = 64;
-/// The environment variable that overrides `broker.redis_url`.
-pub const REDIS_URL_ENV: &str = "WSGRACE_REDIS_URL";
 /// The environment variable that overrides `auth.jwt_secret`.
 pub const JWT_SECRET_ENV: &str = "WSGRACE_JWT_SECRET";
 /// The shortest `auth.jwt_secret`: 256 bits, as RFC 7518 §3.2 asks of an HS256 key.
@@ -67,41 +65,6 @@ pub struct Config {
     pub history: HistorySettings,
     /// `[auth]`: signed tokens at the upgrade (off while no secret and no key file is set).
     pub auth: AuthSettings,
-}
-
-/// Where rooms live: `broker.kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BrokerKind {
-    /// Rooms live in this process (one node, nothing else to run).
-    #[default]
-    Local,
-    /// Rooms span every node that uses the same Redis and `broker.key_prefix`.
-    Redis,
-}
-
-/// The `[broker]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BrokerSettings {
-    /// Local or Redis.
-    pub kind: BrokerKind,
-    /// `redis://[user:password@]host:port/db` or `rediss://...`; required when `kind` is
-    /// `redis`. [`REDIS_URL_ENV`] overrides it in [`Config::load`]. Log it only through
-    /// [`redact_url`].
-    pub redis_url: String,
-    /// Every Redis key and channel starts with this.
-    pub key_prefix: String,
-}
-
-impl Default for BrokerSettings {
-    fn default() -> Self {
-        BrokerSettings {
-            kind: BrokerKind::Local,
-            redis_url: String::new(),
-            key_prefix: "wsgrace".to_owned(),
-        }
-    }
 }
 
 /// The `[history]` table.
@@ -325,43 +288,7 @@ impl Config {
 
         self.shutdown.validate(&check)?;
 
-        let broker = &self.broker;
-        if broker.redis_url.is_empty() {
-            if broker.kind == BrokerKind::Redis {
-                return Err(check.invalid(
-                    "broker.redis_url",
-                    format!(
-                        "required when broker.kind is \"redis\" (or set {REDIS_URL_ENV}), \
-                         e.g. \"redis://127.0.0.1:6379/0\""
-                    ),
-                ));
-            }
-        } else if let Err(problem) = check_redis_url(&broker.redis_url) {
-            return Err(check.invalid(
-                "broker.redis_url",
-                format!("{problem}, got {:?}", redact_url(&broker.redis_url)),
-            ));
-        } else if broker.redis_url.starts_with("rediss://") && !cfg!(feature = "redis-tls") {
-            return Err(check.invalid(
-                "broker.redis_url",
-                "rediss:// (TLS) needs wsgrace built with the `redis-tls` feature \
-                 (cargo build --release --features redis-tls)"
-                    .to_owned(),
-            ));
-        }
-        let prefix = &broker.key_prefix;
-        if prefix.is_empty()
-            || prefix.chars().count() > MAX_KEY_PREFIX_CHARS
-            || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(check.invalid(
-                "broker.key_prefix",
-                format!(
-                    "must be 1-{MAX_KEY_PREFIX_CHARS} characters with no whitespace, got {:?}",
-                    prefix
-                ),
-            ));
-        }
+        self.broker.validate(&check)?;
 
         let history = &self.history;
         check.range("history.size", history.size, HISTORY_SIZE)?;
