@@ -11,7 +11,6 @@
 //! about actix: the binary and embedding applications turn a [`Config`] into their own
 //! settings.
 
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -21,6 +20,7 @@ use crate::close::CloseMode;
 mod broker;
 mod check;
 mod close;
+mod history;
 mod names;
 mod redis_url;
 mod server;
@@ -30,18 +30,13 @@ mod shutdown;
 pub use broker::{BrokerKind, BrokerSettings, REDIS_URL_ENV};
 use check::Check;
 pub use close::CloseSettings;
+pub use history::HistorySettings;
 pub use names::is_valid_name;
 pub use redis_url::{check_redis_url, redact_url};
 pub use server::ServerConfig;
 pub use session::{SessionSettings, DEFAULT_SEND_BUFFER_BYTES};
 pub use shutdown::ShutdownSettings;
 
-/// Allowed `history.size` (0 = no history).
-const HISTORY_SIZE: RangeInclusive<usize> = 0..=1_000_000;
-/// Allowed `history.ttl_ms`: one second to 30 days.
-const HISTORY_TTL_MS: RangeInclusive<u64> = 1_000..=2_592_000_000;
-/// Allowed `history.max_bytes`: up to 1 TiB.
-const HISTORY_MAX_BYTES: RangeInclusive<u64> = 0..=1 << 40;
 /// The environment variable that overrides `auth.jwt_secret`.
 pub const JWT_SECRET_ENV: &str = "WSGRACE_JWT_SECRET";
 /// The shortest `auth.jwt_secret`: 256 bits, as RFC 7518 §3.2 asks of an HS256 key.
@@ -65,28 +60,6 @@ pub struct Config {
     pub history: HistorySettings,
     /// `[auth]`: signed tokens at the upgrade (off while no secret and no key file is set).
     pub auth: AuthSettings,
-}
-
-/// The `[history]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HistorySettings {
-    /// Messages kept per room for resume; 0 = no history (no resume succeeds).
-    pub size: usize,
-    /// A room's history is dropped this long after its last message, in milliseconds.
-    pub ttl_ms: u64,
-    /// Local broker: all rooms' history together stays under this many bytes.
-    pub max_bytes: u64,
-}
-
-impl Default for HistorySettings {
-    fn default() -> Self {
-        HistorySettings {
-            size: 1_000,
-            ttl_ms: 3_600_000,
-            max_bytes: 268_435_456,
-        }
-    }
 }
 
 /// The `[auth]` table. Authentication is on when `jwt_secret` or `jwt_public_key_file` is
@@ -290,10 +263,7 @@ impl Config {
 
         self.broker.validate(&check)?;
 
-        let history = &self.history;
-        check.range("history.size", history.size, HISTORY_SIZE)?;
-        check.range("history.ttl_ms", history.ttl_ms, HISTORY_TTL_MS)?;
-        check.range("history.max_bytes", history.max_bytes, HISTORY_MAX_BYTES)?;
+        self.history.validate(&check)?;
 
         self.validate_auth(&check)
     }
