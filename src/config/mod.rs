@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::close::CloseMode;
 
+mod auth;
 mod broker;
 mod check;
 mod close;
@@ -27,6 +28,7 @@ mod server;
 mod session;
 mod shutdown;
 
+pub use auth::{AuthSettings, JWT_SECRET_ENV, MIN_JWT_SECRET_BYTES};
 pub use broker::{BrokerKind, BrokerSettings, REDIS_URL_ENV};
 use check::Check;
 pub use close::CloseSettings;
@@ -36,11 +38,6 @@ pub use redis_url::{check_redis_url, redact_url};
 pub use server::ServerConfig;
 pub use session::{SessionSettings, DEFAULT_SEND_BUFFER_BYTES};
 pub use shutdown::ShutdownSettings;
-
-/// The environment variable that overrides `auth.jwt_secret`.
-pub const JWT_SECRET_ENV: &str = "WSGRACE_JWT_SECRET";
-/// The shortest `auth.jwt_secret`: 256 bits, as RFC 7518 §3.2 asks of an HS256 key.
-pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// The whole configuration file: one field per TOML table.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -60,47 +57,6 @@ pub struct Config {
     pub history: HistorySettings,
     /// `[auth]`: signed tokens at the upgrade (off while no secret and no key file is set).
     pub auth: AuthSettings,
-}
-
-/// The `[auth]` table. Authentication is on when `jwt_secret` or `jwt_public_key_file` is
-/// set; `crate::auth::Verifier::from_config` turns it into a token verifier (and reads the
-/// key file).
-#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthSettings {
-    /// HS256 secret, at least [`MIN_JWT_SECRET_BYTES`] bytes; [`JWT_SECRET_ENV`] overrides
-    /// it in [`Config::load`]. Never logged, never shown in an error or in `Debug`.
-    pub jwt_secret: String,
-    /// PEM public key (RSA, EC P-256 or Ed25519) for RS256, ES256 or EdDSA tokens instead of
-    /// a secret; the algorithm follows from the key.
-    pub jwt_public_key_file: String,
-    /// When set, a token's `iss` must be this.
-    pub issuer: String,
-    /// When set, a token's `aud` must be (or contain) this.
-    pub audience: String,
-}
-
-impl AuthSettings {
-    /// Whether upgrades need a token.
-    pub fn enabled(&self) -> bool {
-        !self.jwt_secret.is_empty() || !self.jwt_public_key_file.is_empty()
-    }
-}
-
-impl std::fmt::Debug for AuthSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The secret is never shown, not even in a test failure's `{config:?}`.
-        let secret = match self.jwt_secret.len() {
-            0 => "",
-            _ => "<hidden>",
-        };
-        f.debug_struct("AuthSettings")
-            .field("jwt_secret", &secret)
-            .field("jwt_public_key_file", &self.jwt_public_key_file)
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .finish()
-    }
 }
 
 /// Why a configuration file was refused. `Display` is one line: the file, the key (where
@@ -265,48 +221,7 @@ impl Config {
 
         self.history.validate(&check)?;
 
-        self.validate_auth(&check)
-    }
-
-    /// The `[auth]` rules that need no file: the key file itself is read and checked by
-    /// `crate::auth::Verifier::from_config`. No message shows the secret.
-    fn validate_auth(&self, check: &Check) -> Result<(), ConfigError> {
-        let auth = &self.auth;
-        if !auth.jwt_secret.is_empty() && !auth.jwt_public_key_file.is_empty() {
-            return Err(check.invalid(
-                "auth.jwt_secret",
-                format!(
-                    "set either auth.jwt_secret (or {JWT_SECRET_ENV}) for HS256 or \
-                     auth.jwt_public_key_file for RS256/ES256/EdDSA, not both"
-                ),
-            ));
-        }
-        if !auth.jwt_secret.is_empty() && auth.jwt_secret.len() < MIN_JWT_SECRET_BYTES {
-            return Err(check.invalid(
-                "auth.jwt_secret",
-                format!(
-                    "must be at least {MIN_JWT_SECRET_BYTES} bytes (e.g. `openssl rand -base64 \
-                     32`), got {} (from the file or {JWT_SECRET_ENV})",
-                    auth.jwt_secret.len()
-                ),
-            ));
-        }
-        if !auth.enabled() {
-            for (key, value) in [
-                ("auth.issuer", &auth.issuer),
-                ("auth.audience", &auth.audience),
-            ] {
-                if !value.is_empty() {
-                    return Err(check.invalid(
-                        key,
-                        "has no effect while authentication is off: set auth.jwt_secret (or \
-                         WSGRACE_JWT_SECRET) or auth.jwt_public_key_file too"
-                            .to_owned(),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        self.auth.validate(&check)
     }
 
     /// The close mode for a session in `room`: its `close.room_modes` entry if there is one,
