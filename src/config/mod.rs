@@ -1,15 +1,21 @@
-//! The server's configuration: serde structs mirroring `config.toml`, their defaults, and
-//! validation that names the offending key.
+//! The server's configuration: [`Config`], the whole `config.toml`, and how it is loaded
+//! (read, parsed, overridden by the environment, validated), with [`ConfigError`], the
+//! one-line error that names the file, the dotted key path (`session.max_frame_bytes`,
+//! `close.room_modes.lobby`) and the problem.
 //!
-//! One struct per TOML table, each `deny_unknown_fields` so that a typo is an error rather
-//! than a silently ignored setting. The defaults are defined once, in the `Default` impls
-//! below, and the shipped `config.toml` repeats them key for key (a unit test holds the two
-//! together). Every error is a [`ConfigError`] whose one-line `Display` names the file, the
-//! dotted key path (`session.max_frame_bytes`, `close.room_modes.lobby`) and the problem.
+//! One file per TOML table: `server`, `session`, `close` (with `close.room_modes`),
+//! `shutdown`, `broker`, `history`, `auth`. Each holds its struct (`deny_unknown_fields`, so
+//! that a typo is an error rather than a silently ignored setting), its `Default`, which the
+//! shipped `config.toml` repeats key for key (a unit test holds the two together), its
+//! allowed ranges and its own `validate`. The checks they share live beside them: `check`
+//! (the error for a key, and the range rule's one wording), `names` (room and nick names)
+//! and `redis_url` (a broker URL's form, and its redaction). Everything public is
+//! re-exported here, so that every item is `config::Item` whatever file holds it.
 //!
-//! This module must not do I/O beyond reading the one file it is given, and must not know
-//! about actix: the binary and embedding applications turn a [`Config`] into their own
-//! settings.
+//! This module must not do I/O beyond reading the one file it is given and the environment
+//! variables it names, and must not know about actix: the binary and embedding applications
+//! turn a [`Config`] into their own settings. It is the ground floor: from the crate it
+//! imports only `crate::close`, whose close modes and close-frame rules the tables use.
 
 use std::path::{Path, PathBuf};
 
@@ -202,25 +208,24 @@ impl Config {
             .map_err(|err| value_error(path, &err.path().to_string(), err.inner().message()))
     }
 
-    /// Checks every value against its allowed range; `path` names the file in errors.
+    /// Checks every value against its allowed range and form; `path` names the file in
+    /// errors. The first rule broken is the one reported; the tables are asked in the order
+    /// they appear in `config.toml`.
+    ///
+    /// Every rule today lies within one table (a Redis URL when `broker.kind` is `redis`,
+    /// the client timeout above the heartbeat, `auth.issuer` only with a secret or key
+    /// file), so there is nothing left to check across tables here.
     ///
     /// [`Config::parse`] calls this; call it again after changing a config in code (e.g. a
     /// command-line override of `server.bind`).
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let check = Check::new(path);
-
         self.server.validate(&check)?;
-
         self.session.validate(&check)?;
-
         self.close.validate(&check)?;
-
         self.shutdown.validate(&check)?;
-
         self.broker.validate(&check)?;
-
         self.history.validate(&check)?;
-
         self.auth.validate(&check)
     }
 
