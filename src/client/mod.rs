@@ -4,12 +4,13 @@
 //! in seq order — the same policy as the browser module `/wsgrace.js` (`web/wsgrace.js`).
 //!
 //! What it owns: the WebSocket (tokio-tungstenite), the reconnect timer, the remembered
-//! epoch and last seq. What it must not touch: the server side of this crate (no actix, no
-//! import from the other modules: it speaks only the wire protocol of the SPEC). What it must
-//! not do: queue the app's messages while disconnected, guess past what the server said,
-//! print anything (it logs with `log`), or log the token (only the base URL is logged;
-//! tungstenite's own `trace` level prints the whole upgrade request, `?token=` included, so
-//! keep `tungstenite=trace` off where tokens matter).
+//! epoch and last seq. What it must not touch: the server side of this crate (no actix; of
+//! the other modules it imports only the name rule of the ground-floor `config`, so that a
+//! name is checked as the server checks it: it speaks only the wire protocol of the SPEC).
+//! What it must not do: queue the app's messages while disconnected, guess past what the
+//! server said, print anything (it logs with `log`), or log the token (only the base URL is
+//! logged; tungstenite's own `trace` level prints the whole upgrade request, `?token=`
+//! included, so keep `tungstenite=trace` off where tokens matter).
 //!
 //! Shape, as in `wsgrace.js`: a pure core — [`backoff_delay`], [`next_step`],
 //! [`SeqTracker`], [`build_url`], [`parse_frame`] — unit-tested below without a socket, and a
@@ -89,6 +90,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+// The one import from the rest of the crate. `config` is on the ground floor (no actix, no
+// sockets; it imports only the pure `close`), and this is the rule the server applies to
+// `?room=` and `?name=`: a welcome name that fails it would be refused on the reconnect.
+use crate::config::is_valid_name;
+
 mod policy;
 mod seq_tracker;
 mod wire;
@@ -103,14 +109,6 @@ pub use wire::{build_url, parse_frame, Frame, Resume, UrlError, Welcome};
 // ---------------------------------------------------------------------------------------
 // Pure core
 // ---------------------------------------------------------------------------------------
-
-/// A room or nick name as the server accepts it: 1–64 characters of `[A-Za-z0-9_.-]`.
-fn is_valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
 
 /// The largest close reason, in bytes (RFC 6455: a control frame carries at most 125).
 pub const MAX_CLOSE_REASON: usize = 123;
