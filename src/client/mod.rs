@@ -1,0 +1,279 @@
+//! The Rust client of a wsgrace chat server: one logical connection to one room that
+//! survives the server going away. It reconnects with jittered backoff, honours
+//! `going_away`, resumes with `since`/`epoch`, and hands the app each chat message once and
+//! in seq order — the same policy as the browser module `/wsgrace.js` (`web/wsgrace.js`).
+//!
+//! What it owns: the WebSocket (tokio-tungstenite), the reconnect timer, the remembered
+//! epoch and last seq. What it must not touch: the server side of this crate (no actix; of
+//! the other modules it imports only the name rule of the ground-floor `config`, so that a
+//! name is checked as the server checks it: it speaks only the wire protocol of the SPEC).
+//! What it must not do: queue the app's messages while disconnected, guess past what the
+//! server said, print anything (it logs with `log`), or log the token (only the base URL is
+//! logged; tungstenite's own `trace` level prints the whole upgrade request, `?token=`
+//! included, so keep `tungstenite=trace` off where tokens matter).
+//!
+//! Shape, as in `wsgrace.js`: a pure core, unit-tested without a socket — `policy.rs`
+//! ([`backoff_delay`], [`next_step`]), `seq_tracker.rs` ([`SeqTracker`]) and `wire.rs`
+//! ([`build_url`], [`parse_frame`]) — and a thin shell, `shell.rs` ([`Client`]), whose task
+//! owns the socket and the timers and only carries out what the core decides. This file holds
+//! the public types they share (config, events, states, errors, the check of the app's close
+//! request) and re-exports the rest, so that every item is `wsgrace::client::X`; it does no
+//! I/O and decides nothing about reconnecting.
+//!
+//! ## Reconnect policy (decided by [`next_step`] for the end of each underlying socket)
+//!
+//! The table is the one in the header of `web/wsgrace.js`:
+//!
+//! | how the connection ended                          | what the client does                 |
+//! |---------------------------------------------------|--------------------------------------|
+//! | the app called [`Client::close`] (or dropped it)  | stop (state Closed)                  |
+//! | a `going_away` came before the close, any code    | reconnect after its `reconnect_after_ms` (3000 without a token hook: stop) |
+//! | 1006: network drop, server gone, or the upgrade refused (HTTP 401/403/429/503; the status is in the `Closed` event's reason) | reconnect after backoff |
+//! | 1001, 1005 (no status), 1011, 1012, 1013, 1014    | reconnect after backoff              |
+//! | 3000 token expired                                | token hook, reconnect after `random(0, base)`; stop without a hook |
+//! | the token hook fails (no socket was opened)       | `Error {code: "token"}`, retry after backoff |
+//! | 1000 normal closure                               | stop                                 |
+//! | 1002, 1003, 1007, 1008 (rate limit, slow consumer), 1009, 1010 | stop: the server refused what this client sends; a retry would repeat it |
+//! | 1015, 3001–4999, any other code                   | stop                                 |
+//!
+//! The token hook, when given, is called before every reconnect (and before the first connect
+//! when no token is given), so a token that expired during a long outage is replaced too.
+//!
+//! Backoff: full jitter, `delay = random(0, min(cap, base · 2^attempt))`, base 500 ms, cap
+//! 10 s; `attempt` counts reconnects since the last welcome, which resets it; no limit on
+//! the number of retries.
+//!
+//! Resume: every reconnect asks `since` = the last seq handed to the app (or the welcome's
+//! seq if later) and `epoch` = the epoch that seq belongs to. A `message` whose seq is not
+//! above the last one delivered is dropped. A welcome with `resumed: false` after a resume
+//! was asked gives [`ClientEvent::Gap`] (unless it proves nothing was missed). An `epoch`
+//! frame resets the remembered epoch and seq.
+//!
+//! ## Usage
+//!
+//! ```no_run
+//! use wsgrace::client::{Client, ClientConfig, ClientEvent, ConnectionState};
+//!
+//! # async fn chat() -> Result<(), wsgrace::client::ClientError> {
+//! let mut config = ClientConfig::new("ws://127.0.0.1:8080/ws");
+//! config.room = Some("lobby".into());
+//! config.name = Some("ann".into());
+//! let mut client = Client::connect(config)?;
+//! while let Some(event) = client.next_event().await {
+//!     match event {
+//!         ClientEvent::State(ConnectionState::Open) => {
+//!             client.send("hello"); // false when not open: nothing is queued
+//!         }
+//!         ClientEvent::Message { from, text, seq, .. } => log::info!("#{seq} {from}: {text}"),
+//!         ClientEvent::Gap { previous_seq, seq, .. } => {
+//!             log::warn!("messages after {previous_seq} up to {seq:?} may be lost")
+//!         }
+//!         _ => {}
+//!     }
+//!     # break;
+//! }
+//! client.close(1000, "bye").await?; // stop for good; waits for the close handshake
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use thiserror::Error;
+
+mod policy;
+mod seq_tracker;
+mod shell;
+mod wire;
+
+pub use policy::{
+    backoff_delay, next_step, Backoff, CloseInfo, ReconnectReason, Step, StepContext, StopReason,
+    REFUSED_CODES, RETRY_CODES, TOKEN_EXPIRED,
+};
+pub use seq_tracker::{SeqTracker, WelcomeOutcome};
+pub use shell::Client;
+pub use wire::{build_url, parse_frame, Frame, Resume, UrlError, Welcome};
+
+/// The largest close reason, in bytes (RFC 6455: a control frame carries at most 125).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// Checks an app's close request: a code the client may send (1000–1003, 1007–1014,
+/// 3000–4999) and a reason of at most 123 bytes.
+pub fn check_close(code: u16, reason: &str) -> Result<(), ClientError> {
+    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    if !sendable {
+        return Err(ClientError::InvalidCloseCode(code));
+    }
+    if reason.len() > MAX_CLOSE_REASON {
+        return Err(ClientError::ReasonTooLong(reason.len()));
+    }
+    Ok(())
+}
+
+/// What the client's calls can fail with.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("bad url: {0}")]
+    BadUrl(#[from] UrlError),
+    #[error("Client::connect must be called inside a Tokio runtime")]
+    NoRuntime,
+    #[error("close code {0} may not be sent")]
+    InvalidCloseCode(u16),
+    #[error("close reason is {0} bytes, more than 123")]
+    ReasonTooLong(usize),
+    #[error("the close handshake did not finish within {0:?}")]
+    CloseTimeout(Duration),
+}
+
+/// What a token hook may fail with; the client reports it as `Error {code: "token"}`.
+pub type TokenError = Box<dyn std::error::Error + Send + Sync>;
+/// A token hook: called before every reconnect (and before the first connect when
+/// [`ClientConfig::token`] is `None`); its token replaces the old one.
+pub type TokenHook = Box<dyn FnMut() -> BoxFuture<'static, Result<String, TokenError>> + Send>;
+
+/// How to reach the room and how to behave.
+pub struct ClientConfig {
+    /// WebSocket endpoint, e.g. `ws://127.0.0.1:8080/ws` (http(s) becomes ws(s)).
+    pub url: String,
+    /// Room name; `None`: the server's default (`lobby`).
+    pub room: Option<String>,
+    /// Nickname; `None`: the server picks one, and reconnects keep that one.
+    pub name: Option<String>,
+    /// JWT for `?token=`.
+    pub token: Option<String>,
+    /// Required to survive close 3000 ("token expired").
+    pub token_hook: Option<TokenHook>,
+    pub backoff: Backoff,
+    /// An upgrade that takes longer counts as a failed attempt (1006). Default 10 s.
+    pub connect_timeout: Duration,
+    /// How long [`Client::close`] waits for the server's close frame. Default 5 s.
+    pub close_timeout: Duration,
+    /// No frame at all from the server for this long (its pings included) ends the
+    /// connection as 1006, which the policy retries: how a server that vanished without a
+    /// TCP reset is noticed. Set it well above the server's `session.heartbeat_interval_ms`
+    /// (e.g. three times). Default `None`: no timeout, like the browser module.
+    pub idle_timeout: Option<Duration>,
+    /// Where to resume from on the first connection: another client's
+    /// [`Client::resume_point`], to go on after it stopped (a 1008, the app's own close)
+    /// without losing or repeating a message. Default `None`: start at the room's present.
+    pub resume: Option<Resume>,
+}
+
+impl ClientConfig {
+    /// Defaults for `url`: no room, name or token; the default backoff.
+    pub fn new(url: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            url: url.into(),
+            room: None,
+            name: None,
+            token: None,
+            token_hook: None,
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+            resume: None,
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is never shown.
+        f.debug_struct("ClientConfig")
+            .field("url", &self.url)
+            .field("room", &self.room)
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("token_hook", &self.token_hook.is_some())
+            .field("backoff", &self.backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("resume", &self.resume)
+            .finish()
+    }
+}
+
+/// The client's state: Connecting (the first attempt) → Open (welcome received) →
+/// Reconnecting (dropped; until the next welcome) → Closed (no more reconnects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    Connecting,
+    Open,
+    Reconnecting,
+    Closed,
+}
+
+/// What the client tells the app, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A new state (the first event is `State(Connecting)`).
+    State(ConnectionState),
+    /// Once per connection, first.
+    Welcome(Welcome),
+    /// A chat message: each seq once, in increasing order (per epoch).
+    Message {
+        room: String,
+        from: String,
+        text: String,
+        seq: u64,
+    },
+    /// A resume succeeded; `missed` messages are replayed next.
+    Resumed { missed: u64 },
+    /// A resume was refused: messages after `previous_seq` may be lost; delivery continues
+    /// after `seq`.
+    Gap {
+        previous_epoch: Option<String>,
+        previous_seq: u64,
+        epoch: Option<String>,
+        seq: Option<u64>,
+    },
+    /// The room's history was reset; seqs continue from `seq + 1`.
+    Epoch {
+        room: String,
+        epoch: Option<String>,
+        seq: Option<u64>,
+    },
+    /// The server is about to close this connection; the client reconnects after this.
+    GoingAway { reconnect_after: Duration },
+    /// The server refused a message of ours (e.g. `unavailable`); or from the client itself:
+    /// `token` (the hook failed: retried after backoff), `connect` (the URL cannot be
+    /// connected to: state Closed).
+    Error { code: String, text: String },
+    /// An underlying socket ended, or an attempt to open one failed (`opened: false`);
+    /// `next` is the decision.
+    Closed {
+        code: u16,
+        reason: String,
+        clean: bool,
+        opened: bool,
+        welcomed: bool,
+        next: Step,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_close_allows_only_sendable_codes_and_short_reasons() {
+        for code in [1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4000, 4999] {
+            assert!(check_close(code, "").is_ok(), "{code}");
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
+            assert!(
+                matches!(check_close(code, ""), Err(ClientError::InvalidCloseCode(c)) if c == code),
+                "{code}"
+            );
+        }
+        assert!(check_close(1000, &"x".repeat(123)).is_ok());
+        assert!(matches!(
+            check_close(1000, &"x".repeat(124)),
+            Err(ClientError::ReasonTooLong(124))
+        ));
+    }
+}
