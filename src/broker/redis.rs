@@ -20,13 +20,13 @@
 //!   message either gets a seq and reaches every subscriber or is refused. One publisher task
 //!   per node sends whatever messages are waiting as one pipeline and awaits it before the
 //!   next, so messages handed over in order execute in that order.
-//! - **Join**: [`RedisBroker::subscribe`] answers once Redis confirmed the SUBSCRIBE (so that
-//!   every later message reaches the event stream), then [`RedisBroker::snapshot`] reads the
-//!   epoch and the seq with a script ([`SNAPSHOT_SCRIPT`], which creates a missing room),
-//!   and, for a resume, the stream from `since`+1 to that seq with a plain XRANGE plus the
-//!   epoch once more (one pipeline; a changed epoch or a missing entry: nothing replayed);
-//!   the caller merges both with [`crate::rooms::resume::ResumeMerge`]. Subscriptions are counted per
-//!   room: SUBSCRIBE on the first, UNSUBSCRIBE on the last.
+//! - **Join**: [`RedisBroker::subscribe`] answers once Redis confirmed the SUBSCRIBE (so that every
+//!   later message reaches the event stream), then [`RedisBroker::snapshot`] reads the epoch and
+//!   the seq with a script ([`SNAPSHOT_SCRIPT`], which creates a missing room), and, for a resume,
+//!   the stream from `since`+1 to that seq with a plain XRANGE plus the epoch once more (one
+//!   pipeline; a changed epoch or a missing entry: nothing replayed); the caller merges both with
+//!   [`crate::rooms::resume::ResumeMerge`]. Subscriptions are counted per room: SUBSCRIBE on the
+//!   first, UNSUBSCRIBE on the last.
 //! - **Health**: the node starts without Redis. A driver task connects in the background with
 //!   capped exponential backoff, reports up/down ([`RedisBroker::health`] and
 //!   [`BrokerEvent::Health`]), logs one line per change (never per retry, never the URL's

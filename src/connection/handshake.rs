@@ -3,7 +3,7 @@
 //! for an HTTP/1.1 GET, and an upgrade request has no body.
 //!
 //! Both ways in use it before they switch protocols: the binary's upgrade out of the
-//! dispatcher ([`crate::connection::upgrade::accept`]) and the embedded one ([`crate::connection::session::start`]).
+//! dispatcher ([`super::upgrade::accept`]) and the embedded one ([`super::session::start`]).
 //! It decides nothing about who may connect (that is [`crate::service::server`]).
 
 use actix_http::body::BoxBody;

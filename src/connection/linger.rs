@@ -6,7 +6,7 @@
 //! not yet sent, and makes the peer's kernel drop what it had not yet read, close frame
 //! included, so a browser reports 1006 where the server sent 1008. [`LingeringStream`] wraps
 //! the accepted socket: when the HTTP dispatcher or the session's writer
-//! ([`crate::connection::transport::write_out`]) shuts it down, it half-closes (FIN after the last byte);
+//! ([`super::transport::write_out`]) shuts it down, it half-closes (FIN after the last byte);
 //! when the last owner drops it, the socket goes to a background task that reads
 //! and discards until the peer closes its side, or until [`LingerBounds`] (time and bytes)
 //! pass, and only then closes it. This is nginx's `lingering_close`.
@@ -99,7 +99,7 @@ impl LingeringStream {
     }
 
     /// Reads through a shared reference, so that a session's reader and writer can share the
-    /// socket (an upgraded connection, [`crate::connection::transport::SocketReader`]): once the socket is
+    /// socket (an upgraded connection, [`super::transport::SocketReader`]): once the socket is
     /// readable, `read` is called with it, and called again when readiness proved stale.
     /// `read` gets its buffer only then, so an idle connection's wake-ups cost no buffer.
     pub fn poll_read_shared<T>(

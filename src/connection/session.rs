@@ -355,7 +355,7 @@ impl SessionHandle {
 /// dispatcher (for apps that embed wsgrace in their own actix-web server).
 ///
 /// Answers the handshake error as an HTTP error (400) when `req` is no valid upgrade, or one
-/// framed as no upgrade may be ([`crate::connection::handshake::check_framing`]: HTTP/1.0, a body).
+/// framed as no upgrade may be ([`super::handshake::check_framing`]: HTTP/1.0, a body).
 pub fn start(
     req: &HttpRequest,
     payload: web::Payload,
@@ -376,11 +376,11 @@ pub fn start(
     Ok((handle, response.streaming(body)))
 }
 
-/// Serves an upgraded connection the caller took from the HTTP dispatcher after writing the
-/// 101 response (the binary's server, [`crate::service::server`]): a new session actor reads `socket`,
-/// starting with `leftover` (bytes read past the upgrade request), and the returned future
-/// writes the session's frames until the session ends, then closes the connection. Neither
-/// holds a buffer while the connection is idle.
+/// Serves an upgraded connection the caller took from the HTTP dispatcher after writing the 101
+/// response (the binary's server, [`crate::service::server`]): a new session actor reads `socket`,
+/// starting with `leftover` (bytes read past the upgrade request), and the returned future writes
+/// the session's frames until the session ends, then closes the connection. Neither holds a buffer
+/// while the connection is idle.
 pub fn start_on_socket(
     socket: LingeringStream,
     leftover: Bytes,

@@ -5,7 +5,7 @@
 //! classifies every failure as an [`InboundError`] whose close code is decided in one place
 //! ([`InboundError::close_code`]). The bytes come from one of two places: the request payload
 //! of actix-web's dispatcher (an app embedding [`crate::start`]), or, for a connection taken
-//! out of the dispatcher ([`crate::connection::upgrade`], the binary's server), the socket itself through
+//! out of the dispatcher ([`super::upgrade`], the binary's server), the socket itself through
 //! [`SocketReader`]. Either way no read buffer is kept while the connection is idle.
 //!
 //! Outbound, [`OutboundQueue`] is the session's bounded queue of frames not yet written, and
@@ -345,7 +345,7 @@ impl Stream for SocketReader {
 }
 
 /// Writes what the session queues to its upgraded connection until the session ends it: then
-/// half-closes (the connection lingers, see [`crate::connection::linger`]) or, when it is not to linger
+/// half-closes (the connection lingers, see [`super::linger`]) or, when it is not to linger
 /// (an abort, an acknowledged close), just drops it.
 /// A failed write ends both directions, so that the session's [`SocketReader`] sees the end and
 /// the session is aborted.

@@ -4,12 +4,12 @@
 //! actix-http hands a request carrying `Upgrade: websocket` to an upgrade service together
 //! with its connection ([`Upgrading`]), once [`actix_http::HttpService`] is built with one. The
 //! 101 goes out through the dispatcher's codec, and the connection then belongs to a session
-//! ([`crate::connection::session::start_on_socket`]): the dispatcher, its 8 KiB read and write buffers and
+//! ([`super::session::start_on_socket`]): the dispatcher, its 8 KiB read and write buffers and
 //! its timers are gone, and an idle connection holds no buffer at all. A refusal is answered
-//! with `Connection: close` and the connection closes (lingering, see [`crate::connection::linger`]).
+//! with `Connection: close` and the connection closes (lingering, see [`super::linger`]).
 //!
 //! This module decides nothing about who may connect (that is [`crate::service::server`]) nor about
-//! sessions (that is [`crate::connection::session`]).
+//! sessions (that is [`super::session`]).
 
 use actix_codec::{Framed, FramedParts};
 use actix_http::body::{BodySize, BoxBody, MessageBody};

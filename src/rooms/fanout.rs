@@ -132,8 +132,8 @@ pub struct Deliver {
     pub replayed: bool,
 }
 
-/// Tells sessions of this shard's thread to shut down ([`crate::connection::session::Shutdown`]): the
-/// drain sends one of these per thread instead of one message per session across threads.
+/// Tells sessions of this shard's thread to shut down ([`crate::connection::session::Shutdown`]):
+/// the drain sends one of these per thread instead of one message per session across threads.
 /// Sessions that ended meanwhile are skipped.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]

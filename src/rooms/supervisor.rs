@@ -5,13 +5,13 @@
 //! ([`crate::broker::Broker`]), which gives it the room's next `seq` and records it in the
 //! history. Every message of a room, as the broker hands it back (at once from the local
 //! broker, as a live event from Redis), goes to the room's pure decisions
-//! ([`crate::rooms::room::Room`]: who is enrolled, what a joining member is sent, the
+//! ([`super::room::Room`]: who is enrolled, what a joining member is sent, the
 //! catch-up after a broker reconnect), and the supervisor carries out the actions they return:
 //! a frame serialized once, one shard message per worker thread with members in the room
-//! ([`crate::rooms::fanout`]), sender included, in one order for all.
+//! ([`super::fanout`]), sender included, in one order for all.
 //!
 //! On [`Drain`] every session is told to shut down (in batches if configured,
-//! [`crate::rooms::drain`]), after a `going_away` that suggests a reconnect delay; each chooses
+//! [`super::drain`]), after a `going_away` that suggests a reconnect delay; each chooses
 //! its own close mode and reports its end through [`Leave`]; sessions still open at the
 //! deadline are aborted, and the answer is a [`DrainReport`]. It must not touch sockets or
 //! close semantics, nor decide what a room member is sent.
@@ -56,7 +56,7 @@ pub struct Join {
     pub room: String,
     /// Its nickname.
     pub name: String,
-    /// The fan-out shard of the session's thread ([`crate::rooms::fanout::local_shard`], called on
+    /// The fan-out shard of the session's thread ([`super::fanout::local_shard`], called on
     /// that thread).
     pub shard: Addr<Shard>,
     /// The `since` and `epoch` of its upgrade, if it resumes.
@@ -73,7 +73,7 @@ pub struct Leave {
     pub end: SessionEnd,
 }
 
-/// Sessions ended: [`Leave`] for each, sent together (see [`ChatHandler`]).
+/// Sessions ended: [`Leave`] for each, sent together (see [`super::handler::ChatHandler`]).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct LeaveBatch {

@@ -1,6 +1,6 @@
 //! A session that ends when its token does: [`Expiring`] wraps a [`SessionHandler`] and,
 //! once the session has started, closes it with 3000 "token expired" at a deadline (the
-//! token's `exp` plus [`crate::service::auth::LEEWAY`]).
+//! token's `exp` plus [`super::auth::LEEWAY`]).
 //!
 //! The close goes through the session's shutdown path ([`SessionHandle::shutdown`]), so it
 //! is made in the session's close mode (the room's `close.room_modes` entry, else

@@ -2,11 +2,11 @@
 //! server the binary runs.
 //!
 //! Every check that can refuse an upgrade happens here, before the handshake: draining (503),
-//! broker unreachable (503), origin (403), room, name, `since` and `epoch` (400), token (401,
-//! 403, with authentication on), open WebSockets of the client address (429), connection limit
-//! (503). It must not implement session or close behaviour: an upgrade request is taken out
-//! of the HTTP dispatcher with its connection ([`crate::connection::upgrade`]), and an accepted one goes to
-//! a session that owns the socket ([`crate::connection::session::start_on_socket`]).
+//! broker unreachable (503), origin (403), room, name, `since` and `epoch` (400), token (401, 403,
+//! with authentication on), open WebSockets of the client address (429), connection limit (503). It
+//! must not implement session or close behaviour: an upgrade request is taken out of the HTTP
+//! dispatcher with its connection ([`crate::connection::upgrade`]), and an accepted one goes to a
+//! session that owns the socket ([`crate::connection::session::start_on_socket`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,7 +87,7 @@ impl AppState {
         self
     }
 
-    /// Upgrades need a token that `verifier` accepts (see [`crate::service::auth`]); `None`: no
+    /// Upgrades need a token that `verifier` accepts (see [`super::auth`]); `None`: no
     /// authentication.
     pub fn with_auth(mut self, verifier: Option<Verifier>) -> Self {
         self.auth = verifier.map(Arc::new);
@@ -341,9 +341,9 @@ async fn upgrade(
 }
 
 /// Serves a request with `Upgrade: websocket`, taken from the HTTP dispatcher together with its
-/// connection ([`crate::connection::upgrade`]): the checks of [`admit`] and the handshake; then the session
-/// owns the socket, and what is returned writes to it. A refusal is answered and the connection
-/// closed.
+/// connection ([`crate::connection::upgrade`]): the checks of [`admit`] and the handshake; then the
+/// session owns the socket, and what is returned writes to it. A refusal is answered and the
+/// connection closed.
 async fn upgrade_connection(
     state: AppState,
     req: Request,
