@@ -18,8 +18,6 @@
 
 pub mod local;
 pub mod redis;
-#[cfg(test)]
-mod redis_tests;
 
 use std::collections::hash_map::RandomState;
 use std::fmt;

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::local::HistoryLimits;
-use super::redis::{RedisBroker, RedisSettings};
-use super::{Broker, BrokerEvent, BrokerEvents, BrokerHealth};
-use super::{Epoch, Published, Resume, ResumeRequest};
+use super::super::local::HistoryLimits;
+use super::super::{
+    Broker, BrokerEvent, BrokerEvents, BrokerHealth, Epoch, Published, Resume, ResumeRequest,
+};
+use super::{RedisBroker, RedisSettings};
 use crate::config::{BrokerSettings, HistorySettings};
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -1,0 +1,394 @@
+//! The driver task of one node's Redis broker: the connection (made in the background, with
+//! capped backoff, and made again when it breaks), the pub/sub subscriptions of the rooms
+//! with local members, the broker's health, and the epoch checks after a reconnect. It hands
+//! [`BrokerEvent`]s to the supervisor's stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use futures::{FutureExt, SinkExt, StreamExt};
+use log::{debug, info, warn};
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, Client, Msg, RedisError, Script, Value};
+use tokio::sync::watch;
+
+use super::super::{BrokerError, BrokerEvent, BrokerHealth, Epoch, EpochChange};
+use super::keys::{join_snapshot, parse_publication, snapshot_head, Keys};
+use super::{Command, RedisSettings};
+use crate::metrics::metrics;
+
+/// A room with local members: how many, and the epoch last seen in it.
+pub(super) struct RoomState {
+    pub(super) members: usize,
+    pub(super) epoch: Option<Epoch>,
+}
+
+/// The driver task: connection, subscriptions, health, epoch changes.
+pub(super) struct Driver {
+    pub(super) client: Client,
+    pub(super) redacted_url: String,
+    pub(super) keys: Keys,
+    pub(super) settings: RedisSettings,
+    pub(super) commands: mpsc::UnboundedReceiver<Command>,
+    pub(super) events: mpsc::Sender<BrokerEvent>,
+    pub(super) connection: watch::Sender<Option<MultiplexedConnection>>,
+    pub(super) health: watch::Sender<BrokerHealth>,
+    pub(super) rooms: HashMap<Arc<str>, RoomState>,
+    pub(super) publish_script: Script,
+    pub(super) snapshot_script: Script,
+}
+
+/// Why the connected phase ended.
+enum Ended {
+    /// Every handle is gone.
+    Stopped,
+    /// The connection broke.
+    Lost(String),
+}
+
+impl Driver {
+    pub(super) async fn run(mut self) {
+        let mut backoff = self.settings.backoff_min;
+        let mut told_down = false;
+        info!("broker: connecting to {}", self.redacted_url);
+        loop {
+            match self.connect().await {
+                Ok((connection, pubsub)) => {
+                    backoff = self.settings.backoff_min;
+                    match self.connected(connection, pubsub).await {
+                        Ended::Stopped => return,
+                        Ended::Lost(why) => {
+                            self.set_down().await;
+                            warn!(
+                                "broker down: lost {} ({why}); reconnecting",
+                                self.redacted_url
+                            );
+                            // Said once: failed reconnects are not a new change of state.
+                            told_down = true;
+                        }
+                    }
+                }
+                Err(err) => {
+                    metrics().broker_errors.inc();
+                    if !told_down {
+                        warn!(
+                            "broker down: cannot reach {} ({err}); retrying with backoff",
+                            self.redacted_url
+                        );
+                        told_down = true;
+                    } else {
+                        debug!("broker: connecting failed: {err}");
+                    }
+                    if !self.wait_down(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.settings.backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(MultiplexedConnection, redis::aio::PubSub), RedisError> {
+        let timeout = self.settings.timeout;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        self.publish_script.load_async(&mut connection).await?;
+        self.snapshot_script.load_async(&mut connection).await?;
+        let pubsub = tokio::time::timeout(timeout, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| {
+                RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "pub/sub connection timed out",
+                ))
+            })??;
+        Ok((connection, pubsub))
+    }
+
+    /// Waits `delay` while down, answering commands. False when every handle is gone.
+    async fn wait_down(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                command = self.commands.next() => match command {
+                    None => return false,
+                    Some(command) => self.count(command),
+                },
+            }
+        }
+    }
+
+    /// Handles a command while down: counts members; subscriptions are made on connect.
+    fn count(&mut self, command: Command) {
+        match command {
+            Command::Subscribe { room, reply } => {
+                self.rooms
+                    .entry(room)
+                    .or_insert(RoomState {
+                        members: 0,
+                        epoch: None,
+                    })
+                    .members += 1;
+                let _ = reply.send(Err(BrokerError::Unavailable));
+            }
+            Command::Unsubscribe { room } => {
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    state.members = state.members.saturating_sub(1);
+                    if state.members == 0 {
+                        self.rooms.remove(&room);
+                    }
+                }
+            }
+            Command::Suspect => {}
+        }
+    }
+
+    async fn set_down(&mut self) {
+        self.connection.send_replace(None);
+        self.health.send_replace(BrokerHealth::Down);
+        metrics().broker_up.set(0);
+        self.emit(BrokerEvent::Health(BrokerHealth::Down)).await;
+    }
+
+    async fn emit(&mut self, event: BrokerEvent) {
+        // A dropped receiver only means nobody listens any more.
+        let _ = self.events.send(event).await;
+    }
+
+    async fn connected(
+        &mut self,
+        mut connection: MultiplexedConnection,
+        pubsub: redis::aio::PubSub,
+    ) -> Ended {
+        let (mut sink, mut stream) = pubsub.split();
+        // Re-subscribe every room with local members, then find the rooms whose epoch changed.
+        let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        for room in &rooms {
+            if let Err(err) = sink.subscribe(self.keys.room(room)).await {
+                return Ended::Lost(err.to_string());
+            }
+        }
+        if let Err(why) = self
+            .check_epochs(&rooms, &mut connection, &mut sink, &mut stream)
+            .await
+        {
+            return Ended::Lost(why);
+        }
+        self.connection.send_replace(Some(connection.clone()));
+        self.health.send_replace(BrokerHealth::Up);
+        metrics().broker_up.set(1);
+        info!(
+            "broker up: connected to {} ({} rooms subscribed)",
+            self.redacted_url,
+            rooms.len()
+        );
+        self.emit(BrokerEvent::Health(BrokerHealth::Up)).await;
+
+        let mut check = tokio::time::interval(self.settings.timeout);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(message) => self.publication(message).await,
+                    None => return Ended::Lost("the pub/sub connection closed".to_owned()),
+                },
+                command = self.commands.next() => {
+                    let Some(command) = command else {
+                        return Ended::Stopped;
+                    };
+                    if let Err(why) = self
+                        .command(command, &mut connection, &mut sink, &mut stream)
+                        .await
+                    {
+                        return Ended::Lost(why);
+                    }
+                }
+                _ = check.tick() => {
+                    if let Err(why) = self.ping(&mut connection, &mut sink).await {
+                        return Ended::Lost(why);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ping(
+        &self,
+        connection: &mut MultiplexedConnection,
+        sink: &mut PubSubSink,
+    ) -> Result<(), String> {
+        let timeout = self.settings.timeout;
+        let pong: Result<String, RedisError> = redis::cmd("PING").query_async(connection).await;
+        pong.map_err(|err| err.to_string())?;
+        match tokio::time::timeout(timeout, sink.ping::<Value>()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("pub/sub ping timed out".to_owned()),
+        }
+    }
+
+    async fn command(
+        &mut self,
+        command: Command,
+        connection: &mut MultiplexedConnection,
+        sink: &mut PubSubSink,
+        stream: &mut PubSubStream,
+    ) -> Result<(), String> {
+        match command {
+            Command::Subscribe { room, reply } => {
+                let state = self.rooms.entry(room.clone()).or_insert(RoomState {
+                    members: 0,
+                    epoch: None,
+                });
+                state.members += 1;
+                if state.members > 1 {
+                    // Subscribed before (the driver handles one command at a time).
+                    let _ = reply.send(Ok(()));
+                    return Ok(());
+                }
+                let subscribed = sink.subscribe(self.keys.room(&room)).await;
+                if let Err(err) = subscribed {
+                    let _ = reply.send(Err(BrokerError::Unavailable));
+                    return Err(err.to_string());
+                }
+                let checked = self
+                    .check_epochs(std::slice::from_ref(&room), connection, sink, stream)
+                    .await;
+                let answer = checked
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|_| BrokerError::Unavailable);
+                let _ = reply.send(answer);
+                checked
+            }
+            Command::Unsubscribe { room } => {
+                let Some(state) = self.rooms.get_mut(&room) else {
+                    return Ok(());
+                };
+                state.members = state.members.saturating_sub(1);
+                if state.members > 0 {
+                    return Ok(());
+                }
+                self.rooms.remove(&room);
+                sink.unsubscribe(self.keys.room(&room))
+                    .await
+                    .map_err(|err| err.to_string())
+            }
+            Command::Suspect => self.ping(connection, sink).await,
+        }
+    }
+
+    /// Reads the epoch and seq of `rooms` (creating rooms Redis lacks), lets every message
+    /// published before that reach the event stream first (a PING on the pub/sub connection
+    /// answers after them), then reports the rooms whose epoch differs from the one last
+    /// seen. A room seen for the first time takes its epoch silently.
+    async fn check_epochs(
+        &mut self,
+        rooms: &[Arc<str>],
+        connection: &mut MultiplexedConnection,
+        sink: &mut PubSubSink,
+        stream: &mut PubSubStream,
+    ) -> Result<(), String> {
+        let mut current = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            let answer: Result<Value, RedisError> = self
+                .snapshot_script
+                .key(self.keys.room(room))
+                .key(self.keys.history(room))
+                .arg(Epoch::random().as_str())
+                .arg(self.settings.history.ttl.as_millis() as u64)
+                .invoke_async(connection)
+                .await;
+            let value = answer.map_err(|err| err.to_string())?;
+            let (epoch, seq) = snapshot_head(&value).map_err(|err| err.to_string())?;
+            let snapshot = join_snapshot(
+                room.clone(),
+                epoch,
+                seq,
+                Vec::new(),
+                None,
+                self.settings.history.size,
+            )
+            .map_err(|err| err.to_string())?;
+            current.push(snapshot);
+        }
+        sink.ping::<Value>().await.map_err(|err| err.to_string())?;
+        while let Some(next) = stream.next().now_or_never() {
+            match next {
+                Some(message) => self.publication(message).await,
+                None => return Err("the pub/sub connection closed".to_owned()),
+            }
+        }
+        for snapshot in current {
+            let Some(state) = self.rooms.get_mut(&snapshot.room) else {
+                continue;
+            };
+            match &state.epoch {
+                None => state.epoch = Some(snapshot.epoch),
+                Some(seen) if *seen == snapshot.epoch => {}
+                Some(_) => {
+                    state.epoch = Some(snapshot.epoch.clone());
+                    info!(
+                        "broker: room {} has a new epoch {} (its history was lost)",
+                        snapshot.room, snapshot.epoch
+                    );
+                    // From seq 0: messages other nodes published in the new epoch while this
+                    // one was away are in the history (the supervisor's catch-up after
+                    // `Health(Up)` delivers them), and the first of them is seq 1.
+                    self.emit(BrokerEvent::EpochChanged(EpochChange {
+                        room: snapshot.room,
+                        epoch: snapshot.epoch,
+                        seq: 0,
+                    }))
+                    .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A message on a room channel: reported after an epoch change if its epoch is new.
+    async fn publication(&mut self, message: Msg) {
+        let Some(room) = self.keys.room_of_channel(message.get_channel_name()) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_key_value(room).map(|(room, _)| room.clone()) else {
+            // Unsubscribed meanwhile.
+            return;
+        };
+        let Some(mut published) = parse_publication(&room, message.get_payload_bytes()) else {
+            warn!("broker: an unreadable publication on room {room} was ignored");
+            return;
+        };
+        published.room = room.clone();
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let change = match &state.epoch {
+            Some(seen) if *seen != published.epoch => Some(EpochChange {
+                room: room.clone(),
+                epoch: published.epoch.clone(),
+                seq: published.seq.saturating_sub(1),
+            }),
+            _ => None,
+        };
+        state.epoch = Some(published.epoch.clone());
+        if let Some(change) = change {
+            info!(
+                "broker: room {} has a new epoch {} (its history was lost)",
+                change.room, change.epoch
+            );
+            self.emit(BrokerEvent::EpochChanged(change)).await;
+        }
+        self.emit(BrokerEvent::Message(published)).await;
+    }
+}

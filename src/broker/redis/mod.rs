@@ -1,0 +1,410 @@
+//! The Redis broker: rooms shared by every node that uses one Redis and one key prefix.
+//!
+//! # Keys and channels (`P` = `broker.key_prefix`, `R` = room)
+//!
+//! | name | type | holds |
+//! |---|---|---|
+//! | `P:room:R` | hash | `epoch` (16 hex chars) and `seq` (the room's latest seq) |
+//! | `P:history:R` | stream | the last `history.size` message frames, entry id `seq-0`, field `json` (absent when `history.size` is 0) |
+//! | `P:room:R` | pub/sub channel | every message as `EPOCH:SEQ:JSON` |
+//!
+//! Both keys expire `history.ttl_ms` after the room's last message (a room that expired
+//! starts a new epoch, like one Redis lost).
+//!
+//! # How it works
+//!
+//! - **Publish**: one Lua script per message ([`PUBLISH_SCRIPT`], by EVALSHA) creates the room
+//!   with a new epoch if its hash is missing (and deletes a stale stream), takes the next seq,
+//!   finishes the frame from the head this node serialized, appends it to the stream, renews
+//!   the expiry and PUBLISHes it, atomically: seq order and publish order agree, and a
+//!   message either gets a seq and reaches every subscriber or is refused. One publisher task
+//!   per node sends whatever messages are waiting as one pipeline and awaits it before the
+//!   next, so messages handed over in order execute in that order.
+//! - **Join**: [`RedisBroker::subscribe`] answers once Redis confirmed the SUBSCRIBE (so that every
+//!   later message reaches the event stream), then [`RedisBroker::snapshot`] reads the epoch and
+//!   the seq with a script ([`SNAPSHOT_SCRIPT`], which creates a missing room), and, for a resume,
+//!   the stream from `since`+1 to that seq with a plain XRANGE plus the epoch once more (one
+//!   pipeline; a changed epoch or a missing entry: nothing replayed); the caller merges both with
+//!   [`crate::rooms::resume::ResumeMerge`]. Subscriptions are counted per room: SUBSCRIBE on the
+//!   first, UNSUBSCRIBE on the last.
+//! - **Health**: the node starts without Redis. A driver task connects in the background with
+//!   capped exponential backoff, reports up/down ([`RedisBroker::health`] and
+//!   [`BrokerEvent::Health`]), logs one line per change (never per retry, never the URL's
+//!   password), re-subscribes after a reconnect, and tells which rooms' epoch changed
+//!   ([`BrokerEvent::EpochChanged`], always before any message of the new epoch).
+//!
+//! # Files
+//!
+//! [`keys`]: key and channel names, the Lua scripts and the parsers of Redis's answers (pure);
+//! [`publisher`]: the task that sends messages as pipelines; [`driver`]: the task that keeps
+//! the connection, the subscriptions and the health; this file: the handle the supervisor
+//! holds and its [`Broker`] seam.
+//!
+//! This module must not know sessions or actix: it hands [`BrokerEvent`]s to whoever holds
+//! the receiver.
+
+mod driver;
+mod keys;
+mod publisher;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use redis::aio::MultiplexedConnection;
+use redis::{Client, RedisError, Script, Value};
+use tokio::sync::watch;
+
+use self::driver::Driver;
+use self::keys::{
+    is_connection_error, join_snapshot, snapshot_error, snapshot_head, Keys, PUBLISH_SCRIPT,
+    SNAPSHOT_SCRIPT,
+};
+use self::publisher::Publisher;
+use super::local::HistoryLimits;
+use super::{
+    Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerHealth, BrokerStatus, Epoch,
+    JoinSnapshot, MessageHead, Pending, Published, ResumeRequest,
+};
+use crate::config::{check_redis_url, redact_url, BrokerSettings, HistorySettings};
+use crate::metrics::metrics;
+
+/// How to reach Redis and what to keep there.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://...` or `rediss://...`; never logged unredacted.
+    pub url: String,
+    /// Every key and channel starts with it.
+    pub key_prefix: String,
+    /// `history.size` and `history.ttl_ms` (`max_bytes` is Redis's own `maxmemory`).
+    pub history: HistoryLimits,
+    /// Messages waiting for the publisher at most; beyond, publishing is refused.
+    pub publish_queue: usize,
+    /// Events waiting for the caller at most; beyond, the broker waits (back-pressure).
+    pub event_queue: usize,
+    /// First delay between connection attempts; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest delay between connection attempts.
+    pub backoff_max: Duration,
+    /// Connect and response timeout of every Redis request, and the health-check interval.
+    pub timeout: Duration,
+}
+
+impl RedisSettings {
+    /// Settings from the `[broker]` and `[history]` tables, with the default queues
+    /// (4096 each), backoff (100 ms to 5 s) and timeout (2 s).
+    pub fn new(broker: &BrokerSettings, history: &HistorySettings) -> Self {
+        RedisSettings {
+            url: broker.redis_url.clone(),
+            key_prefix: broker.key_prefix.clone(),
+            history: HistoryLimits::from(history),
+            publish_queue: 4_096,
+            event_queue: 4_096,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+pub(super) enum Command {
+    Subscribe {
+        room: Arc<str>,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
+    },
+    Unsubscribe {
+        room: Arc<str>,
+    },
+    /// A request failed in a way that suggests the connection is gone.
+    Suspect,
+}
+
+pub(super) struct PublishJob {
+    room: Arc<str>,
+    head: MessageHead,
+    reply: oneshot::Sender<Result<Published, BrokerError>>,
+}
+
+pub(super) struct Shared {
+    keys: Keys,
+    history: HistoryLimits,
+    commands: mpsc::UnboundedSender<Command>,
+    publish: tokio::sync::mpsc::Sender<PublishJob>,
+    connection: watch::Receiver<Option<MultiplexedConnection>>,
+    health: watch::Receiver<BrokerHealth>,
+    snapshot_script: Script,
+}
+
+/// The Redis broker: a handle on its tasks, and its event stream until the supervisor takes
+/// it ([`Broker::take_event_stream`]). The tasks end when the broker is dropped.
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    events: Option<BrokerEvents>,
+}
+
+impl RedisBroker {
+    /// Starts the broker's tasks on the current tokio runtime (an actix system is one) and
+    /// returns at once: the broker connects in the background and reports
+    /// [`BrokerEvent::Health`] when it is up, on the event stream
+    /// ([`Broker::take_event_stream`]). Fails only for a bad URL.
+    pub fn start(settings: RedisSettings) -> Result<RedisBroker, BrokerError> {
+        check_redis_url(&settings.url).map_err(BrokerError::BadUrl)?;
+        if settings.url.starts_with("rediss://") && !cfg!(feature = "redis-tls") {
+            return Err(BrokerError::BadUrl(
+                "rediss:// needs wsgrace built with the `redis-tls` feature".to_owned(),
+            ));
+        }
+        let client = Client::open(settings.url.as_str())
+            .map_err(|err| BrokerError::BadUrl(err.to_string()))?;
+        let keys = Keys::new(&settings.key_prefix);
+        let (commands_tx, commands_rx) = mpsc::unbounded();
+        let (publish_tx, publish_rx) = tokio::sync::mpsc::channel(settings.publish_queue.max(1));
+        let (connection_tx, connection_rx) = watch::channel(None);
+        let (health_tx, health_rx) = watch::channel(BrokerHealth::Down);
+        let (events_tx, events_rx) = mpsc::channel(settings.event_queue.max(1));
+        metrics().broker_up.set(0);
+
+        let driver = Driver {
+            client,
+            redacted_url: redact_url(&settings.url),
+            keys: keys.clone(),
+            settings: settings.clone(),
+            commands: commands_rx,
+            events: events_tx,
+            connection: connection_tx,
+            health: health_tx,
+            rooms: HashMap::new(),
+            publish_script: Script::new(PUBLISH_SCRIPT),
+            snapshot_script: Script::new(SNAPSHOT_SCRIPT),
+        };
+        tokio::spawn(driver.run());
+        let publisher = Publisher {
+            keys: keys.clone(),
+            history: settings.history,
+            jobs: publish_rx,
+            connection: connection_rx.clone(),
+            commands: commands_tx.clone(),
+            script: Script::new(PUBLISH_SCRIPT),
+        };
+        tokio::spawn(publisher.run());
+        let broker = RedisBroker {
+            shared: Arc::new(Shared {
+                keys,
+                history: settings.history,
+                commands: commands_tx,
+                publish: publish_tx,
+                connection: connection_rx,
+                health: health_rx,
+                snapshot_script: Script::new(SNAPSHOT_SCRIPT),
+            }),
+            events: Some(events_rx),
+        };
+        Ok(broker)
+    }
+
+    /// Publishes a message from `from` in `room` saying `text`. The order of calls is the
+    /// order of execution (the message is queued before this returns); the future answers
+    /// with the message as published (its seq and epoch), or an error if it was refused
+    /// (down, queue full: [`BrokerError::Unavailable`]) or its fate is unknown (the
+    /// connection broke in flight: [`BrokerError::Interrupted`]). The room's members,
+    /// the sender included, get it as [`BrokerEvent::Message`].
+    pub fn publish(
+        &self,
+        room: &str,
+        from: &str,
+        text: &str,
+    ) -> impl Future<Output = Result<Published, BrokerError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let queued = MessageHead::new(room, from, text)
+            .map_err(BrokerError::from)
+            .and_then(|head| {
+                if self.shared.connection.borrow().is_none() {
+                    return Err(BrokerError::Unavailable);
+                }
+                self.shared
+                    .publish
+                    .try_send(PublishJob {
+                        room: Arc::from(room),
+                        head,
+                        reply,
+                    })
+                    .map_err(|err| match err {
+                        tokio::sync::mpsc::error::TrySendError::Full(_) => BrokerError::Unavailable,
+                        tokio::sync::mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
+                    })
+            });
+        async move {
+            queued?;
+            answer.await.unwrap_or(Err(BrokerError::Stopped))
+        }
+    }
+
+    /// Counts one local member of `room`; the first one subscribes. The future answers when
+    /// Redis confirmed the subscription (every message published from then on reaches the
+    /// event stream), or with [`BrokerError::Unavailable`] while the broker is down (the
+    /// subscription is made when it comes back). Call [`RedisBroker::unsubscribe`] once per
+    /// call, whatever the answer.
+    pub fn subscribe(
+        &self,
+        room: &str,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.shared.commands.unbounded_send(Command::Subscribe {
+            room: Arc::from(room),
+            reply,
+        });
+        async move {
+            if sent.is_err() {
+                return Err(BrokerError::Stopped);
+            }
+            answer.await.unwrap_or(Err(BrokerError::Stopped))
+        }
+    }
+
+    /// Uncounts one local member of `room`; the last one unsubscribes.
+    pub fn unsubscribe(&self, room: &str) {
+        let _ = self.shared.commands.unbounded_send(Command::Unsubscribe {
+            room: Arc::from(room),
+        });
+    }
+
+    /// The room as a session joining it sees it: epoch, latest seq and the outcome of its
+    /// resume request (the resume rule of [`can_resume`]). Creates the room with a new epoch
+    /// if Redis does not have it. Call it after [`RedisBroker::subscribe`] answered.
+    pub fn snapshot(
+        &self,
+        room: &str,
+        resume: Option<ResumeRequest>,
+    ) -> impl Future<Output = Result<JoinSnapshot, BrokerError>> + Send + 'static {
+        let shared = self.shared.clone();
+        let room: Arc<str> = Arc::from(room);
+        async move {
+            let Some(mut connection) = shared.connection.borrow().clone() else {
+                return Err(BrokerError::Unavailable);
+            };
+            let failed = |err: RedisError| {
+                metrics().broker_errors.inc();
+                if is_connection_error(&err) {
+                    let _ = shared.commands.unbounded_send(Command::Suspect);
+                    BrokerError::Interrupted
+                } else {
+                    BrokerError::Server(err.to_string())
+                }
+            };
+            let value: Value = shared
+                .snapshot_script
+                .key(shared.keys.room(&room))
+                .key(shared.keys.history(&room))
+                .arg(Epoch::random().as_str())
+                .arg(shared.history.ttl.as_millis() as u64)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(failed)?;
+            let (epoch, seq) = snapshot_head(&value)?;
+            let wanted = resume
+                .as_ref()
+                .filter(|request| {
+                    request.since < seq && seq - request.since <= shared.history.size as u64
+                })
+                .map(|request| request.since + 1);
+            let history_size = shared.history.size;
+            let Some(first) = wanted else {
+                return join_snapshot(room, epoch, seq, Vec::new(), resume.as_ref(), history_size);
+            };
+            // The history after `since`, up to the snapshot's seq, and the room's epoch once
+            // more: if Redis lost the room in between, the entries may be another epoch's, and
+            // nothing is replayed (the epoch check fails, or the entries are not all there).
+            let (entries, epoch_now): (Value, Option<String>) = redis::pipe()
+                .cmd("XRANGE")
+                .arg(shared.keys.history(&room))
+                .arg(format!("{first}-0"))
+                .arg(format!("{seq}-0"))
+                .cmd("HGET")
+                .arg(shared.keys.room(&room))
+                .arg("epoch")
+                .query_async(&mut connection)
+                .await
+                .map_err(failed)?;
+            let entries = match entries {
+                Value::Array(entries) if epoch_now.as_deref() == Some(epoch.as_str()) => entries,
+                Value::Array(_) => Vec::new(),
+                _ => return Err(snapshot_error("entries")),
+            };
+            join_snapshot(room, epoch, seq, entries, resume.as_ref(), history_size)
+        }
+    }
+
+    /// Up or down now, and every change (for `/readyz` and upgrades).
+    pub fn health(&self) -> watch::Receiver<BrokerHealth> {
+        self.shared.health.clone()
+    }
+
+    /// Whether the broker is up now.
+    pub fn is_up(&self) -> bool {
+        *self.shared.health.borrow() == BrokerHealth::Up
+    }
+}
+
+impl Broker for RedisBroker {
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus::following(self.health())
+    }
+
+    fn take_event_stream(&mut self) -> Option<BrokerEvents> {
+        self.events.take()
+    }
+
+    fn join(&mut self, room: &Arc<str>, resume: Option<ResumeRequest>) -> Pending<JoinSnapshot> {
+        // SUBSCRIBE is sent now, before any later unsubscribe of this room; the snapshot is
+        // read once Redis confirmed it, so that no message falls between.
+        let subscribed = self.subscribe(room);
+        let snapshot = self.snapshot(room, resume);
+        Pending::Later(Box::pin(async move {
+            subscribed.await?;
+            snapshot.await
+        }))
+    }
+
+    fn leave(&mut self, room: &Arc<str>) {
+        self.unsubscribe(room);
+    }
+
+    fn read_since(&mut self, room: &Arc<str>, request: ResumeRequest) -> Pending<JoinSnapshot> {
+        Pending::Later(Box::pin(self.snapshot(room, Some(request))))
+    }
+
+    fn publish(&mut self, room: &Arc<str>, from: &str, text: &str) -> Pending<Published> {
+        Pending::Later(Box::pin(RedisBroker::publish(self, room, from, text)))
+    }
+
+    fn ready_events(&mut self, _: &mut Vec<BrokerEvent>) {}
+
+    fn maintain(&mut self) {}
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+    use crate::config::{BrokerSettings, HistorySettings};
+
+    #[test]
+    fn bad_urls_are_refused_before_any_task_starts() {
+        let settings = |url: &str| RedisSettings {
+            url: url.to_owned(),
+            ..RedisSettings::new(&BrokerSettings::default(), &HistorySettings::default())
+        };
+        for url in ["", "http://x:6379", "127.0.0.1:6379", "redis://"] {
+            assert!(
+                matches!(
+                    RedisBroker::start(settings(url)),
+                    Err(BrokerError::BadUrl(_))
+                ),
+                "{url}"
+            );
+        }
+    }
+}
