@@ -35,8 +35,8 @@
 //!
 //! # Files
 //!
-//! [`keys`]: key and channel names, the Lua scripts and the parsers of Redis's answers (pure);
-//! [`publisher`]: the task that sends messages as pipelines; [`driver`]: the task that keeps
+//! `keys.rs`: key and channel names, the Lua scripts and the parsers of Redis's answers (pure);
+//! `publisher.rs`: the task that sends messages as pipelines; `driver.rs`: the task that keeps
 //! the connection, the subscriptions and the health; this file: the handle the supervisor
 //! holds and its [`Broker`] seam.
 //!
@@ -60,10 +60,8 @@ use redis::{Client, RedisError, Script, Value};
 use tokio::sync::watch;
 
 use self::driver::Driver;
-use self::keys::{
-    is_connection_error, join_snapshot, snapshot_error, snapshot_head, Keys, PUBLISH_SCRIPT,
-    SNAPSHOT_SCRIPT,
-};
+use self::keys::{is_connection_error, join_snapshot, snapshot_error, snapshot_head, Keys};
+pub use self::keys::{PUBLISH_SCRIPT, SNAPSHOT_SCRIPT};
 use self::publisher::Publisher;
 use super::local::HistoryLimits;
 use super::{
@@ -273,7 +271,7 @@ impl RedisBroker {
     }
 
     /// The room as a session joining it sees it: epoch, latest seq and the outcome of its
-    /// resume request (the resume rule of [`can_resume`]). Creates the room with a new epoch
+    /// resume request (the resume rule of [`super::can_resume`]). Creates the room with a new epoch
     /// if Redis does not have it. Call it after [`RedisBroker::subscribe`] answered.
     pub fn snapshot(
         &self,
