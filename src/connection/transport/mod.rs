@@ -1,0 +1,75 @@
+//! The WebSocket transport: the one module that turns bytes into frames and frames into bytes.
+//!
+//! Inbound, [`InboundFrames`] decodes the peer's bytes with actix-http's codec, reassembles
+//! fragmented messages (RFC 6455 §5.4), enforces the message size limit, checks UTF-8 and
+//! classifies every failure as an [`InboundError`] whose close code is decided in one place
+//! ([`InboundError::close_code`]). The bytes come from one of two places: the request payload
+//! of actix-web's dispatcher (an app embedding [`crate::start`]), or, for a connection taken
+//! out of the dispatcher ([`super::upgrade`], the binary's server), the socket itself through
+//! [`SocketReader`]. Either way no read buffer is kept while the connection is idle.
+//!
+//! Outbound, [`OutboundQueue`] is the session's bounded queue of frames not yet written, and
+//! [`OutboundBody`] drains it: as the response body the dispatcher polls, or through
+//! [`write_out`] straight to the socket. The session actor runs as its own task (not inside
+//! the response body, as actix-web-actors' `WebsocketContext` does): a client that stops
+//! reading then only fills this queue, while its actor keeps running its heartbeat, timeouts
+//! and slow-consumer check.
+//!
+//! This module knows nothing of close states or of the chat: it must not decide anything
+//! beyond "these bytes are (not) a valid frame".
+//!
+//! The parts: [`inbound`] (bytes to events), [`outbound`] (the queue and the writing),
+//! [`in_flight`] (the flood gate); here, the socket options of every accepted connection.
+
+use std::any::Any;
+
+pub mod in_flight;
+pub mod inbound;
+pub mod outbound;
+
+pub use in_flight::{InFlight, InFlightToken, MAX_MESSAGES_IN_FLIGHT};
+pub use inbound::{Inbound, InboundError, InboundFrames, SocketReader};
+pub use outbound::{encode_text, outbound, write_out, OutboundBody, OutboundQueue, Refused};
+
+/// Socket options set on every accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketTuning {
+    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel drops
+    /// the connection.
+    pub user_timeout: std::time::Duration,
+    /// `SO_SNDBUF` in bytes; 0 leaves the kernel's default (autotuned).
+    pub send_buffer: usize,
+}
+
+/// Applies `tuning` to an accepted socket.
+///
+/// `TCP_USER_TIMEOUT` bounds how long the kernel keeps a connection whose peer stopped
+/// acknowledging data (it stopped reading, or vanished). Such a connection cannot be ended from
+/// the session: the HTTP dispatcher only polls the response body when it can write, so an
+/// abort or the end of a close handshake waits behind bytes the peer never takes. With it, the
+/// kernel drops the connection once sent data stays unacknowledged for the timeout (zero-window
+/// probes included), and the dispatcher with it. `SO_SNDBUF` bounds the bytes such a peer parks
+/// in kernel memory, and what a close frame waits behind.
+pub fn tune_socket(tcp: &actix_web::rt::net::TcpStream, tuning: SocketTuning) {
+    let socket = socket2::SockRef::from(tcp);
+    if let Err(err) = socket.set_tcp_user_timeout(Some(tuning.user_timeout)) {
+        log::warn!("cannot set TCP_USER_TIMEOUT on a new connection: {err}");
+    }
+    if tuning.send_buffer > 0 {
+        if let Err(err) = socket.set_send_buffer_size(tuning.send_buffer) {
+            log::warn!("cannot set SO_SNDBUF on a new connection: {err}");
+        }
+    }
+}
+
+/// For `HttpServer::on_connect`, in apps that embed the session with actix-web's own server:
+/// [`tune_socket`] on every accepted TCP connection.
+pub fn on_connect(
+    tuning: SocketTuning,
+) -> impl Fn(&dyn Any, &mut actix_web::dev::Extensions) + Send + Sync + Clone + 'static {
+    move |connection: &dyn Any, _: &mut actix_web::dev::Extensions| {
+        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            tune_socket(tcp, tuning);
+        }
+    }
+}
