@@ -18,7 +18,7 @@
 //! This module knows nothing of close states or of the chat: it must not decide anything
 //! beyond "these bytes are (not) a valid frame".
 //!
-//! The parts: [`inbound`] (bytes to events), [`outbound`] (the queue and the writing),
+//! The parts: [`inbound`] (bytes to events), [`mod@outbound`] (the queue and the writing),
 //! [`in_flight`] (the flood gate); here, the socket options of every accepted connection.
 
 use std::any::Any;
