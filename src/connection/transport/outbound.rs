@@ -19,10 +19,9 @@ use futures::Stream;
 use crate::connection::linger::LingeringStream;
 
 /// Writes what the session queues to its upgraded connection until the session ends it: then
-/// half-closes (the connection lingers, see [`crate::connection::linger`]) or, when it is not to linger
-/// (an abort, an acknowledged close), just drops it.
-/// A failed write ends both directions, so that the session's [`super::SocketReader`] sees the end and
-/// the session is aborted.
+/// half-closes (the connection lingers, see [`crate::connection::linger`]) or, when it is not to
+/// linger (an abort, an acknowledged close), just drops it. A failed write ends both directions, so
+/// that the session's [`super::SocketReader`] sees the end and the session is aborted.
 pub async fn write_out(socket: Rc<LingeringStream>, mut body: OutboundBody) {
     use futures::StreamExt;
     while let Some(chunk) = body.next().await {

@@ -4,9 +4,11 @@
 //! carries out the machine's [`Action`]s (frames out, answers, the end of the connection). It
 //! runs the heartbeat and the client timeout, bounds its outbound queue, and hands complete
 //! text messages to the application's [`SessionHandler`]. It must not decide close semantics
-//! itself (that is `close.rs`) nor touch bytes (that is `transport.rs`).
+//! itself (that is `close.rs`) nor touch bytes (that is `transport`).
+//!
+//! [`handle`]: what the rest of the program sees of a session; [`outbox`]: the fan-out's way
+//! into its queue; `rate_limit`: its message rate.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -14,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
-    ResponseFuture, StreamHandler, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, ResponseFuture,
+    StreamHandler, WrapFuture,
 };
 use actix_http::ws::{CloseCode, CloseReason, Message as Frame};
 use actix_web::error::PayloadError;
@@ -24,332 +26,35 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use futures::channel::oneshot;
 use log::{debug, info, warn};
-use tokio_util::sync::CancellationToken;
 
 use crate::close::{
-    Action, CloseError, CloseMachine, CloseMode, CloseOutcome, CloseRecord, CloseState,
-    CloseStatus, DataVerdict, Initiator, Input, WaiterId,
+    Action, CloseError, CloseMachine, CloseMode, CloseOutcome, CloseState, CloseStatus,
+    DataVerdict, Initiator, Input, WaiterId,
 };
 use crate::connection::linger::{LingerSwitch, LingeringStream};
 use crate::connection::transport::{
-    self, InFlight, InFlightToken, Inbound, InboundError, InboundFrames, OutboundBody,
-    OutboundQueue, Refused, SocketReader,
+    self, InFlight, Inbound, InboundError, InboundFrames, OutboundBody, OutboundQueue, Refused,
+    SocketReader,
 };
 use crate::metrics::{metrics, DropReason};
 
-/// A session's id, unique in the process.
-pub type SessionId = u64;
+pub mod handle;
+pub mod outbox;
+mod rate_limit;
+
+use handle::state_to_u8;
+pub use handle::{
+    Abort, Close, CloseOutput, SendText, SessionConfig, SessionEnd, SessionHandle, SessionHandler,
+    SessionId, Shutdown,
+};
+use outbox::Overflowed;
+pub use outbox::{local_outbox, Outbox};
+// Where it was before 0.2 (see CHANGELOG.md).
+#[doc(hidden)]
+pub use crate::protocol::going_away_json;
+use rate_limit::RateLimit;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// The outboxes of the sessions running on this thread, for [`local_outbox`].
-    /// Shared (`Rc`) with the shard that fans out to the session: one outbox per session,
-    /// not a copy with its own actor address (each `Addr` clone allocates).
-    static OUTBOXES: RefCell<HashMap<SessionId, Rc<Outbox>>> = RefCell::new(HashMap::new());
-}
-
-/// The direct way into a session's outbound queue, for code running on the session's own
-/// thread (the fan-out shards): no actor message, no allocation per delivery. The queue
-/// itself refuses data after the close frame and beyond `session.outbound_queue`; a full
-/// queue makes the session close 1008 "slow consumer".
-#[derive(Clone)]
-pub struct Outbox {
-    queue: OutboundQueue,
-    limit: usize,
-    session: Addr<Session>,
-}
-
-impl Outbox {
-    /// Queues `text` for the peer, or says why not.
-    pub fn offer(&self, text: ByteString) -> Result<(), Refused> {
-        self.report(self.queue.offer_text(text, self.limit))
-    }
-
-    /// Queues a text frame encoded once for many peers ([`transport::encode_text`]).
-    pub fn offer_encoded(&self, frame: std::rc::Rc<[u8]>) -> Result<(), Refused> {
-        self.report(self.queue.offer_encoded(frame, self.limit))
-    }
-
-    /// Queues a replayed text (missed messages of a resume or a catch-up): not counted
-    /// against `session.outbound_queue` (the replay is bounded by `history.size`).
-    pub fn offer_replayed(&self, text: ByteString) -> Result<(), Refused> {
-        self.queue.offer_text_replayed(text)
-    }
-
-    /// [`Outbox::offer_replayed`] for a frame encoded once for many sessions.
-    pub fn offer_encoded_replayed(&self, frame: std::rc::Rc<[u8]>) -> Result<(), Refused> {
-        self.queue.offer_encoded_replayed(frame)
-    }
-
-    /// Tells the session to close for shutdown ([`Shutdown`]), from its own thread: the
-    /// drain's way in, with no actor address cloned and no other thread woken.
-    pub fn shut_down(&self, status: Option<CloseStatus>, reconnect_after: Option<Duration>) {
-        self.session.do_send(Shutdown {
-            status,
-            reconnect_after,
-        });
-    }
-
-    fn report(&self, result: Result<(), Refused>) -> Result<(), Refused> {
-        if let Err(Refused::Full { first: true }) = result {
-            self.session.do_send(Overflowed);
-        }
-        result
-    }
-}
-
-/// The outbox of session `id` if it runs on the calling thread.
-pub fn local_outbox(id: SessionId) -> Option<Rc<Outbox>> {
-    OUTBOXES.with(|outboxes| outboxes.borrow().get(&id).cloned())
-}
-
-/// The outbound queue overflowed: the session closes 1008 "slow consumer".
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-struct Overflowed;
-
-/// The limits and timers of a session. Defaults are those of `config.toml`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionConfig {
-    /// How often the server pings.
-    pub heartbeat_interval: Duration,
-    /// No frame at all for this long: the session is aborted.
-    pub client_timeout: Duration,
-    /// Largest accepted message (after reassembly); larger: close 1009.
-    pub max_message_bytes: usize,
-    /// Most frames queued for a client that does not read; more: close 1008.
-    pub outbound_queue: usize,
-    /// How long a close waits for the peer's ack before the session is aborted.
-    pub close_timeout: Duration,
-    /// The mode offered to [`SessionHandler::shutdown_mode`] when shutdown reaches the session.
-    pub close_mode: CloseMode,
-    /// Incoming messages per second, with bursts of one second's worth; more: close 1008.
-    /// 0 = no limit.
-    pub max_messages_per_sec: u32,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        SessionConfig {
-            heartbeat_interval: Duration::from_millis(5000),
-            client_timeout: Duration::from_millis(15000),
-            max_message_bytes: 65536,
-            outbound_queue: 1024,
-            close_timeout: Duration::from_millis(5000),
-            close_mode: CloseMode::Awaited,
-            max_messages_per_sec: 0,
-        }
-    }
-}
-
-/// What the application does with a session's messages. One value per session; it lives on
-/// the session's thread.
-pub trait SessionHandler: 'static {
-    /// The session started; `session` reaches it from anywhere.
-    fn on_start(&mut self, _session: &SessionHandle) {}
-
-    /// A complete text message from the peer. Called in `Open`, and in `CloseSent` after a
-    /// fire-and-forget close; never after an awaited close or once the peer closed.
-    fn on_message(&mut self, session: &SessionHandle, text: ByteString);
-
-    /// Shutdown reached the session: how should it close? `default` is the session's
-    /// configured [`SessionConfig::close_mode`].
-    fn shutdown_mode(&mut self, default: CloseMode) -> CloseMode {
-        default
-    }
-
-    /// The session ended (once, in `Closed` or `Aborted`).
-    fn on_end(&mut self, _session: &SessionHandle, _end: &SessionEnd) {}
-}
-
-/// How a session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionEnd {
-    /// Closed or Aborted.
-    pub state: CloseState,
-    /// Who closed, in which mode, with what result.
-    pub record: CloseRecord,
-    /// Data messages from the peer not delivered because the session was closing.
-    pub dropped_after_close: u64,
-    /// Data messages from the peer delivered after our fire-and-forget close frame.
-    pub delivered_after_close: u64,
-    /// Outbound messages dropped because the client did not read.
-    pub dropped_slow_consumer: u64,
-    /// From our close frame to the peer's ack, for server-initiated closes that were acked.
-    pub handshake: Option<Duration>,
-}
-
-/// Awaited close (`CloseAsync`). Valid in Open, CloseReceived and CloseSent. Answers once the
-/// peer's close frame arrived ([`CloseOutcome::Acked`]) or after the close timeout
-/// ([`CloseOutcome::TimedOut`], the connection aborted), or `Cancelled` when `cancel` fires.
-#[derive(Debug, Clone)]
-pub struct Close {
-    /// What to send; `None`: a close frame without a code.
-    pub status: Option<CloseStatus>,
-    /// Cancels the wait (the close frame, once sent, stays sent).
-    pub cancel: Option<CancellationToken>,
-}
-
-impl Message for Close {
-    type Result = Result<CloseOutcome, CloseError>;
-}
-
-/// Fire-and-forget close (`CloseOutputAsync`). Valid in Open and CloseReceived; answers
-/// [`CloseOutcome::Sent`] as soon as the frame is queued. The session keeps reading until the
-/// peer's ack or the close timeout.
-#[derive(Debug, Clone)]
-pub struct CloseOutput {
-    /// What to send; `None`: a close frame without a code.
-    pub status: Option<CloseStatus>,
-}
-
-impl Message for CloseOutput {
-    type Result = Result<CloseOutcome, CloseError>;
-}
-
-/// Drops the connection now, without a handshake. Waiting closers get `Aborted`.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct Abort;
-
-/// Sends a text message. Valid in Open (and CloseReceived); `OutputClosed` once our close
-/// frame is sent. A full outbound queue closes the session with 1008 "slow consumer".
-#[derive(Debug, Clone)]
-pub struct SendText(pub ByteString);
-
-impl Message for SendText {
-    type Result = Result<(), CloseError>;
-}
-
-/// Shutdown reached the session: it closes with `status` in the mode its handler chooses
-/// ([`SessionHandler::shutdown_mode`]). Ignored once the close frame is sent or the session
-/// ended; the end is reported through [`SessionHandler::on_end`].
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct Shutdown {
-    /// The close status to send.
-    pub status: Option<CloseStatus>,
-    /// When set, `{"type":"going_away","reconnect_after_ms":D}` is queued right before the
-    /// close frame (SPEC, Shutdown step 6): the delay the client should wait before it
-    /// reconnects.
-    pub reconnect_after: Option<Duration>,
-}
-
-/// The `going_away` frame that precedes a shutdown close.
-pub fn going_away_json(reconnect_after: Duration) -> ByteString {
-    ByteString::from(format!(
-        "{{\"type\":\"going_away\",\"reconnect_after_ms\":{}}}",
-        reconnect_after.as_millis()
-    ))
-}
-
-/// A cheap, cloneable, thread-safe handle to a session.
-#[derive(Debug, Clone)]
-pub struct SessionHandle {
-    id: SessionId,
-    addr: Addr<Session>,
-    state: Arc<AtomicU8>,
-    in_flight: InFlight,
-}
-
-impl SessionHandle {
-    /// Counts one of the session's messages as on its way through the application until the
-    /// token is dropped: with [`transport::MAX_MESSAGES_IN_FLIGHT`] of them, the session reads
-    /// nothing more from its peer (see [`InFlight`]). A handler that passes messages on
-    /// (to another actor, a broker) holds one per message until it is done with it.
-    pub fn hold_inbound(&self) -> InFlightToken {
-        self.in_flight.hold()
-    }
-
-    /// The session's id.
-    pub fn id(&self) -> SessionId {
-        self.id
-    }
-
-    /// The actor's address, for messages not wrapped here.
-    pub fn addr(&self) -> &Addr<Session> {
-        &self.addr
-    }
-
-    /// The session's close state, as of its last transition.
-    pub fn state(&self) -> CloseState {
-        state_from_u8(self.state.load(Ordering::Acquire))
-    }
-
-    /// The error for a request that reached no session: it ended, closed or aborted.
-    fn gone(&self) -> CloseError {
-        match self.state() {
-            CloseState::Aborted => CloseError::Aborted,
-            _ => CloseError::AlreadyClosed,
-        }
-    }
-
-    /// Awaited close; see [`Close`]. A session that is gone answers `AlreadyClosed`, or
-    /// `Aborted` if it ended that way.
-    pub async fn close(&self, status: Option<CloseStatus>) -> Result<CloseOutcome, CloseError> {
-        self.close_with_cancel(status, None).await
-    }
-
-    /// Awaited close that `cancel` can cancel; see [`Close`].
-    pub async fn close_with_cancel(
-        &self,
-        status: Option<CloseStatus>,
-        cancel: Option<CancellationToken>,
-    ) -> Result<CloseOutcome, CloseError> {
-        let msg = Close { status, cancel };
-        self.addr
-            .send(msg)
-            .await
-            .unwrap_or_else(|_| Err(self.gone()))
-    }
-
-    /// Fire-and-forget close; see [`CloseOutput`].
-    pub async fn close_output(
-        &self,
-        status: Option<CloseStatus>,
-    ) -> Result<CloseOutcome, CloseError> {
-        self.addr
-            .send(CloseOutput { status })
-            .await
-            .unwrap_or_else(|_| Err(self.gone()))
-    }
-
-    /// Sends a text message and waits until it is queued; see [`SendText`].
-    pub async fn send_text(&self, text: impl Into<ByteString>) -> Result<(), CloseError> {
-        self.addr
-            .send(SendText(text.into()))
-            .await
-            .unwrap_or_else(|_| Err(self.gone()))
-    }
-
-    /// Queues a text message without waiting for an answer (the fan-out path).
-    pub fn deliver(&self, text: ByteString) {
-        self.addr.do_send(SendText(text));
-    }
-
-    /// Aborts the session.
-    pub fn abort(&self) {
-        self.addr.do_send(Abort);
-    }
-
-    /// Tells the session to close for shutdown; see [`Shutdown`].
-    pub fn shutdown(&self, status: Option<CloseStatus>) {
-        self.addr.do_send(Shutdown {
-            status,
-            reconnect_after: None,
-        });
-    }
-
-    /// Tells the session to close for shutdown after a `going_away` that suggests
-    /// `reconnect_after`; see [`Shutdown`].
-    pub fn shutdown_going_away(&self, status: Option<CloseStatus>, reconnect_after: Duration) {
-        self.addr.do_send(Shutdown {
-            status,
-            reconnect_after: Some(reconnect_after),
-        });
-    }
-}
 
 /// Upgrades `req` to a WebSocket served by a new session actor, inside actix-web's HTTP
 /// dispatcher (for apps that embed wsgrace in their own actix-web server).
@@ -657,61 +362,6 @@ impl Session {
     }
 }
 
-/// A token bucket: `per_sec` tokens a second, holding at most one second's worth.
-#[derive(Debug)]
-struct RateLimit {
-    per_sec: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl RateLimit {
-    fn new(per_sec: u32) -> Self {
-        RateLimit {
-            per_sec: f64::from(per_sec),
-            tokens: f64::from(per_sec),
-            refilled: Instant::now(),
-        }
-    }
-
-    /// Takes a token for a message that arrived at `now`; false when none is left. A limit of
-    /// 0 allows everything.
-    fn allow(&mut self, now: Instant) -> bool {
-        if self.per_sec == 0.0 {
-            return true;
-        }
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-fn state_to_u8(state: CloseState) -> u8 {
-    match state {
-        CloseState::Open => 0,
-        CloseState::CloseSent => 1,
-        CloseState::CloseReceived => 2,
-        CloseState::Closed => 3,
-        CloseState::Aborted => 4,
-    }
-}
-
-fn state_from_u8(value: u8) -> CloseState {
-    match value {
-        0 => CloseState::Open,
-        1 => CloseState::CloseSent,
-        2 => CloseState::CloseReceived,
-        3 => CloseState::Closed,
-        _ => CloseState::Aborted,
-    }
-}
-
 fn close_reason(status: CloseStatus) -> CloseReason {
     let code = CloseCode::from(status.code());
     let description = match status.reason() {
@@ -730,7 +380,7 @@ impl Actor for Session {
             limit: self.config.outbound_queue,
             session: ctx.address(),
         };
-        OUTBOXES.with(|outboxes| outboxes.borrow_mut().insert(self.id, Rc::new(outbox)));
+        outbox::register(self.id, outbox);
         metrics().connections_open.inc();
         metrics().connections_total.inc();
         self.handler.on_start(&self.handle);
@@ -748,7 +398,7 @@ impl Actor for Session {
         for (_, tx) in self.waiters.drain() {
             let _ = tx.send(Err(CloseError::Aborted));
         }
-        OUTBOXES.with(|outboxes| outboxes.borrow_mut().remove(&self.id));
+        outbox::unregister(self.id);
         metrics().connections_open.dec();
         let state = self.machine.state();
         let Some(record) = self.machine.record() else {
