@@ -8,7 +8,7 @@
 //! `CloseOutputAsync`: send the close frame, answer at once, keep reading). A close the peer
 //! never acknowledges ends in an abort after the close timeout. A [`Supervisor`] registers
 //! the sessions, passes room messages through a [`broker::Broker`] and fans them out, and
-//! drains: on [`shutdown`] every session chooses its own close mode
+//! drains: on [`service::shutdown`] every session chooses its own close mode
 //! ([`SessionHandler::shutdown_mode`]).
 //!
 //! The broker gives each room message its `seq`, keeps a bounded history per room and names
@@ -16,37 +16,52 @@
 //! [`broker::RedisBroker`], with which every node on one Redis serves the same rooms (one
 //! script per message takes the seq, appends to the room's stream and publishes; each node
 //! subscribes once per room that has members on it). A joining session is subscribed first,
-//! then reads the room's snapshot; [`resume`] merges the two so that a client that resumes
-//! with `since` gets every seq once, with no gap.
+//! then reads the room's snapshot; [`rooms::resume`] merges the two so that a client that
+//! resumes with `since` gets every seq once, with no gap.
+//!
+//! ## The map: folders by level
+//!
+//! Each level imports only the levels below it; nothing imports upwards, and there is no
+//! cycle.
+//!
+//! | level | place | owns |
+//! |---|---|---|
+//! | 6 | [`service`] | the HTTP faces: routes and upgrade checks ([`service::server`]), signals and readiness ([`service::shutdown`]), tokens ([`service::auth`], [`service::expiry`]), the client address, the open-files budget |
+//! | 5 | [`rooms`] | rooms on this node: the [`Supervisor`] (a mailbox that routes), the pure [`rooms::room::Room`] (enrolment, join buffer, line, catch-up), the fan-out shards, the resume merge, the drain plan and report, the chat handler |
+//! | 4 | [`broker`] | the seam both brokers implement ([`broker::Broker`]), [`broker::LocalBroker`], [`broker::RedisBroker`] (keys and scripts, publisher, driver) |
+//! | 3 | [`connection`] | one connection: bytes ⇄ frames ([`connection::transport`]), the session actor ([`connection::session`]), the lingering close, the handshake and the upgrade out of the HTTP dispatcher |
+//! | 2 | [`client`] | the Rust client: pure policy and wire parsing, a tokio shell |
+//! | 1 | [`protocol`] | the server's frames as plain types, serialized in one place |
+//! | 0 | [`close`], [`config`], [`metrics`] | the ground floor every level uses: the close-state machine, the configuration (one file per TOML table), the metrics |
 //!
 //! ```text
 //!             HTTP upgrade (/ws?room=R&name=N, to resume also &since=S&epoch=E)
-//!                    │  checks: draining 503, broker unreachable 503, Origin 403,
-//!                    │  room/name/since/epoch 400, token 401/403 (auth.rs: sub → name,
-//!                    │  rooms; expiry.rs closes 3000 at exp), per address 429
-//!                    │  (client_address.rs), max_connections 503
+//!                    │  service/server.rs checks: draining 503, broker unreachable 503,
+//!                    │  Origin 403, room/name/since/epoch 400, token 401/403 (service/auth.rs:
+//!                    │  sub → name, rooms; service/expiry.rs closes 3000 at exp), per address
+//!                    │  429, max_connections 503; connection/handshake.rs: HTTP/1.1, no body
 //!                    ▼
-//!  ┌──────────── Session actor (one per connection, on an actix-web worker) ────────────┐
-//!  │ transport.rs: bytes ⇄ frames    close.rs: CloseMachine (pure, no I/O)              │
+//!  ┌──────────── Session actor (connection/session, one per connection, on a worker) ───┐
+//!  │ connection/transport: bytes ⇄ frames    close.rs: CloseMachine (pure, no I/O)      │
 //!  │ inbound frames ─► machine ─► actions: send close / deliver / drop / answer / end   │
 //!  └───────▲──────────────────────────────┬─────────────────────────────────────────────┘
 //!          │ SendText (shared bytes)      │ Join (since, epoch) / Broadcast / Leave
 //!          │ Shutdown(code, reason)       ▼
-//!  ┌──────────── Supervisor actor ──────────────────────────────────────────────────────┐
-//!  │ registry · rooms with local members · Drain                                        │
-//!  │ join: subscribe (confirmed) → snapshot → resume.rs merge: no gap, no duplicate     │
+//!  ┌──────────── Supervisor actor (rooms/supervisor.rs: routes) ────────────────────────┐
+//!  │ registry · one rooms/room.rs Room per room with local members (pure: enrolment,    │
+//!  │ join buffer, line, catch-up → actions) · rooms/drain.rs plan and report            │
 //!  └──────────────────────────────────────┬──────────────────────────────▲──────────────┘
-//!                 publish, subscribe,     │                              │ Drain{deadline,
-//!                 snapshot                ▼                              │ batches} → DrainReport
-//!  ┌──────────── Broker (broker.kind) ───────────────────────┐    shutdown.rs: SIGTERM/SIGINT,
-//!  │ local: seq, bounded history, epoch per room, in memory  │    readiness, second signal
-//!  │ redis: one Lua script per message: seq, XADD, PUBLISH;  │
+//!            join, leave, publish,        │                              │ Drain{deadline,
+//!            read_since (broker::Broker)  ▼                              │ batches} → DrainReport
+//!  ┌──────────── Broker (broker.kind) ───────────────────────┐    service/shutdown.rs:
+//!  │ local: seq, bounded history, epoch per room, in memory  │    SIGTERM/SIGINT/SIGHUP,
+//!  │ redis: one Lua script per message: seq, XADD, PUBLISH;  │    readiness, second signal
 //!  │        one SUBSCRIBE per room with local members ◄──────┼──► Redis, shared by every node
 //!  └──────────────────────────────────────┬──────────────────┘
 //!                                         │ each message with its epoch and seq, in seq order,
 //!                                         │ serialized once: one Deliver per worker that has
 //!                                         ▼ members in the room (the supervisor sends it)
-//!  fan-out shard per worker (fanout.rs) ─► each local member's outbox
+//!  fan-out shard per worker (rooms/fanout.rs) ─► each local member's outbox
 //!
 //!   Open ──(our close)──► CloseSent ──(peer close)──► Closed
 //!   Open ──(peer close)─► CloseReceived ──(our reply)──► Closed
@@ -54,11 +69,12 @@
 //! ```
 //!
 //! The close-state machine in [`close`] knows nothing of actix or sockets; the session actor
-//! feeds it and carries out its actions; [`transport`] is the only module that touches bytes.
-//! The binary (`src/main.rs`) is a user of this library: [`server::serve`] with a
-//! [`config::Config`]. It takes each upgrade out of actix-http's dispatcher with its
-//! connection ([`upgrade`]), so that the session owns its socket; an app can instead run a
-//! session inside its own actix-web handler ([`start`]).
+//! feeds it and carries out its actions; [`connection::transport`] is the only module that
+//! touches bytes. The binary (`src/main.rs`) is a user of this library:
+//! [`service::server::serve`] with a [`config::Config`]. It takes each upgrade out of
+//! actix-http's dispatcher with its connection ([`connection::upgrade`]), so that the session
+//! owns its socket; an app can instead run a session inside its own actix-web handler
+//! ([`start`]).
 
 pub mod broker;
 pub mod client;
