@@ -7,15 +7,15 @@ mod common;
 
 use std::path::Path;
 
-use common::browser::{start_browser, text_of, wait_until};
-use common::process::ServerProcess;
-use common::DEADLINE;
+use common::wsgrace;
 use fantoccini::Locator;
 use serde_json::Value;
+use wsgrace_kit::browser::{start_browser, text_of, wait_until};
+use wsgrace_kit::DEADLINE;
 
 #[tokio::test]
 async fn the_browser_sees_a_clean_1001_close_on_sigterm() {
-    let mut server = ServerProcess::start("");
+    let mut server = wsgrace().start("");
     let (_driver, client) = start_browser().await;
     client
         .goto(&format!("http://{}/", server.addr))

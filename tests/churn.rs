@@ -29,11 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use common::process::Ws;
-use common::{
-    close_payload, encode_frame, Event, RawClient, RawFrame, TestServer, DEADLINE, OP_BINARY,
-    OP_CLOSE, OP_PING, OP_PONG, OP_TEXT,
-};
+use common::{Event, TestServer};
 use futures::{FutureExt, SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -48,6 +44,12 @@ use wsgrace::{
     CloseError, CloseMode, CloseOutcome, CloseResult, CloseState, CloseStatus, Initiator,
     SessionConfig, SessionEnd, SessionHandle,
 };
+use wsgrace_kit::frame::{
+    close_payload, encode_frame, RawFrame, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT,
+};
+use wsgrace_kit::raw::RawClient;
+use wsgrace_kit::ws::Ws;
+use wsgrace_kit::DEADLINE;
 
 /// Counts the bytes the process has allocated and not freed, to tell a leak (live heap that
 /// grows with the number of connections) from allocator behaviour (RSS that does not shrink).
