@@ -18,7 +18,7 @@ use common::wsgrace;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use wsgrace::client::{Client, ClientConfig, ClientEvent, ConnectionState};
-use wsgrace_kit::browser::{start_browser, wait_until};
+use wsgrace_kit::browser::{save_screenshot, start_browser, wait_until};
 use wsgrace_kit::http::http_get;
 use wsgrace_kit::nginx::{render_deploy_conf, Nginx};
 use wsgrace_kit::redis::RedisServer;
@@ -339,10 +339,8 @@ async fn a_rolling_deploy_through_nginx_loses_and_doubles_nothing() {
         }
     }
 
-    let png = browser.screenshot().await.expect("screenshot");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/rolling-deploy.png");
-    std::fs::write(&path, png).expect("save the screenshot");
-    eprintln!("screenshot: {}", path.display());
+    save_screenshot(&browser, &path).await;
 
     talker_task.abort();
     for (_, task) in clients {
