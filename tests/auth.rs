@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::browser::start_browser;
-use common::process::{http_get, metric, run_to_exit, temp_file, ServerProcess, Ws, UPGRADE};
-use common::DEADLINE;
+use common::wsgrace;
 use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -28,6 +26,12 @@ use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use wsgrace::client::{Backoff, Client, ClientConfig, ClientEvent};
+use wsgrace_kit::browser::start_browser;
+use wsgrace_kit::http::{http_get, metric, UPGRADE};
+use wsgrace_kit::server::ServerProcess;
+use wsgrace_kit::temp::temp_file;
+use wsgrace_kit::ws::Ws;
+use wsgrace_kit::DEADLINE;
 
 const SECRET: &str = "test-secret-of-at-least-32-bytes-0123456789";
 const OPENSSL: &str = "/usr/bin/openssl";
@@ -84,7 +88,7 @@ fn hs256_config(extra: &str) -> String {
 
 /// Starts the binary with `config` at log level debug (every line is searched for tokens).
 fn start(config: &str) -> ServerProcess {
-    ServerProcess::start_with_env(config, &[("RUST_LOG", "debug")])
+    wsgrace().env("RUST_LOG", "debug").start(config)
 }
 
 /// The HTTP status of an upgrade to `path` with `extra` headers.
@@ -555,7 +559,7 @@ async fn public_keys_accept_only_their_own_algorithm() {
 }
 
 /// Reads raw frames until the close frame; returns its code and reason.
-async fn await_close(client: &mut common::RawClient) -> (Option<u16>, String) {
+async fn await_close(client: &mut wsgrace_kit::raw::RawClient) -> (Option<u16>, String) {
     let close = client.expect_close().await;
     (close.close_code(), close.close_reason())
 }
@@ -882,7 +886,7 @@ async fn config_errors_exit_2_naming_the_key_and_never_the_secret() {
             "auth.audience",
         ),
     ] {
-        let exit = run_to_exit(&config, &env);
+        let exit = wsgrace().envs(&env).run_to_exit(&config);
         assert_eq!(
             exit.status.code(),
             Some(2),
@@ -904,7 +908,7 @@ async fn config_errors_exit_2_naming_the_key_and_never_the_secret() {
     }
 
     // The environment's secret turns authentication on.
-    let server = ServerProcess::start_with_env("", &[("WSGRACE_JWT_SECRET", SECRET)]);
+    let server = wsgrace().env("WSGRACE_JWT_SECRET", SECRET).start("");
     assert_eq!(
         upgrade_status(server.addr, "/ws?room=lobby&name=x", &[]).await,
         401

@@ -7,16 +7,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::Event;
-
-use common::{
-    close_payload, encode_frame, RawClient, TestServer, DEADLINE, OP_BINARY, OP_CLOSE,
-    OP_CONTINUATION, OP_PING, OP_TEXT,
-};
+use common::{Event, TestServer};
 use futures::{SinkExt, StreamExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use wsgrace::{CloseResult, CloseState, SessionConfig};
+use wsgrace_kit::frame::{
+    close_payload, encode_frame, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT,
+};
+use wsgrace_kit::raw::RawClient;
+use wsgrace_kit::DEADLINE;
 
 const MAX: usize = 1024;
 

@@ -7,15 +7,15 @@ mod common;
 
 use std::path::Path;
 
-use common::browser::{start_browser, text_of, wait_until};
-use common::process::ServerProcess;
-use common::DEADLINE;
+use common::wsgrace;
 use fantoccini::Locator;
 use serde_json::Value;
+use wsgrace_kit::browser::{save_screenshot, start_browser, text_of, wait_until};
+use wsgrace_kit::DEADLINE;
 
 #[tokio::test]
 async fn the_browser_sees_a_clean_1001_close_on_sigterm() {
-    let mut server = ServerProcess::start("");
+    let mut server = wsgrace().start("");
     let (_driver, client) = start_browser().await;
     client
         .goto(&format!("http://{}/", server.addr))
@@ -83,10 +83,8 @@ async fn the_browser_sees_a_clean_1001_close_on_sigterm() {
     assert!(status.contains("code 1001"), "{status}");
     assert!(status.contains("wasClean true"), "{status}");
 
-    let png = client.screenshot().await.expect("screenshot");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-chat.png");
-    std::fs::write(&path, png).expect("save the screenshot");
-    eprintln!("screenshot: {}", path.display());
+    save_screenshot(&client, &path).await;
 
     assert!(server.wait_exit(DEADLINE).await.success());
     client.close().await.expect("end the WebDriver session");

@@ -3,12 +3,14 @@
 
 mod common;
 
-use common::process::{connect, http_get, http_get_response, ServerProcess, Ws, UPGRADE};
-use common::DEADLINE;
+use common::wsgrace;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+use wsgrace_kit::http::{http_get, http_get_response, UPGRADE};
+use wsgrace_kit::ws::{connect, Ws};
+use wsgrace_kit::DEADLINE;
 
 /// The next JSON event from the server (pings are answered by tungstenite).
 async fn next_event(ws: &mut Ws) -> Value {
@@ -33,7 +35,7 @@ async fn welcomed(ws: &mut Ws) -> String {
 
 #[tokio::test]
 async fn every_member_gets_every_message_in_the_same_order_and_other_rooms_get_none() {
-    let server = ServerProcess::start("");
+    let server = wsgrace().start("");
     let mut members = Vec::new();
     for name in ["ann", "bob", "cy"] {
         let mut ws = connect(server.ws_url(&format!("?room=blue&name={name}"))).await;
@@ -96,7 +98,7 @@ async fn every_member_gets_every_message_in_the_same_order_and_other_rooms_get_n
 
 #[tokio::test]
 async fn bad_room_or_name_gets_400_before_any_upgrade() {
-    let server = ServerProcess::start("");
+    let server = wsgrace().start("");
     let long = "a".repeat(65);
     for query in [
         "?room=".to_owned(),
@@ -122,7 +124,7 @@ async fn bad_room_or_name_gets_400_before_any_upgrade() {
 
 #[tokio::test]
 async fn a_disallowed_origin_gets_403() {
-    let server = ServerProcess::start("[server]\nallowed_origins = [\"https://chat.example\"]\n");
+    let server = wsgrace().start("[server]\nallowed_origins = [\"https://chat.example\"]\n");
     let mut headers = UPGRADE.to_vec();
     headers.push(("Origin", "https://evil.example"));
     assert_eq!(http_get(server.addr, "/ws", &headers).await, 403);
@@ -138,7 +140,7 @@ async fn a_disallowed_origin_gets_403() {
 
 #[tokio::test]
 async fn upgrades_beyond_max_connections_get_503() {
-    let server = ServerProcess::start("[server]\nmax_connections = 2\n");
+    let server = wsgrace().start("[server]\nmax_connections = 2\n");
     let mut first = connect(server.ws_url("")).await;
     welcomed(&mut first).await;
     let mut second = connect(server.ws_url("")).await;
@@ -160,7 +162,7 @@ async fn upgrades_beyond_max_connections_get_503() {
 
 #[tokio::test]
 async fn health_and_readiness_answer_200_while_running() {
-    let server = ServerProcess::start("");
+    let server = wsgrace().start("");
     assert_eq!(http_get(server.addr, "/healthz", &[]).await, 200);
     assert_eq!(http_get(server.addr, "/readyz", &[]).await, 200);
     assert_eq!(http_get(server.addr, "/nope", &[]).await, 404);
@@ -168,7 +170,7 @@ async fn health_and_readiness_answer_200_while_running() {
 
 #[tokio::test]
 async fn the_page_and_the_client_module_are_served_with_their_types() {
-    let server = ServerProcess::start("");
+    let server = wsgrace().start("");
     let page = http_get_response(server.addr, "/").await;
     let module = http_get_response(server.addr, "/wsgrace.js").await;
     let head = |response: &str| {

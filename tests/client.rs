@@ -9,8 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::process::{http_get, ServerProcess};
-use common::redis::{free_port, RedisServer};
+use common::wsgrace;
 use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
 use wsgrace::client::{
@@ -18,6 +17,11 @@ use wsgrace::client::{
     Step, StopReason,
 };
 use wsgrace::CancellationToken;
+use wsgrace_kit::child::Signal;
+use wsgrace_kit::free_port;
+use wsgrace_kit::http::http_get;
+use wsgrace_kit::redis::RedisServer;
+use wsgrace_kit::server::ServerProcess;
 
 /// Generous on a busy 2-core machine; only reached when a test fails.
 const WAIT: Duration = Duration::from_secs(20);
@@ -229,7 +233,7 @@ async fn the_client_survives_a_drain_and_resumes_every_seq_exactly_once() {
     let redis = RedisServer::start();
     let addr = free_addr();
     let toml = broker_toml(&redis);
-    let mut a = ServerProcess::start_on(&toml, addr);
+    let mut a = wsgrace().bind(addr).start(&toml);
     ready(addr).await;
 
     // The reader's token hook (called before every reconnect; the server has no auth and
@@ -297,7 +301,7 @@ async fn the_client_survives_a_drain_and_resumes_every_seq_exactly_once() {
     );
     let before = reader.client.last_seq().expect("a last seq");
     assert!(a.wait_exit(WAIT).await.success(), "{}", a.stderr());
-    let mut b = ServerProcess::start_on(&toml, addr);
+    let mut b = wsgrace().bind(addr).start(&toml);
     ready(addr).await;
     tokio::time::timeout(WAIT, receipts.wait_for(|seq| *seq >= before + 5))
         .await
@@ -339,7 +343,7 @@ async fn a_refused_resume_is_a_gap() {
     // The local broker keeps history in the process: a restart is a new epoch.
     let addr = free_addr();
     let toml = "[shutdown]\nreconnect_spread_ms = 300\n";
-    let mut a = ServerProcess::start_on(toml, addr);
+    let mut a = wsgrace().bind(addr).start(toml);
     let mut client = Watched::connect(config(addr, "gap", "ann"));
     client.open().await;
     let first_epoch = client.client.epoch().expect("an epoch");
@@ -355,7 +359,7 @@ async fn a_refused_resume_is_a_gap() {
 
     a.sigterm();
     assert!(a.wait_exit(WAIT).await.success());
-    let mut b = ServerProcess::start_on(toml, addr);
+    let mut b = wsgrace().bind(addr).start(toml);
     let gap = client
         .until("the gap", |e| match e {
             ClientEvent::Gap {
@@ -395,7 +399,7 @@ async fn a_refused_resume_is_a_gap() {
 /// Opens a client on `server`, makes the server refuse it with `send`, and checks that the
 /// client stops for good after `code`.
 async fn refused(server_toml: &str, code: u16, send: &[String]) {
-    let mut server = ServerProcess::start(server_toml);
+    let mut server = wsgrace().start(server_toml);
     let mut client = Watched::connect(config(server.addr, "refuse", "ann"));
     client.open().await;
     for text in send {
@@ -448,7 +452,7 @@ async fn a_message_too_big_1009_stops_the_client() {
 
 #[tokio::test]
 async fn the_apps_close_stops_reconnecting() {
-    let mut server = ServerProcess::start("");
+    let mut server = wsgrace().start("");
     let mut observer = Watched::connect(config(server.addr, "bye", "bob"));
     observer.open().await;
     let mut client = Watched::connect(config(server.addr, "bye", "ann"));
@@ -563,7 +567,7 @@ async fn a_server_down_at_first_is_retried_with_backoff_until_it_is_up() {
     assert_eq!(client.client.state(), ConnectionState::Reconnecting);
     assert!(!client.client.send("nobody listens"));
 
-    let mut server = ServerProcess::start_on("", addr);
+    let mut server = wsgrace().bind(addr).start("");
     let welcome = client
         .until("the welcome once the server is up", |e| match e {
             ClientEvent::Welcome(w) => Some(w.clone()),
@@ -596,19 +600,11 @@ async fn a_server_down_at_first_is_retried_with_backoff_until_it_is_up() {
     drain(&mut server).await;
 }
 
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 #[tokio::test]
 async fn a_server_that_stops_answering_is_noticed_by_the_idle_timeout() {
     // Pings every 100 ms; a stopped process sends nothing but keeps the TCP connection.
     let mut server =
-        ServerProcess::start("[session]\nheartbeat_interval_ms = 100\nclient_timeout_ms = 60000\n");
+        wsgrace().start("[session]\nheartbeat_interval_ms = 100\nclient_timeout_ms = 60000\n");
     let mut config = config(server.addr, "idle", "ann");
     config.idle_timeout = Some(Duration::from_secs(1));
     config.connect_timeout = Duration::from_secs(1);
@@ -618,7 +614,7 @@ async fn a_server_that_stops_answering_is_noticed_by_the_idle_timeout() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(client.client.state(), ConnectionState::Open);
 
-    signal(server.pid(), "-STOP");
+    server.signal(Signal::Stop);
     let (code, reason, next) = client
         .until("the idle timeout", |e| match e {
             ClientEvent::Closed {
@@ -655,7 +651,7 @@ async fn a_server_that_stops_answering_is_noticed_by_the_idle_timeout() {
         .await;
     assert_eq!(reason, "connect timeout");
 
-    signal(server.pid(), "-CONT");
+    server.signal(Signal::Cont);
     let missed = client.resumed("the resume").await;
     assert_eq!(missed, 0);
     client.client.close(1000, "").await.expect("close");
@@ -883,7 +879,7 @@ async fn close_3000_without_a_hook_stops() {
 
 #[tokio::test]
 async fn a_new_client_goes_on_from_where_a_stopped_one_left() {
-    let mut server = ServerProcess::start("");
+    let mut server = wsgrace().start("");
     let mut talker = Watched::connect(config(server.addr, "cont", "tom"));
     talker.open().await;
     let mut first = Watched::connect(config(server.addr, "cont", "ann"));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{RawClient, TestServer, DEADLINE, OP_CLOSE, OP_TEXT};
+use common::TestServer;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
@@ -15,6 +15,9 @@ use wsgrace::{
     CancellationToken, Close, CloseError, CloseOutcome, CloseResult, CloseState, CloseStatus,
     Initiator,
 };
+use wsgrace_kit::frame::{OP_CLOSE, OP_TEXT};
+use wsgrace_kit::raw::RawClient;
+use wsgrace_kit::DEADLINE;
 
 fn status(code: u16, reason: &str) -> Option<CloseStatus> {
     Some(CloseStatus::new(code, reason).expect("valid status"))

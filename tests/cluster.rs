@@ -1,7 +1,7 @@
 //! SPEC "Cluster" (`broker.kind = "redis"`), "Resume" across nodes, "Shutdown" step 6 and
 //! the `broker.*` and `history.*` keys, against real `wsgrace` binaries sharing a real
 //! `redis-server`. Each test starts its own Redis on a free loopback port
-//! (tests/common/redis.rs) and uses its own `broker.key_prefix`. In order:
+//! (the kit's `redis` module) and uses its own `broker.key_prefix`. In order:
 //!
 //! - rooms span nodes: one seq order for every member on every node, concurrent senders on
 //!   both nodes included; one epoch for a room however its first members arrive;
@@ -21,13 +21,16 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::member::{
-    assert_contiguous, query, resume_rounds, spawn_talker, upgrade_status, Frame, Member, Msg, WAIT,
-};
-use common::process::{http_get, http_get_body, metric, run_to_exit, ServerProcess};
-use common::proxy::TcpProxy;
-use common::redis::RedisServer;
-use common::{free_port, RawClient, OP_CLOSE};
+use common::wsgrace;
+use wsgrace_kit::chat::{assert_contiguous, join, query, upgrade_status, Frame, Member, Msg, WAIT};
+use wsgrace_kit::frame::OP_CLOSE;
+use wsgrace_kit::free_port;
+use wsgrace_kit::http::{http_get, http_get_body, metric, wait_status};
+use wsgrace_kit::proxy::TcpProxy;
+use wsgrace_kit::raw::RawClient;
+use wsgrace_kit::redis::RedisServer;
+use wsgrace_kit::server::ServerProcess;
+use wsgrace_kit::traffic::{resume_rounds, spawn_talker};
 
 /// A node's config: the Redis broker at `url` under `prefix`, then `extra` TOML tables.
 fn config(url: &str, prefix: &str, extra: &str) -> String {
@@ -39,31 +42,10 @@ fn prefix(test: &str) -> String {
     format!("wsgrace-test-{}-{test}", std::process::id())
 }
 
-/// Joins `room` as `name` on `node`, resuming if `resume` is given.
-async fn join(node: &ServerProcess, room: &str, name: &str, resume: Option<(u64, &str)>) -> Member {
-    Member::join(node.ws_url(&query(room, name, resume))).await
-}
-
 /// Starts a node with `config` and waits until it is ready: the broker connects in the
 /// background, and until it has, upgrades get 503.
 async fn start_node(config: &str) -> ServerProcess {
-    let node = ServerProcess::start(config);
-    wait_status(node.addr, "/readyz", 200).await;
-    node
-}
-
-/// Polls `GET path` on `addr` until it answers `status`; returns the body then.
-async fn wait_status(addr: SocketAddr, path: &str, status: u16) -> String {
-    let start = Instant::now();
-    let mut last = (0, String::new());
-    while start.elapsed() < WAIT {
-        last = http_get_body(addr, path).await;
-        if last.0 == status {
-            return last.1;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{path} never answered {status} within {WAIT:?}; last: {last:?}");
+    wsgrace().start_ready(config).await
 }
 
 /// Polls `/metrics` until `sample` is at least `value`.
@@ -732,7 +714,7 @@ async fn an_outage_refuses_messages_and_the_nodes_recover_in_one_new_epoch() {
 
     redis.kill();
     for node in [&a, &b] {
-        let body = wait_status(node.addr, "/readyz", 503).await;
+        let body = wait_status(node.addr, "/readyz", 503, WAIT).await;
         assert!(body.contains("broker unavailable"), "/readyz body {body:?}");
         assert_eq!(http_get(node.addr, "/healthz", &[]).await, 200);
         assert_eq!(
@@ -753,7 +735,7 @@ async fn an_outage_refuses_messages_and_the_nodes_recover_in_one_new_epoch() {
 
     redis.restart();
     for node in [&a, &b] {
-        wait_status(node.addr, "/readyz", 200).await;
+        wait_status(node.addr, "/readyz", 200, WAIT).await;
         assert_eq!(metric(node.addr, "wsgrace_broker_up").await, 1.0);
     }
     ann.send("after").await;
@@ -836,11 +818,11 @@ async fn after_redis_restarts_empty_every_room_on_every_node_gets_its_epoch_fram
     }
     redis.kill();
     for node in &nodes {
-        wait_status(node.addr, "/readyz", 503).await;
+        wait_status(node.addr, "/readyz", 503, WAIT).await;
     }
     redis.restart();
     for node in &nodes {
-        wait_status(node.addr, "/readyz", 200).await;
+        wait_status(node.addr, "/readyz", 200, WAIT).await;
     }
     for (room, old_epoch, pair) in &mut rooms {
         pair[0].send("after").await;
@@ -882,7 +864,7 @@ async fn a_node_cut_off_from_redis_catches_up_when_it_is_back() {
     let mut seen = ann.rx.messages_through(3).await;
 
     proxy.cut();
-    wait_status(a.addr, "/readyz", 503).await;
+    wait_status(a.addr, "/readyz", 503, WAIT).await;
     // B carries on meanwhile.
     for n in 4..=8 {
         talker.say(&format!("t-{n}")).await;
@@ -893,7 +875,7 @@ async fn a_node_cut_off_from_redis_catches_up_when_it_is_back() {
         other => panic!("expected an `unavailable` error, got {other:?}"),
     }
     proxy.restore();
-    wait_status(a.addr, "/readyz", 200).await;
+    wait_status(a.addr, "/readyz", 200, WAIT).await;
     talker.say("t-9").await;
     seen.extend(ann.rx.messages_through(9).await);
     assert_contiguous("ann on the node that was cut off", &seen, 1, 9);
@@ -917,12 +899,12 @@ async fn a_catch_up_longer_than_the_outbound_queue_arrives_whole() {
     let mut ann = join(&a, "r", "ann", None).await;
     let mut talker = join(&b, "r", "talker", None).await;
     proxy.cut();
-    wait_status(a.addr, "/readyz", 503).await;
+    wait_status(a.addr, "/readyz", 503, WAIT).await;
     for n in 1..=200 {
         talker.say(&format!("t-{n}")).await;
     }
     proxy.restore();
-    wait_status(a.addr, "/readyz", 200).await;
+    wait_status(a.addr, "/readyz", 200, WAIT).await;
     talker.say("t-201").await;
     let seen = ann.rx.messages_through(201).await;
     assert_contiguous("ann", &seen, 1, 201);
@@ -943,12 +925,12 @@ async fn a_node_cut_off_longer_than_the_history_closes_its_sessions_1013() {
     assert_eq!(ann.message().await.seq, 1);
 
     proxy.cut();
-    wait_status(a.addr, "/readyz", 503).await;
+    wait_status(a.addr, "/readyz", 503, WAIT).await;
     for n in 2..=10 {
         talker.say(&format!("t-{n}")).await;
     }
     proxy.restore();
-    wait_status(a.addr, "/readyz", 200).await;
+    wait_status(a.addr, "/readyz", 200, WAIT).await;
     // Seqs 2..=6 are gone from the history: ann cannot be given every seq, so she must not
     // be given a gap either; her session ends and her client resumes.
     match ann.next().await {
@@ -979,10 +961,10 @@ async fn a_node_back_after_redis_restarted_empty_gets_the_new_epochs_messages() 
 
     proxy.cut();
     redis.kill();
-    wait_status(a.addr, "/readyz", 503).await;
-    wait_status(b.addr, "/readyz", 503).await;
+    wait_status(a.addr, "/readyz", 503, WAIT).await;
+    wait_status(b.addr, "/readyz", 503, WAIT).await;
     redis.restart();
-    wait_status(b.addr, "/readyz", 200).await;
+    wait_status(b.addr, "/readyz", 200, WAIT).await;
     bob.send("new-1").await;
     bob.send("new-2").await;
     let mut bob_saw = Vec::new();
@@ -998,7 +980,7 @@ async fn a_node_back_after_redis_restarted_empty_gets_the_new_epochs_messages() 
     assert_ne!(*new_epoch, old_epoch);
 
     proxy.restore();
-    wait_status(a.addr, "/readyz", 200).await;
+    wait_status(a.addr, "/readyz", 200, WAIT).await;
     bob.send("live").await;
     let mut ann_saw = Vec::new();
     loop {
@@ -1041,7 +1023,7 @@ async fn a_node_drains_promptly_during_an_outage() {
     let mut ann = join(&a, "r", "ann", None).await;
     ann.say("before").await;
     redis.kill();
-    wait_status(a.addr, "/readyz", 503).await;
+    wait_status(a.addr, "/readyz", 503, WAIT).await;
     ann.send("refused").await;
     match ann.next().await {
         Frame::Error { code, .. } => assert_eq!(code, "unavailable"),
@@ -1071,7 +1053,7 @@ async fn a_node_drains_promptly_during_an_outage() {
 #[tokio::test]
 async fn a_node_started_before_its_broker_becomes_ready_when_the_broker_comes() {
     let mut redis = RedisServer::stopped();
-    let a = ServerProcess::start(&config(&redis.url(), &prefix("late-broker"), ""));
+    let a = wsgrace().start(&config(&redis.url(), &prefix("late-broker"), ""));
     assert_eq!(http_get(a.addr, "/healthz", &[]).await, 200);
     let (status, body) = http_get_body(a.addr, "/readyz").await;
     assert_eq!(status, 503);
@@ -1084,7 +1066,7 @@ async fn a_node_started_before_its_broker_becomes_ready_when_the_broker_comes() 
     assert_eq!(http_get_body(a.addr, "/readyz").await.0, 503);
 
     redis.restart();
-    wait_status(a.addr, "/readyz", 200).await;
+    wait_status(a.addr, "/readyz", 200, WAIT).await;
     let mut ann = join(&a, "r", "ann", None).await;
     assert_eq!(ann.say("hello").await.last().map(|m| m.seq), Some(1));
     let down = log_lines(&a, "broker down");
@@ -1105,20 +1087,20 @@ async fn the_redis_password_never_reaches_stderr() {
     let user_and_password = format!("redis://default:{PASSWORD}@127.0.0.1:{port}/0");
     let wrong = format!("redis://default:{WRONG}@127.0.0.1:{port}/0");
     let key_prefix = prefix("password");
-    let mut a = ServerProcess::start(&config(&with_password, &key_prefix, ""));
+    let mut a = wsgrace().start(&config(&with_password, &key_prefix, ""));
     // The environment variable overrides the file (which names a port nobody listens on).
-    let mut b = ServerProcess::start_with_env(
-        &config("redis://127.0.0.1:1/0", &key_prefix, ""),
-        &[("WSGRACE_REDIS_URL", &user_and_password)],
-    );
+    let mut b = wsgrace()
+        .env("WSGRACE_REDIS_URL", &user_and_password)
+        .start(&config("redis://127.0.0.1:1/0", &key_prefix, ""));
     // ... or stands in for a URL the file does not give.
-    let mut d = ServerProcess::start_with_env(
-        &format!("[broker]\nkind = \"redis\"\nkey_prefix = \"{key_prefix}\"\n"),
-        &[("WSGRACE_REDIS_URL", &with_password)],
-    );
-    let mut c = ServerProcess::start(&config(&wrong, &key_prefix, ""));
+    let mut d = wsgrace()
+        .env("WSGRACE_REDIS_URL", &with_password)
+        .start(&format!(
+            "[broker]\nkind = \"redis\"\nkey_prefix = \"{key_prefix}\"\n"
+        ));
+    let mut c = wsgrace().start(&config(&wrong, &key_prefix, ""));
     for node in [&a, &b, &d] {
-        wait_status(node.addr, "/readyz", 200).await;
+        wait_status(node.addr, "/readyz", 200, WAIT).await;
     }
     let mut ann = join(&a, "r", "ann", None).await;
     let mut bob = join(&b, "r", "bob", None).await;
@@ -1137,11 +1119,11 @@ async fn the_redis_password_never_reaches_stderr() {
     // logged too.
     redis.kill();
     for node in [&a, &b, &d] {
-        wait_status(node.addr, "/readyz", 503).await;
+        wait_status(node.addr, "/readyz", 503, WAIT).await;
     }
     redis.restart();
     for node in [&a, &b, &d] {
-        wait_status(node.addr, "/readyz", 200).await;
+        wait_status(node.addr, "/readyz", 200, WAIT).await;
     }
 
     // The drain and its report are logged too.
@@ -1214,7 +1196,7 @@ fn bad_broker_keys_exit_2_naming_the_key() {
     }
     for (text, env, key) in cases {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let exit = run_to_exit(&text, &env);
+        let exit = wsgrace().envs(&env).run_to_exit(&text);
         assert_eq!(
             exit.status.code(),
             Some(2),

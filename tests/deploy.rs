@@ -7,9 +7,9 @@ mod common;
 
 use std::path::Path;
 
-use common::nginx;
-use common::process::temp_file;
 use wsgrace::config::Config;
+use wsgrace_kit::nginx;
+use wsgrace_kit::temp::temp_file;
 use yaml_rust2::{Yaml, YamlLoader};
 
 const KUBERNETES: &str = include_str!("../deploy/kubernetes/wsgrace.yaml");
@@ -102,7 +102,7 @@ fn the_kubernetes_example_matches_its_config() {
 
 #[test]
 fn the_nginx_config_passes_nginx_t_and_outlasts_the_heartbeat() {
-    let site = nginx::render_deploy_conf(common::free_port(), [18081, 18082]);
+    let site = nginx::render_deploy_conf(wsgrace_kit::free_port(), [18081, 18082]);
     if let Err(message) = nginx::check(&site) {
         panic!("nginx -t refuses deploy/nginx/wsgrace.conf:\n{message}");
     }

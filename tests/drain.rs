@@ -6,17 +6,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{http_get, ServerProcess, UPGRADE};
-use common::DEADLINE;
+use common::wsgrace;
 use futures::StreamExt;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+use wsgrace_kit::child::Signal;
+use wsgrace_kit::http::{http_get, UPGRADE};
+use wsgrace_kit::DEADLINE;
 
 #[tokio::test]
 async fn sigterm_closes_200_answering_clients_cleanly_and_exits_0() {
-    let mut server = ServerProcess::start(
-        "[shutdown]\nreason = \"redeploy, see you soon\"\ndrain_timeout_ms = 10000\n",
-    );
+    let mut server = wsgrace()
+        .start("[shutdown]\nreason = \"redeploy, see you soon\"\ndrain_timeout_ms = 10000\n");
     let mut clients = Vec::new();
     for _ in 0..200 {
         let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("?room=big"))
@@ -73,7 +74,7 @@ async fn sigterm_closes_200_answering_clients_cleanly_and_exits_0() {
 #[tokio::test]
 async fn a_deaf_client_is_aborted_after_the_close_timeout_while_readiness_is_off() {
     let mut server =
-        ServerProcess::start("[close]\ntimeout_ms = 1500\n[shutdown]\ndrain_timeout_ms = 4000\n");
+        wsgrace().start("[close]\ntimeout_ms = 1500\n[shutdown]\ndrain_timeout_ms = 4000\n");
     let mut deaf = server.join_raw("", None).await;
     let signalled = Instant::now();
     server.sigterm();
@@ -107,7 +108,7 @@ async fn a_deaf_client_is_aborted_after_the_close_timeout_while_readiness_is_off
 #[tokio::test]
 async fn the_drain_deadline_bounds_the_exit_when_close_timeouts_are_longer() {
     let mut server =
-        ServerProcess::start("[close]\ntimeout_ms = 60000\n[shutdown]\ndrain_timeout_ms = 1000\n");
+        wsgrace().start("[close]\ntimeout_ms = 60000\n[shutdown]\ndrain_timeout_ms = 1000\n");
     let mut deaf = server.join_raw("", None).await;
     let signalled = Instant::now();
     server.sigterm();
@@ -125,7 +126,7 @@ async fn the_drain_deadline_bounds_the_exit_when_close_timeouts_are_longer() {
 #[tokio::test]
 async fn a_second_sigterm_aborts_everything_and_exits_at_once() {
     let mut server =
-        ServerProcess::start("[close]\ntimeout_ms = 30000\n[shutdown]\ndrain_timeout_ms = 60000\n");
+        wsgrace().start("[close]\ntimeout_ms = 30000\n[shutdown]\ndrain_timeout_ms = 60000\n");
     let mut deaf = Vec::new();
     for _ in 0..3 {
         deaf.push(server.join_raw("", None).await);
@@ -159,9 +160,9 @@ async fn a_second_sigterm_aborts_everything_and_exits_at_once() {
 async fn sighup_drains_like_sigterm() {
     // A terminal that hangs up, or a supervisor that sends HUP, must not cost the clients
     // their close frames: there is nothing to reload, so HUP drains.
-    let mut server = ServerProcess::start("");
+    let mut server = wsgrace().start("");
     let mut client = server.join_raw("", None).await;
-    server.signal("HUP");
+    server.signal(Signal::Hup);
     let close = client.expect_close().await;
     assert_eq!(close.close_code(), Some(1001));
     client.send_close(Some(1001), "").await;
@@ -176,7 +177,7 @@ async fn sighup_drains_like_sigterm() {
 
 #[tokio::test]
 async fn with_no_sessions_sigterm_exits_at_once() {
-    let mut server = ServerProcess::start("");
+    let mut server = wsgrace().start("");
     let signalled = Instant::now();
     server.sigterm();
     let status = server.wait_exit(DEADLINE).await;
@@ -187,9 +188,8 @@ async fn with_no_sessions_sigterm_exits_at_once() {
 
 #[tokio::test]
 async fn late_text_is_delivered_in_a_fire_and_forget_room_and_dropped_in_an_awaited_one() {
-    let mut server = ServerProcess::start(
-        "[close]\nmode = \"awaited\"\n[close.room_modes]\nquick = \"fire_and_forget\"\n",
-    );
+    let mut server = wsgrace()
+        .start("[close]\nmode = \"awaited\"\n[close.room_modes]\nquick = \"fire_and_forget\"\n");
     let mut quick = server.join_raw("?room=quick", None).await;
     let mut careful = server.join_raw("?room=careful", None).await;
     server.sigterm();
@@ -210,7 +210,7 @@ async fn late_text_is_delivered_in_a_fire_and_forget_room_and_dropped_in_an_awai
 
 #[tokio::test]
 async fn batches_close_sessions_apart() {
-    let mut server = ServerProcess::start("[shutdown]\nbatch_size = 1\nbatch_interval_ms = 400\n");
+    let mut server = wsgrace().start("[shutdown]\nbatch_size = 1\nbatch_interval_ms = 400\n");
     let mut first = server.join_raw("", None).await;
     let mut second = server.join_raw("", None).await;
     server.sigterm();
@@ -229,7 +229,7 @@ async fn batches_close_sessions_apart() {
 async fn batches_that_do_not_fit_the_deadline_still_close_every_client() {
     // The issue's case: 100 clients in batches of 10 a second, 3 s to drain. Batches may start
     // until 3 s - 1 s (the close timeout): the one at 2 s takes the last 80.
-    let mut server = ServerProcess::start(
+    let mut server = wsgrace().start(
         "[close]\ntimeout_ms = 1000\n\
          [shutdown]\nbatch_size = 10\nbatch_interval_ms = 1000\ndrain_timeout_ms = 3000\n",
     );

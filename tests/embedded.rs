@@ -5,8 +5,11 @@
 
 mod common;
 
-use common::{encode_frame, upgrade_request, RawClient, TestServer, OP_TEXT};
+use common::TestServer;
 use wsgrace::{CloseOutcome, CloseResult, CloseState, CloseStatus, Initiator};
+use wsgrace_kit::frame::{encode_frame, OP_TEXT};
+use wsgrace_kit::handshake::upgrade_request;
+use wsgrace_kit::raw::RawClient;
 
 #[tokio::test]
 async fn messages_and_a_client_close() {
@@ -34,7 +37,7 @@ async fn an_awaited_server_close() {
     let closing = tokio::spawn(async move { session.close(Some(status)).await });
     assert_eq!(client.expect_close().await.close_code(), Some(4001));
     client.send_close(Some(4001), "").await;
-    let outcome = tokio::time::timeout(common::DEADLINE, closing)
+    let outcome = tokio::time::timeout(wsgrace_kit::DEADLINE, closing)
         .await
         .expect("close did not answer")
         .expect("close task");

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
-use common::process::ServerProcess;
-use common::DEADLINE;
+use common::wsgrace;
+use wsgrace_kit::child::{send_signal, Signal};
+use wsgrace_kit::DEADLINE;
 
 /// `target/<profile>/examples/chat_client`, built by `cargo test` with the other targets.
 fn chat_client() -> PathBuf {
@@ -73,7 +74,7 @@ fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
 
 #[tokio::test]
 async fn chat_client_chats_and_reports_the_servers_close() {
-    let mut server = ServerProcess::start("");
+    let mut server = wsgrace().start("");
     let (mut child, lines) = spawn_client(&server.ws_url("?room=term&name=cli"));
     expect_line(&lines, "joined room term as cli");
     let stdin = child.stdin.as_mut().expect("stdin");
@@ -97,16 +98,15 @@ async fn chat_client_chats_and_reports_the_servers_close() {
 }
 
 fn interrupt(child: &std::process::Child) {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    assert!(
+        send_signal(child.id(), Signal::Int),
+        "SIGINT to chat_client"
+    );
 }
 
 #[tokio::test]
 async fn chat_client_closes_with_1000_on_ctrl_c() {
-    let mut server = ServerProcess::start("");
+    let mut server = wsgrace().start("");
     let (mut child, lines) = spawn_client(&server.ws_url("?room=term"));
     expect_line(&lines, "joined room term");
     interrupt(&child);

@@ -7,12 +7,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{connect, ServerProcess};
-use common::DEADLINE;
+use common::wsgrace;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+use wsgrace_kit::server::ServerProcess;
+use wsgrace_kit::wait::until_true;
+use wsgrace_kit::ws::connect;
+use wsgrace_kit::DEADLINE;
 
 /// Sends `count` messages of `size` bytes to `room` from a client that reads its own copies
 /// (so that it is no slow consumer itself), and returns once it has received all of them:
@@ -22,7 +25,7 @@ async fn flood(
     room: &str,
     count: usize,
     size: usize,
-) -> futures::stream::SplitSink<common::process::Ws, Message> {
+) -> futures::stream::SplitSink<wsgrace_kit::ws::Ws, Message> {
     let (mut sink, mut stream) = connect(server.ws_url(&format!("?room={room}")))
         .await
         .split();
@@ -66,19 +69,10 @@ fn server_holds_connection(server_port: u16, client_port: u16) -> bool {
     })
 }
 
-/// Waits until `check` holds, polling.
-async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_client_that_resets_after_the_close_frame_is_aborted_without_waiting() {
     let mut server =
-        ServerProcess::start("[close]\ntimeout_ms = 20000\n[shutdown]\ndrain_timeout_ms = 30000\n");
+        wsgrace().start("[close]\ntimeout_ms = 20000\n[shutdown]\ndrain_timeout_ms = 30000\n");
     let mut client = server.join_raw("", None).await;
     let signalled = Instant::now();
     server.sigterm();
@@ -99,7 +93,7 @@ async fn a_client_that_resets_after_the_close_frame_is_aborted_without_waiting()
 // takes its own copies) keeps up while the flood is written, also on a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_open_client_in_a_busy_room_is_cut_and_its_socket_released() {
-    let server = ServerProcess::start(
+    let server = wsgrace().start(
         "[session]\nheartbeat_interval_ms = 500\nclient_timeout_ms = 3000\noutbound_queue = 512\n",
     );
     // Never reads nor writes again after its welcome, with a tiny receive window; the room
@@ -110,7 +104,7 @@ async fn a_half_open_client_in_a_busy_room_is_cut_and_its_socket_released() {
     let mut flooder = flood(&server, "busy", 4000, 2048).await;
     // The half-open session ends (slow consumer or client timeout) and the server's side of
     // its TCP connection goes away although it cannot take the bytes queued for it.
-    wait_until("the half-open connection to be released", || {
+    until_true("the half-open connection to be released", DEADLINE, || {
         !server_holds_connection(server.addr.port(), port)
     })
     .await;
@@ -155,11 +149,11 @@ async fn trickle_until_cut(
 
 #[tokio::test]
 async fn slowloris_is_cut_off_by_the_request_timeout() {
-    let server = ServerProcess::start("[server]\nrequest_timeout_ms = 500\n");
+    let server = wsgrace().start("[server]\nrequest_timeout_ms = 500\n");
     let mut stream = tokio::net::TcpStream::connect(server.addr)
         .await
         .expect("connect");
-    let request = common::upgrade_request(server.addr, "/ws");
+    let request = wsgrace_kit::handshake::upgrade_request(server.addr, "/ws");
     let (answer, took) = trickle_until_cut(&mut stream, &request).await;
     assert!(took < Duration::from_secs(5), "cut after {took:?}");
     assert!(
@@ -173,7 +167,7 @@ async fn slowloris_after_a_first_quick_request_is_cut_off_too() {
     // actix-http times only a connection's first request head: after one quick request on a
     // keep-alive connection the next could be trickled for ever (still open after 25 s with a
     // 1.5 s timeout). SPEC: the timeout applies to every request head.
-    let server = ServerProcess::start("[server]\nrequest_timeout_ms = 500\n");
+    let server = wsgrace().start("[server]\nrequest_timeout_ms = 500\n");
     let mut stream = tokio::net::TcpStream::connect(server.addr)
         .await
         .expect("connect");
@@ -191,20 +185,20 @@ async fn slowloris_after_a_first_quick_request_is_cut_off_too() {
     }
     assert!(first.starts_with(b"HTTP/1.1 200"), "{first:?}");
     // The same connection, kept alive: the second head trickles in.
-    let request = common::upgrade_request(server.addr, "/ws");
+    let request = wsgrace_kit::handshake::upgrade_request(server.addr, "/ws");
     let (answer, took) = trickle_until_cut(&mut stream, &request).await;
     assert!(took < Duration::from_secs(5), "cut after {took:?}");
     assert!(
         answer.starts_with("HTTP/1.1 408"),
         "unexpected answer {answer:?}"
     );
-    let timeouts = common::process::metric(server.addr, "wsgrace_request_timeouts_total").await;
+    let timeouts = wsgrace_kit::http::metric(server.addr, "wsgrace_request_timeouts_total").await;
     assert!(timeouts >= 1.0, "{timeouts} request timeouts counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_in_a_flooded_room_is_closed_1008_with_memory_bounded() {
-    let server = ServerProcess::start("[session]\noutbound_queue = 256\n");
+    let server = wsgrace().start("[session]\noutbound_queue = 256\n");
     let mut stopped = server.join_raw("?room=flood", Some(4096)).await;
     let rss_before = server.rss_bytes();
     // 3000 × 4 KiB = 12 MiB through the room while one member reads nothing.
@@ -222,7 +216,7 @@ async fn a_reader_that_stops_in_a_flooded_room_is_closed_1008_with_memory_bounde
 
 #[tokio::test]
 async fn a_client_over_the_message_rate_is_closed_1008() {
-    let server = ServerProcess::start("[session]\nmax_messages_per_sec = 20\n");
+    let server = wsgrace().start("[session]\nmax_messages_per_sec = 20\n");
     let mut calm = connect(server.ws_url("?room=rate")).await;
     let mut noisy = connect(server.ws_url("?room=rate")).await;
     for n in 0..200 {
@@ -262,7 +256,7 @@ async fn clients_that_flood_without_a_rate_limit_are_slowed_not_queued() {
     // of 8 KiB each (80 MiB in all) as fast as their sockets take them. Each session stops
     // reading while 64 of its messages are on their way to the supervisor, so the flood waits
     // in TCP, not in the server's memory; every message still arrives, in order.
-    let server = ServerProcess::start("[history]\nsize = 10\n");
+    let server = wsgrace().start("[history]\nsize = 10\n");
     let rss_before = server.rss_bytes();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
     let sampling = {
@@ -340,7 +334,7 @@ async fn a_client_that_sends_pings_and_reads_nothing_is_closed_1008_with_memory_
     // session closes 1008 instead of growing by ~40 bytes a ping (314 MiB before the fix). The
     // close timeout is long so that the session still waits for the ack when the client, done
     // sending, reads.
-    let server = ServerProcess::start(
+    let server = wsgrace().start(
         "[session]\nheartbeat_interval_ms = 60000\nclient_timeout_ms = 120000\n\
          [close]\ntimeout_ms = 60000\n",
     );
@@ -348,7 +342,7 @@ async fn a_client_that_sends_pings_and_reads_nothing_is_closed_1008_with_memory_
     let rss = PeakRss::start(&server);
     let (stream, mut unread) = client.into_parts();
     let (mut read, mut write) = stream.into_split();
-    let ping = common::encode_frame(true, 0, common::OP_PING, true, b"");
+    let ping = wsgrace_kit::frame::encode_frame(true, 0, wsgrace_kit::frame::OP_PING, true, b"");
     let chunk = ping.repeat(64 * 1024 / ping.len());
     let mut sent = 0usize;
     while sent < 48 << 20 {
@@ -368,9 +362,9 @@ async fn a_client_that_sends_pings_and_reads_nothing_is_closed_1008_with_memory_
     // Behind the pongs it could queue: the close frame.
     let deadline = Instant::now() + DEADLINE;
     let close = loop {
-        if let Some((frame, used)) = common::parse_server_frame(&unread) {
+        if let Some((frame, used)) = wsgrace_kit::frame::parse_server_frame(&unread) {
             unread.drain(..used);
-            if frame.opcode == common::OP_CLOSE {
+            if frame.opcode == wsgrace_kit::frame::OP_CLOSE {
                 break frame;
             }
             continue;

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Event, TestServer, DEADLINE, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
+use common::{Event, TestServer};
 use decoder::{predict, Ending, Frame, Len, Prediction};
 use futures::{SinkExt, StreamExt};
 use generator::{cases, Case};
@@ -42,6 +42,8 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 use wsgrace::{CloseResult, SessionConfig};
+use wsgrace_kit::frame::{OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
+use wsgrace_kit::DEADLINE;
 
 /// The server's message limit: small, so that oversize messages are cheap to send.
 const MAX: usize = 1024;
@@ -660,7 +662,7 @@ async fn a_length_over_the_limit_is_refused_before_its_payload_arrives() {
 /// buffering a declared payload without bound until it was complete.
 #[tokio::test]
 async fn a_length_over_the_limit_does_not_make_the_server_buffer_the_payload() {
-    let server = common::process::ServerProcess::start("");
+    let server = common::wsgrace().start("");
     let before = server.rss_bytes();
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let request = format!(

@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::ServerProcess;
-use common::{encode_frame, parse_server_frame, RawClient, DEADLINE, OP_BINARY, OP_CLOSE, OP_TEXT};
+use common::wsgrace;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,6 +23,10 @@ use tokio::net::TcpSocket;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+use wsgrace_kit::frame::{encode_frame, parse_server_frame, OP_BINARY, OP_CLOSE, OP_TEXT};
+use wsgrace_kit::raw::RawClient;
+use wsgrace_kit::server::ServerProcess;
+use wsgrace_kit::DEADLINE;
 
 /// Connections per case and client kind: enough that a race lost one time in ten shows.
 const ROUNDS: usize = 12;
@@ -33,7 +36,7 @@ type Seen = Result<(u16, String), String>;
 
 /// A server with small limits, so that every case triggers quickly.
 fn server(extra: &str) -> ServerProcess {
-    ServerProcess::start(&format!(
+    wsgrace().start(&format!(
         "[session]\nheartbeat_interval_ms = 60000\nclient_timeout_ms = 120000\n{extra}"
     ))
 }

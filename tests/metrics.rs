@@ -6,12 +6,16 @@ mod common;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use common::process::{http_get, ServerProcess, UPGRADE};
-use common::{RawClient, DEADLINE, OP_BINARY};
+use common::wsgrace;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+use wsgrace_kit::frame::OP_BINARY;
+use wsgrace_kit::http::{http_get, UPGRADE};
+use wsgrace_kit::raw::RawClient;
+use wsgrace_kit::server::ServerProcess;
+use wsgrace_kit::DEADLINE;
 
 /// Fetches and parses `/metrics`: sample name + sorted labels → value.
 async fn scrape(server: &ServerProcess) -> HashMap<String, f64> {
@@ -82,7 +86,7 @@ async fn eventually(server: &ServerProcess, expected: &[(&str, f64)]) -> HashMap
     }
 }
 
-async fn next_text(ws: &mut common::process::Ws) -> String {
+async fn next_text(ws: &mut wsgrace_kit::ws::Ws) -> String {
     loop {
         match timeout(DEADLINE, ws.next()).await.expect("no message") {
             Some(Ok(Message::Text(text))) => return text,
@@ -94,15 +98,15 @@ async fn next_text(ws: &mut common::process::Ws) -> String {
 
 #[tokio::test]
 async fn counters_follow_connects_messages_closes_and_drops() {
-    let mut server = ServerProcess::start("[server]\nworkers = 1\n");
+    let mut server = wsgrace().start("[server]\nworkers = 1\n");
     let values = scrape(&server).await;
     assert_eq!(get(&values, "wsgrace_connections_open"), 0.0);
     assert_eq!(get(&values, "wsgrace_connections_total"), 0.0);
     assert_eq!(get(&values, "wsgrace_draining"), 0.0);
     assert!(values.contains_key("wsgrace_close_handshake_seconds_count"));
 
-    let mut a = common::process::connect(server.ws_url("?room=m&name=a")).await;
-    let mut b = common::process::connect(server.ws_url("?room=m&name=b")).await;
+    let mut a = wsgrace_kit::ws::connect(server.ws_url("?room=m&name=a")).await;
+    let mut b = wsgrace_kit::ws::connect(server.ws_url("?room=m&name=b")).await;
     next_text(&mut a).await; // welcomes
     next_text(&mut b).await;
     eventually(

@@ -8,11 +8,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use common::process::ServerProcess;
-use common::DEADLINE;
+use common::wsgrace;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use wsgrace_kit::DEADLINE;
 
 /// Sends an upgrade request and returns the status code and the open socket (kept open by the
 /// caller, so that an admitted session stays admitted).
@@ -51,7 +51,7 @@ async fn upgrade(addr: SocketAddr) -> Result<(u16, TcpStream), String> {
 async fn under_a_low_limit_the_excess_gets_503_at_once() {
     // 512 open files, 2 workers: 512 - (64 + 2 * 8) = 432 for connections, of which 32 stay
     // free for refusals and lingering closes: 400 sessions.
-    let server = ServerProcess::start_with_ulimit("[server]\nworkers = 2\n", "-n 512");
+    let server = wsgrace().ulimit("-n 512").start("[server]\nworkers = 2\n");
     let log = server
         .wait_for_log("does not fit under the open-files limit")
         .await;
@@ -81,14 +81,14 @@ async fn under_a_low_limit_the_excess_gets_503_at_once() {
     // Every client was answered, none left in the backlog until its own timeout.
     assert!(started.elapsed() < DEADLINE, "took {:?}", started.elapsed());
     // The server still serves: its health answers while 400 sessions are open.
-    let health = common::process::http_get(server.addr, "/healthz", &[]).await;
+    let health = wsgrace_kit::http::http_get(server.addr, "/healthz", &[]).await;
     assert_eq!(health, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_soft_limit_is_raised_to_the_hard_one() {
     let hard = rlimit_hard();
-    let server = ServerProcess::start_with_ulimit("", "-S -n 256");
+    let server = wsgrace().ulimit("-S -n 256").start("");
     server
         .wait_for_log(&format!("open-files limit raised from 256 to {hard}"))
         .await;

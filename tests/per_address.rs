@@ -8,11 +8,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use common::nginx::{render_deploy_conf, Nginx};
-use common::process::{metric, ServerProcess, Ws};
-use common::{free_port, DEADLINE};
+use common::wsgrace;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Error as WsError;
+use wsgrace_kit::http::metric;
+use wsgrace_kit::nginx::{render_deploy_conf, Nginx};
+use wsgrace_kit::ws::Ws;
+use wsgrace_kit::{free_port, DEADLINE};
 
 const REFUSED: &str = r#"wsgrace_upgrades_refused_total{reason="per_ip_limit"}"#;
 
@@ -52,7 +54,7 @@ async fn upgrade_eventually(addr: SocketAddr, forwarded: Option<&str>) -> Ws {
 
 #[tokio::test]
 async fn without_a_trusted_proxy_the_peer_counts_and_the_header_is_ignored() {
-    let server = ServerProcess::start("[server]\nmax_connections_per_ip = 2\n");
+    let server = wsgrace().start("[server]\nmax_connections_per_ip = 2\n");
     let first = upgrade(server.addr, None).await.expect("the first");
     let _second = upgrade(server.addr, Some("198.51.100.1"))
         .await
@@ -77,9 +79,8 @@ async fn without_a_trusted_proxy_the_peer_counts_and_the_header_is_ignored() {
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_places() {
-    let server = ServerProcess::start(
-        "[server]\nmax_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
-    );
+    let server = wsgrace()
+        .start("[server]\nmax_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.0/8\"]\n");
     let _a = upgrade(server.addr, Some("203.0.113.5"))
         .await
         .expect("client A");
@@ -104,9 +105,8 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_places() {
 
 #[tokio::test]
 async fn behind_nginx_the_forwarded_client_is_counted() {
-    let server = ServerProcess::start(
-        "[server]\nmax_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.1\"]\n",
-    );
+    let server = wsgrace()
+        .start("[server]\nmax_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.1\"]\n");
     let lb_port = free_port();
     // Both upstream entries name the one node, so that every upgrade reaches its count.
     let port = server.addr.port();
@@ -131,10 +131,8 @@ async fn behind_nginx_the_forwarded_client_is_counted() {
 
 #[tokio::test]
 async fn a_bad_trusted_proxy_is_a_config_error_naming_the_key() {
-    let exit = common::process::run_to_exit(
-        "[server]\ntrusted_proxies = [\"127.0.0.1\", \"not-an-address\"]\n",
-        &[],
-    );
+    let exit =
+        wsgrace().run_to_exit("[server]\ntrusted_proxies = [\"127.0.0.1\", \"not-an-address\"]\n");
     assert_eq!(exit.status.code(), Some(2), "{}", exit.stderr);
     assert!(
         exit.stderr.contains("server.trusted_proxies[1]"),

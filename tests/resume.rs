@@ -12,20 +12,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::member::{
-    assert_contiguous, query, resume_rounds, spawn_talker, upgrade_status, Frame, Member, Msg, WAIT,
-};
-use common::process::{metric, ServerProcess};
-
-/// Joins `room` as `name` on `server`, resuming if `resume` is given.
-async fn join(
-    server: &ServerProcess,
-    room: &str,
-    name: &str,
-    resume: Option<(u64, &str)>,
-) -> Member {
-    Member::join(server.ws_url(&query(room, name, resume))).await
-}
+use common::wsgrace;
+use wsgrace_kit::chat::{assert_contiguous, join, query, upgrade_status, Frame, Member, Msg, WAIT};
+use wsgrace_kit::http::metric;
+use wsgrace_kit::traffic::{resume_rounds, spawn_talker};
 
 /// `talker` says `count` messages `t-1`, `t-2`, ..., reading each receipt; returns the last seq.
 async fn say_many(talker: &mut Member, count: u64) -> u64 {
@@ -54,7 +44,7 @@ async fn assert_next_is_live(member: &mut Member, seq: u64, from: &str, text: &s
 
 #[tokio::test]
 async fn a_client_that_reconnects_with_since_and_epoch_gets_what_it_missed() {
-    let server = ServerProcess::start("");
+    let server = wsgrace().start("");
     let mut ann = join(&server, "r", "ann", None).await;
     assert_eq!((ann.welcome.seq, ann.welcome.resumed), (0, None));
     let epoch = ann.welcome.epoch.clone();
@@ -101,7 +91,7 @@ async fn a_client_that_reconnects_with_since_and_epoch_gets_what_it_missed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_leave_and_resume_while_messages_flow_see_every_seq_exactly_once() {
-    let server = ServerProcess::start("");
+    let server = wsgrace().start("");
     const LAST: u64 = 500;
     let mut clients = Vec::new();
     for i in 0..3 {
@@ -142,7 +132,7 @@ async fn clients_that_leave_and_resume_while_messages_flow_see_every_seq_exactly
 
 #[tokio::test]
 async fn a_gap_beyond_the_history_is_not_resumed_and_nothing_is_replayed() {
-    let server = ServerProcess::start("[history]\nsize = 5\n");
+    let server = wsgrace().start("[history]\nsize = 5\n");
     let mut talker = join(&server, "r", "talker", None).await;
     let epoch = talker.welcome.epoch.clone();
     assert_eq!(say_many(&mut talker, 10).await, 10);
@@ -161,7 +151,7 @@ async fn a_gap_beyond_the_history_is_not_resumed_and_nothing_is_replayed() {
 
 #[tokio::test]
 async fn without_history_no_resume_succeeds() {
-    let server = ServerProcess::start("[history]\nsize = 0\n");
+    let server = wsgrace().start("[history]\nsize = 0\n");
     let mut talker = join(&server, "r", "talker", None).await;
     let epoch = talker.welcome.epoch.clone();
     say_many(&mut talker, 2).await;
@@ -179,7 +169,7 @@ async fn without_history_no_resume_succeeds() {
 
 #[tokio::test]
 async fn another_epoch_or_a_since_beyond_the_room_is_not_resumed() {
-    let server = ServerProcess::start("");
+    let server = wsgrace().start("");
     let mut talker = join(&server, "r", "talker", None).await;
     let epoch = talker.welcome.epoch.clone();
     say_many(&mut talker, 4).await;
@@ -209,7 +199,7 @@ async fn another_epoch_or_a_since_beyond_the_room_is_not_resumed() {
 
 #[tokio::test]
 async fn a_bad_since_or_epoch_gets_400_before_any_upgrade() {
-    let server = ServerProcess::start("");
+    let server = wsgrace().start("");
     let bad_since = [
         "since=-1",
         "since=abc",
@@ -256,7 +246,7 @@ async fn a_bad_since_or_epoch_gets_400_before_any_upgrade() {
 
 #[tokio::test]
 async fn a_restarted_process_is_a_new_epoch() {
-    let mut first = ServerProcess::start("");
+    let mut first = wsgrace().start("");
     let mut talker = join(&first, "r", "talker", None).await;
     let old_epoch = talker.welcome.epoch.clone();
     say_many(&mut talker, 3).await;
@@ -276,7 +266,7 @@ async fn a_restarted_process_is_a_new_epoch() {
     assert!(talker.rx.finish().await, "the close was not clean");
     assert!(first.wait_exit(WAIT).await.success());
 
-    let second = ServerProcess::start("");
+    let second = wsgrace().start("");
     let mut back = join(&second, "r", "talker", Some((3, &old_epoch))).await;
     let welcome = back.welcome.clone();
     welcome.assert_not_resumed(0);
@@ -290,7 +280,7 @@ async fn a_restarted_process_is_a_new_epoch() {
 
 #[tokio::test]
 async fn history_older_than_the_ttl_is_not_resumed() {
-    let server = ServerProcess::start("[history]\nttl_ms = 1000\n");
+    let server = wsgrace().start("[history]\nttl_ms = 1000\n");
     let mut talker = join(&server, "r", "talker", None).await;
     let epoch = talker.welcome.epoch.clone();
     say_many(&mut talker, 2).await;
@@ -327,7 +317,7 @@ async fn history_older_than_the_ttl_is_not_resumed() {
 #[tokio::test]
 async fn a_room_whose_history_is_evicted_tells_its_open_sessions_the_new_epoch() {
     // All rooms' history stays under 1000 bytes; the room idle longest loses it first.
-    let server = ServerProcess::start("[history]\nmax_bytes = 1000\n");
+    let server = wsgrace().start("[history]\nmax_bytes = 1000\n");
     let mut quiet = join(&server, "quiet", "q", None).await;
     let old_epoch = quiet.welcome.epoch.clone();
     say_many(&mut quiet, 2).await;
@@ -367,7 +357,7 @@ async fn a_room_whose_history_is_evicted_tells_its_open_sessions_the_new_epoch()
 /// client would resume, be cut again, and never catch up).
 #[tokio::test]
 async fn a_replay_longer_than_the_outbound_queue_arrives_whole() {
-    let server = ServerProcess::start("[session]\noutbound_queue = 64\n");
+    let server = wsgrace().start("[session]\noutbound_queue = 64\n");
     let mut talker = join(&server, "r", "talker", None).await;
     let epoch = talker.welcome.epoch.clone();
     assert_eq!(say_many(&mut talker, 300).await, 300);
@@ -379,7 +369,7 @@ async fn a_replay_longer_than_the_outbound_queue_arrives_whole() {
 
 #[tokio::test]
 async fn since_0_in_a_new_room_is_a_resume_with_nothing_missed() {
-    let server = ServerProcess::start("");
+    let server = wsgrace().start("");
     let member = Member::join(server.ws_url("?room=brand-new&name=m&since=0")).await;
     assert_eq!(
         (
@@ -398,8 +388,7 @@ async fn since_0_in_a_new_room_is_a_resume_with_nothing_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn going_away_delays_are_drawn_within_the_spread() {
     for (spread, sessions) in [(0u64, 3usize), (200, 20)] {
-        let mut server =
-            ServerProcess::start(&format!("[shutdown]\nreconnect_spread_ms = {spread}\n"));
+        let mut server = wsgrace().start(&format!("[shutdown]\nreconnect_spread_ms = {spread}\n"));
         let mut members = Vec::new();
         for i in 0..sessions {
             members.push(join(&server, "r", &format!("m{i}"), None).await);

@@ -14,14 +14,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::browser::{start_browser, wait_until};
-use common::nginx::{render_deploy_conf, Nginx};
-use common::process::{http_get, ServerProcess};
-use common::redis::RedisServer;
-use common::{free_port, DEADLINE};
+use common::wsgrace;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use wsgrace::client::{Client, ClientConfig, ClientEvent, ConnectionState};
+use wsgrace_kit::browser::{save_screenshot, start_browser, wait_until};
+use wsgrace_kit::http::http_get;
+use wsgrace_kit::nginx::{render_deploy_conf, Nginx};
+use wsgrace_kit::redis::RedisServer;
+use wsgrace_kit::server::ServerProcess;
+use wsgrace_kit::{free_port, DEADLINE};
 
 const ROOM: &str = "deploy";
 const RUST_CLIENTS: usize = 4;
@@ -38,7 +40,7 @@ fn node_config(redis: &RedisServer) -> String {
 
 /// A node on a fixed port (nginx names it), ready once `/readyz` says 200.
 async fn start_node(config: &str, addr: SocketAddr) -> ServerProcess {
-    let node = ServerProcess::start_on(config, addr);
+    let node = wsgrace().bind(addr).start(config);
     let started = Instant::now();
     while http_get(addr, "/readyz", &[]).await != 200 {
         assert!(
@@ -337,10 +339,8 @@ async fn a_rolling_deploy_through_nginx_loses_and_doubles_nothing() {
         }
     }
 
-    let png = browser.screenshot().await.expect("screenshot");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/rolling-deploy.png");
-    std::fs::write(&path, png).expect("save the screenshot");
-    eprintln!("screenshot: {}", path.display());
+    save_screenshot(&browser, &path).await;
 
     talker_task.abort();
     for (_, task) in clients {

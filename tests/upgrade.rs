@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{encode_frame, upgrade_request, RawClient, TestServer, OP_TEXT};
+use common::TestServer;
+use wsgrace_kit::frame::{encode_frame, OP_TEXT};
+use wsgrace_kit::handshake::upgrade_request;
+use wsgrace_kit::raw::RawClient;
 
 #[tokio::test]
 async fn frames_sent_with_the_upgrade_request_are_read() {
@@ -78,7 +81,7 @@ async fn a_refused_upgrade_is_answered_and_its_connection_closed() {
 async fn an_upgrade_over_http_1_0_or_with_a_body_gets_400_before_any_101() {
     // Against the binary, where a chunked request reaches the HTTP routes and one with a
     // `Content-Length` reaches the upgrade out of the dispatcher: both ways refuse.
-    let server = common::process::ServerProcess::start("");
+    let server = common::wsgrace().start("");
     let addr = server.addr;
     let valid = upgrade_request(addr, "/ws?room=framing");
     let with_header =

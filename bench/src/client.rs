@@ -1,8 +1,9 @@
-//! A minimal WebSocket client over a tokio `TcpStream`, made for load generation: the
-//! opening handshake, masked client frames, and a frame reader that borrows payloads out
-//! of one reusable buffer (no allocation per frame). It knows nothing of chat or of the
-//! scenarios; it must not hide protocol events from them (pings, closes and the way the
-//! TCP connection ended are all reported to the caller).
+//! The load generator's WebSocket client: a frame reader that borrows payloads out of one
+//! reusable buffer (no allocation per frame) and a writer that masks into one reusable
+//! buffer, for many thousands of connections. Connecting, the opening handshake and the
+//! frame format are the kit's (`wsgrace_kit::handshake`, `wsgrace_kit::frame`). It knows
+//! nothing of chat or of the scenarios; it must not hide protocol events from them (pings,
+//! closes and the way the TCP connection ended are all reported to the caller).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -10,14 +11,11 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpSocket;
-
-pub const OP_CONT: u8 = 0x0;
-pub const OP_TEXT: u8 = 0x1;
-pub const OP_BINARY: u8 = 0x2;
-pub const OP_CLOSE: u8 = 0x8;
-pub const OP_PING: u8 = 0x9;
-pub const OP_PONG: u8 = 0xA;
+use wsgrace_kit::frame::{
+    encode_frame_into, parse_header, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG,
+    OP_TEXT,
+};
+use wsgrace_kit::handshake::{upgrade, SocketOptions};
 
 /// Largest frame the reader accepts; the server's messages are small.
 const MAX_FRAME: usize = 16 << 20;
@@ -83,30 +81,22 @@ pub async fn connect(
     path: &str,
     seed: u64,
 ) -> io::Result<(WsReader, WsWriter)> {
-    let socket = if server.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+    let options = SocketOptions {
+        source,
+        ..SocketOptions::default()
     };
-    if let Some(ip) = source {
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    let stream = socket.connect(server).await?;
-    stream.set_nodelay(true)?;
-    let (rd, mut wr) = stream.into_split();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    wr.write_all(request.as_bytes()).await?;
-    let mut reader = WsReader {
+    let answered = upgrade(server, path, options).await?;
+    answered.stream.set_nodelay(true)?;
+    let (rd, wr) = answered.stream.into_split();
+    let mut buf = BytesMut::with_capacity(1024.max(answered.rest.len()));
+    buf.extend_from_slice(&answered.rest);
+    let reader = WsReader {
         rd,
-        buf: BytesMut::with_capacity(1024),
+        buf,
         consumed: 0,
         fragments: Vec::new(),
         fragments_ready: false,
     };
-    reader.read_response().await?;
     let writer = WsWriter {
         wr,
         out: Vec::with_capacity(256),
@@ -115,37 +105,7 @@ pub async fn connect(
     Ok((reader, writer))
 }
 
-fn invalid(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
-
 impl WsReader {
-    async fn read_response(&mut self) -> io::Result<()> {
-        loop {
-            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                let head = &self.buf[..end];
-                let status = head.split(|&b| b == b'\r').next().unwrap_or_default();
-                if !status.starts_with(b"HTTP/1.1 101") {
-                    return Err(invalid(format!(
-                        "upgrade refused: {}",
-                        String::from_utf8_lossy(status)
-                    )));
-                }
-                self.buf.advance(end + 4);
-                return Ok(());
-            }
-            if self.buf.len() > 16 * 1024 {
-                return Err(invalid("response headers too long"));
-            }
-            if self.rd.read_buf(&mut self.buf).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed during the handshake",
-                ));
-            }
-        }
-    }
-
     /// The next frame, or how the connection ended. A protocol violation by the server
     /// is reported as `End::Error` (and logged by the caller if it cares).
     pub async fn next(&mut self) -> Read<'_> {
@@ -156,7 +116,7 @@ impl WsReader {
         self.buf.advance(self.consumed);
         self.consumed = 0;
         loop {
-            match parse_header(&self.buf) {
+            match server_header(&self.buf) {
                 Ok(Some((fin, opcode, start, len))) => {
                     if len > MAX_FRAME {
                         return Read::End(End::Error);
@@ -189,7 +149,7 @@ impl WsReader {
             }
         }
         // The frame at the front of `buf` (or in `fragments`) is complete.
-        let Ok(Some((_, opcode, start, len))) = parse_header(&self.buf) else {
+        let Ok(Some((_, opcode, start, len))) = server_header(&self.buf) else {
             return Read::End(End::Error);
         };
         let payload = &self.buf[start..start + len];
@@ -209,7 +169,7 @@ impl WsReader {
                     }
                 }
             }
-            OP_CONT => Frame::Message {
+            OP_CONTINUATION => Frame::Message {
                 payload: &self.fragments,
             },
             _ => Frame::Message { payload },
@@ -227,7 +187,7 @@ impl WsReader {
                 self.fragments.extend_from_slice(payload);
                 Some(false)
             }
-            OP_CONT => {
+            OP_CONTINUATION => {
                 self.fragments.extend_from_slice(payload);
                 if fin {
                     self.fragments_ready = true;
@@ -242,73 +202,30 @@ impl WsReader {
     }
 }
 
-/// Parses a server frame header: `(fin, opcode, payload_start, payload_len)`, `None` if
-/// more bytes are needed, `Err` if the server masked its frame or used reserved bits.
-fn parse_header(buf: &[u8]) -> Result<Option<(bool, u8, usize, usize)>, ()> {
-    if buf.len() < 2 {
+/// A server frame header as the kit parses it, with what this client refuses: `(fin,
+/// opcode, payload_start, payload_len)`, `None` if more bytes are needed, `Err` if the server
+/// masked its frame, used reserved bits or announced more than memory holds.
+fn server_header(buf: &[u8]) -> Result<Option<(bool, u8, usize, usize)>, ()> {
+    let Some(header) = parse_header(buf) else {
         return Ok(None);
-    }
-    let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 || b1 & 0x80 != 0 {
+    };
+    if header.masked || header.rsv != 0 {
         return Err(());
     }
-    let fin = b0 & 0x80 != 0;
-    let opcode = b0 & 0x0F;
-    match b1 & 0x7F {
-        126 => {
-            if buf.len() < 4 {
-                return Ok(None);
-            }
-            Ok(Some((
-                fin,
-                opcode,
-                4,
-                u16::from_be_bytes([buf[2], buf[3]]) as usize,
-            )))
-        }
-        127 => {
-            if buf.len() < 10 {
-                return Ok(None);
-            }
-            let mut len = [0u8; 8];
-            len.copy_from_slice(&buf[2..10]);
-            let len = usize::try_from(u64::from_be_bytes(len)).map_err(|_| ())?;
-            Ok(Some((fin, opcode, 10, len)))
-        }
-        n => Ok(Some((fin, opcode, 2, n as usize))),
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    let len = usize::try_from(header.payload_len).map_err(|_| ())?;
+    Ok(Some((header.fin, header.opcode, header.header_len, len)))
 }
 
 impl WsWriter {
     /// Sends one masked frame with FIN set.
     pub async fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
-        self.out.clear();
-        self.out.push(0x80 | opcode);
-        let len = payload.len();
-        if len < 126 {
-            self.out.push(0x80 | len as u8);
-        } else if len <= usize::from(u16::MAX) {
-            self.out.push(0x80 | 126);
-            self.out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            self.out.push(0x80 | 127);
-            self.out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
         // xorshift64: masking keys need not be secret for a load generator.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let key = (self.rng as u32).to_be_bytes();
-        self.out.extend_from_slice(&key);
-        let start = self.out.len();
-        self.out.extend_from_slice(payload);
-        for (i, b) in self.out[start..].iter_mut().enumerate() {
-            *b ^= key[i & 3];
-        }
+        self.out.clear();
+        encode_frame_into(&mut self.out, true, 0, opcode, Some(key), payload);
         self.wr.write_all(&self.out).await
     }
 
@@ -341,19 +258,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn header_lengths() {
-        assert_eq!(parse_header(&[0x81]), Ok(None));
-        assert_eq!(parse_header(&[0x81, 5]), Ok(Some((true, 1, 2, 5))));
-        assert_eq!(
-            parse_header(&[0x01, 126, 1, 0]),
-            Ok(Some((false, 1, 4, 256)))
-        );
-        assert_eq!(parse_header(&[0x82, 126, 1]), Ok(None));
-        let mut long = vec![0x82, 127];
-        long.extend_from_slice(&70_000u64.to_be_bytes());
-        assert_eq!(parse_header(&long), Ok(Some((true, 2, 10, 70_000))));
-        // Masked server frame and reserved bits are errors.
-        assert_eq!(parse_header(&[0x81, 0x85]), Err(()));
-        assert_eq!(parse_header(&[0xC1, 5]), Err(()));
+    fn masked_frames_and_reserved_bits_are_refused() {
+        assert_eq!(server_header(&[0x81]), Ok(None));
+        assert_eq!(server_header(&[0x81, 5]), Ok(Some((true, OP_TEXT, 2, 5))));
+        assert_eq!(server_header(&[0x81, 0x85]), Err(()));
+        assert_eq!(server_header(&[0xC1, 5]), Err(()));
     }
 }

@@ -9,9 +9,9 @@
 
 mod client;
 mod compare;
-mod redis_proc;
+mod launch;
+mod scenario_redis;
 mod scenarios;
-mod server_proc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,8 +20,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use launch::ServerOpts;
 use scenarios::{Ctx, Outcome};
-use server_proc::ServerOpts;
 
 /// Load generator for wsgrace: hold, fanout, drain, close-latency, cluster-fanout,
 /// mass-resume and rolling scenarios.

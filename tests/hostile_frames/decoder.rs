@@ -17,8 +17,8 @@
 //!    payload (1002, or 1007 for its reason), the UTF-8 of a text message once it is complete
 //!    (1007). If the frame never completes, see [`Ending::FailOrAbort`].
 
-use super::common::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 use super::MAX;
+use wsgrace_kit::frame::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 /// How the payload length is written.
 #[derive(Debug, Clone, Copy)]

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::{await_welcome, hist_json, micros, ms, new_histogram, stop_json, Ctx, Outcome};
 use crate::client::{self, End, Frame, Read};
-use crate::server_proc::ServerProc;
+use crate::launch;
 
 #[derive(Debug, clap::Args)]
 pub struct CloseLatencyArgs {
@@ -110,10 +110,11 @@ async fn one(addr: std::net::SocketAddr, i: usize, code: u16, r: &Results) {
 }
 
 pub async fn run(ctx: &Ctx, args: &CloseLatencyArgs) -> Result<Outcome, String> {
-    let mut server = ServerProc::start(&ctx.server, &[], "close", Duration::from_secs(10)).await?;
+    let mut server = launch::start(&ctx.server, &[])?;
     eprintln!(
         "close-latency: server pid {} on {}",
-        server.pid, server.addr
+        server.pid(),
+        server.addr
     );
     let results = Rc::new(Results {
         to_close: RefCell::new(Some(new_histogram())),

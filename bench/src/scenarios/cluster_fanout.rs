@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use super::fanout::{FanoutArgs, Load};
 use super::{cpu_delta, cpu_sum, ms, stop_json, Ctx, Outcome};
-use crate::redis_proc::{commands_json, RedisProc};
-use crate::server_proc::{Override, ServerProc};
+use crate::launch::{self, Override};
+use crate::scenario_redis::{self, command_stats, commands_json};
 
 #[derive(Debug, clap::Args)]
 pub struct ClusterFanoutArgs {
@@ -48,32 +48,34 @@ async fn cross_node(
     args: &FanoutArgs,
     redis_bin: &str,
 ) -> Result<(bool, Value), String> {
-    let mut redis = RedisProc::start(redis_bin).await?;
+    let mut redis = scenario_redis::start(redis_bin)?;
     let url = redis.url();
     let o = overrides(args, Some(&url));
-    let mut a = ServerProc::start_ready(&ctx.server, &o, "cluster-a").await?;
-    let mut b = ServerProc::start_ready(&ctx.server, &o, "cluster-b").await?;
+    let mut a = launch::start_ready(&ctx.server, &o).await?;
+    let mut b = launch::start_ready(&ctx.server, &o).await?;
     eprintln!(
         "cluster-fanout: redis pid {} on {}, node A pid {} on {}, node B pid {} on {}",
-        redis.pid, redis.addr, a.pid, a.addr, b.pid, b.addr
+        redis.pid().unwrap_or_default(),
+        redis.addr(),
+        a.pid(),
+        a.addr,
+        b.pid(),
+        b.addr
     );
     let load = Load::join(ctx, &[a.addr, b.addr], args, "fanout", 2).await;
-    let pids = [a.pid, b.pid];
-    let stats_before = redis.command_stats().await.unwrap_or_default();
-    let (cpu_before, redis_before) = (cpu_sum(&pids), redis.cpu_time());
+    let pids = [a.pid(), b.pid()];
+    let stats_before = command_stats(&redis).await.unwrap_or_default();
+    let (cpu_before, redis_before) = (cpu_sum(&pids), scenario_redis::cpu_time(&redis));
     let result = load.send(ctx, args).await;
-    let (cpu_after, redis_after) = (cpu_sum(&pids), redis.cpu_time());
-    let stats_after = redis.command_stats().await.unwrap_or_default();
-    let per_node = [
-        ("a", a.cpu_time(), a.rss_bytes()),
-        ("b", b.cpu_time(), b.rss_bytes()),
-    ];
+    let (cpu_after, redis_after) = (cpu_sum(&pids), scenario_redis::cpu_time(&redis));
+    let stats_after = command_stats(&redis).await.unwrap_or_default();
+    let per_node = [("a", a.cpu_time(), a.rss()), ("b", b.cpu_time(), b.rss())];
     let server_cpu = cpu_delta(cpu_before, cpu_after);
     let redis_cpu = cpu_delta(redis_before, redis_after);
     let mut report = load.report(args, &result, server_cpu);
     let stop_a = stop_json(&mut a, Duration::from_secs(15)).await;
     let stop_b = stop_json(&mut b, Duration::from_secs(15)).await;
-    redis.kill().await;
+    redis.kill();
     let per_message = |d: Duration| {
         if result.sent == 0 {
             0.0
@@ -114,10 +116,11 @@ async fn cross_node(
 
 async fn single_node(ctx: &Ctx, args: &FanoutArgs) -> Result<(bool, Value), String> {
     let o = overrides(args, None);
-    let mut server = ServerProc::start(&ctx.server, &o, "single", Duration::from_secs(10)).await?;
+    let mut server = launch::start(&ctx.server, &o)?;
     eprintln!(
         "cluster-fanout: single node pid {} on {}",
-        server.pid, server.addr
+        server.pid(),
+        server.addr
     );
     let load = Load::join(ctx, &[server.addr], args, "fanout", 2).await;
     let cpu_before = server.cpu_time();

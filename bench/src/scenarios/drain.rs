@@ -13,11 +13,13 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::{
-    connect_many, hist_json, idle, micros, ms, new_histogram, source_addrs, ConnectStats, Ctx,
-    IdleOutcome, Outcome,
+    connect_many, drain_line, hist_json, idle, micros, ms, new_histogram, source_addrs,
+    ConnectStats, Ctx, IdleOutcome, Outcome,
 };
 use crate::client::End;
-use crate::server_proc::ServerProc;
+use crate::launch;
+use wsgrace_kit::child::Signal;
+use wsgrace_kit::server::Stopped;
 
 #[derive(Debug, clap::Args)]
 pub struct DrainArgs {
@@ -137,9 +139,8 @@ pub async fn run(ctx: &Ctx, args: &DrainArgs) -> Result<Outcome, String> {
         ),
     ];
     ctx.check_nofile(args.n);
-    let mut server =
-        ServerProc::start(&ctx.server, &overrides, "drain", Duration::from_secs(10)).await?;
-    eprintln!("drain: server pid {} on {}", server.pid, server.addr);
+    let mut server = launch::start(&ctx.server, &overrides)?;
+    eprintln!("drain: server pid {} on {}", server.pid(), server.addr);
     let outcomes: Rc<RefCell<Vec<(bool, IdleOutcome)>>> = Rc::new(RefCell::new(Vec::new()));
     // Deaf clients are spread evenly over the connection order (and so over workers).
     let deaf_count = args.deaf.min(args.n);
@@ -174,14 +175,17 @@ pub async fn run(ctx: &Ctx, args: &DrainArgs) -> Result<Outcome, String> {
     eprintln!("drain: {connected} connected; SIGTERM");
 
     let signal = Instant::now();
-    let signalled = server.sigterm();
+    let signalled = server.try_signal(Signal::Term);
     let exit = server
-        .wait_exit(ctx.deadline.saturating_duration_since(Instant::now()))
+        .try_wait_exit(ctx.deadline.saturating_duration_since(Instant::now()))
         .await;
     let exit_after = signal.elapsed();
     let exited = exit.is_some();
     let exit = match exit {
-        Some(exit) => exit,
+        Some(status) => Stopped {
+            code: status.code(),
+            killed: false,
+        },
         None => server.stop(Duration::from_secs(1), true).await,
     };
     // The server is gone: every client sees its TCP end promptly.
@@ -189,7 +193,7 @@ pub async fn run(ctx: &Ctx, args: &DrainArgs) -> Result<Outcome, String> {
     while outcomes.borrow().len() < connected && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let drain_log = server.drain_line().await;
+    let drain_log = drain_line(&server).await;
 
     let all = outcomes.borrow();
     let closes: Vec<Duration> = all

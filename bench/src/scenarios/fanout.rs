@@ -17,11 +17,11 @@ use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
 use super::{
-    connect_many, hist_json, micros, ms, new_histogram, own_rss, stop_json, ConnectStats, Ctx,
-    Outcome,
+    connect_many, hist_json, micros, ms, new_histogram, stop_json, ConnectStats, Ctx, Outcome,
 };
 use crate::client::{Frame, Read, WsReader, WsWriter};
-use crate::server_proc::ServerProc;
+use crate::launch;
+use wsgrace_kit::proc_stats::own_rss;
 
 #[derive(Debug, clap::Args)]
 pub struct FanoutArgs {
@@ -181,13 +181,12 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
         ),
     ];
     ctx.check_nofile(args.n);
-    let mut server =
-        ServerProc::start(&ctx.server, &overrides, "fanout", Duration::from_secs(10)).await?;
-    eprintln!("fanout: server pid {} on {}", server.pid, server.addr);
+    let mut server = launch::start(&ctx.server, &overrides)?;
+    eprintln!("fanout: server pid {} on {}", server.pid(), server.addr);
     let load = Load::join(ctx, &[server.addr], args, "fanout", 1).await;
     let cpu_before = server.cpu_time();
     let result = load.send(ctx, args).await;
-    let rss = server.rss_bytes();
+    let rss = server.rss();
     // Server CPU per delivery: a cost that does not depend on how busy the machine is.
     let server_cpu = match (cpu_before, server.cpu_time()) {
         (Some(before), Some(after)) => after.saturating_sub(before),

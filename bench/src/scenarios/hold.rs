@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{connect_many, idle, ms, own_rss, source_addrs, stop_json, ConnectStats, Ctx, Outcome};
-use crate::server_proc::ServerProc;
+use super::{connect_many, idle, ms, source_addrs, stop_json, ConnectStats, Ctx, Outcome};
+use crate::launch;
+use wsgrace_kit::proc_stats::own_rss;
 
 #[derive(Debug, clap::Args)]
 pub struct HoldArgs {
@@ -32,13 +33,14 @@ pub struct HoldArgs {
 pub async fn run(ctx: &Ctx, args: &HoldArgs) -> Result<Outcome, String> {
     let overrides = [("server", "max_connections", super::max_connections(args.n))];
     ctx.check_nofile(args.n);
-    let mut server =
-        ServerProc::start(&ctx.server, &overrides, "hold", Duration::from_secs(10)).await?;
+    let mut server = launch::start(&ctx.server, &overrides)?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_before = server.rss_bytes();
+    let rss_before = server.rss();
     eprintln!(
         "hold: server pid {} on {}, rss {:?}",
-        server.pid, server.addr, rss_before
+        server.pid(),
+        server.addr,
+        rss_before
     );
 
     let stats = Rc::new(ConnectStats::default());
@@ -87,7 +89,7 @@ pub async fn run(ctx: &Ctx, args: &HoldArgs) -> Result<Outcome, String> {
         let settle = Instant::now() + Duration::from_millis(args.settle_ms);
         tokio::time::sleep_until(settle.min(ctx.deadline)).await;
     }
-    let rss_after = server.rss_bytes();
+    let rss_after = server.rss();
     let still_open = connected.saturating_sub(ended.get());
     let per_conn = match (rss_before, rss_after) {
         (Some(b), Some(a)) if still_open > 0 => Some((a.saturating_sub(b)) / still_open as u64),

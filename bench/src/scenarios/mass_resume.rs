@@ -21,8 +21,8 @@ use super::{
     welcome_json, ConnectStats, Ctx, Outcome,
 };
 use crate::client::{self, Frame, Read, WsReader, WsWriter};
-use crate::redis_proc::{commands_json, RedisProc};
-use crate::server_proc::{Override, ServerProc};
+use crate::launch::{self, Override};
+use crate::scenario_redis::{self, command_stats, commands_json};
 
 #[derive(Debug, clap::Args)]
 pub struct MassResumeArgs {
@@ -149,7 +149,7 @@ async fn one_broker(
     redis: bool,
 ) -> Result<(bool, Value), String> {
     let mut redis_proc = if redis {
-        Some(RedisProc::start(&args.redis_server).await?)
+        Some(scenario_redis::start(&args.redis_server)?)
     } else {
         None
     };
@@ -162,12 +162,12 @@ async fn one_broker(
         o.push(("broker", "kind", toml::Value::String("redis".into())));
         o.push(("broker", "redis_url", toml::Value::String(r.url())));
     }
-    let mut servers = vec![ServerProc::start_ready(&ctx.server, &o, "resume-a").await?];
+    let mut servers = vec![launch::start_ready(&ctx.server, &o).await?];
     if redis && args.redis_nodes >= 2 {
-        servers.push(ServerProc::start_ready(&ctx.server, &o, "resume-b").await?);
+        servers.push(launch::start_ready(&ctx.server, &o).await?);
     }
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    let pids: Vec<i32> = servers.iter().map(|s| s.pid).collect();
+    let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
     let label = match (redis, servers.len()) {
         (false, _) => "local, 1 node",
         (true, 1) => "redis, 1 node",
@@ -245,10 +245,10 @@ async fn one_broker(
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let stats_before = match &redis_proc {
-        Some(r) => r.command_stats().await.ok(),
+        Some(r) => command_stats(r).await,
         None => None,
     };
-    let redis_cpu_before = redis_proc.as_ref().and_then(RedisProc::cpu_time);
+    let redis_cpu_before = redis_proc.as_ref().and_then(scenario_redis::cpu_time);
     let cpu_before = cpu_sum(&pids);
     let tally = Rc::new(Tally::default());
     let start = Instant::now();
@@ -278,10 +278,10 @@ async fn one_broker(
     let cpu = cpu_delta(cpu_before, cpu_sum(&pids));
     let redis_cpu = cpu_delta(
         redis_cpu_before,
-        redis_proc.as_ref().and_then(RedisProc::cpu_time),
+        redis_proc.as_ref().and_then(scenario_redis::cpu_time),
     );
     let stats_after = match &redis_proc {
-        Some(r) => r.command_stats().await.ok(),
+        Some(r) => command_stats(r).await,
         None => None,
     };
     let mut welcome_hist = new_histogram();
@@ -300,7 +300,7 @@ async fn one_broker(
         stops.push(stop_json(s, Duration::from_secs(15)).await);
     }
     if let Some(r) = &mut redis_proc {
-        r.kill().await;
+        r.kill();
     }
     let ok = !timed_out
         && tally.done.get() == args.clients

@@ -21,7 +21,10 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::client::{self, End, Frame, Read, WsReader, WsWriter};
-use crate::server_proc::{Exit, ServerOpts, ServerProc};
+use wsgrace_kit::proc_stats::cpu_time_of;
+use wsgrace_kit::server::{ServerProcess, Stopped};
+
+use crate::launch::ServerOpts;
 
 /// What a scenario gets from the command line besides its own arguments.
 pub struct Ctx {
@@ -261,20 +264,15 @@ pub fn ms(d: Duration) -> f64 {
 }
 
 /// Stops the server at the end of a scenario and describes how it went.
-pub async fn stop_json(server: &mut ServerProc, grace: Duration) -> Value {
+pub async fn stop_json(server: &mut ServerProcess, grace: Duration) -> Value {
     let started = Instant::now();
-    let Exit { code, killed } = server.stop(grace, false).await;
+    let Stopped { code, killed } = server.stop(grace, false).await;
     json!({
         "stop_ms": ms(started.elapsed()),
         "exit_code": code,
         "killed": killed,
-        "drain_log": server.drain_line().await,
+        "drain_log": drain_line(server).await,
     })
-}
-
-/// Our own RSS, to show what the generator costs.
-pub fn own_rss() -> Option<u64> {
-    crate::server_proc::rss_of(i32::try_from(std::process::id()).ok()?)
 }
 
 /// Reads until the first data message (the welcome), answering pings, and parses it.
@@ -302,10 +300,16 @@ pub async fn welcome_json(rd: &mut WsReader, wr: &mut WsWriter) -> std::io::Resu
 }
 
 /// The sum of the CPU time of `pids` so far (None if any cannot be read).
-pub fn cpu_sum(pids: &[i32]) -> Option<Duration> {
-    pids.iter()
-        .map(|p| crate::server_proc::cpu_time_of(*p))
-        .sum()
+pub fn cpu_sum(pids: &[u32]) -> Option<Duration> {
+    pids.iter().map(|p| cpu_time_of(*p)).sum()
+}
+
+/// The server's `drain finished: ...` log line, once it has been logged. Gives the stderr
+/// reader a moment to catch up first.
+pub async fn drain_line(server: &ServerProcess) -> Option<String> {
+    server
+        .find_log_line("drain finished", Duration::from_millis(500))
+        .await
 }
 
 /// `b - a` of two `cpu_sum` readings, zero when either is missing.

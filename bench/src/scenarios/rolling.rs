@@ -21,10 +21,15 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::fanout::parse_message;
-use super::{hist_json, micros, ms, new_histogram, stop_json, welcome_json, Ctx, Outcome};
+use super::{
+    drain_line, hist_json, micros, ms, new_histogram, stop_json, welcome_json, Ctx, Outcome,
+};
 use crate::client::{self, End, Frame, Read};
-use crate::redis_proc::{CommandStats, RedisProc};
-use crate::server_proc::{Override, ServerProc};
+use crate::launch::{self, Override};
+use crate::scenario_redis::{self, command_stats, CommandStats};
+use wsgrace_kit::child::Signal;
+use wsgrace_kit::redis::RedisServer;
+use wsgrace_kit::server::ServerProcess;
 
 #[derive(Debug, clap::Args)]
 pub struct RollingArgs {
@@ -255,13 +260,13 @@ struct Snapshot {
     commands: CommandStats,
 }
 
-async fn snapshot(a: &ServerProc, b: &ServerProc, redis: &RedisProc) -> Snapshot {
+async fn snapshot(a: &ServerProcess, b: &ServerProcess, redis: &RedisServer) -> Snapshot {
     Snapshot {
         at: Instant::now(),
         a: a.cpu_time(),
         b: b.cpu_time(),
-        redis: redis.cpu_time(),
-        commands: redis.command_stats().await.unwrap_or_default(),
+        redis: scenario_redis::cpu_time(redis),
+        commands: command_stats(redis).await.unwrap_or_default(),
     }
 }
 
@@ -302,7 +307,7 @@ fn phase_json(name: &str, from: &Snapshot, to: &Snapshot) -> Value {
 
 pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
     ctx.check_nofile(args.clients);
-    let mut redis = RedisProc::start(&args.redis_server).await?;
+    let mut redis = scenario_redis::start(&args.redis_server)?;
     let o: Vec<Override> = vec![
         (
             "server",
@@ -318,11 +323,14 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
             toml::Value::Integer(args.spread_ms),
         ),
     ];
-    let mut a = ServerProc::start_ready(&ctx.server, &o, "rolling-a").await?;
-    let mut b = ServerProc::start_ready(&ctx.server, &o, "rolling-b").await?;
+    let mut a = launch::start_ready(&ctx.server, &o).await?;
+    let mut b = launch::start_ready(&ctx.server, &o).await?;
     eprintln!(
         "rolling: redis {}, node A {} (pid {}), node B {}",
-        redis.addr, a.addr, a.pid, b.addr
+        redis.addr(),
+        a.addr,
+        a.pid(),
+        b.addr
     );
     let spread = Duration::from_millis(u64::try_from(args.spread_ms).unwrap_or(0));
     let shared = Rc::new(Shared {
@@ -421,7 +429,7 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
             );
             phases.push(snapshot(&a, &b, &redis).await);
             sigterm_at = Some(Instant::now());
-            a.sigterm();
+            a.try_signal(Signal::Term);
         }
         let at = start + Duration::from_secs_f64(i as f64 / args.rate);
         tokio::time::sleep_until(at.min(ctx.deadline)).await;
@@ -436,7 +444,7 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
             phases.push(snapshot(&a, &b, &redis).await);
         }
         if a_exit.is_none() {
-            if let (Some(sig), Some(exit)) = (sigterm_at, a.wait_exit(Duration::ZERO).await) {
+            if let (Some(sig), Some(exit)) = (sigterm_at, a.try_wait_exit(Duration::ZERO).await) {
                 a_exit = Some((sig.elapsed(), exit));
             }
         }
@@ -462,7 +470,8 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
         }
     }
     if a_exit.is_none() {
-        if let (Some(sig), Some(exit)) = (sigterm_at, a.wait_exit(Duration::from_secs(1)).await) {
+        if let (Some(sig), Some(exit)) = (sigterm_at, a.try_wait_exit(Duration::from_secs(1)).await)
+        {
             a_exit = Some((sig.elapsed(), exit));
         }
     }
@@ -495,7 +504,7 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
     } else {
         None
     };
-    redis.kill().await;
+    redis.kill();
     let ok = unfinished == 0
         && shared.joined.get() == args.clients
         && sent == total
@@ -532,8 +541,8 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
         "latency_during": hist_json(&shared.lat_during.borrow()),
         "latency_after": hist_json(&shared.lat_after.borrow()),
         "node_a_exit_ms": a_exit.map(|(d, _)| ms(d)),
-        "node_a_exit_code": a_exit.and_then(|(_, e)| e.code),
-        "node_a_drain_log": a.drain_line().await,
+        "node_a_exit_code": a_exit.and_then(|(_, e)| e.code()),
+        "node_a_drain_log": drain_line(&a).await,
         "node_a_stop": a_stop,
         "node_b": stop_b,
         "phases": phases_json,

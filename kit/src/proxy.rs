@@ -1,6 +1,7 @@
-//! A TCP proxy between one node and its Redis, which a test can cut and restore: a network
-//! partition of one node while the others still reach Redis. Cutting closes every proxied
-//! connection; while cut, new connections are accepted and closed at once.
+//! [`TcpProxy`]: a TCP proxy a test can cut and restore, e.g. between one node and its
+//! Redis: a network partition of one node while the others still reach Redis. Cutting closes
+//! every proxied connection; while cut, new connections are accepted and closed at once. Its
+//! tasks end when it drops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,5 +65,6 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.accept.abort();
+        // Connections in flight end with the watch: dropping the sender ends `wait_for`.
     }
 }

@@ -1,7 +1,8 @@
 //! A chat member as the SPEC's "Chat protocol" and "Resume" describe one: it joins a room
 //! (optionally resuming with `since` and `epoch`), reads the welcome, and reads the server's
 //! JSON frames as typed [`Frame`]s, each read bounded by [`WAIT`]. Over tungstenite, whose
-//! halves can be used from two tasks at once (a sender and a reader).
+//! halves can be used from two tasks at once (a sender and a reader). It knows the wire
+//! format, not the server's types.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +13,9 @@ use serde_json::Value;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::process::{http_get, Ws, UPGRADE};
+use crate::http::{http_get, UPGRADE};
+use crate::server::ServerProcess;
+use crate::ws::Ws;
 
 /// How long one awaited event may take on a busy 2-core machine; reached only on failure.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -90,6 +93,17 @@ pub fn query(room: &str, name: &str, resume: Option<(u64, &str)>) -> String {
         Some((since, epoch)) => format!("?room={room}&name={name}&since={since}&epoch={epoch}"),
         None => format!("?room={room}&name={name}"),
     }
+}
+
+/// Joins `room` as `name` on `server`, resuming after `since` in `epoch` if `resume` is
+/// given: the member past its welcome.
+pub async fn join(
+    server: &ServerProcess,
+    room: &str,
+    name: &str,
+    resume: Option<(u64, &str)>,
+) -> Member {
+    Member::join(server.ws_url(&query(room, name, resume))).await
 }
 
 /// The status of a WebSocket upgrade to `/ws{query}` on `addr` (101 if accepted).
@@ -177,6 +191,25 @@ impl Reader {
                 self.ended = true;
             }
             return frame;
+        }
+    }
+
+    /// Reads frames until one for which `pick` answers `Some`; returns the frames read on the
+    /// way and that answer. Panics if the connection ends first (or a read passes [`WAIT`]).
+    pub async fn read_until<T>(
+        &mut self,
+        mut pick: impl FnMut(&Frame) -> Option<T>,
+    ) -> (Vec<Frame>, T) {
+        let mut before = Vec::new();
+        loop {
+            let frame = self.next().await;
+            if let Some(found) = pick(&frame) {
+                return (before, found);
+            }
+            if matches!(frame, Frame::Ended(_)) {
+                panic!("the connection ended before the awaited frame; read before: {before:?}");
+            }
+            before.push(frame);
         }
     }
 
@@ -297,6 +330,14 @@ impl Member {
         self.rx.message().await
     }
 
+    /// [`Reader::read_until`] on this member.
+    pub async fn read_until<T>(
+        &mut self,
+        pick: impl FnMut(&Frame) -> Option<T>,
+    ) -> (Vec<Frame>, T) {
+        self.rx.read_until(pick).await
+    }
+
     /// Sends `text` and reads up to its own receipt; the messages read on the way (other
     /// members') are returned too, the receipt last.
     pub async fn say(&mut self, text: &str) -> Vec<Msg> {
@@ -345,116 +386,4 @@ pub fn assert_contiguous(who: &str, messages: &[Msg], first: u64, last: u64) {
             }
         );
     }
-}
-
-/// A talker running in the background: its task (whose output is every message it received)
-/// and the seq of its latest receipt, which is how far the room has got.
-pub struct Talker {
-    pub task: tokio::task::JoinHandle<Vec<Msg>>,
-    pub progress: tokio::sync::watch::Receiver<u64>,
-}
-
-/// Sends `count` messages `"{prefix}-{n}"` from `member`, `pause` apart (traffic for the
-/// others to join and resume under), while reading its own receipts (so that its outbound
-/// queue stays short, and to publish how far the room has got).
-pub fn spawn_talker(member: Member, prefix: &'static str, count: u64, pause: Duration) -> Talker {
-    let base = member.welcome.seq;
-    let Member { mut tx, mut rx, .. } = member;
-    let (progress_tx, progress) = tokio::sync::watch::channel(base);
-    let reader = tokio::spawn(async move {
-        let mut received = Vec::new();
-        while received.last().map_or(base, |m: &Msg| m.seq) < base + count {
-            let msg = rx.message().await;
-            progress_tx.send_replace(msg.seq);
-            received.push(msg);
-        }
-        received
-    });
-    let task = tokio::spawn(async move {
-        for n in 1..=count {
-            tx.send(&format!("{prefix}-{n}")).await;
-            if !pause.is_zero() {
-                tokio::time::sleep(pause).await;
-            }
-        }
-        let received = reader.await.expect("the talker's reader panicked");
-        tx.close().await;
-        received
-    });
-    Talker { task, progress }
-}
-
-/// One client of a resume-under-traffic run. `member` joined its room before the traffic
-/// started. `rounds` times it reads a few messages, leaves (alternately with a close
-/// handshake and by dropping the TCP connection), waits until the room (`progress`, the
-/// talker's latest seq) has got a few messages past it, or none, and resumes at the next
-/// address of `nodes` with `since` = the last seq it saw and the welcome's epoch; every
-/// resume must answer `resumed: true` with the right `missed`. The counts are drawn from
-/// `seed`. Then it reads through seq `last`. Returns every message it took in, in order,
-/// and the sum of `missed`.
-pub async fn resume_rounds(
-    mut member: Member,
-    nodes: Vec<SocketAddr>,
-    rounds: usize,
-    last: u64,
-    mut progress: tokio::sync::watch::Receiver<u64>,
-    seed: u64,
-) -> (Vec<Msg>, u64) {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let room = member.welcome.room.clone();
-    let name = member.welcome.name.clone();
-    let epoch = member.welcome.epoch.clone();
-    let mut seen: Vec<Msg> = Vec::new();
-    let mut missed_total = 0;
-    for round in 0..rounds {
-        let mut seq = seen.last().map_or(member.welcome.seq, |m| m.seq);
-        let take = rng.gen_range(1..=25).min(last - seq);
-        for _ in 0..take {
-            let msg = member.message().await;
-            assert_eq!(
-                msg.seq,
-                seq + 1,
-                "{name} round {round}: seq {} after {seq}",
-                msg.seq
-            );
-            seq = msg.seq;
-            seen.push(msg);
-        }
-        if round % 2 == 0 {
-            member.leave().await;
-        } else {
-            drop(member);
-        }
-        let behind = (seq + rng.gen_range(0..=5)).min(last);
-        timeout(WAIT, progress.wait_for(|room| *room >= behind))
-            .await
-            .expect("the room did not move on")
-            .expect("the talker stopped early");
-        let node = nodes[(round + 1) % nodes.len()];
-        let url = format!("ws://{node}/ws{}", query(&room, &name, Some((seq, &epoch))));
-        member = Member::join(url).await;
-        let welcome = &member.welcome;
-        assert_eq!(
-            (welcome.resumed, welcome.epoch.as_str()),
-            (Some(true), epoch.as_str()),
-            "{name} round {round}: resume after {seq} on {node}: {welcome:?}"
-        );
-        assert!(
-            welcome.seq >= seq,
-            "{name}: welcome {welcome:?} after {seq}"
-        );
-        assert_eq!(
-            welcome.missed,
-            Some(welcome.seq - seq),
-            "{name} round {round}: {welcome:?} after {seq}"
-        );
-        missed_total += welcome.seq - seq;
-    }
-    let seq = seen.last().map_or(member.welcome.seq, |m| m.seq);
-    if seq < last {
-        seen.extend(member.rx.messages_through(last).await);
-    }
-    member.leave().await;
-    (seen, missed_total)
 }

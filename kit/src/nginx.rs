@@ -1,17 +1,24 @@
-//! nginx (Debian's package) as the test's own load balancer: the checked-in
-//! `deploy/nginx/wsgrace.conf` with the test's ports in place of 8080, 8081 and 8082, under a
-//! minimal main config in a temp dir (no root daemon, no system paths), killed on drop.
+//! nginx (Debian's package) as the caller's own load balancer: the checked-in
+//! `deploy/nginx/wsgrace.conf` with the caller's ports in place of 8080, 8081 and 8082, under
+//! a minimal main config in a temp dir (no root daemon, no system paths). Stopped whole on
+//! drop: SIGTERM to the master, which stops its workers, and the kit waits until the master
+//! and every worker are gone (SIGKILL to any left after the grace period), so that no
+//! `nginx: worker process` outlives the test with its listening socket.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::temp_file;
-use super::DEADLINE;
+use crate::child::{ChildProcess, Stop};
+use crate::temp::temp_dir;
+use crate::DEADLINE;
 
 pub const NGINX: &str = "/usr/sbin/nginx";
 pub const INSTALL: &str = "apt-get install -y nginx";
+
+/// How long nginx's master may take to stop its workers and exit on SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The deploy config as checked in.
 pub const DEPLOY_CONF: &str = include_str!("../../deploy/nginx/wsgrace.conf");
@@ -66,9 +73,7 @@ fn main_conf(prefix: &Path, site: &Path) -> String {
 
 /// A prefix dir with `site` written in it and the main config; returns (prefix, main conf).
 fn prepare(site: &str) -> (PathBuf, PathBuf) {
-    let prefix = temp_file("nginx", "");
-    std::fs::remove_file(&prefix).expect("remove the placeholder file");
-    std::fs::create_dir_all(&prefix).expect("create the nginx prefix");
+    let prefix = temp_dir("nginx");
     // Workers may run as another user when the test runs as root.
     let _ = Command::new("chmod").arg("0777").arg(&prefix).status();
     let site_path = prefix.join("wsgrace.conf");
@@ -78,7 +83,7 @@ fn prepare(site: &str) -> (PathBuf, PathBuf) {
     (prefix, main)
 }
 
-/// `nginx -t` on `site` under the test's main config: `Ok` or nginx's own message.
+/// `nginx -t` on `site` under the kit's main config: `Ok` or nginx's own message.
 pub fn check(site: &str) -> Result<(), String> {
     require();
     let (prefix, main) = prepare(site);
@@ -98,9 +103,9 @@ pub fn check(site: &str) -> Result<(), String> {
     }
 }
 
-/// A running nginx.
+/// A running nginx: its master and workers, stopped whole on drop.
 pub struct Nginx {
-    child: Child,
+    master: ChildProcess,
     pub addr: SocketAddr,
     prefix: PathBuf,
 }
@@ -110,7 +115,8 @@ impl Nginx {
     pub fn start(site: &str, listen: u16) -> Nginx {
         require();
         let (prefix, main) = prepare(site);
-        let child = Command::new(NGINX)
+        let mut command = Command::new(NGINX);
+        command
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -119,24 +125,34 @@ impl Nginx {
             .arg("daemon off; master_process on;")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start nginx");
+            .stderr(Stdio::inherit());
+        let master = ChildProcess::spawn(
+            &mut command,
+            Stop::Term { grace: STOP_GRACE },
+            Some(INSTALL),
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
         let addr: SocketAddr = ([127, 0, 0, 1], listen).into();
+        let nginx = Nginx {
+            master,
+            addr,
+            prefix,
+        };
         let started = Instant::now();
         while TcpStream::connect(addr).is_err() {
             assert!(
                 started.elapsed() < DEADLINE,
                 "nginx did not listen on {addr}; its log:\n{}",
-                std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
+                nginx.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Nginx {
-            child,
-            addr,
-            prefix,
-        }
+        nginx
+    }
+
+    /// The master's process id.
+    pub fn pid(&self) -> u32 {
+        self.master.pid()
     }
 
     /// nginx's error log so far.
@@ -147,8 +163,7 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.master.stop();
         let _ = std::fs::remove_dir_all(&self.prefix);
     }
 }

@@ -1,35 +1,43 @@
 //! Headless Chromium (Debian's `chromium` and `chromium-driver`) driven over WebDriver, for
-//! tests that open the chat page: chromedriver as a child killed on drop, a session with a
-//! throwaway profile, and polling of the page with a deadline.
+//! tests that open the chat page: chromedriver as a child stopped whole on drop (with every
+//! Chromium process it started), a session with a throwaway profile, and polling of the page
+//! with a deadline. Behind the kit's `browser` feature.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
-use super::{free_port, DEADLINE};
+use crate::child::{ChildProcess, Stop};
+use crate::temp::temp_path;
+use crate::{free_port, DEADLINE};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 pub const INSTALL: &str = "apt-get install -y chromium chromium-driver";
 
+/// Fails (never skips) when `path` is missing, naming the install command.
 pub fn require(path: &str) {
     assert!(
         Path::new(path).exists(),
-        "\n\n*** tests/browser.rs needs {path}, which is missing. Install it with:\n***     {INSTALL}\n*** (.ci/run does this on a fresh machine)\n"
+        "\n\n*** this test needs {path}, which is missing. Install it with:\n***     {INSTALL}\n*** (scripts/test.sh does this on a fresh machine)\n"
     );
 }
 
-/// chromedriver as a child, killed on drop.
-pub struct Driver(Child);
+/// chromedriver as a child, killed on drop with every Chromium process it started; its
+/// throwaway profile is removed then.
+pub struct Driver {
+    child: ChildProcess,
+    profile: std::path::PathBuf,
+}
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.child.kill();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
@@ -37,16 +45,18 @@ pub async fn start_browser() -> (Driver, Client) {
     require(CHROMIUM);
     require(CHROMEDRIVER);
     let port = free_port();
-    let driver = Driver(
-        Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver"),
-    );
-    let profile =
-        std::env::temp_dir().join(format!("wsgrace-chromium-{}-{port}", std::process::id()));
+    let mut command = Command::new(CHROMEDRIVER);
+    command
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = ChildProcess::spawn(&mut command, Stop::Kill, Some(INSTALL))
+        .unwrap_or_else(|err| panic!("{err}"));
+    let profile = temp_path(&format!("chromium-{port}"));
+    let driver = Driver {
+        child,
+        profile: profile.clone(),
+    };
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".to_owned(),
@@ -80,20 +90,13 @@ pub async fn start_browser() -> (Driver, Client) {
     }
 }
 
-/// Polls `check` until it returns `Some`.
-pub async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
+/// Polls `check` until it returns `Some`; panics naming `what` after [`DEADLINE`].
+pub async fn wait_until<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::wait::until(what, DEADLINE, check).await
 }
 
 pub async fn text_of(client: &Client, css: &str) -> String {
@@ -101,4 +104,15 @@ pub async fn text_of(client: &Client, css: &str) -> String {
         Ok(element) => element.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }
+}
+
+/// Saves a screenshot of the page at `path`, making its directory first (`target/` need not
+/// exist when cargo builds elsewhere, under `CARGO_TARGET_DIR`).
+pub async fn save_screenshot(client: &Client, path: &Path) {
+    let png = client.screenshot().await.expect("screenshot");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("make the screenshot's directory");
+    }
+    std::fs::write(path, png).expect("save the screenshot");
+    eprintln!("screenshot: {}", path.display());
 }
