@@ -9,9 +9,21 @@
 //! changes their epoch ([`EpochChange`], to be told to their open sessions). Each room's
 //! epoch is drawn at random when the room is first seen, so a restart is a new epoch.
 //!
+//! With [`LocalBroker::with_room_overhead`], the budget also counts [`ROOM_OVERHEAD_BYTES`]
+//! per remembered room and, when over, first forgets the rooms idle longest that have
+//! neither history nor members (the supervisor says which rooms have members:
+//! [`LocalBroker::set_occupied`]); a room with members is never forgotten.
+//!
+//! The budget finds the room idle longest in an index kept in order (`IdleIndex`: rooms
+//! with history, and rooms with neither history nor members, each by last activity then
+//! name), so that a publish at the budget costs O(log rooms), not a sort of every room. Every
+//! change to a room's last activity, to whether its history is empty, to its occupancy or to
+//! whether it is remembered at all must move its index entry (`IdleIndex::update`); the
+//! budget checks each room it takes from the index against the room itself before acting.
+//!
 //! It must not fan out, know sessions, or do I/O: the supervisor delivers what it returns.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +37,12 @@ use crate::config::HistorySettings;
 
 /// Bytes counted per history entry besides its JSON (seq, time, queue slot, refcount).
 pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
+
+/// The approximate cost of a remembered room besides its history: its name, epoch, seq and
+/// empty queue, its hash-map slot and its index entry. Passed to
+/// [`LocalBroker::with_room_overhead`], it is counted against `history.max_bytes` for every
+/// room the broker remembers, which caps the number of rooms it keeps.
+pub const ROOM_OVERHEAD_BYTES: u64 = 256;
 
 /// The history limits (`[history]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +79,9 @@ struct RoomLog {
     bytes: u64,
     /// The last message, or the room's creation.
     last_active: Instant,
+    /// Whether the room has local members, as the supervisor last said
+    /// ([`LocalBroker::set_occupied`]): such a room is never forgotten.
+    occupied: bool,
 }
 
 impl RoomLog {
@@ -71,6 +92,20 @@ impl RoomLog {
             history: VecDeque::new(),
             bytes: 0,
             last_active: now,
+            occupied: false,
+        }
+    }
+
+    /// Where the room belongs in the [`IdleIndex`]: a room with history may lose it to the
+    /// budget, a room with neither history nor members may be forgotten, an occupied room
+    /// without history is out of the budget's reach.
+    fn idle_slot(&self) -> IdleSlot {
+        if !self.history.is_empty() {
+            Some((IdleList::WithHistory, self.last_active))
+        } else if !self.occupied {
+            Some((IdleList::Vacant, self.last_active))
+        } else {
+            None
         }
     }
 
@@ -96,10 +131,91 @@ impl RoomLog {
         }
         freed
     }
+
+    /// Drops the whole history under a new epoch; returns the bytes freed.
+    fn drop_history(&mut self) -> u64 {
+        let freed = self.bytes;
+        self.history.clear();
+        self.bytes = 0;
+        self.epoch = Epoch::random();
+        freed
+    }
+
+    fn log_eviction(&self, room: &str) {
+        log::info!(
+            "room {room}: history dropped to stay under history.max_bytes; new epoch {}",
+            self.epoch
+        );
+    }
 }
 
 fn entry_bytes(json: &ByteString) -> u64 {
     json.len() as u64 + ENTRY_OVERHEAD_BYTES
+}
+
+/// The two orders the budget takes rooms in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdleList {
+    /// Rooms with history: the budget may drop it (a new epoch).
+    WithHistory,
+    /// Rooms with neither history nor members: the budget may forget them.
+    Vacant,
+}
+
+/// A room's place in the [`IdleIndex`] (its list and last activity; its name completes the
+/// key), or `None` when the budget cannot act on it.
+type IdleSlot = Option<(IdleList, Instant)>;
+
+/// A key of the [`IdleIndex`]: last activity, then name. Equal instants go to the smaller
+/// name first, as the sort this index replaced did.
+type IdleKey = (Instant, Arc<str>);
+
+/// The rooms the budget may act on, in the order it takes them: the first key of a list is
+/// its room idle longest. Holds exactly one key per room whose [`RoomLog::idle_slot`] is
+/// `Some`, in that slot's list; nothing else.
+#[derive(Default)]
+struct IdleIndex {
+    with_history: BTreeSet<IdleKey>,
+    vacant: BTreeSet<IdleKey>,
+}
+
+impl IdleIndex {
+    fn list(&self, list: IdleList) -> &BTreeSet<IdleKey> {
+        match list {
+            IdleList::WithHistory => &self.with_history,
+            IdleList::Vacant => &self.vacant,
+        }
+    }
+
+    fn list_mut(&mut self, list: IdleList) -> &mut BTreeSet<IdleKey> {
+        match list {
+            IdleList::WithHistory => &mut self.with_history,
+            IdleList::Vacant => &mut self.vacant,
+        }
+    }
+
+    /// Moves room `name` from the slot it had (`before`) to the one it has now (`after`).
+    fn update(&mut self, name: &Arc<str>, before: IdleSlot, after: IdleSlot) {
+        if before == after {
+            return;
+        }
+        if let Some((list, at)) = before {
+            self.list_mut(list).remove(&(at, name.clone()));
+        }
+        if let Some((list, at)) = after {
+            self.list_mut(list).insert((at, name.clone()));
+        }
+    }
+
+    /// The key of the room idle longest in `list`, other than `except` (the room being
+    /// published to or joined, which the budget leaves alone).
+    fn idlest(&self, list: IdleList, except: &str) -> Option<IdleKey> {
+        // `except` is at most one key, so this looks at two keys at most.
+        self.list(list)
+            .iter()
+            .find(|(_, name)| &**name != except)
+            .cloned()
+    }
 }
 
 /// What [`LocalBroker::publish`] produced.
@@ -115,26 +231,44 @@ pub struct LocalPublish {
 /// The in-process broker. See the module doc.
 pub struct LocalBroker {
     limits: HistoryLimits,
+    /// Bytes counted against `history.max_bytes` per remembered room (0: rooms are not
+    /// counted, and the budget never forgets one).
+    room_overhead: u64,
     rooms: HashMap<Arc<str>, RoomLog>,
+    /// The rooms the budget may act on, idle longest first.
+    index: IdleIndex,
     /// Bytes of every room's history.
     bytes: u64,
-    /// Local members per room ([`Broker::join`] / [`Broker::leave`]): a room with members is
-    /// never forgotten.
+    /// Local members per room ([`Broker::join`] / [`Broker::leave`]): the first makes the
+    /// room occupied, the last vacant ([`Self::set_occupied`]).
     occupants: HashMap<Arc<str>, usize>,
     /// Events of the last publish, for [`Broker::ready_events`].
     ready: Vec<BrokerEvent>,
 }
 
 impl LocalBroker {
-    /// A broker with no rooms.
+    /// A broker with no rooms, whose budget counts history only.
     pub fn new(limits: HistoryLimits) -> Self {
         LocalBroker {
             limits,
+            room_overhead: 0,
             rooms: HashMap::new(),
+            index: IdleIndex::default(),
             bytes: 0,
             occupants: HashMap::new(),
             ready: Vec::new(),
         }
+    }
+
+    /// The same broker, counting `bytes_per_room` ([`ROOM_OVERHEAD_BYTES`] in production)
+    /// against `history.max_bytes` for every room it remembers. When over, the budget then
+    /// forgets the rooms idle longest that have neither history nor members before it drops
+    /// any room's history: such a room is worth less than any history (nobody is in it, and
+    /// there is nothing to replay). This needs the supervisor's [`Self::set_occupied`] calls,
+    /// since a room not marked occupied counts as having no members.
+    pub fn with_room_overhead(mut self, bytes_per_room: u64) -> Self {
+        self.room_overhead = bytes_per_room;
+        self
     }
 
     /// Gives a message from `from` in `room` saying `text` the room's next seq, records it in
@@ -148,7 +282,7 @@ impl LocalBroker {
     ) -> Result<LocalPublish, BrokerError> {
         let head = MessageHead::new(room, from, text)?;
         let limits = self.limits;
-        let (room_name, log) = self.room_mut(room, now);
+        let (room_name, log, before) = self.room_mut(room, now);
         let freed = log.expire(now, limits.ttl);
         log.seq += 1;
         log.last_active = now;
@@ -173,6 +307,8 @@ impl LocalBroker {
                 trimmed += log.pop_oldest();
             }
         }
+        let after = log.idle_slot();
+        self.index.update(&room_name, before, after);
         self.bytes = self.bytes + added - trimmed;
         let epoch_changes = self.evict_over_budget(&room_name);
         Ok(LocalPublish {
@@ -192,7 +328,7 @@ impl LocalBroker {
     ) -> JoinSnapshot {
         let ttl = self.limits.ttl;
         let history_on = self.limits.size > 0;
-        let (room_name, log) = self.room_mut(room, now);
+        let (room_name, log, before) = self.room_mut(room, now);
         let freed = log.expire(now, ttl);
         let epoch = log.epoch.clone();
         let seq = log.seq;
@@ -218,7 +354,12 @@ impl LocalBroker {
                 }
             }
         };
+        let after = log.idle_slot();
+        self.index.update(&room_name, before, after);
         self.bytes -= freed;
+        // A new room counts against the budget: make room by forgetting vacant rooms only,
+        // since a dropped history's epoch change could not be told from here.
+        self.forget_over_budget(&room_name);
         JoinSnapshot {
             room: room_name,
             epoch,
@@ -228,21 +369,40 @@ impl LocalBroker {
     }
 
     /// Drops history entries older than the ttl in every room, and forgets rooms with no
-    /// history left that have been idle for the ttl, unless `keep` says the room still has
-    /// members (a forgotten room starts a new epoch). Returns how many rooms were forgotten.
-    /// Call it now and then (e.g. every minute) from the supervisor.
+    /// history left that have been idle for the ttl, unless the room is occupied
+    /// ([`Self::set_occupied`]) or `keep` says it still has members (a forgotten room starts
+    /// a new epoch). Returns how many rooms were forgotten. Call it now and then (e.g. every
+    /// minute) from the supervisor.
     pub fn sweep(&mut self, now: Instant, keep: impl Fn(&str) -> bool) -> usize {
         let ttl = self.limits.ttl;
         let mut freed = 0;
         let before = self.rooms.len();
+        let index = &mut self.index;
         self.rooms.retain(|name, log| {
+            let slot_before = log.idle_slot();
             freed += log.expire(now, ttl);
-            !log.history.is_empty()
+            let remembered = !log.history.is_empty()
                 || now.saturating_duration_since(log.last_active) < ttl
-                || keep(name)
+                || log.occupied
+                || keep(name);
+            let slot_after = if remembered { log.idle_slot() } else { None };
+            index.update(name, slot_before, slot_after);
+            remembered
         });
         self.bytes -= freed;
         before - self.rooms.len()
+    }
+
+    /// Tells the broker whether `room` has local members: call it with `true` when a room
+    /// gets its first member (after the join's [`Self::snapshot`], which creates the room),
+    /// and with `false` when its last member leaves. An occupied room is never forgotten, by
+    /// the budget or by [`Self::sweep`]; its history can still be dropped (a new epoch). A
+    /// room the broker does not know is left unknown.
+    pub fn set_occupied(&mut self, room: &str, occupied: bool) {
+        let Some(name) = self.rooms.get_key_value(room).map(|(name, _)| name.clone()) else {
+            return;
+        };
+        self.change_room(&name, |log| log.occupied = occupied);
     }
 
     /// The room's epoch and latest seq, if the broker knows the room.
@@ -255,60 +415,153 @@ impl LocalBroker {
         self.bytes
     }
 
+    /// Everything counted against `history.max_bytes`: [`Self::history_bytes`] plus the
+    /// per-room overhead ([`Self::with_room_overhead`]) of every remembered room.
+    pub fn budget_bytes(&self) -> u64 {
+        let rooms = self.rooms.len() as u64;
+        self.bytes
+            .saturating_add(self.room_overhead.saturating_mul(rooms))
+    }
+
     /// Rooms the broker knows.
     pub fn rooms(&self) -> usize {
         self.rooms.len()
     }
 
-    fn room_mut(&mut self, room: &str, now: Instant) -> (Arc<str>, &mut RoomLog) {
+    /// The room named `room`, created at `now` if new, with its index slot before the
+    /// caller's change (`None` for a new room, which is not in the index yet). The caller
+    /// must pass the slot the room has after its change to [`IdleIndex::update`].
+    fn room_mut(&mut self, room: &str, now: Instant) -> (Arc<str>, &mut RoomLog, IdleSlot) {
         let name = match self.rooms.get_key_value(room) {
             Some((name, _)) => name.clone(),
             None => Arc::from(room),
         };
-        let log = self
-            .rooms
-            .entry(name.clone())
-            .or_insert_with(|| RoomLog::new(now));
-        (name, log)
+        let mut created = false;
+        let log = self.rooms.entry(name.clone()).or_insert_with(|| {
+            created = true;
+            RoomLog::new(now)
+        });
+        let before = if created { None } else { log.idle_slot() };
+        (name, log, before)
     }
 
-    /// Past `max_bytes`, drops whole histories of the rooms idle longest (not `current`),
-    /// each getting a new epoch; if `current` alone is still over, trims its oldest entries.
+    /// Applies `change` to a known room and moves its index entry accordingly.
+    fn change_room<R>(
+        &mut self,
+        name: &Arc<str>,
+        change: impl FnOnce(&mut RoomLog) -> R,
+    ) -> Option<R> {
+        let log = self.rooms.get_mut(name)?;
+        let before = log.idle_slot();
+        let result = change(log);
+        let after = log.idle_slot();
+        self.index.update(name, before, after);
+        Some(result)
+    }
+
+    fn over_budget(&self) -> bool {
+        self.budget_bytes() > self.limits.max_bytes
+    }
+
+    /// Past `max_bytes`, forgets the rooms idle longest with neither history nor members
+    /// (when rooms are counted), then drops whole histories of the rooms idle longest, each
+    /// getting a new epoch; never `current`'s. If `current` alone is still over, trims its
+    /// oldest entries.
     fn evict_over_budget(&mut self, current: &Arc<str>) -> Vec<EpochChange> {
         let mut changes = Vec::new();
-        if self.bytes <= self.limits.max_bytes {
-            return changes;
-        }
-        let mut idle: Vec<(Instant, Arc<str>)> = self
-            .rooms
-            .iter()
-            .filter(|(name, log)| *name != current && !log.history.is_empty())
-            .map(|(name, log)| (log.last_active, name.clone()))
-            .collect();
-        idle.sort_unstable();
-        for (_, name) in idle {
-            if self.bytes <= self.limits.max_bytes {
+        loop {
+            self.forget_over_budget(current);
+            if !self.over_budget() {
                 break;
             }
-            if let Some(log) = self.rooms.get_mut(&name) {
-                self.bytes -= log.bytes;
-                log.history.clear();
-                log.bytes = 0;
-                log.epoch = Epoch::random();
+            let Some(name) = self.idlest(IdleList::WithHistory, current) else {
+                break;
+            };
+            let dropped = self.change_room(&name, |log| {
+                let freed = log.drop_history();
                 log.log_eviction(&name);
+                (freed, log.epoch.clone(), log.seq)
+            });
+            if let Some((freed, epoch, seq)) = dropped {
+                self.bytes -= freed;
                 changes.push(EpochChange {
-                    room: name.clone(),
-                    epoch: log.epoch.clone(),
-                    seq: log.seq,
+                    room: name,
+                    epoch,
+                    seq,
                 });
             }
         }
-        if let Some(log) = self.rooms.get_mut(current) {
-            while self.bytes > self.limits.max_bytes && !log.history.is_empty() {
-                self.bytes -= log.pop_oldest();
-            }
+        let excess = self.budget_bytes().saturating_sub(self.limits.max_bytes);
+        if excess > 0 {
+            let trimmed = self.change_room(current, |log| {
+                let mut trimmed = 0;
+                while trimmed < excess && !log.history.is_empty() {
+                    trimmed += log.pop_oldest();
+                }
+                trimmed
+            });
+            self.bytes -= trimmed.unwrap_or(0);
         }
         changes
+    }
+
+    /// Past `max_bytes` with rooms counted, forgets the rooms idle longest (not `current`)
+    /// that have neither history nor members: no one is told, and the room's next message
+    /// or join starts a new epoch.
+    fn forget_over_budget(&mut self, current: &Arc<str>) {
+        if self.room_overhead == 0 {
+            return;
+        }
+        while self.over_budget() {
+            let Some(name) = self.idlest(IdleList::Vacant, current) else {
+                return;
+            };
+            if let Some(log) = self.rooms.remove(&name) {
+                self.index.update(&name, log.idle_slot(), None);
+                self.bytes -= log.bytes;
+                log::debug!("room {name}: forgotten to stay under history.max_bytes");
+            }
+        }
+    }
+
+    /// The room idle longest in `list`, other than `current`. An index key that does not
+    /// match its room (a bug) is dropped and logged rather than acted on: the budget's loops
+    /// end, and a room with members is never forgotten on the index's word alone.
+    fn idlest(&mut self, list: IdleList, current: &str) -> Option<Arc<str>> {
+        loop {
+            let (at, name) = self.index.idlest(list, current)?;
+            if self.rooms.get(&name).and_then(RoomLog::idle_slot) == Some((list, at)) {
+                return Some(name);
+            }
+            log::error!("history index: room {name} is not where its entry says; entry dropped");
+            self.index.list_mut(list).remove(&(at, name));
+        }
+    }
+
+    /// Test only: asserts the index holds exactly the rooms' slots and the byte counts are
+    /// the sums they stand for.
+    #[cfg(test)]
+    fn check_index(&self) {
+        let mut with_history = BTreeSet::new();
+        let mut vacant = BTreeSet::new();
+        let mut bytes = 0;
+        for (name, log) in &self.rooms {
+            let entries: u64 = log
+                .history
+                .iter()
+                .map(|entry| entry_bytes(&entry.json))
+                .sum();
+            assert_eq!(log.bytes, entries, "room {name}: its bytes");
+            bytes += log.bytes;
+            match log.idle_slot() {
+                Some((IdleList::WithHistory, at)) => with_history.insert((at, name.clone())),
+                Some((IdleList::Vacant, at)) => vacant.insert((at, name.clone())),
+                None => false,
+            };
+        }
+        assert_eq!(self.bytes, bytes, "history bytes");
+        assert_eq!(self.index.with_history, with_history, "rooms with history");
+        assert_eq!(self.index.vacant, vacant, "vacant rooms");
     }
 }
 
@@ -322,16 +575,24 @@ impl Broker for LocalBroker {
     }
 
     fn join(&mut self, room: &Arc<str>, resume: Option<ResumeRequest>) -> Pending<JoinSnapshot> {
-        *self.occupants.entry(room.clone()).or_default() += 1;
-        Pending::Ready(Ok(self.snapshot(room, resume.as_ref(), Instant::now())))
+        // The snapshot creates the room; then it has a member.
+        let snapshot = self.snapshot(room, resume.as_ref(), Instant::now());
+        let members = self.occupants.entry(room.clone()).or_default();
+        *members += 1;
+        if *members == 1 {
+            self.set_occupied(room, true);
+        }
+        Pending::Ready(Ok(snapshot))
     }
 
     fn leave(&mut self, room: &Arc<str>) {
-        if let Some(count) = self.occupants.get_mut(room) {
-            *count -= 1;
-            if *count == 0 {
-                self.occupants.remove(room);
-            }
+        let Some(members) = self.occupants.get_mut(room) else {
+            return;
+        };
+        *members -= 1;
+        if *members == 0 {
+            self.occupants.remove(room);
+            self.set_occupied(room, false);
         }
     }
 
@@ -354,255 +615,14 @@ impl Broker for LocalBroker {
     }
 
     fn maintain(&mut self) {
-        let occupants = std::mem::take(&mut self.occupants);
-        let forgotten = self.sweep(Instant::now(), |room| occupants.contains_key(room));
-        self.occupants = occupants;
+        // Rooms with members are occupied, and kept by the sweep.
+        let forgotten = self.sweep(Instant::now(), |_| false);
         if forgotten > 0 {
             log::debug!("history: {forgotten} idle rooms forgotten");
         }
     }
 }
 
-impl RoomLog {
-    fn log_eviction(&self, room: &str) {
-        log::info!(
-            "room {room}: history dropped to stay under history.max_bytes; new epoch {}",
-            self.epoch
-        );
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(size: usize, ttl_ms: u64, max_bytes: u64) -> HistoryLimits {
-        HistoryLimits {
-            size,
-            ttl: Duration::from_millis(ttl_ms),
-            max_bytes,
-        }
-    }
-
-    fn broker() -> LocalBroker {
-        LocalBroker::new(HistoryLimits::from(&HistorySettings::default()))
-    }
-
-    fn ask(since: u64, epoch: Option<&Epoch>) -> ResumeRequest {
-        ResumeRequest {
-            since,
-            epoch: epoch.cloned(),
-        }
-    }
-
-    fn seqs(snapshot: &JoinSnapshot) -> Option<Vec<u64>> {
-        match &snapshot.resume {
-            Resume::Resumed(entries) => Some(entries.iter().map(|p| p.seq).collect()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn seq_counts_per_room_from_1() {
-        let mut b = broker();
-        let now = Instant::now();
-        for expected in 1..=5 {
-            let p = b.publish("a", "ann", "x", now).unwrap().message;
-            assert_eq!(p.seq, expected);
-            assert_eq!(
-                &*p.json,
-                format!(
-                    r#"{{"type":"message","room":"a","from":"ann","text":"x","seq":{expected}}}"#
-                )
-            );
-        }
-        assert_eq!(b.publish("b", "bob", "y", now).unwrap().message.seq, 1);
-        assert_ne!(
-            b.room("a").unwrap().0,
-            b.room("b").unwrap().0,
-            "epochs per room"
-        );
-        assert_eq!(b.room("a").unwrap().1, 5);
-    }
-
-    #[test]
-    fn a_new_room_snapshot_fixes_the_epoch() {
-        let mut b = broker();
-        let now = Instant::now();
-        let snap = b.snapshot("r", None, now);
-        assert_eq!(snap.seq, 0);
-        assert_eq!(snap.resume, Resume::NotAsked);
-        let p = b.publish("r", "ann", "x", now).unwrap().message;
-        assert_eq!(p.epoch, snap.epoch);
-        assert_eq!(p.seq, 1);
-    }
-
-    #[test]
-    fn a_new_process_is_a_new_epoch() {
-        let now = Instant::now();
-        let mut one = broker();
-        let mut two = broker();
-        assert_ne!(
-            one.snapshot("r", None, now).epoch,
-            two.snapshot("r", None, now).epoch
-        );
-    }
-
-    #[test]
-    fn resume_cases() {
-        let now = Instant::now();
-        let mut b = LocalBroker::new(limits(5, 60_000, 1 << 20));
-        for _ in 0..8 {
-            b.publish("r", "ann", "x", now).unwrap();
-        }
-        let epoch = b.room("r").unwrap().0;
-        let other = Epoch::new("other");
-        // History holds 4..=8.
-        let cases: [(ResumeRequest, Option<Vec<u64>>); 8] = [
-            (ask(3, Some(&epoch)), Some(vec![4, 5, 6, 7, 8])),
-            (ask(5, None), Some(vec![6, 7, 8])),
-            (ask(7, Some(&epoch)), Some(vec![8])),
-            (ask(8, Some(&epoch)), Some(vec![])),
-            (ask(2, Some(&epoch)), None), // trimmed by history.size
-            (ask(0, None), None),
-            (ask(9, None), None),         // ahead
-            (ask(5, Some(&other)), None), // other epoch
-        ];
-        for (request, expected) in cases {
-            let snap = b.snapshot("r", Some(&request), now);
-            assert_eq!(snap.seq, 8);
-            assert_eq!(seqs(&snap), expected, "{request:?}");
-            if let Resume::Resumed(entries) = &snap.resume {
-                assert_eq!(snap.missed(), Some(entries.len() as u64));
-                for p in entries {
-                    assert!(p.json.ends_with(&format!("\"seq\":{}}}", p.seq)));
-                    assert_eq!(p.epoch, epoch);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn no_history_means_no_resume() {
-        let now = Instant::now();
-        let mut b = LocalBroker::new(limits(0, 60_000, 1 << 20));
-        for _ in 0..3 {
-            b.publish("r", "ann", "x", now).unwrap();
-        }
-        assert_eq!(b.history_bytes(), 0);
-        for since in [0, 2, 3, 4] {
-            let snap = b.snapshot("r", Some(&ask(since, None)), now);
-            assert_eq!(snap.resume, Resume::NotResumed, "since {since}");
-            assert_eq!(snap.seq, 3);
-        }
-    }
-
-    #[test]
-    fn entries_older_than_the_ttl_are_trimmed() {
-        let t0 = Instant::now();
-        let mut b = LocalBroker::new(limits(100, 1_000, 1 << 20));
-        b.publish("r", "ann", "1", t0).unwrap();
-        b.publish("r", "ann", "2", t0 + Duration::from_millis(600))
-            .unwrap();
-        let t = t0 + Duration::from_millis(1_100);
-        // Entry 1 expired: resuming from 0 fails, from 1 works.
-        assert_eq!(seqs(&b.snapshot("r", Some(&ask(0, None)), t)), None);
-        assert_eq!(
-            seqs(&b.snapshot("r", Some(&ask(1, None)), t)),
-            Some(vec![2])
-        );
-        let t = t0 + Duration::from_millis(1_700);
-        assert_eq!(seqs(&b.snapshot("r", Some(&ask(1, None)), t)), None);
-        assert_eq!(seqs(&b.snapshot("r", Some(&ask(2, None)), t)), Some(vec![]));
-        assert_eq!(b.history_bytes(), 0);
-    }
-
-    #[test]
-    fn idle_rooms_without_history_are_forgotten_unless_kept() {
-        let t0 = Instant::now();
-        let mut b = LocalBroker::new(limits(10, 1_000, 1 << 20));
-        b.publish("gone", "ann", "x", t0).unwrap();
-        b.publish("kept", "ann", "x", t0).unwrap();
-        let first = b.room("gone").unwrap().0;
-        assert_eq!(b.sweep(t0 + Duration::from_millis(500), |_| false), 0);
-        assert_eq!(
-            b.sweep(t0 + Duration::from_millis(1_000), |r| r == "kept"),
-            1
-        );
-        assert!(b.room("gone").is_none());
-        assert_eq!(b.room("kept").unwrap().1, 1);
-        assert_eq!(b.history_bytes(), 0);
-        // A later message starts a new epoch.
-        let p = b
-            .publish("gone", "ann", "x", t0 + Duration::from_secs(2))
-            .unwrap()
-            .message;
-        assert_eq!(p.seq, 1);
-        assert_ne!(p.epoch, first);
-    }
-
-    #[test]
-    fn over_max_bytes_the_idlest_rooms_lose_their_history_and_epoch() {
-        let t0 = Instant::now();
-        let one = entry_bytes(&MessageHead::new("a", "ann", "x").unwrap().finish(1));
-        // Room for 4 entries in all.
-        let mut b = LocalBroker::new(limits(100, 60_000, 4 * one));
-        let at = |ms| t0 + Duration::from_millis(ms);
-        b.publish("a", "ann", "x", at(0)).unwrap();
-        b.publish("b", "ann", "x", at(1)).unwrap();
-        b.publish("c", "ann", "x", at(2)).unwrap();
-        let out = b.publish("a", "ann", "x", at(3)).unwrap();
-        assert!(out.epoch_changes.is_empty());
-        assert_eq!(b.history_bytes(), 4 * one);
-        let epoch_b = b.room("b").unwrap().0;
-        // The fifth entry goes over: b is idle longest (a was active at 3).
-        let out = b.publish("d", "ann", "x", at(4)).unwrap();
-        assert_eq!(out.epoch_changes.len(), 1, "{:?}", out.epoch_changes);
-        let change = &out.epoch_changes[0];
-        assert_eq!(&*change.room, "b");
-        assert_eq!(change.seq, 1);
-        assert_ne!(change.epoch, epoch_b);
-        assert_eq!(b.room("b").unwrap(), (change.epoch.clone(), 1));
-        assert_eq!(b.history_bytes(), 4 * one);
-        // b's seqs continue in the new epoch; an old-epoch resume fails.
-        let snap = b.snapshot("b", Some(&ask(1, Some(&epoch_b))), at(5));
-        assert_eq!(snap.resume, Resume::NotResumed);
-        let p = b.publish("b", "ann", "x", at(6)).unwrap();
-        assert_eq!(p.message.seq, 2);
-        assert_eq!(p.message.epoch, change.epoch);
-    }
-
-    #[test]
-    fn one_room_alone_over_max_bytes_trims_itself() {
-        let t0 = Instant::now();
-        let one = entry_bytes(&MessageHead::new("a", "ann", "x").unwrap().finish(1));
-        let mut b = LocalBroker::new(limits(100, 60_000, 3 * one));
-        for _ in 0..5 {
-            let out = b.publish("a", "ann", "x", t0).unwrap();
-            assert!(out.epoch_changes.is_empty());
-        }
-        assert!(b.history_bytes() <= 3 * one);
-        let snap = b.snapshot("a", Some(&ask(2, None)), t0);
-        assert_eq!(seqs(&snap), Some(vec![3, 4, 5]));
-    }
-
-    #[test]
-    fn byte_count_stays_exact() {
-        // Publishing, trimming by size, by ttl, evicting and sweeping keep the total equal to
-        // the sum over rooms.
-        let t0 = Instant::now();
-        let mut b = LocalBroker::new(limits(3, 1_000, 2_000));
-        for i in 0..200u64 {
-            let room = format!("r{}", i % 7);
-            let text = "y".repeat((i % 13) as usize);
-            b.publish(&room, "ann", &text, t0 + Duration::from_millis(i * 20))
-                .unwrap();
-            if i % 50 == 0 {
-                b.sweep(t0 + Duration::from_millis(i * 20), |_| false);
-            }
-            let sum: u64 = b.rooms.values().map(|log| log.bytes).sum();
-            assert_eq!(b.history_bytes(), sum, "after {i}");
-            assert!(b.history_bytes() <= 2_000);
-        }
-    }
-}
+#[path = "local_tests.rs"]
+mod tests;

@@ -320,7 +320,9 @@ pub fn from_config(config: &crate::config::Config) -> Result<Box<dyn Broker>, Br
         crate::config::BrokerKind::Local => {
             crate::metrics::metrics().broker_up.set(1);
             let limits = local::HistoryLimits::from(&config.history);
-            Ok(Box::new(LocalBroker::new(limits)))
+            Ok(Box::new(
+                LocalBroker::new(limits).with_room_overhead(local::ROOM_OVERHEAD_BYTES),
+            ))
         }
         crate::config::BrokerKind::Redis => {
             let settings = redis::RedisSettings::new(&config.broker, &config.history);

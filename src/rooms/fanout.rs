@@ -237,6 +237,29 @@ impl Handler<Deliver> for Shard {
     }
 }
 
+/// Items grouped by shard. There is one shard per worker thread, so a list does; and an
+/// actor address is no hash key for clippy (interior mutability, though it hashes a pointer).
+pub struct PerShard<S, T>(pub Vec<(S, Vec<T>)>);
+
+impl<S, T> Default for PerShard<S, T> {
+    fn default() -> Self {
+        PerShard(Vec::new())
+    }
+}
+
+impl<S: PartialEq, T> PerShard<S, T> {
+    /// Adds `item` to `shard`'s group.
+    pub fn add(&mut self, shard: S, item: T) {
+        match self.0.iter_mut().find(|(known, _)| *known == shard) {
+            Some((_, items)) => items.push(item),
+            None => self.0.push((shard, vec![item])),
+        }
+    }
+}
+
+/// Per shard, the `(room, id)` of members that left and must be removed from its fan-out.
+pub type Removals = PerShard<Arc<Addr<Shard>>, (Arc<str>, SessionId)>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

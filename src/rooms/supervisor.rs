@@ -42,7 +42,7 @@ use crate::rooms::drain::{batch_schedule, DrainPlan};
 // Where it was before 0.2 (see CHANGELOG.md).
 #[doc(hidden)]
 pub use crate::rooms::drain::DrainReport;
-use crate::rooms::fanout::{Admit, Deliver, Remove, Shard, ShutDown};
+use crate::rooms::fanout::{Admit, Deliver, PerShard, Removals, Remove, Shard, ShutDown};
 use crate::rooms::resume::Delivery;
 use crate::rooms::room::{Action, JoinAnswer, Room, MAX_JOIN_BUFFER};
 
@@ -196,7 +196,9 @@ impl Supervisor {
     /// A supervisor with no sessions and the local broker with the default `[history]`.
     pub fn new() -> Self {
         let limits = HistoryLimits::from(&crate::config::HistorySettings::default());
-        Supervisor::with_broker(Box::new(LocalBroker::new(limits)))
+        Supervisor::with_broker(Box::new(
+            LocalBroker::new(limits).with_room_overhead(crate::broker::local::ROOM_OVERHEAD_BYTES),
+        ))
     }
 
     /// A supervisor whose rooms go through `broker` ([`crate::broker::from_config`] makes
@@ -627,28 +629,6 @@ impl Handler<Join> for Supervisor {
         });
     }
 }
-
-/// Items grouped by shard. There is one shard per worker thread, so a list does; and an
-/// actor address is no hash key for clippy (interior mutability, though it hashes a pointer).
-struct PerShard<S, T>(Vec<(S, Vec<T>)>);
-
-impl<S, T> Default for PerShard<S, T> {
-    fn default() -> Self {
-        PerShard(Vec::new())
-    }
-}
-
-impl<S: PartialEq, T> PerShard<S, T> {
-    fn add(&mut self, shard: S, item: T) {
-        match self.0.iter_mut().find(|(known, _)| *known == shard) {
-            Some((_, items)) => items.push(item),
-            None => self.0.push((shard, vec![item])),
-        }
-    }
-}
-
-/// Per shard, the `(room, id)` of members that left and must be removed from its fan-out.
-type Removals = PerShard<Arc<Addr<Shard>>, (Arc<str>, SessionId)>;
 
 impl Handler<Leave> for Supervisor {
     type Result = ();
