@@ -183,7 +183,8 @@ mod tests {
             room: Arc::from("r"),
             epoch: Epoch::new(epoch.to_owned()),
             seq,
-            json: MessageHead::new("r", "ann", "x").unwrap().finish(seq),
+            json: MessageHead::new("r", "ann", "x").unwrap().finish(seq, 0),
+            sent_by: None,
         }
     }
 

@@ -172,9 +172,15 @@ async fn publish_gives_seq_1_to_n_in_order() {
         let m = next_message(&mut events).await;
         assert_eq!(m.seq, i);
         assert_eq!(Some(&m.epoch), epoch.as_ref());
+        // `ts` is Redis's clock when the message got its seq.
+        let frame: serde_json::Value = serde_json::from_str(&m.json).unwrap();
+        let ts = frame["ts"].as_u64().expect("a ts");
+        assert!(ts > 1_600_000_000_000, "ts {ts}");
         assert_eq!(
             &*m.json,
-            format!(r#"{{"type":"message","room":"lobby","from":"ann","text":"m{i}","seq":{i}}}"#)
+            format!(
+                r#"{{"type":"message","room":"lobby","from":"ann","text":"m{i}","seq":{i},"ts":{ts}}}"#
+            )
         );
     }
 }
@@ -255,13 +261,13 @@ async fn snapshots_apply_the_resume_rule() {
         let got = match &snap.resume {
             Resume::Resumed(entries) => Some(entries.iter().map(|p| p.seq).collect::<Vec<_>>()),
             Resume::NotResumed => None,
-            Resume::NotAsked => panic!("asked"),
+            Resume::NotAsked | Resume::Recent(_) => panic!("asked"),
         };
         assert_eq!(got, expected, "{request:?}");
         if let Resume::Resumed(entries) = &snap.resume {
             for p in entries {
                 assert!(
-                    p.json.ends_with(&format!(",\"seq\":{}}}", p.seq)),
+                    p.json.contains(&format!(",\"seq\":{},\"ts\":", p.seq)),
                     "{}",
                     p.json
                 );
