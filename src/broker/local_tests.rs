@@ -722,3 +722,52 @@ proptest! {
         against_the_model(limits(size, ttl_ms, max_bytes), room_overhead, &ops);
     }
 }
+
+#[test]
+fn a_dedupe_key_is_published_once_within_its_window() {
+    let t0 = Instant::now();
+    let mut b = broker().with_dedupe(Duration::from_millis(1_000));
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let message = |key| Outgoing {
+        from: "ann",
+        text: "x",
+        dedupe_key: Some(key),
+        sent_by: None,
+    };
+    let first = b.publish_message("r", message("k"), at(0), 5).unwrap().0;
+    let Publication::New(first) = first else {
+        panic!("{first:?}");
+    };
+    assert!(first.json.ends_with(r#""seq":1,"ts":5}"#), "{}", first.json);
+    // Within the window: the first one's seq; nothing published, the room's seq unchanged.
+    let repeat = b.publish_message("r", message("k"), at(999), 6).unwrap().0;
+    assert_eq!(
+        repeat,
+        Publication::Repeat {
+            epoch: first.epoch.clone(),
+            seq: 1
+        }
+    );
+    assert_eq!(b.room("r").unwrap().1, 1);
+    // The same key in another room, or without a key: new messages.
+    assert!(matches!(
+        b.publish_message("s", message("k"), at(999), 6).unwrap().0,
+        Publication::New(_)
+    ));
+    assert_eq!(b.publish("r", "ann", "x", at(999)).unwrap().message.seq, 2);
+    // Past the window: a new message.
+    let later = b
+        .publish_message("r", message("k"), at(1_000), 7)
+        .unwrap()
+        .0;
+    assert!(
+        matches!(later, Publication::New(ref p) if p.seq == 3),
+        "{later:?}"
+    );
+    // Without a window (publish.dedupe_ms = 0) every publish is new.
+    let mut none = broker();
+    for seq in 1..=2 {
+        let published = none.publish_message("r", message("k"), t0, 1).unwrap().0;
+        assert!(matches!(published, Publication::New(ref p) if p.seq == seq));
+    }
+}

@@ -1,7 +1,8 @@
 //! The supervisor's `wsgrace.v2` requests: a session registers once ([`Connect`]) and joins,
 //! leaves, publishes, signals and asks presence per room. The session's handler has already
-//! refused what it can tell alone (a bad frame, a room not granted, not joined, already
-//! joined, one room too many); what is left here needs the rooms and the broker.
+//! refused what it can tell alone (a bad frame, a room not granted); the session's rooms are
+//! known here, so `already_joined`, `too_many_rooms` and `not_joined` are answered here,
+//! before the rooms and the broker are asked.
 
 use std::sync::Arc;
 
@@ -10,15 +11,39 @@ use actix::{Context, Handler};
 use super::{tell, Answer, PublishRequest, Supervisor};
 use super::{AskPresence, Connect, JoinRoom, LeaveRoom, Publish, SendSignal};
 use crate::broker::{Origin, Signal};
+use crate::connection::session::SessionId;
 use crate::metrics::metrics;
 use crate::protocol::v2::{left_json, presence_json, signal_json};
+use crate::protocol::v2::{ErrorCode, Refusal};
 use crate::rooms::fanout::Admit;
 
 impl Handler<Connect> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
-        self.register(msg.session, msg.name, msg.shard);
+        self.register(msg.session, msg.name, msg.shard, msg.max_rooms);
+    }
+}
+
+impl Supervisor {
+    /// The room of session `id` named `room`, or the `not_joined` refusal told to the
+    /// session (with the request's `reference` and a publish's `message_id`).
+    fn joined_room(
+        &self,
+        id: SessionId,
+        room: &str,
+        reference: Option<&str>,
+        message_id: Option<&str>,
+    ) -> Option<Arc<str>> {
+        let member = self.members.get(&id)?;
+        if let Some(membership) = member.membership(room) {
+            return Some(membership.room.clone());
+        }
+        let mut refusal =
+            Refusal::new(ErrorCode::NotJoined, "join the room first").about(Some(room), reference);
+        refusal.id = message_id.map(str::to_owned);
+        tell(&member.session, refusal.to_json());
+        None
     }
 }
 
@@ -26,6 +51,24 @@ impl Handler<JoinRoom> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) {
+        let Some(member) = self.members.get(&msg.session) else {
+            return;
+        };
+        let refusal = if member.membership(&msg.room).is_some() {
+            Some((ErrorCode::AlreadyJoined, "the room is joined already"))
+        } else if member.rooms.len() >= member.max_rooms {
+            Some((
+                ErrorCode::TooManyRooms,
+                "this connection has joined as many rooms as it may (session.max_rooms)",
+            ))
+        } else {
+            None
+        };
+        if let Some((code, text)) = refusal {
+            let refusal = Refusal::new(code, text).about(Some(&msg.room), msg.reference.as_deref());
+            tell(&member.session, refusal.to_json());
+            return;
+        }
         let answer = Answer::Joined {
             reference: msg.reference,
         };
@@ -45,6 +88,9 @@ impl Handler<LeaveRoom> for Supervisor {
             .iter()
             .position(|membership| *membership.room == *msg.room)
         else {
+            let refusal = Refusal::new(ErrorCode::NotJoined, "join the room first")
+                .about(Some(&msg.room), msg.reference.as_deref());
+            tell(&member.session, refusal.to_json());
             return;
         };
         let room: Arc<str> = member.rooms.remove(position).room;
@@ -70,12 +116,12 @@ impl Handler<Publish> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
-        let Some(room) = self
-            .members
-            .get(&msg.session)
-            .and_then(|member| member.membership(&msg.room))
-            .map(|membership| membership.room.clone())
-        else {
+        let Some(room) = self.joined_room(
+            msg.session,
+            &msg.room,
+            msg.reference.as_deref(),
+            msg.id.as_deref(),
+        ) else {
             return;
         };
         let request = PublishRequest {
@@ -95,13 +141,11 @@ impl Handler<SendSignal> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: SendSignal, ctx: &mut Context<Self>) {
-        let Some(member) = self.members.get(&msg.session) else {
+        let Some(room) = self.joined_room(msg.session, &msg.room, msg.reference.as_deref(), None)
+        else {
             return;
         };
-        let Some(room) = member
-            .membership(&msg.room)
-            .map(|membership| membership.room.clone())
-        else {
+        let Some(member) = self.members.get(&msg.session) else {
             return;
         };
         let json = match signal_json(&room, &member.name, &msg.text) {
@@ -138,6 +182,12 @@ impl Handler<AskPresence> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: AskPresence, _: &mut Context<Self>) {
+        if self
+            .joined_room(msg.session, &msg.room, msg.reference.as_deref(), None)
+            .is_none()
+        {
+            return;
+        }
         let Some(member) = self.members.get(&msg.session) else {
             return;
         };

@@ -81,11 +81,14 @@ pub struct Connect {
     pub name: String,
     /// The fan-out shard of the session's thread ([`crate::rooms::fanout::local_shard`]).
     pub shard: Addr<Shard>,
+    /// Rooms it may have joined at once (`session.max_rooms`).
+    pub max_rooms: usize,
 }
 
-/// A registered v2 session joins `room` (its handler checked the name, the grant and the
-/// count): answered `joined` (with the resume's outcome, `ref` echoed) through the session's
-/// shard, then the replay or the last messages, then live ones; or `error` `unavailable`.
+/// A registered v2 session joins `room` (its handler checked the name and the grant):
+/// answered `joined` (with the resume's outcome, `ref` echoed) through the session's shard,
+/// then the replay or the last messages, then live ones; or `error` `already_joined`,
+/// `too_many_rooms` or `unavailable`.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct JoinRoom {
@@ -100,7 +103,7 @@ pub struct JoinRoom {
 }
 
 /// A v2 session leaves `room`: answered `left` (with `ref`), after which nothing of the room
-/// reaches it.
+/// reaches it; or `error` `not_joined`.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct LeaveRoom {
@@ -142,6 +145,8 @@ pub struct SendSignal {
     pub room: String,
     /// The signal's text.
     pub text: String,
+    /// The signal's `ref`, echoed on an `error`.
+    pub reference: Option<String>,
     /// Counts the signal as on its way until it is sent.
     pub in_flight: Option<InFlightToken>,
 }

@@ -66,6 +66,8 @@ struct Member {
     shard: ShardRef,
     /// The rooms it is in (a v1 session: exactly one), each with how its join is answered.
     rooms: Vec<Membership>,
+    /// How many rooms it may be in at once (v2: `session.max_rooms`).
+    max_rooms: usize,
 }
 
 /// One room of a session.
@@ -205,9 +207,15 @@ impl Supervisor {
         shard
     }
 
-    /// Registers a session; one that arrives during the drain is told to close like the
-    /// others.
-    fn register(&mut self, session: SessionHandle, name: String, shard: Addr<Shard>) {
+    /// Registers a session that may be in `max_rooms` rooms; one that arrives during the
+    /// drain is told to close like the others.
+    fn register(
+        &mut self,
+        session: SessionHandle,
+        name: String,
+        shard: Addr<Shard>,
+        max_rooms: usize,
+    ) {
         let id = session.id();
         if let Some(drain) = &self.drain {
             // The upgrade raced the signal: close it like the others.
@@ -222,6 +230,7 @@ impl Supervisor {
                 name,
                 shard,
                 rooms: Vec::new(),
+                max_rooms,
             },
         );
     }
@@ -716,7 +725,7 @@ impl Handler<Join> for Supervisor {
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) {
         let id = msg.session.id();
-        self.register(msg.session, msg.name, msg.shard);
+        self.register(msg.session, msg.name, msg.shard, 1);
         let request = JoinRequest {
             resume: msg.resume,
             last: 0,
