@@ -178,6 +178,10 @@
 //   | 429, 503, anything else, no answer (server   | the backoff retry stands              |
 //   |   down), no answer within 5 s                |                                       |
 //
+//   The probe is a same-origin request when the page is served by wsgrace; a server on
+//   another origin must allow it by CORS, or the probe gets no answer and the client backs
+//   off as it would without one. `fetch: null` turns the probe off.
+//
 //   Backoff: full jitter, delay = random(0, min(capMs, baseMs · 2^attempt)), baseMs = 500,
 //   capMs = 10 000. `attempt` counts reconnects since the last welcome (0 for the first):
 //   the first retry after a connection that had been welcomed waits up to 500 ms, the next
