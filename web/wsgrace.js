@@ -376,16 +376,18 @@ export const PROBE_TIMEOUT_MS = 5000;
 export function refusalStep(answer, ctx = {}) {
   if (!answer || !Number.isInteger(answer.status)) return { action: "backoff", why: "no answer" };
   const status = answer.status;
-  const reason = typeof answer.reason === "string" && answer.reason ? answer.reason : `HTTP ${status}`;
+  const given = typeof answer.reason === "string" && answer.reason;
+  const reason = given ? answer.reason : `HTTP ${status}`;
+  const step = (action, why) => ({ action, status, reason, why });
   if (REFUSAL_STOP.includes(status)) {
-    return { action: "stop", status, reason, why: `refused with ${status}: a retry would repeat it` };
+    return step("stop", `refused with ${status}: a retry would repeat it`);
   }
   if (status === 401) {
-    if (!ctx.canRefreshToken) return { action: "stop", status, reason, why: "401 and no getToken" };
-    if (ctx.askedToken) return { action: "stop", status, reason, why: "401 again with a fresh token" };
-    return { action: "token", status, reason, why: "401: ask getToken once" };
+    if (!ctx.canRefreshToken) return step("stop", "401 and no getToken");
+    if (ctx.askedToken) return step("stop", "401 again with a fresh token");
+    return step("token", "401: ask getToken once");
   }
-  return { action: "backoff", status, reason, why: `answered ${status}: back off and retry` };
+  return step("backoff", `answered ${status}: back off and retry`);
 }
 
 /** The plain-HTTP URL of a WebSocket URL (ws → http, wss → https), for the refusal probe. */
@@ -507,7 +509,8 @@ export class Outbox {
 
   /** A new publish, queued. → the entry (a copy). */
   add(room, text) {
-    const entry = { id: `${this.#prefix}-${++this.#counter}`, room, text: String(text), state: "queued", attempts: 0 };
+    const id = `${this.#prefix}-${++this.#counter}`;
+    const entry = { id, room, text: String(text), state: "queued", attempts: 0 };
     this.#entries.push(entry);
     return { ...entry };
   }
@@ -531,7 +534,8 @@ export class Outbox {
 
   /** The server refused it for good: the entry leaves. → the entry or null. */
   drop(room, id) {
-    return this.#remove((e) => e.id === id && (room === undefined || room === null || e.room === room));
+    const anyRoom = room === undefined || room === null;
+    return this.#remove((e) => e.id === id && (anyRoom || e.room === room));
   }
 
   /** The room was left: its entries leave. → them ({id, text}), oldest first. */
@@ -567,7 +571,8 @@ export class Outbox {
 
   /** The entries (copies), oldest first; of one room when given. */
   pending(room) {
-    return this.#entries.filter((e) => room === undefined || e.room === room).map((e) => ({ ...e }));
+    const mine = this.#entries.filter((e) => room === undefined || e.room === room);
+    return mine.map((e) => ({ ...e }));
   }
 
   #remove(match) {
@@ -616,7 +621,8 @@ export class RoomsCore {
   roomState(room) {
     const r = this.#rooms.get(room);
     if (!r) return null;
-    return { status: r.status, wanted: r.wanted, epoch: r.tracker.epoch, seq: r.tracker.position() };
+    const { status, wanted, tracker } = r;
+    return { status, wanted, epoch: tracker.epoch, seq: tracker.position() };
   }
 
   pending() {
@@ -783,7 +789,10 @@ export class RoomsCore {
         return fx;
       case "presence":
         if (f.ref !== undefined) this.#refs.delete(f.ref);
-        if (live) fx.emit.push(["presence", { room, members: Array.isArray(f.members) ? f.members : [] }]);
+        if (live) {
+          const members = Array.isArray(f.members) ? f.members : [];
+          fx.emit.push(["presence", { room, members }]);
+        }
         return fx;
       case "presence_join":
       case "presence_leave":
@@ -923,7 +932,16 @@ export class RoomsCore {
 }
 
 function newRoom(last) {
-  return { wanted: true, last, tracker: new RoomTracker(), status: "queued", asked: {}, flushAt: null, joinAttempts: 0, unsent: [] };
+  return {
+    wanted: true, // the app wants it (false: being left)
+    last, // `last` of its first join
+    tracker: new RoomTracker(),
+    status: "queued",
+    asked: {}, // the fields of the join sent on this connection
+    flushAt: null, // the seq whose arrival ends the resume's replay: publishes wait for it
+    joinAttempts: 0, // joins refused with `unavailable` in a row
+    unsent: [], // publishes dropped by leave(), for the `left` event
+  };
 }
 
 function effects() {
@@ -1060,9 +1078,11 @@ export class Link {
       try {
         const token = await this.#opts.getToken();
         if (generation !== this.#generation || this.#appClosed) return;
-        this.#token = token === null || token === undefined || token === "" ? undefined : String(token);
-        if (unauthorized && this.#token === undefined) {
-          this.#stopRefused(unauthorized, { ...unauthorized, action: "stop", why: "401 and getToken gave no token" });
+        const none = token === null || token === undefined || token === "";
+        this.#token = none ? undefined : String(token);
+        if (unauthorized && none) {
+          const why = "401 and getToken gave no token";
+          this.#stopRefused({ ...unauthorized, action: "stop", why });
           return;
         }
       } catch (err) {
@@ -1147,7 +1167,8 @@ export class Link {
       timeoutId = this.#setTimeout(() => resolve(null), PROBE_TIMEOUT_MS);
     });
     const ask = (async () => {
-      const res = await this.#fetch(probeUrl(url), { method: "GET", cache: "no-store", credentials: "same-origin" });
+      const init = { method: "GET", cache: "no-store", credentials: "same-origin" };
+      const res = await this.#fetch(probeUrl(url), init);
       let body = "";
       try {
         body = await res.text();
@@ -1166,11 +1187,16 @@ export class Link {
   }
 
   #onProbe(answer, waiting) {
-    const step = refusalStep(answer, { canRefreshToken: this.#canRefreshToken(), askedToken: this.#askedToken });
-    if (step.status !== undefined) this.#host.emit("refused", { status: step.status, reason: step.reason, next: step });
+    const step = refusalStep(answer, {
+      canRefreshToken: this.#canRefreshToken(),
+      askedToken: this.#askedToken,
+    });
     if (step.action === "stop") {
-      this.#stopRefused(null, step);
+      this.#stopRefused(step);
       return;
+    }
+    if (step.status !== undefined) {
+      this.#host.emit("refused", { status: step.status, reason: step.reason, next: step });
     }
     if (step.action === "token") {
       this.#askedToken = true;
@@ -1181,8 +1207,9 @@ export class Link {
     if (waiting !== null) this.#open(waiting); // the backoff had run out meanwhile
   }
 
-  #stopRefused(unauthorized, step) {
-    if (unauthorized) this.#host.emit("refused", { status: step.status, reason: step.reason, next: step });
+  // The refusal is final: `refused` says why, and the state is closed.
+  #stopRefused(step) {
+    this.#host.emit("refused", { status: step.status, reason: step.reason, next: step });
     this.#cancelTimer();
     this.#setState("closed");
   }
@@ -1464,7 +1491,8 @@ export class WsgraceRooms extends EventTarget {
       if (old !== undefined) this.#clearTimeout(old);
       const id = this.#setTimeout(() => {
         this.#timers.delete(key);
-        this.#apply(t.kind === "publish" ? this.#core.retryPublish(t.id) : this.#core.retryJoin(t.room));
+        const core = this.#core;
+        this.#apply(t.kind === "publish" ? core.retryPublish(t.id) : core.retryJoin(t.room));
       }, t.delayMs);
       this.#timers.set(key, id);
     }
