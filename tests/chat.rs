@@ -199,3 +199,16 @@ async fn the_page_and_the_client_module_are_served_with_their_types() {
     );
     assert!(module.contains("export function connect("), "{module:.300}");
 }
+
+#[tokio::test]
+async fn a_plain_get_without_an_origin_is_not_refused_for_it() {
+    // With allowed_origins set, an upgrade needs an allowed Origin (403 otherwise); a
+    // same-origin fetch sends none, so the plain GET that asks why is judged on the rest.
+    let server = wsgrace().start("[server]\nallowed_origins = [\"https://chat.example\"]\n");
+    assert_eq!(http_get(server.addr, "/ws?room=a", &[]).await, 426);
+    let wrong = [("Origin", "https://evil.example")];
+    assert_eq!(http_get(server.addr, "/ws?room=a", &wrong).await, 403);
+    assert_eq!(http_get(server.addr, "/ws?room=a%20b", &[]).await, 400);
+    // The upgrade without an Origin is still refused.
+    assert_eq!(http_get(server.addr, "/ws?room=a", &UPGRADE).await, 403);
+}

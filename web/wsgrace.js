@@ -166,7 +166,9 @@
 //   Refusal probe (decided by `refusalStep`): a browser cannot read the status of a refused
 //   upgrade, so after an attempt that never opened the client asks the server why with a
 //   plain `GET` of the same URL (http(s) instead of ws(s)), which answers the status and a
-//   one-line reason the upgrade got. The next attempt waits for the answer (at most 5 s):
+//   one-line reason the upgrade got (a v2 probe names its subprotocol in the header
+//   `X-Wsgrace-Protocol: wsgrace.v2`; the server answers 426 when the upgrade would be
+//   admitted). The next attempt waits for the answer (at most 5 s):
 //
 //   | the plain GET answered                       | what the client does                  |
 //   |----------------------------------------------|---------------------------------------|
@@ -175,8 +177,8 @@
 //   |                                              | stop with the reason when there is no |
 //   |                                              | getToken, it gives no token, or the   |
 //   |                                              | next attempt is refused with 401 again|
-//   | 429, 503, anything else, no answer (server   | the backoff retry stands              |
-//   |   down), no answer within 5 s                |                                       |
+//   | 426 (admissible), 429, 503, anything else,   | the backoff retry stands              |
+//   |   no answer (server down), none within 5 s   |                                       |
 //
 //   The probe is a same-origin request when the page is served by wsgrace; a server on
 //   another origin must allow it by CORS, or the probe gets no answer and the client backs
@@ -358,6 +360,9 @@ export function buildUrl(base, { room, name, token, resume } = {}) {
 
 /** The status codes a refused upgrade's plain `GET` may answer, and what each means. */
 export const REFUSAL_STOP = Object.freeze([400, 403]);
+
+/** The header of a probe that names the subprotocol the refused upgrade offered. */
+export const PROBE_PROTOCOL_HEADER = "X-Wsgrace-Protocol";
 /** How long the next attempt waits for the refusal probe's answer. */
 export const PROBE_TIMEOUT_MS = 5000;
 
@@ -1168,6 +1173,9 @@ export class Link {
     });
     const ask = (async () => {
       const init = { method: "GET", cache: "no-store", credentials: "same-origin" };
+      // A fetch cannot offer a subprotocol: the header tells the server which one the
+      // upgrade offered (a v1 probe sends none, so it stays a CORS-simple request).
+      if (this.#host.protocol) init.headers = { [PROBE_PROTOCOL_HEADER]: this.#host.protocol };
       const res = await this.#fetch(probeUrl(url), init);
       let body = "";
       try {

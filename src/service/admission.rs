@@ -16,7 +16,6 @@ use actix_http::RequestHead;
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use bytestring::ByteString;
-use log::warn;
 use serde::Deserialize;
 
 use super::server::AppState;
@@ -30,6 +29,7 @@ use crate::rooms::handler::{ChatHandler, MultiRoomHandler};
 use crate::service::auth::{self, Verifier};
 use crate::service::client_address::{client_address, AddressSlot};
 use crate::service::expiry::Expiring;
+use crate::service::refusal_log;
 
 #[derive(Debug, Deserialize)]
 struct JoinQuery {
@@ -89,63 +89,95 @@ pub(super) struct Admitted {
     pub(super) subprotocol: Option<&'static str>,
 }
 
-/// A refusal of [`admit`].
-fn refused(response: HttpResponse) -> Result<Admitted, Box<HttpResponse>> {
+/// How a request meets the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Attempt {
+    /// A WebSocket upgrade: a refusal is counted and logged (rate-limited,
+    /// [`super::refusal_log`]).
+    Upgrade,
+    /// A plain `GET /ws` asking why an upgrade would be refused (a browser cannot read the
+    /// status of a refused WebSocket): answered, neither counted nor logged. Its `Origin` is
+    /// checked only when it sends one (a same-origin fetch does not), and its protocol comes
+    /// from `X-Wsgrace-Protocol` (a fetch cannot send `Sec-WebSocket-Protocol`).
+    Probe,
+}
+
+/// A refusal of [`admit`] for `reason`: `response`, counted and logged (`line`) for an
+/// upgrade.
+fn refuse(
+    attempt: Attempt,
+    reason: &'static str,
+    response: HttpResponse,
+    line: impl std::fmt::Display,
+) -> Result<Admitted, Box<HttpResponse>> {
+    if attempt == Attempt::Upgrade {
+        metrics().refused(reason);
+        refusal_log::warn(line);
+    }
     Err(Box::new(response))
 }
 
-/// Every check that can refuse an upgrade, in order; the refusal is counted (and logged where
-/// the SPEC asks for a line).
-pub(super) fn admit(state: &AppState, req: &RequestHead) -> Result<Admitted, Box<HttpResponse>> {
+/// Every check that can refuse an upgrade, in order; an upgrade's refusal is counted and
+/// logged ([`Attempt`]).
+pub(super) fn admit(
+    state: &AppState,
+    req: &RequestHead,
+    attempt: Attempt,
+) -> Result<Admitted, Box<HttpResponse>> {
     if !state.readiness.is_ready() {
-        metrics().refused("draining");
-        return refused(HttpResponse::ServiceUnavailable().body("draining\n"));
+        let answer = HttpResponse::ServiceUnavailable().body("draining\n");
+        return refuse(attempt, "draining", answer, "draining");
     }
     if !state.broker.is_up() {
-        metrics().refused("broker_unavailable");
-        return refused(HttpResponse::ServiceUnavailable().body("broker unavailable\n"));
+        let answer = HttpResponse::ServiceUnavailable().body("broker unavailable\n");
+        return refuse(
+            attempt,
+            "broker_unavailable",
+            answer,
+            "the broker is unavailable",
+        );
     }
-    if let Err(refusal) = check_origin(req, &state.config.server.allowed_origins) {
-        warn!("upgrade refused: {refusal}");
-        metrics().refused("origin");
-        return refused(HttpResponse::Forbidden().body(format!("{refusal}\n")));
+    let origin_sent = req.headers().contains_key(header::ORIGIN);
+    if attempt == Attempt::Upgrade || origin_sent {
+        if let Err(refusal) = check_origin(req, &state.config.server.allowed_origins) {
+            let answer = HttpResponse::Forbidden().body(format!("{refusal}\n"));
+            return refuse(attempt, "origin", answer, refusal);
+        }
     }
-    let protocol = match requested_protocol(req) {
+    let protocol = match requested_protocol(req, attempt) {
         Ok(protocol) => protocol,
         Err(()) => {
-            metrics().refused("bad_subprotocol");
-            return refused(HttpResponse::BadRequest().body(format!(
+            let answer = HttpResponse::BadRequest().body(format!(
                 "bad_subprotocol: the subprotocols offered are not known; offer {} or none\n",
                 v2::SUBPROTOCOL
-            )));
+            ));
+            return refuse(attempt, "bad_subprotocol", answer, "unknown subprotocols");
         }
     };
     let mut query = match web::Query::<JoinQuery>::from_query(req.uri.query().unwrap_or_default()) {
         Ok(query) => query.into_inner(),
         Err(err) => {
-            metrics().refused("bad_query");
-            return refused(HttpResponse::BadRequest().body(format!("bad query: {err}\n")));
+            let answer = HttpResponse::BadRequest().body(format!("bad query: {err}\n"));
+            return refuse(attempt, "bad_query", answer, "a query that cannot be read");
         }
     };
     let room = match protocol {
         Protocol::V1 => {
             let room = query.room.take().unwrap_or_else(|| "lobby".to_owned());
             if !is_valid_name(&room) {
-                metrics().refused("bad_room");
-                return refused(
-                    HttpResponse::BadRequest()
-                        .body("room must be 1-64 characters of [A-Za-z0-9_.-]\n"),
-                );
+                let answer = HttpResponse::BadRequest()
+                    .body("room must be 1-64 characters of [A-Za-z0-9_.-]\n");
+                return refuse(attempt, "bad_room", answer, format!("bad room {room:?}"));
             }
             Some(room)
         }
         Protocol::V2 => {
             if query.room.is_some() || query.since.is_some() || query.epoch.is_some() {
-                metrics().refused("bad_query");
-                return refused(HttpResponse::BadRequest().body(
+                let answer = HttpResponse::BadRequest().body(
                     "bad_query: a wsgrace.v2 upgrade names no room, since or epoch: rooms are \
                      joined over the connection\n",
-                ));
+                );
+                return refuse(attempt, "bad_query", answer, "a v2 upgrade naming a room");
             }
             None
         }
@@ -154,23 +186,28 @@ pub(super) fn admit(state: &AppState, req: &RequestHead) -> Result<Admitted, Box
     // used) and its `exp` ends it; a v2 session's joins are checked against its `rooms`.
     let mut grant = None;
     if let Some(verifier) = &state.auth {
-        let granted = authenticate(req, verifier, query.token.as_deref(), room.as_deref())?;
+        let granted = authenticate(
+            req,
+            verifier,
+            query.token.as_deref(),
+            room.as_deref(),
+            attempt,
+        )?;
         query.name = Some(granted.identity.name.clone());
         grant = Some(granted);
     }
     if let Some(name) = &query.name {
         if !is_valid_name(name) {
-            metrics().refused("bad_name");
-            return refused(
-                HttpResponse::BadRequest().body("name must be 1-64 characters of [A-Za-z0-9_.-]\n"),
-            );
+            let answer =
+                HttpResponse::BadRequest().body("name must be 1-64 characters of [A-Za-z0-9_.-]\n");
+            return refuse(attempt, "bad_name", answer, format!("bad name {name:?}"));
         }
     }
     let resume = match resume_request(query.since.as_deref(), query.epoch.as_deref()) {
         Ok(resume) => resume,
         Err(bad) => {
-            metrics().refused(bad.reason());
-            return refused(HttpResponse::BadRequest().body(format!("{bad}\n")));
+            let answer = HttpResponse::BadRequest().body(format!("{bad}\n"));
+            return refuse(attempt, bad.reason(), answer, &bad);
         }
     };
     let address = upgrade_client_address(req, &state.trusted_proxies);
@@ -178,22 +215,18 @@ pub(super) fn admit(state: &AppState, req: &RequestHead) -> Result<Admitted, Box
         None | Some(Ok(None)) => None,
         Some(Ok(Some(slot))) => Some(slot),
         Some(Err(at_limit)) => {
-            warn!("upgrade refused: {at_limit} (server.max_connections_per_ip)");
-            metrics().refused("per_ip_limit");
-            return refused(
-                HttpResponse::TooManyRequests().body("too many connections from this address\n"),
-            );
+            let answer =
+                HttpResponse::TooManyRequests().body("too many connections from this address\n");
+            let line = format!("{at_limit} (server.max_connections_per_ip)");
+            return refuse(attempt, "per_ip_limit", answer, line);
         }
     };
     let open = state.open.fetch_add(1, Ordering::AcqRel);
     let guard = OpenGuard(state.open.clone());
     if open >= state.max_connections {
-        warn!(
-            "upgrade refused: {} connections open",
-            state.max_connections
-        );
-        metrics().refused("max_connections");
-        return refused(HttpResponse::ServiceUnavailable().body("too many connections\n"));
+        let answer = HttpResponse::ServiceUnavailable().body("too many connections\n");
+        let line = format!("{} connections open", state.max_connections);
+        return refuse(attempt, "max_connections", answer, line);
     }
     let closes_at = grant.as_ref().map(|grant| grant.identity.closes_at());
     let (config, session_handler, subprotocol): (_, Box<dyn SessionHandler>, _) = match room {
@@ -238,6 +271,7 @@ fn authenticate(
     verifier: &Verifier,
     query_token: Option<&str>,
     room: Option<&str>,
+    attempt: Attempt,
 ) -> Result<auth::Grant, Box<HttpResponse>> {
     let authorization = req
         .headers()
@@ -255,14 +289,16 @@ fn authenticate(
         });
     grant.map_err(|err| {
         let refusal = err.refusal();
-        match room {
-            Some(room) => warn!(
-                "upgrade refused: {} ({err}) for room {room:?}",
-                refusal.reason()
-            ),
-            None => warn!("upgrade refused: {} ({err})", refusal.reason()),
+        if attempt == Attempt::Upgrade {
+            metrics().refused(refusal.reason());
+            match room {
+                Some(room) => refusal_log::warn(format_args!(
+                    "{} ({err}) for room {room:?}",
+                    refusal.reason()
+                )),
+                None => refusal_log::warn(format_args!("{} ({err})", refusal.reason())),
+            }
         }
-        metrics().refused(refusal.reason());
         let mut response = match refusal {
             auth::Refusal::Unauthorized => HttpResponse::Unauthorized(),
             auth::Refusal::Forbidden => HttpResponse::Forbidden(),
@@ -283,12 +319,21 @@ enum Protocol {
     V2,
 }
 
-/// The protocol of `req`: v1 without a `Sec-WebSocket-Protocol`, v2 when `wsgrace.v2` is one
-/// of the offered subprotocols; `Err` when only others are offered.
-fn requested_protocol(req: &RequestHead) -> Result<Protocol, ()> {
+/// The header a probe ([`Attempt::Probe`]) names its protocol with, in place of
+/// `Sec-WebSocket-Protocol`, which a browser's fetch cannot send.
+pub const PROBE_PROTOCOL_HEADER: &str = "x-wsgrace-protocol";
+
+/// The protocol of `req`: v1 without a `Sec-WebSocket-Protocol` (for a probe,
+/// [`PROBE_PROTOCOL_HEADER`]), v2 when `wsgrace.v2` is one of the offered subprotocols; `Err`
+/// when only others are offered.
+fn requested_protocol(req: &RequestHead, attempt: Attempt) -> Result<Protocol, ()> {
+    let name = match attempt {
+        Attempt::Upgrade => header::SEC_WEBSOCKET_PROTOCOL.as_str(),
+        Attempt::Probe => PROBE_PROTOCOL_HEADER,
+    };
     let mut offered = req
         .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .get_all(name)
         .flat_map(|value| value.to_str().unwrap_or("?").split(','))
         .map(str::trim)
         .filter(|protocol| !protocol.is_empty())

@@ -11,5 +11,6 @@ pub mod auth;
 pub mod client_address;
 pub mod expiry;
 pub mod open_files;
+pub mod refusal_log;
 pub mod server;
 pub mod shutdown;

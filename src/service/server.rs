@@ -15,7 +15,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use actix_http::body::BoxBody;
 use actix_http::error::DispatchError;
-use actix_http::{HttpService, Request, Response};
+use actix_http::{HttpService, Request, RequestHead, Response};
 use actix_service::{
     fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt,
 };
@@ -35,7 +35,7 @@ use crate::connection::upgrade::{self, UpgradeFailed, Upgrading};
 use crate::metrics::{self, metrics};
 use crate::rooms::drain::{DrainPlan, DrainReport};
 use crate::rooms::supervisor::Supervisor;
-use crate::service::admission::admit;
+use crate::service::admission::{admit, Attempt};
 use crate::service::auth::Verifier;
 use crate::service::client_address::AddressLimit;
 use crate::service::open_files;
@@ -164,17 +164,38 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// `/ws` without `Upgrade: websocket`: the checks, then the handshake's refusal. (An upgrade
-/// request goes to [`upgrade_connection`] instead.)
+/// Whether `head` asks for a WebSocket upgrade (`Upgrade: websocket`).
+fn asks_for_upgrade(head: &RequestHead) -> bool {
+    head.headers()
+        .get(header::UPGRADE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// `/ws` through the HTTP routes: a plain `GET` (no `Upgrade: websocket`) asks why an upgrade
+/// would be refused, and gets the refusal an upgrade would get, or 426 when it would be
+/// accepted ([`Attempt::Probe`]); an upgrade that reaches the routes (one with a body) gets
+/// the handshake's refusal. (An upgrade request goes to [`upgrade_connection`] instead.)
 async fn upgrade(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let admitted = match admit(&state, req.head()) {
+    let attempt = if asks_for_upgrade(req.head()) {
+        Attempt::Upgrade
+    } else {
+        Attempt::Probe
+    };
+    let admitted = match admit(&state, req.head(), attempt) {
         Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
+    if attempt == Attempt::Probe {
+        // The checks let it through: an upgrade would be accepted.
+        return HttpResponse::build(actix_web::http::StatusCode::UPGRADE_REQUIRED)
+            .insert_header((header::UPGRADE, "websocket"))
+            .body("upgrade required: this request would be accepted as a websocket upgrade\n");
+    }
     match session::start(&req, payload, admitted.handler, admitted.config) {
         Ok((_, response)) => response,
         Err(err) => {
@@ -196,7 +217,7 @@ async fn upgrade_connection(
     let refusal: Response<BoxBody> = if req.path() != "/ws" {
         HttpResponse::NotFound().finish().into()
     } else {
-        match admit(&state, req.head()) {
+        match admit(&state, req.head(), Attempt::Upgrade) {
             Err(refused) => (*refused).into(),
             Ok(admitted) => {
                 let accepted = upgrade::accept_subprotocol(

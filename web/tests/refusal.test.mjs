@@ -1,12 +1,12 @@
 // The refusal rules, for both clients: after an attempt that never opened, the client asks
 // the server why with a plain GET of the same URL, and 400/403 stop with the reason, 401
-// asks getToken once, 429/503 back off. Driven through a fake WebSocket, a fake fetch
+// asks getToken once, 426 (the upgrade would be admitted)/429/503 back off. Driven through a fake WebSocket, a fake fetch
 // answered by hand and a fake clock. Never sleeps.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { connect, connectRooms, PROBE_TIMEOUT_MS } from "../wsgrace.js";
+import { connect, connectRooms, PROBE_PROTOCOL_HEADER, PROBE_TIMEOUT_MS } from "../wsgrace.js";
 import { fakeFetch, fakeWebSocket, FakeClock, flush, record } from "./fakes.mjs";
 
 const KINDS = {
@@ -40,6 +40,8 @@ for (const kind of ["v1", "v2"]) {
     assert.equal(probe.calls.length, 1);
     assert.equal(probe.calls[0].url, url.replace(/^ws:/, "http:"));
     assert.equal(probe.calls[0].init.method, "GET");
+    const named = probe.calls[0].init.headers?.[PROBE_PROTOCOL_HEADER];
+    assert.equal(named, kind === "v2" ? "wsgrace.v2" : undefined);
   });
 
   for (const [status, body] of [[400, "name must be 1-64 characters of [A-Za-z0-9_.-]\n"], [403, "forbidden: room b not granted\n"]]) {
@@ -59,7 +61,7 @@ for (const kind of ["v1", "v2"]) {
     });
   }
 
-  for (const status of [429, 503]) {
+  for (const status of [426, 429, 503]) {
     test(`${kind}: ${status} backs off and retries, and keeps probing while refused`, async () => {
       const { client, sockets, clock, probe, rec, last } = setup(kind);
       last().closed(1006, "", false);
