@@ -220,6 +220,9 @@ pub enum ClientEvent {
         from: String,
         text: String,
         seq: u64,
+        /// When the message got its seq, ms since the Unix epoch (server clock; a replayed
+        /// message carries its original time); `None` from a server that does not send it.
+        ts: Option<u64>,
     },
     /// A resume succeeded; `missed` messages are replayed next.
     Resumed { missed: u64 },

@@ -523,6 +523,7 @@ impl Driver {
                 from,
                 text,
                 seq,
+                ts,
             } => {
                 if let (true, Some(seq)) = (self.tracker.on_message(seq), seq) {
                     self.publish_position();
@@ -531,6 +532,7 @@ impl Driver {
                         from,
                         text,
                         seq,
+                        ts,
                     })
                     .await;
                 }
