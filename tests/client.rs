@@ -1,7 +1,9 @@
 //! The Rust client (`wsgrace::client`) against the real binary: it survives a drain and a
 //! restart on the same port and resumes with every seq exactly once (Redis keeps the
 //! history); a refused resume is a `Gap`; the server's refusals (1008, 1009) and the app's
-//! close stop it; a server that is down at first is retried with backoff until it is up.
+//! close stop it; a server that is down at first is retried with backoff until it is up; a
+//! refused upgrade is read by its HTTP status (400 and 403 stop, 401 asks the token hook once,
+//! 429 and 503 back off).
 //! Every wait has a deadline; nothing sleeps and hopes.
 
 mod common;
@@ -911,5 +913,190 @@ async fn a_new_client_goes_on_from_where_a_stopped_one_left() {
     assert_eq!(seqs, (first_seq..first_seq + 11).collect::<Vec<_>>());
     next.client.close(1000, "").await.expect("close");
     talker.client.close(1000, "").await.expect("close");
+    drain(&mut server).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Refused upgrades: the client reads the HTTP status (SPEC "HTTP endpoints": 400 and 403 stop
+// with the reason, 401 asks the token hook once, 429 and 503 back off).
+// ---------------------------------------------------------------------------------------
+
+/// A stand-in that refuses every upgrade with the next status of `statuses` (the last one
+/// repeats) and a one-line body; sends each request's path on the channel.
+async fn refuser(
+    statuses: Vec<(u16, &'static str)>,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut answers = statuses.into_iter().peekable();
+        let mut answer = (500, "");
+        while let Ok((mut stream, _)) = listener.accept().await {
+            if let Some(next) = answers.next() {
+                answer = next;
+            }
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+            let (status, body) = answer;
+            let response = format!(
+                "HTTP/1.1 {status} Refused\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            if tx.send(path).is_err() {
+                break;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn refused_upgrades_400_and_403_stop_with_the_reason() {
+    for (status, body) in [
+        (400, "name must be 1-64 characters\n"),
+        (403, "room not granted\n"),
+    ] {
+        let (addr, _paths) = refuser(vec![(status, body)]).await;
+        let mut client = Watched::connect(config(addr, "r", "ann"));
+        let rest = client.ended().await;
+        let closes: Vec<(u16, String, bool, Step)> = client
+            .seen
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Closed {
+                    code,
+                    reason,
+                    opened,
+                    next,
+                    ..
+                } => Some((*code, reason.clone(), *opened, *next)),
+                _ => None,
+            })
+            .collect();
+        let reason = format!("HTTP {status}: {}", body.trim());
+        assert_eq!(
+            closes,
+            [(
+                1006,
+                reason,
+                false,
+                Step::Stop(StopReason::UpgradeRefused(status))
+            )],
+            "{rest:?}"
+        );
+        assert_eq!(client.client.state(), ConnectionState::Closed);
+    }
+}
+
+#[tokio::test]
+async fn a_refused_upgrade_401_asks_the_token_hook_once() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let (addr, mut paths) = refuser(vec![(401, "token expired\n")]).await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let mut config = config(addr, "r", "ann");
+    config.token = Some("old".to_owned());
+    config.token_hook = Some(Box::new(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        Box::pin(async move { Ok(format!("fresh-{n}")) })
+    }));
+    let mut client = Watched::connect(config);
+    client.ended().await;
+    let nexts: Vec<Step> = client
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Closed { next, .. } => Some(*next),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(
+            nexts.as_slice(),
+            [
+                Step::Reconnect {
+                    fresh_token: true,
+                    why: ReconnectReason::Unauthorized,
+                    ..
+                },
+                Step::Stop(StopReason::UpgradeRefused(401))
+            ]
+        ),
+        "{nexts:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let first = paths.recv().await.expect("the first attempt");
+    let second = paths.recv().await.expect("the second attempt");
+    assert_eq!(first, "/ws?room=r&name=ann&token=old");
+    assert_eq!(second, "/ws?room=r&name=ann&token=fresh-1");
+}
+
+#[tokio::test]
+async fn refused_upgrades_429_and_503_back_off_and_retry() {
+    let (addr, _paths) = refuser(vec![(429, "too many\n"), (503, "draining\n")]).await;
+    let mut client = Watched::connect(config(addr, "r", "ann"));
+    let mut whys = Vec::new();
+    while whys.len() < 3 {
+        let next = client
+            .until("a refused attempt", |e| match e {
+                ClientEvent::Closed {
+                    opened: false,
+                    next,
+                    ..
+                } => Some(*next),
+                _ => None,
+            })
+            .await;
+        match next {
+            Step::Reconnect { why, .. } => whys.push(why),
+            other => panic!("429 and 503 are retried: {other:?}"),
+        }
+    }
+    assert_eq!(
+        whys,
+        [
+            ReconnectReason::HttpStatus(429),
+            ReconnectReason::HttpStatus(503),
+            ReconnectReason::HttpStatus(503)
+        ]
+    );
+    assert_eq!(client.client.state(), ConnectionState::Reconnecting);
+    client.client.close(1000, "").await.expect("close");
+    client.ended().await;
+}
+
+#[tokio::test]
+async fn the_real_server_refuses_a_bad_name_with_400_and_the_client_stops() {
+    let mut server = wsgrace().start("");
+    let mut client = Watched::connect(config(server.addr, "r", "not a name"));
+    client.ended().await;
+    let reason = client
+        .seen
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::Closed {
+                reason,
+                next: Step::Stop(StopReason::UpgradeRefused(400)),
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no stop on 400: {:?}", client.seen));
+    assert!(reason.starts_with("HTTP 400: name must be"), "{reason}");
     drain(&mut server).await;
 }

@@ -22,13 +22,18 @@
 //!
 //! ## Reconnect policy (decided by [`next_step`] for the end of each underlying socket)
 //!
-//! The table is the one in the header of `web/wsgrace.js`:
+//! The table is the one in the header of `web/wsgrace.js`, plus the rows for a refused
+//! upgrade, whose HTTP status a browser cannot read (the browser module asks the server with a
+//! plain `GET`; this client reads the status of the answer, and the first line of its body):
 //!
 //! | how the connection ended                          | what the client does                 |
 //! |---------------------------------------------------|--------------------------------------|
 //! | the app called [`Client::close`] (or dropped it)  | stop (state Closed)                  |
 //! | a `going_away` came before the close, any code    | reconnect after its `reconnect_after_ms` (3000 without a token hook: stop) |
-//! | 1006: network drop, server gone, or the upgrade refused (HTTP 401/403/429/503; the status is in the `Closed` event's reason) | reconnect after backoff |
+//! | the upgrade refused with HTTP 400 (bad name, room or query) or 403 (room not granted) | stop, with the status and the server's one-line reason in the `Closed` event's reason |
+//! | the upgrade refused with HTTP 401                 | the token hook once, reconnect after backoff; stop without a hook, or when the hook's token is refused too |
+//! | the upgrade refused with HTTP 429, 503 or another status | reconnect after backoff        |
+//! | 1006: network drop, server gone, connect timeout  | reconnect after backoff              |
 //! | 1001, 1005 (no status), 1011, 1012, 1013, 1014    | reconnect after backoff              |
 //! | 3000 token expired                                | token hook, reconnect after `random(0, base)`; stop without a hook |
 //! | the token hook fails (no socket was opened)       | `Error {code: "token"}`, retry after backoff |
@@ -86,6 +91,7 @@ use thiserror::Error;
 mod policy;
 mod seq_tracker;
 mod shell;
+mod socket;
 mod wire;
 
 pub use policy::{
