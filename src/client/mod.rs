@@ -88,19 +88,32 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use thiserror::Error;
 
+mod outbox;
 mod policy;
+mod room_set;
+mod rooms;
+mod rooms_core;
 mod seq_tracker;
 mod shell;
 mod socket;
 mod wire;
+mod wire_v2;
 
+pub use outbox::{Outbox, OutboxFull, Pending, PublishRefusal};
 pub use policy::{
     backoff_delay, next_step, Backoff, CloseInfo, ReconnectReason, Step, StepContext, StopReason,
     REFUSED_CODES, RETRY_CODES, TOKEN_EXPIRED,
 };
-pub use seq_tracker::{SeqTracker, WelcomeOutcome};
+pub use room_set::{JoinRefusal, JoinedRoom, RoomSet};
+pub use rooms::{JoinOptions, PublishFailure, RoomError, RoomEvent, MAX_LAST, OUTBOX_CAPACITY};
+pub use rooms_core::{Output, RoomsCore};
+pub use seq_tracker::{JoinPosition, SeqTracker, WelcomeOutcome};
 pub use shell::Client;
 pub use wire::{build_url, parse_frame, Frame, Resume, UrlError, Welcome};
+pub use wire_v2::{
+    parse_rooms_frame, ClientFrame, ErrorCode, JoinStart, Joined, Member, Refusal, RoomMessage,
+    RoomsFrame, SUBPROTOCOL,
+};
 
 /// The largest close reason, in bytes (RFC 6455: a control frame carries at most 125).
 pub const MAX_CLOSE_REASON: usize = 123;
