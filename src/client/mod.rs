@@ -93,6 +93,7 @@ mod policy;
 mod room_set;
 mod rooms;
 mod rooms_core;
+mod rooms_shell;
 mod seq_tracker;
 mod shell;
 mod socket;
@@ -107,6 +108,7 @@ pub use policy::{
 pub use room_set::{JoinRefusal, JoinedRoom, RoomSet};
 pub use rooms::{JoinOptions, PublishFailure, RoomError, RoomEvent, MAX_LAST, OUTBOX_CAPACITY};
 pub use rooms_core::{Output, RoomsCore};
+pub use rooms_shell::RoomsClient;
 pub use seq_tracker::{JoinPosition, SeqTracker, WelcomeOutcome};
 pub use shell::Client;
 pub use wire::{build_url, parse_frame, Frame, Resume, UrlError, Welcome};
@@ -144,6 +146,11 @@ pub enum ClientError {
     ReasonTooLong(usize),
     #[error("the close handshake did not finish within {0:?}")]
     CloseTimeout(Duration),
+    /// A [`RoomsClient`] was given an option of the one-room [`Client`] (`room`,
+    /// `resume`): it joins rooms with [`RoomsClient::join`] (a room's resume point goes in
+    /// [`JoinOptions::resume`]).
+    #[error("ClientConfig::{0} is for the one-room Client; a RoomsClient joins rooms with join()")]
+    OneRoomOption(&'static str),
 }
 
 /// What a token hook may fail with; the client reports it as `Error {code: "token"}`.
