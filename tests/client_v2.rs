@@ -7,7 +7,8 @@
 //! Two halves. Against a stand-in server (frames the binary does not send on cue): the
 //! upgrade offers `wsgrace.v2`, the hello is followed by a join per room, a reconnect rejoins
 //! each room from its own position and resends what was not confirmed, a server that does not
-//! choose `wsgrace.v2` stops the client, a refused upgrade is read by its status. Against the
+//! choose `wsgrace.v2` stops the client, a close with an app code (4000–4999) is not followed by
+//! a reconnect, a refused upgrade is read by its status. Against the
 //! real binary (its v2): a client in three rooms, join and leave while connected, a restart
 //! while two rooms are busy, a publish whose copy was lost. Every wait has a deadline.
 
@@ -527,6 +528,52 @@ async fn a_server_that_does_not_choose_wsgrace_v2_stops_the_client() {
         RoomsClient::connect(one_room),
         Err(ClientError::OneRoomOption("room"))
     ));
+}
+
+#[tokio::test]
+async fn a_close_with_an_app_code_4000_to_4999_is_not_followed_by_a_reconnect() {
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    let (addr, mut connections) = stand_in(true).await;
+    let mut client = Watched::connect(config(addr, "ann"));
+    client
+        .client
+        .join("a", JoinOptions::default())
+        .expect("join");
+    let Accepted { mut ws, .. } = next_connection(&mut connections).await;
+    send(&mut ws, json!({"type":"hello","name":"ann"})).await;
+    receive(&mut ws).await;
+    send(
+        &mut ws,
+        json!({"type":"joined","room":"a","epoch":"e1","seq":0,"ref":"j1"}),
+    )
+    .await;
+    client.joined("a").await;
+    let frame = CloseFrame {
+        code: CloseCode::from(4001),
+        reason: "kicked".into(),
+    };
+    ws.send(Message::Close(Some(frame)))
+        .await
+        .expect("close 4001");
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+    let rest = client.ended().await;
+    assert!(
+        rest.iter().any(|e| matches!(
+            e,
+            RoomEvent::Closed {
+                code: 4001,
+                next: Step::Stop(StopReason::Other(4001)),
+                ..
+            }
+        )),
+        "{rest:?}"
+    );
+    assert_eq!(client.count(|e| matches!(e, RoomEvent::Hello { .. })), 1);
+    assert!(connections.try_recv().is_err(), "no second connection");
+    timeout(WAIT, reader)
+        .await
+        .expect("the stand-in's reader")
+        .ok();
 }
 
 #[tokio::test]
