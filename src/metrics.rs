@@ -99,6 +99,22 @@ pub struct Metrics {
     pub resumed_messages: Counter,
     /// HTTP request heads that took longer than `server.request_timeout_ms` (answered 408).
     pub request_timeouts: Counter,
+    /// Sessions open now, by protocol (`v1`, `v2`).
+    pub connections_by_protocol: Family<ProtocolLabels, Gauge>,
+    /// Room memberships open now (a v1 session has one, a v2 session one per joined room).
+    pub room_joins_open: Gauge,
+    /// Publishes that repeated a dedupe key (a v2 `id`, an API `idempotency_key`) and were
+    /// not published again.
+    pub publishes_deduplicated: Counter,
+    /// v2 `signal`s sent.
+    pub signals: Counter,
+}
+
+/// Labels of `wsgrace_connections_by_protocol`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// `v1` or `v2`.
+    pub protocol: &'static str,
 }
 
 impl Metrics {
@@ -122,6 +138,10 @@ impl Metrics {
             resumes: Family::default(),
             resumed_messages: Counter::default(),
             request_timeouts: Counter::default(),
+            connections_by_protocol: Family::default(),
+            room_joins_open: Gauge::default(),
+            publishes_deduplicated: Counter::default(),
+            signals: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -204,6 +224,32 @@ impl Metrics {
             "HTTP request heads that took longer than server.request_timeout_ms (answered 408)",
             metrics.request_timeouts.clone(),
         );
+        registry.register(
+            "wsgrace_connections_by_protocol",
+            "WebSocket sessions open now, by protocol (v1: one room, v2: wsgrace.v2)",
+            metrics.connections_by_protocol.clone(),
+        );
+        registry.register(
+            "wsgrace_room_joins_open",
+            "Room memberships open now (one per v1 session, one per joined room of a v2 session)",
+            metrics.room_joins_open.clone(),
+        );
+        registry.register(
+            "wsgrace_publishes_deduplicated",
+            "Publishes that repeated a message id or idempotency key and were not published again",
+            metrics.publishes_deduplicated.clone(),
+        );
+        registry.register(
+            "wsgrace_signals",
+            "wsgrace.v2 signals sent",
+            metrics.signals.clone(),
+        );
+        for protocol in ["v1", "v2"] {
+            // Present at 0 from the start.
+            let _ = metrics
+                .connections_by_protocol
+                .get_or_create(&ProtocolLabels { protocol });
+        }
         Metrics {
             registry,
             ..metrics

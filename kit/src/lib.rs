@@ -8,6 +8,7 @@
 //! - the wire: [`frame`] (encoding client frames, parsing server frames), [`handshake`]
 //!   (connecting and the opening handshake), [`raw`] (a raw-frame client for what no
 //!   well-behaved client sends), [`chat`] (a chat member reading typed frames),
+//!   [`chat_v2`] (a `wsgrace.v2` connection in many rooms),
 //!   [`traffic`] (talkers and resuming members under traffic), [`ws`] (a tokio-tungstenite
 //!   connection), [`http`] (plain HTTP requests by hand), [`proxy`] (a TCP proxy a test
 //!   can cut);
@@ -19,6 +20,7 @@
 //! command line, as a user would.
 
 pub mod chat;
+pub mod chat_v2;
 pub mod child;
 mod error;
 pub mod frame;

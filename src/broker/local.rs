@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 
 use super::{
-    can_resume, Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerStatus, Epoch, EpochChange,
-    JoinSnapshot, MessageHead, Pending, Published, Resume, ResumeRequest,
+    can_resume, unix_ms, Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerStatus, Epoch,
+    EpochChange, JoinRequest, JoinSnapshot, MessageHead, NodeId, Outgoing, Pending, Publication,
+    Published, Resume, ResumeRequest, Signal,
 };
 use crate::config::HistorySettings;
 
@@ -82,6 +83,40 @@ struct RoomLog {
     /// Whether the room has local members, as the supervisor last said
     /// ([`LocalBroker::set_occupied`]): such a room is never forgotten.
     occupied: bool,
+    /// The dedupe keys published within `publish.dedupe_ms`, with their epoch and seq.
+    recent: RecentKeys,
+}
+
+/// The dedupe keys of one room's recent publishes, each until `publish.dedupe_ms` after it:
+/// a map to answer a repeat, and the keys in publish order to expire them (the oldest first).
+#[derive(Default)]
+struct RecentKeys {
+    seqs: HashMap<Box<str>, (Epoch, u64)>,
+    order: VecDeque<(Instant, Box<str>)>,
+}
+
+impl RecentKeys {
+    /// Forgets the keys published `window` or longer before `now`.
+    fn expire(&mut self, now: Instant, window: Duration) {
+        while let Some((at, key)) = self.order.front() {
+            if now.saturating_duration_since(*at) < window {
+                break;
+            }
+            self.seqs.remove(key);
+            self.order.pop_front();
+        }
+    }
+
+    /// The epoch and seq `key` was published with, if within the window.
+    fn get(&self, key: &str) -> Option<(Epoch, u64)> {
+        self.seqs.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: &str, epoch: Epoch, seq: u64, now: Instant) {
+        if self.seqs.insert(key.into(), (epoch, seq)).is_none() {
+            self.order.push_back((now, key.into()));
+        }
+    }
 }
 
 impl RoomLog {
@@ -93,6 +128,7 @@ impl RoomLog {
             bytes: 0,
             last_active: now,
             occupied: false,
+            recent: RecentKeys::default(),
         }
     }
 
@@ -244,6 +280,10 @@ pub struct LocalBroker {
     occupants: HashMap<Arc<str>, usize>,
     /// Events of the last publish, for [`Broker::ready_events`].
     ready: Vec<BrokerEvent>,
+    /// `publish.dedupe_ms`: how long a dedupe key marks a repeat (zero: never).
+    dedupe: Duration,
+    /// This node's name, in the origins of its messages and signals.
+    node: NodeId,
 }
 
 impl LocalBroker {
@@ -257,7 +297,16 @@ impl LocalBroker {
             bytes: 0,
             occupants: HashMap::new(),
             ready: Vec::new(),
+            dedupe: Duration::ZERO,
+            node: fastrand::u64(..),
         }
+    }
+
+    /// The same broker, taking a publish whose dedupe key it saw in the room within `window`
+    /// (`publish.dedupe_ms`) for a repeat.
+    pub fn with_dedupe(mut self, window: Duration) -> Self {
+        self.dedupe = window;
+        self
     }
 
     /// The same broker, counting `bytes_per_room` ([`ROOM_OVERHEAD_BYTES`] in production)
@@ -272,7 +321,8 @@ impl LocalBroker {
     }
 
     /// Gives a message from `from` in `room` saying `text` the room's next seq, records it in
-    /// the history and returns it. A room not seen before (or forgotten) starts a new epoch.
+    /// the history and returns it, with `ts` the current time. A room not seen before (or
+    /// forgotten) starts a new epoch. (No dedupe key: see [`Self::publish_message`].)
     pub fn publish(
         &mut self,
         room: &str,
@@ -280,18 +330,61 @@ impl LocalBroker {
         text: &str,
         now: Instant,
     ) -> Result<LocalPublish, BrokerError> {
-        let head = MessageHead::new(room, from, text)?;
+        let message = Outgoing {
+            from,
+            text,
+            dedupe_key: None,
+            sent_by: None,
+        };
+        let (publication, epoch_changes) = self.publish_message(room, message, now, unix_ms())?;
+        match publication {
+            Publication::New(message) => Ok(LocalPublish {
+                message,
+                epoch_changes,
+            }),
+            // Without a dedupe key a publish is never a repeat.
+            Publication::Repeat { .. } => Err(BrokerError::Server(
+                "a publish without a dedupe key was taken for a repeat".to_owned(),
+            )),
+        }
+    }
+
+    /// Publishes `message` in `room` at `now`, its `ts` being `ts_ms`: the room's next seq,
+    /// recorded in the history, unless its dedupe key was published in the room within
+    /// `publish.dedupe_ms` ([`Publication::Repeat`], nothing published). Also returns the
+    /// rooms whose history the budget dropped.
+    pub fn publish_message(
+        &mut self,
+        room: &str,
+        message: Outgoing<'_>,
+        now: Instant,
+        ts_ms: u64,
+    ) -> Result<(Publication, Vec<EpochChange>), BrokerError> {
+        let head = MessageHead::new(room, message.from, message.text)?;
         let limits = self.limits;
+        let dedupe = self.dedupe;
         let (room_name, log, before) = self.room_mut(room, now);
+        let key = message.dedupe_key.filter(|_| !dedupe.is_zero());
+        if let Some(key) = key {
+            log.recent.expire(now, dedupe);
+            if let Some((epoch, seq)) = log.recent.get(key) {
+                // Nothing changed; the room's place in the index did not move either.
+                return Ok((Publication::Repeat { epoch, seq }, Vec::new()));
+            }
+        }
         let freed = log.expire(now, limits.ttl);
         log.seq += 1;
         log.last_active = now;
-        let json = head.finish(log.seq);
-        let message = Published {
+        if let Some(key) = key {
+            log.recent.insert(key, log.epoch.clone(), log.seq, now);
+        }
+        let json = head.finish(log.seq, ts_ms);
+        let published = Published {
             room: room_name.clone(),
             epoch: log.epoch.clone(),
             seq: log.seq,
             json: json.clone(),
+            sent_by: message.sent_by.cloned(),
         };
         let mut added = 0;
         let mut trimmed = freed;
@@ -311,10 +404,7 @@ impl LocalBroker {
         self.index.update(&room_name, before, after);
         self.bytes = self.bytes + added - trimmed;
         let epoch_changes = self.evict_over_budget(&room_name);
-        Ok(LocalPublish {
-            message,
-            epoch_changes,
-        })
+        Ok((Publication::New(published), epoch_changes))
     }
 
     /// The room as a session joining it now sees it, with the outcome of its resume request:
@@ -326,13 +416,39 @@ impl LocalBroker {
         resume: Option<&ResumeRequest>,
         now: Instant,
     ) -> JoinSnapshot {
+        let request = JoinRequest {
+            resume: resume.cloned(),
+            last: 0,
+        };
+        self.join_snapshot(room, &request, now)
+    }
+
+    /// [`Self::snapshot`] for a join's whole request: a resume, or (without one) the room's
+    /// last `request.last` kept messages ([`Resume::Recent`]).
+    pub fn join_snapshot(
+        &mut self,
+        room: &str,
+        request: &JoinRequest,
+        now: Instant,
+    ) -> JoinSnapshot {
         let ttl = self.limits.ttl;
         let history_on = self.limits.size > 0;
         let (room_name, log, before) = self.room_mut(room, now);
         let freed = log.expire(now, ttl);
         let epoch = log.epoch.clone();
         let seq = log.seq;
-        let resume = match resume {
+        let entry = |entry: &Entry| Published {
+            room: room_name.clone(),
+            epoch: epoch.clone(),
+            seq: entry.seq,
+            json: entry.json.clone(),
+            sent_by: None,
+        };
+        let resume = match &request.resume {
+            None if request.last > 0 => {
+                let skip = log.history.len().saturating_sub(request.last);
+                Resume::Recent(log.history.iter().skip(skip).map(entry).collect())
+            }
             None => Resume::NotAsked,
             Some(request) => {
                 let oldest = log.history.front().map(|entry| entry.seq);
@@ -341,12 +457,7 @@ impl LocalBroker {
                         .history
                         .iter()
                         .filter(|entry| entry.seq > request.since)
-                        .map(|entry| Published {
-                            room: room_name.clone(),
-                            epoch: epoch.clone(),
-                            seq: entry.seq,
-                            json: entry.json.clone(),
-                        })
+                        .map(entry)
                         .collect();
                     Resume::Resumed(replay)
                 } else {
@@ -574,9 +685,13 @@ impl Broker for LocalBroker {
         None
     }
 
-    fn join(&mut self, room: &Arc<str>, resume: Option<ResumeRequest>) -> Pending<JoinSnapshot> {
+    fn node(&self) -> NodeId {
+        self.node
+    }
+
+    fn join(&mut self, room: &Arc<str>, request: JoinRequest) -> Pending<JoinSnapshot> {
         // The snapshot creates the room; then it has a member.
-        let snapshot = self.snapshot(room, resume.as_ref(), Instant::now());
+        let snapshot = self.join_snapshot(room, &request, Instant::now());
         let members = self.occupants.entry(room.clone()).or_default();
         *members += 1;
         if *members == 1 {
@@ -600,14 +715,23 @@ impl Broker for LocalBroker {
         Pending::Ready(Ok(self.snapshot(room, Some(&request), Instant::now())))
     }
 
-    fn publish(&mut self, room: &Arc<str>, from: &str, text: &str) -> Pending<Published> {
-        let published = LocalBroker::publish(self, room, from, text, Instant::now()).map(|out| {
-            self.ready
-                .extend(out.epoch_changes.into_iter().map(BrokerEvent::EpochChanged));
-            self.ready.push(BrokerEvent::Message(out.message.clone()));
-            out.message
-        });
+    fn publish(&mut self, room: &Arc<str>, message: Outgoing<'_>) -> Pending<Publication> {
+        let published = self
+            .publish_message(room, message, Instant::now(), unix_ms())
+            .map(|(publication, epoch_changes)| {
+                self.ready
+                    .extend(epoch_changes.into_iter().map(BrokerEvent::EpochChanged));
+                if let Publication::New(message) = &publication {
+                    self.ready.push(BrokerEvent::Message(message.clone()));
+                }
+                publication
+            });
         Pending::Ready(published)
+    }
+
+    fn signal(&mut self, signal: Signal) -> Pending<()> {
+        self.ready.push(BrokerEvent::Signal(signal));
+        Pending::Ready(Ok(()))
     }
 
     fn ready_events(&mut self, out: &mut Vec<BrokerEvent>) {

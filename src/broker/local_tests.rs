@@ -13,10 +13,10 @@ fn a_room_joined_through_the_seam_is_kept_while_it_has_members() {
     let mut b = LocalBroker::new(limits(10, 60_000, 3 * ROOM_OVERHEAD_BYTES))
         .with_room_overhead(ROOM_OVERHEAD_BYTES);
     let room = |name: &str| -> Arc<str> { Arc::from(name) };
-    let _ = Broker::join(&mut b, &room("a"), None);
-    let _ = Broker::join(&mut b, &room("a"), None);
+    let _ = Broker::join(&mut b, &room("a"), JoinRequest::default());
+    let _ = Broker::join(&mut b, &room("a"), JoinRequest::default());
     for name in ["b", "c", "d", "e", "f"] {
-        let _ = Broker::join(&mut b, &room(name), None);
+        let _ = Broker::join(&mut b, &room(name), JoinRequest::default());
         Broker::leave(&mut b, &room(name));
     }
     assert!(b.room("a").is_some(), "a room with members was forgotten");
@@ -25,7 +25,7 @@ fn a_room_joined_through_the_seam_is_kept_while_it_has_members() {
     assert!(b.room("a").is_some(), "one member is still in a");
     Broker::leave(&mut b, &room("a"));
     for name in ["g", "h", "i"] {
-        let _ = Broker::join(&mut b, &room(name), None);
+        let _ = Broker::join(&mut b, &room(name), JoinRequest::default());
     }
     assert!(b.room("a").is_none(), "a vacant room idle longest was kept");
     b.check_index();
@@ -62,11 +62,17 @@ fn seq_counts_per_room_from_1() {
     let mut b = broker();
     let now = Instant::now();
     for expected in 1..=5 {
+        let before = unix_ms();
         let p = b.publish("a", "ann", "x", now).unwrap().message;
         assert_eq!(p.seq, expected);
+        let frame: serde_json::Value = serde_json::from_str(&p.json).unwrap();
+        let ts = frame["ts"].as_u64().expect("a ts");
+        assert!(before <= ts && ts <= unix_ms(), "ts {ts}");
         assert_eq!(
             &*p.json,
-            format!(r#"{{"type":"message","room":"a","from":"ann","text":"x","seq":{expected}}}"#)
+            format!(
+                r#"{{"type":"message","room":"a","from":"ann","text":"x","seq":{expected},"ts":{ts}}}"#
+            )
         );
     }
     assert_eq!(b.publish("b", "bob", "y", now).unwrap().message.seq, 1);
@@ -128,7 +134,7 @@ fn resume_cases() {
         if let Resume::Resumed(entries) = &snap.resume {
             assert_eq!(snap.missed(), Some(entries.len() as u64));
             for p in entries {
-                assert!(p.json.ends_with(&format!("\"seq\":{}}}", p.seq)));
+                assert!(p.json.contains(&format!("\"seq\":{},\"ts\":", p.seq)));
                 assert_eq!(p.epoch, epoch);
             }
         }
@@ -197,7 +203,11 @@ fn idle_rooms_without_history_are_forgotten_unless_kept() {
 #[test]
 fn over_max_bytes_the_idlest_rooms_lose_their_history_and_epoch() {
     let t0 = Instant::now();
-    let one = entry_bytes(&MessageHead::new("a", "ann", "x").unwrap().finish(1));
+    let one = entry_bytes(
+        &MessageHead::new("a", "ann", "x")
+            .unwrap()
+            .finish(1, unix_ms()),
+    );
     // Room for 4 entries in all.
     let mut b = LocalBroker::new(limits(100, 60_000, 4 * one));
     let at = |ms| t0 + Duration::from_millis(ms);
@@ -228,7 +238,11 @@ fn over_max_bytes_the_idlest_rooms_lose_their_history_and_epoch() {
 #[test]
 fn one_room_alone_over_max_bytes_trims_itself() {
     let t0 = Instant::now();
-    let one = entry_bytes(&MessageHead::new("a", "ann", "x").unwrap().finish(1));
+    let one = entry_bytes(
+        &MessageHead::new("a", "ann", "x")
+            .unwrap()
+            .finish(1, unix_ms()),
+    );
     let mut b = LocalBroker::new(limits(100, 60_000, 3 * one));
     for _ in 0..5 {
         let out = b.publish("a", "ann", "x", t0).unwrap();
@@ -263,7 +277,11 @@ fn byte_count_stays_exact() {
 fn equally_idle_rooms_lose_their_history_in_name_order() {
     // The order of the sort the index replaced: last activity, then name.
     let t0 = Instant::now();
-    let one = entry_bytes(&MessageHead::new("a", "ann", "x").unwrap().finish(1));
+    let one = entry_bytes(
+        &MessageHead::new("a", "ann", "x")
+            .unwrap()
+            .finish(1, unix_ms()),
+    );
     let mut b = LocalBroker::new(limits(100, 60_000, 3 * one));
     for room in ["c", "a", "b"] {
         b.publish(room, "ann", "x", t0).unwrap();
@@ -282,7 +300,11 @@ fn equally_idle_rooms_lose_their_history_in_name_order() {
 fn counted_rooms_without_history_or_members_are_forgotten_first() {
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
-    let one = entry_bytes(&MessageHead::new("a", "ann", "x").unwrap().finish(1));
+    let one = entry_bytes(
+        &MessageHead::new("a", "ann", "x")
+            .unwrap()
+            .finish(1, unix_ms()),
+    );
     assert!(one < ROOM_OVERHEAD_BYTES);
     // Four rooms and two entries.
     let max_bytes = 4 * ROOM_OVERHEAD_BYTES + 2 * one;
@@ -383,7 +405,7 @@ mod model {
     use std::time::{Duration, Instant};
 
     use super::super::{entry_bytes, HistoryLimits};
-    use crate::broker::MessageHead;
+    use crate::broker::{unix_ms, MessageHead};
 
     pub struct Room {
         /// A number per epoch: a new one on creation and on each dropped history.
@@ -495,7 +517,7 @@ mod model {
             if limits.size > 0 {
                 let json = MessageHead::new(name, "ann", text)
                     .unwrap()
-                    .finish(room.seq);
+                    .finish(room.seq, unix_ms());
                 room.history.push_back((room.seq, now, entry_bytes(&json)));
                 while room.history.len() > limits.size {
                     room.history.pop_front();
@@ -698,5 +720,54 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..150),
     ) {
         against_the_model(limits(size, ttl_ms, max_bytes), room_overhead, &ops);
+    }
+}
+
+#[test]
+fn a_dedupe_key_is_published_once_within_its_window() {
+    let t0 = Instant::now();
+    let mut b = broker().with_dedupe(Duration::from_millis(1_000));
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let message = |key| Outgoing {
+        from: "ann",
+        text: "x",
+        dedupe_key: Some(key),
+        sent_by: None,
+    };
+    let first = b.publish_message("r", message("k"), at(0), 5).unwrap().0;
+    let Publication::New(first) = first else {
+        panic!("{first:?}");
+    };
+    assert!(first.json.ends_with(r#""seq":1,"ts":5}"#), "{}", first.json);
+    // Within the window: the first one's seq; nothing published, the room's seq unchanged.
+    let repeat = b.publish_message("r", message("k"), at(999), 6).unwrap().0;
+    assert_eq!(
+        repeat,
+        Publication::Repeat {
+            epoch: first.epoch.clone(),
+            seq: 1
+        }
+    );
+    assert_eq!(b.room("r").unwrap().1, 1);
+    // The same key in another room, or without a key: new messages.
+    assert!(matches!(
+        b.publish_message("s", message("k"), at(999), 6).unwrap().0,
+        Publication::New(_)
+    ));
+    assert_eq!(b.publish("r", "ann", "x", at(999)).unwrap().message.seq, 2);
+    // Past the window: a new message.
+    let later = b
+        .publish_message("r", message("k"), at(1_000), 7)
+        .unwrap()
+        .0;
+    assert!(
+        matches!(later, Publication::New(ref p) if p.seq == 3),
+        "{later:?}"
+    );
+    // Without a window (publish.dedupe_ms = 0) every publish is new.
+    let mut none = broker();
+    for seq in 1..=2 {
+        let published = none.publish_message("r", message("k"), t0, 1).unwrap().0;
+        assert!(matches!(published, Publication::New(ref p) if p.seq == seq));
     }
 }

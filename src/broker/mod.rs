@@ -24,7 +24,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytestring::ByteString;
 use futures::future::LocalBoxFuture;
@@ -82,9 +82,91 @@ pub struct Published {
     pub epoch: Epoch,
     /// The message's seq in its room and epoch, from 1.
     pub seq: u64,
-    /// The exact `{"type":"message","room":R,"from":F,"text":T,"seq":N}` frame text, shared
-    /// by every recipient.
+    /// The exact `{"type":"message","room":R,"from":F,"text":T,"seq":N,"ts":MS}` frame text,
+    /// shared by every recipient.
     pub json: ByteString,
+    /// The session that sent it and the id its own copy carries (a `wsgrace.v2` publish with
+    /// an `id`), when known: set on live messages, not on history.
+    pub sent_by: Option<SentBy>,
+}
+
+/// A node of a cluster, named at random when its broker starts.
+pub type NodeId = u64;
+
+/// A session on a node: where a message or a signal came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The node.
+    pub node: NodeId,
+    /// The session, on that node.
+    pub session: u64,
+}
+
+/// A message's sender and the id its own copy carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentBy {
+    /// The sender.
+    pub origin: Origin,
+    /// The client's message id (1-64 characters of `[A-Za-z0-9_.-]`).
+    pub id: Arc<str>,
+}
+
+/// A message to publish in a room.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The sender's name (`from`).
+    pub from: &'a str,
+    /// The text.
+    pub text: &'a str,
+    /// Names the message for `publish.dedupe_ms`: a publish with the same key in the same
+    /// room within that time is not published again ([`Publication::Repeat`]).
+    pub dedupe_key: Option<&'a str>,
+    /// The sender and the id its copy carries.
+    pub sent_by: Option<&'a SentBy>,
+}
+
+/// What a publish came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publication {
+    /// The message got its seq (and reaches the room's members as an event).
+    New(Published),
+    /// Its dedupe key was seen within `publish.dedupe_ms`: nothing was published; this is
+    /// the first one's epoch and seq.
+    Repeat {
+        /// The epoch the first one was published in.
+        epoch: Epoch,
+        /// Its seq.
+        seq: u64,
+    },
+}
+
+/// A `signal`: no seq, not kept, to the room's members on every node but its sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signal {
+    /// The room.
+    pub room: Arc<str>,
+    /// The `{"type":"signal","room":R,"from":F,"text":T}` frame.
+    pub json: ByteString,
+    /// Its sender, who does not get it.
+    pub origin: Origin,
+}
+
+/// What a joining member asks of the room's history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// Resume after `since` (of `epoch`).
+    pub resume: Option<ResumeRequest>,
+    /// Without a resume: the room's last this many kept messages (v2 `last`).
+    pub last: usize,
+}
+
+/// Milliseconds since the Unix epoch now, for a message's `ts`.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// A joining session's wish to resume: the `since` and `epoch` of its upgrade request.
@@ -107,6 +189,9 @@ pub enum Resume {
     /// `"resumed":false`: history trimmed, another epoch, `since` ahead of the room, or no
     /// history kept. Nothing is replayed.
     NotResumed,
+    /// A join that asked for the last K messages (v2 `last`): these, oldest first (fewer
+    /// when fewer are kept), are sent after the answer; it says nothing of a resume.
+    Recent(Vec<Published>),
 }
 
 /// A room as a joining session first sees it: the welcome's epoch and seq, and the resume.
@@ -127,7 +212,7 @@ impl JoinSnapshot {
     pub fn missed(&self) -> Option<u64> {
         match &self.resume {
             Resume::Resumed(entries) => Some(entries.len() as u64),
-            Resume::NotAsked | Resume::NotResumed => None,
+            Resume::NotAsked | Resume::NotResumed | Resume::Recent(_) => None,
         }
     }
 }
@@ -229,6 +314,8 @@ pub enum BrokerEvent {
     /// new epoch's messages published meanwhile are in the history, to be read after
     /// [`BrokerHealth::Up`]); seen on a live message, it is that message's seq less one.
     EpochChanged(EpochChange),
+    /// A signal of a room with members on this node.
+    Signal(Signal),
     /// The broker went up or down.
     Health(BrokerHealth),
 }
@@ -276,6 +363,9 @@ pub trait Broker {
     /// Whether it can be reached, for `/readyz` and upgrades.
     fn status(&self) -> BrokerStatus;
 
+    /// This node's name among the nodes that share the broker.
+    fn node(&self) -> NodeId;
+
     /// The events that arrive by themselves (messages from other nodes, epoch changes,
     /// health), once; `None` for a broker that has none.
     fn take_event_stream(&mut self) -> Option<BrokerEvents>;
@@ -285,7 +375,7 @@ pub trait Broker {
     /// before the answer), and the answer is the room as the member first sees it, with the
     /// outcome of its resume request. Every call is matched by one [`Broker::leave`],
     /// whatever the answer.
-    fn join(&mut self, room: &Arc<str>, resume: Option<ResumeRequest>) -> Pending<JoinSnapshot>;
+    fn join(&mut self, room: &Arc<str>, request: JoinRequest) -> Pending<JoinSnapshot>;
 
     /// A member of this node left `room` (after the last one, the node no longer follows it).
     fn leave(&mut self, room: &Arc<str>);
@@ -293,12 +383,17 @@ pub trait Broker {
     /// The room's history after `request` (a catch-up after a reconnect), without joining.
     fn read_since(&mut self, room: &Arc<str>, request: ResumeRequest) -> Pending<JoinSnapshot>;
 
-    /// Gives a message from `from` in `room` saying `text` the room's next seq; the answer is
-    /// the message as published. The message itself reaches the room's members as a
+    /// Gives `message` the room's next seq, atomically with its dedupe key (a repeat within
+    /// `publish.dedupe_ms` is not published: [`Publication::Repeat`]); the answer is the
+    /// message as published. The message itself reaches the room's members as a
     /// [`BrokerEvent::Message`] (with the epoch changes it caused before it): at once from
     /// [`Broker::ready_events`], or later on the event stream. A refusal
     /// ([`BrokerError::Unavailable`]) means it reached nobody.
-    fn publish(&mut self, room: &Arc<str>, from: &str, text: &str) -> Pending<Published>;
+    fn publish(&mut self, room: &Arc<str>, message: Outgoing<'_>) -> Pending<Publication>;
+
+    /// Sends `signal` to its room's members on every node (as [`BrokerEvent::Signal`]): no
+    /// seq, not kept, at most once.
+    fn signal(&mut self, signal: Signal) -> Pending<()>;
 
     /// Moves the events the last calls produced at once into `out` (the local broker's
     /// messages); a broker whose events all come on its stream has none.
@@ -321,11 +416,14 @@ pub fn from_config(config: &crate::config::Config) -> Result<Box<dyn Broker>, Br
             crate::metrics::metrics().broker_up.set(1);
             let limits = local::HistoryLimits::from(&config.history);
             Ok(Box::new(
-                LocalBroker::new(limits).with_room_overhead(local::ROOM_OVERHEAD_BYTES),
+                LocalBroker::new(limits)
+                    .with_room_overhead(local::ROOM_OVERHEAD_BYTES)
+                    .with_dedupe(Duration::from_millis(config.publish.dedupe_ms)),
             ))
         }
         crate::config::BrokerKind::Redis => {
-            let settings = redis::RedisSettings::new(&config.broker, &config.history);
+            let mut settings = redis::RedisSettings::new(&config.broker, &config.history);
+            settings.dedupe = Duration::from_millis(config.publish.dedupe_ms);
             Ok(Box::new(RedisBroker::start(settings)?))
         }
     }

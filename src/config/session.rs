@@ -1,5 +1,6 @@
 //! The `[session]` table: per-connection timing and limits (heartbeat, client timeout,
-//! message size, outbound queue, message rate, kernel send buffer), with its defaults and
+//! message size, outbound queue, message rate, kernel send buffer, rooms per v2 connection),
+//! with its defaults and
 //! the rules of its keys.
 //!
 //! It must not know about actix or sockets: the session actor and the transport read these
@@ -26,6 +27,8 @@ const MAX_MESSAGES_PER_SEC: RangeInclusive<u32> = 0..=1_000_000;
 pub const DEFAULT_SEND_BUFFER_BYTES: usize = 262_144;
 /// Allowed `session.send_buffer_bytes`: 0 (the kernel's default) or 4 KiB to 64 MiB.
 const SEND_BUFFER_BYTES: RangeInclusive<usize> = 4_096..=64 << 20;
+/// Allowed `session.max_rooms`.
+const MAX_ROOMS: RangeInclusive<usize> = 1..=100_000;
 
 /// The `[session]` table.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -48,6 +51,9 @@ pub struct SessionSettings {
     /// a client that does not read can park in kernel memory, and what a close frame waits
     /// behind.
     pub send_buffer_bytes: usize,
+    /// `wsgrace.v2` connections: rooms one connection may have joined at once; one more join
+    /// is refused with `too_many_rooms`.
+    pub max_rooms: usize,
 }
 
 impl SessionSettings {
@@ -89,6 +95,7 @@ impl SessionSettings {
             self.outbound_queue,
             OUTBOUND_QUEUE,
         )?;
+        check.range("session.max_rooms", self.max_rooms, MAX_ROOMS)?;
         if self.send_buffer_bytes != 0 && !SEND_BUFFER_BYTES.contains(&self.send_buffer_bytes) {
             return Err(check.invalid(
                 "session.send_buffer_bytes",
@@ -113,6 +120,7 @@ impl Default for SessionSettings {
             outbound_queue: 1_024,
             max_messages_per_sec: 0,
             send_buffer_bytes: DEFAULT_SEND_BUFFER_BYTES,
+            max_rooms: 100,
         }
     }
 }

@@ -53,6 +53,7 @@ fn shipped_config_names_every_key() {
             "heartbeat_interval_ms",
             "max_frame_bytes",
             "max_messages_per_sec",
+            "max_rooms",
             "outbound_queue",
             "send_buffer_bytes"
         ]
@@ -80,6 +81,7 @@ fn shipped_config_names_every_key() {
     );
     assert_eq!(keys("broker"), ["key_prefix", "kind", "redis_url"]);
     assert_eq!(keys("history"), ["max_bytes", "size", "ttl_ms"]);
+    assert_eq!(keys("publish"), ["dedupe_ms"]);
     assert_eq!(
         keys("auth"),
         ["audience", "issuer", "jwt_public_key_file", "jwt_secret"]
@@ -369,6 +371,8 @@ fn bad_broker_settings_name_their_key() {
             "[history]\nmax_bytes = 1099511627777\n",
             "history.max_bytes",
         ),
+        ("[session]\nmax_rooms = 0\n", "session.max_rooms"),
+        ("[publish]\ndedupe_ms = 86400001\n", "publish.dedupe_ms"),
     ] {
         let err = error(text);
         assert!(matches!(err, ConfigError::InvalidValue { .. }), "{err:?}");

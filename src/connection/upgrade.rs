@@ -14,7 +14,7 @@
 use actix_codec::{Framed, FramedParts};
 use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::ws::HandshakeError;
-use actix_http::{h1, ConnectionType, Request, Response};
+use actix_http::{h1, header, ConnectionType, Request, Response};
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use futures::SinkExt;
@@ -55,9 +55,21 @@ pub type Writing = LocalBoxFuture<'static, ()>;
 /// (the request, the codec) is not kept either.
 pub async fn accept(
     req: Request,
+    connection: Upgrading,
+    handler: impl SessionHandler,
+    config: SessionConfig,
+) -> Result<(SessionHandle, Writing), UpgradeFailed> {
+    accept_subprotocol(req, connection, handler, config, None).await
+}
+
+/// [`accept`], answering the 101 with `Sec-WebSocket-Protocol: subprotocol` when given (the
+/// one of the client's offered subprotocols the server chose).
+pub async fn accept_subprotocol(
+    req: Request,
     mut connection: Upgrading,
     handler: impl SessionHandler,
     config: SessionConfig,
+    subprotocol: Option<&'static str>,
 ) -> Result<(SessionHandle, Writing), UpgradeFailed> {
     if let Err(bad) = check_framing(req.head()) {
         drop(req);
@@ -68,7 +80,12 @@ pub async fn accept(
     let accepted = actix_http::ws::handshake(req.head());
     drop(req);
     let switching = match accepted {
-        Ok(mut accepted) => accepted.finish().drop_body(),
+        Ok(mut accepted) => {
+            if let Some(subprotocol) = subprotocol {
+                accepted.insert_header((header::SEC_WEBSOCKET_PROTOCOL, subprotocol));
+            }
+            accepted.finish().drop_body()
+        }
         Err(err) => {
             // The answer is best effort: the error reported is the handshake's.
             let _ = refuse(connection, (&err).into()).await;

@@ -1,9 +1,9 @@
 //! The frames the server sends, one JSON object each (SPEC, Chat protocol), serialized here
 //! and nowhere else.
 //!
-//! A room message is serialized once for all its recipients, and its seq is known only where
-//! it is given (the local broker, or the Redis script): [`MessageHead`] is everything before
-//! the seq, finished with [`MessageHead::finish`]. The other frames go to one session at a
+//! A room message is serialized once for all its recipients, and its seq and time are known
+//! only where it is given them (the local broker, or the Redis script): [`MessageHead`] is
+//! everything before the seq, finished with [`MessageHead::finish`]. The other frames go to one session at a
 //! time. This module must not decide who gets what.
 
 use std::time::Duration;
@@ -53,9 +53,9 @@ impl MessageHead {
         &self.0
     }
 
-    /// The whole frame with `seq`.
-    pub fn finish(&self, seq: u64) -> ByteString {
-        ByteString::from(format!("{}{seq}}}", self.0))
+    /// The whole frame with `seq` and `ts` (ms since the Unix epoch, when it got its seq).
+    pub fn finish(&self, seq: u64, ts: u64) -> ByteString {
+        ByteString::from(format!("{}{seq},\"ts\":{ts}}}", self.0))
     }
 }
 
@@ -161,10 +161,10 @@ mod tests {
     #[test]
     fn message_frame_matches_the_protocol() {
         let head = MessageHead::new("lobby", "ann", "hi \"there\"\n").unwrap();
-        let json = head.finish(42);
+        let json = head.finish(42, 1_700_000_000_123);
         assert_eq!(
             &*json,
-            r#"{"type":"message","room":"lobby","from":"ann","text":"hi \"there\"\n","seq":42}"#
+            r#"{"type":"message","room":"lobby","from":"ann","text":"hi \"there\"\n","seq":42,"ts":1700000000123}"#
         );
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["seq"], 42);

@@ -120,7 +120,7 @@ pub struct Remove {
     pub members: Vec<(Arc<str>, SessionId)>,
 }
 
-/// Delivers one serialized room message to every local member of `room`.
+/// Delivers one serialized room message (or signal) to every local member of `room`.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct Deliver {
@@ -130,6 +130,19 @@ pub struct Deliver {
     pub text: ByteString,
     /// A missed message of a catch-up: not counted against `session.outbound_queue`.
     pub replayed: bool,
+    /// One member that gets another frame, or none: the sender of a v2 message (its own copy
+    /// carries its id), or of a signal (it does not get it).
+    pub except: Option<Exception>,
+}
+
+/// A member of a [`Deliver`]'s room that gets `frame` instead of the room's (`None`:
+/// nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exception {
+    /// The member.
+    pub session: SessionId,
+    /// What it gets instead.
+    pub frame: Option<ByteString>,
 }
 
 /// Tells sessions of this shard's thread to shut down ([`crate::connection::session::Shutdown`]):
@@ -213,12 +226,23 @@ impl Handler<Deliver> for Shard {
         // copied into its connection's buffer when written (no per-member encoding, no
         // atomic reference counts shared between cores).
         let frame = encode_text(&msg.text);
+        let own = msg
+            .except
+            .as_ref()
+            .map(|except| (except.session, except.frame.as_deref().map(encode_text)));
         let (mut sent, mut closed, mut full) = (0u64, 0u64, 0u64);
-        for (_, outbox) in &members.list {
+        for (id, outbox) in &members.list {
+            let frame = match &own {
+                Some((session, own_frame)) if session == id => match own_frame {
+                    Some(own_frame) => own_frame.clone(),
+                    None => continue,
+                },
+                _ => frame.clone(),
+            };
             let offered = if msg.replayed {
-                outbox.offer_encoded_replayed(frame.clone())
+                outbox.offer_encoded_replayed(frame)
             } else {
-                outbox.offer_encoded(frame.clone())
+                outbox.offer_encoded(frame)
             };
             match offered {
                 Ok(()) => sent += 1,

@@ -112,8 +112,8 @@ impl ResumeMerge {
         }
     }
 
-    /// The join snapshot: appends the replay, then the buffered live messages newer than
-    /// it, to `out`, and passes live messages through from now on. A second snapshot is
+    /// The join snapshot: appends the replay (a resume's missed messages, or the last K a
+    /// join asked for), then the buffered live messages newer than it, to `out`, and passes live messages through from now on. A second snapshot is
     /// ignored.
     pub fn snapshot(
         &mut self,
@@ -130,7 +130,7 @@ impl ResumeMerge {
         };
         let mut epoch = snapshot.epoch.clone();
         let mut last = snapshot.seq;
-        if let Resume::Resumed(replay) = &snapshot.resume {
+        if let Resume::Resumed(replay) | Resume::Recent(replay) = &snapshot.resume {
             for message in replay {
                 out.push(Delivery::Message(message.clone()));
             }
@@ -183,7 +183,8 @@ mod tests {
             room: Arc::from("r"),
             epoch: Epoch::new(epoch.to_owned()),
             seq,
-            json: MessageHead::new("r", "ann", "x").unwrap().finish(seq),
+            json: MessageHead::new("r", "ann", "x").unwrap().finish(seq, 0),
+            sent_by: None,
         }
     }
 
@@ -231,6 +232,15 @@ mod tests {
     fn table() {
         use Step::{Live, Snap};
         let cases: Vec<(&str, Vec<Step>, Vec<&str>)> = vec![
+            (
+                "the last K of a join, then the live messages newer than them",
+                vec![
+                    Live("a", 6),
+                    Snap(snap("a", 5, Resume::Recent(vec![msg("a", 4), msg("a", 5)]))),
+                    Live("a", 7),
+                ],
+                vec!["a4", "a5", "a6", "a7"],
+            ),
             (
                 "resumed, nothing live",
                 vec![Snap(snap("a", 5, replay("a", 3..=5)))],

@@ -71,6 +71,14 @@ pub enum Action<S> {
         /// A catch-up's missed message (not counted against the outbound queue's limit).
         replayed: bool,
     },
+    /// The member's join could not be answered (the broker could not give its snapshot):
+    /// it is no longer in the room.
+    Unanswered {
+        /// The member.
+        member: SessionId,
+        /// Why, for the log.
+        why: String,
+    },
     /// The member cannot be given every seq: close it 1013 so that its client resumes.
     Retry {
         /// The member.
@@ -194,11 +202,13 @@ impl<S: Clone + Eq + Hash> Room<S> {
         let snapshot = match snapshot {
             Ok(snapshot) => snapshot,
             Err(err) => {
-                self.retry(
-                    member,
-                    format!("the broker could not be read: {err}"),
-                    actions,
-                );
+                if self.members.remove(&member).is_some() {
+                    self.joining.remove(&member);
+                    actions.push(Action::Unanswered {
+                        member,
+                        why: format!("the broker could not be read: {err}"),
+                    });
+                }
                 return;
             }
         };

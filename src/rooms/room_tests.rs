@@ -40,7 +40,8 @@ fn published(epoch: &str, seq: u64) -> Published {
         seq,
         json: MessageHead::new("r", "ann", "x")
             .expect("a head")
-            .finish(seq),
+            .finish(seq, 0),
+        sent_by: None,
     }
 }
 
@@ -109,6 +110,7 @@ fn line(action: &Action<u8>) -> String {
             )
         }
         Action::Retry { member, .. } => format!("retry {member}"),
+        Action::Unanswered { member, .. } => format!("unanswered {member}"),
         Action::RetryEnrolled { members, .. } => {
             let mut members = members.clone();
             members.sort_unstable();
@@ -228,11 +230,11 @@ fn table() {
             ],
         ),
         (
-            "the broker lost mid-join: the member retries",
+            "the broker lost mid-join: the join is unanswered, the member out of the room",
             8,
             vec![
                 (Join(1, 1), vec![]),
-                (SnapErr(1), vec!["retry 1"]),
+                (SnapErr(1), vec!["unanswered 1"]),
                 (Live("a", 1), vec![]),
                 (Leave(1), vec![]),
             ],

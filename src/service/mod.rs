@@ -1,10 +1,12 @@
-//! The HTTP faces of the server: the routes and the upgrade checks ([`server`]), signals and
+//! The HTTP faces of the server: the routes ([`server`]) and the upgrade checks
+//! ([`admission`]), signals and
 //! readiness ([`shutdown`]), tokens ([`auth`], [`expiry`]), the client's address
 //! ([`client_address`]) and the open-files budget ([`open_files`]).
 //!
 //! This is the top floor: it assembles connections, rooms and a broker into the server the
 //! binary runs, and nothing below imports it.
 
+pub mod admission;
 pub mod auth;
 pub mod client_address;
 pub mod expiry;

@@ -1,68 +1,64 @@
 //! The actix-web application: routes, upgrade checks, and [`serve`], which runs the whole
 //! server the binary runs.
 //!
-//! Every check that can refuse an upgrade happens here, before the handshake: draining (503),
-//! broker unreachable (503), origin (403), room, name, `since` and `epoch` (400), token (401, 403,
-//! with authentication on), open WebSockets of the client address (429), connection limit (503). It
-//! must not implement session or close behaviour: an upgrade request is taken out of the HTTP
-//! dispatcher with its connection ([`crate::connection::upgrade`]), and an accepted one goes to a
-//! session that owns the socket ([`crate::connection::session::start_on_socket`]).
+//! Every check that can refuse an upgrade happens before the handshake, in
+//! [`super::admission`]. This module serves: it must not implement session or close behaviour:
+//! an upgrade request is taken out of the HTTP dispatcher with its connection
+//! ([`crate::connection::upgrade`]), and an accepted one goes to a session that owns the socket
+//! ([`crate::connection::session::start_on_socket`]).
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
 use actix_http::body::BoxBody;
 use actix_http::error::DispatchError;
-use actix_http::{HttpService, Request, RequestHead, Response};
+use actix_http::{HttpService, Request, Response};
 use actix_service::{
     fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt,
 };
 use actix_web::dev::AppConfig;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse};
-use bytestring::ByteString;
 use log::warn;
-use serde::Deserialize;
 
-use crate::broker::{self, BrokerStatus, Epoch, ResumeRequest};
-use crate::close::{CloseMode, CloseStatus};
-use crate::config::{is_valid_name, Config};
+use crate::broker::{self, BrokerStatus};
+use crate::close::CloseStatus;
+use crate::config::Config;
 use crate::connection::linger::{LingerBounds, LingeringStream};
 use crate::connection::request_deadline::HeadTimed;
-use crate::connection::session::{self, SessionConfig, SessionEnd, SessionHandle, SessionHandler};
+use crate::connection::session::{self, SessionConfig};
 use crate::connection::transport::{tune_socket, SocketTuning};
 use crate::connection::upgrade::{self, UpgradeFailed, Upgrading};
 use crate::metrics::{self, metrics};
 use crate::rooms::drain::{DrainPlan, DrainReport};
-use crate::rooms::handler::ChatHandler;
 use crate::rooms::supervisor::Supervisor;
-use crate::service::auth::{self, Identity, Verifier};
-use crate::service::client_address::{client_address, AddressLimit, AddressSlot};
-use crate::service::expiry::Expiring;
+use crate::service::admission::admit;
+use crate::service::auth::Verifier;
+use crate::service::client_address::AddressLimit;
 use crate::service::open_files;
 use crate::service::shutdown::{self, Readiness, Signals};
 
 /// What the routes share.
 #[derive(Clone)]
 pub struct AppState {
-    config: Arc<Config>,
+    pub(super) config: Arc<Config>,
     /// Checks the token of every upgrade; `None`: authentication is off.
-    auth: Option<Arc<Verifier>>,
-    supervisor: Addr<Supervisor>,
-    readiness: Readiness,
-    open: Arc<AtomicUsize>,
+    pub(super) auth: Option<Arc<Verifier>>,
+    pub(super) supervisor: Addr<Supervisor>,
+    pub(super) readiness: Readiness,
+    pub(super) open: Arc<AtomicUsize>,
     /// Sessions admitted at once: `server.max_connections`, or fewer where the open-files
     /// limit does not allow it.
-    max_connections: usize,
+    pub(super) max_connections: usize,
     /// Whether the broker can be reached (upgrades and `/readyz` answer 503 while not).
-    broker: BrokerStatus,
+    pub(super) broker: BrokerStatus,
     /// `server.trusted_proxies`, parsed.
-    trusted_proxies: Arc<[ipnet::IpNet]>,
+    pub(super) trusted_proxies: Arc<[ipnet::IpNet]>,
     /// Open WebSockets per client address (`server.max_connections_per_ip`).
-    per_address: AddressLimit,
+    pub(super) per_address: AddressLimit,
 }
 
 impl AppState {
@@ -168,158 +164,6 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct JoinQuery {
-    room: Option<String>,
-    name: Option<String>,
-    since: Option<String>,
-    epoch: Option<String>,
-    token: Option<String>,
-}
-
-/// The largest `since` plus one: a seq is below 2^63.
-const SINCE_LIMIT: u64 = 1 << 63;
-
-/// Why a resume request was refused (HTTP 400).
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-enum BadResume {
-    #[error("since must be an integer, 0 <= since < 2^63")]
-    Since,
-    #[error("epoch must be 1-64 characters of [A-Za-z0-9_.-]")]
-    Epoch,
-}
-
-impl BadResume {
-    fn reason(&self) -> &'static str {
-        match self {
-            BadResume::Since => "bad_since",
-            BadResume::Epoch => "bad_epoch",
-        }
-    }
-}
-
-/// The resume request of an upgrade's `since` and `epoch` (none without `since`).
-fn resume_request(
-    since: Option<&str>,
-    epoch: Option<&str>,
-) -> Result<Option<ResumeRequest>, BadResume> {
-    let epoch = match epoch {
-        Some(epoch) if !is_valid_name(epoch) => return Err(BadResume::Epoch),
-        Some(epoch) => Some(Epoch::new(epoch.to_owned())),
-        None => None,
-    };
-    let Some(since) = since else {
-        return Ok(None);
-    };
-    let digits = !since.is_empty() && since.bytes().all(|b| b.is_ascii_digit());
-    match since.parse::<u64>() {
-        Ok(since) if digits && since < SINCE_LIMIT => Ok(Some(ResumeRequest { since, epoch })),
-        _ => Err(BadResume::Since),
-    }
-}
-
-/// An upgrade the checks let through: its session's handler and settings.
-struct Admitted {
-    handler: Counted<Expiring<ChatHandler>>,
-    config: SessionConfig,
-}
-
-/// A refusal of [`admit`].
-fn refused(response: HttpResponse) -> Result<Admitted, Box<HttpResponse>> {
-    Err(Box::new(response))
-}
-
-/// Every check that can refuse an upgrade, in order; the refusal is counted (and logged where
-/// the SPEC asks for a line).
-fn admit(state: &AppState, req: &RequestHead) -> Result<Admitted, Box<HttpResponse>> {
-    if !state.readiness.is_ready() {
-        metrics().refused("draining");
-        return refused(HttpResponse::ServiceUnavailable().body("draining\n"));
-    }
-    if !state.broker.is_up() {
-        metrics().refused("broker_unavailable");
-        return refused(HttpResponse::ServiceUnavailable().body("broker unavailable\n"));
-    }
-    if let Err(refusal) = check_origin(req, &state.config.server.allowed_origins) {
-        warn!("upgrade refused: {refusal}");
-        metrics().refused("origin");
-        return refused(HttpResponse::Forbidden().body(format!("{refusal}\n")));
-    }
-    let mut query = match web::Query::<JoinQuery>::from_query(req.uri.query().unwrap_or_default()) {
-        Ok(query) => query.into_inner(),
-        Err(err) => {
-            metrics().refused("bad_query");
-            return refused(HttpResponse::BadRequest().body(format!("bad query: {err}\n")));
-        }
-    };
-    let room = query.room.unwrap_or_else(|| "lobby".to_owned());
-    if !is_valid_name(&room) {
-        metrics().refused("bad_room");
-        return refused(
-            HttpResponse::BadRequest().body("room must be 1-64 characters of [A-Za-z0-9_.-]\n"),
-        );
-    }
-    // With authentication on, the token's `sub` names the session (the query's `name` is not
-    // used) and its `exp` ends it.
-    let mut identity = None;
-    if let Some(verifier) = &state.auth {
-        match authenticate(req, verifier, query.token.as_deref(), &room) {
-            Ok(admitted) => {
-                query.name = Some(admitted.name.clone());
-                identity = Some(admitted);
-            }
-            Err(refused) => return Err(refused),
-        }
-    }
-    if let Some(name) = &query.name {
-        if !is_valid_name(name) {
-            metrics().refused("bad_name");
-            return refused(
-                HttpResponse::BadRequest().body("name must be 1-64 characters of [A-Za-z0-9_.-]\n"),
-            );
-        }
-    }
-    let resume = match resume_request(query.since.as_deref(), query.epoch.as_deref()) {
-        Ok(resume) => resume,
-        Err(bad) => {
-            metrics().refused(bad.reason());
-            return refused(HttpResponse::BadRequest().body(format!("{bad}\n")));
-        }
-    };
-    let address = upgrade_client_address(req, &state.trusted_proxies);
-    let address_slot = match address.map(|address| state.per_address.acquire(address)) {
-        None | Some(Ok(None)) => None,
-        Some(Ok(Some(slot))) => Some(slot),
-        Some(Err(at_limit)) => {
-            warn!("upgrade refused: {at_limit} (server.max_connections_per_ip)");
-            metrics().refused("per_ip_limit");
-            return refused(
-                HttpResponse::TooManyRequests().body("too many connections from this address\n"),
-            );
-        }
-    };
-    let open = state.open.fetch_add(1, Ordering::AcqRel);
-    let guard = OpenGuard(state.open.clone());
-    if open >= state.max_connections {
-        warn!(
-            "upgrade refused: {} connections open",
-            state.max_connections
-        );
-        metrics().refused("max_connections");
-        return refused(HttpResponse::ServiceUnavailable().body("too many connections\n"));
-    }
-    let config = state.session_config(&room);
-    let handler = Counted {
-        inner: Expiring::new(
-            ChatHandler::new(state.supervisor.clone(), room, query.name).resume(resume),
-            identity.as_ref().map(Identity::closes_at),
-        ),
-        _guard: guard,
-        _address_slot: address_slot,
-    };
-    Ok(Admitted { handler, config })
-}
-
 /// `/ws` without `Upgrade: websocket`: the checks, then the handshake's refusal. (An upgrade
 /// request goes to [`upgrade_connection`] instead.)
 async fn upgrade(
@@ -355,9 +199,14 @@ async fn upgrade_connection(
         match admit(&state, req.head()) {
             Err(refused) => (*refused).into(),
             Ok(admitted) => {
-                return match upgrade::accept(req, connection, admitted.handler, admitted.config)
-                    .await
-                {
+                let accepted = upgrade::accept_subprotocol(
+                    req,
+                    connection,
+                    admitted.handler,
+                    admitted.config,
+                    admitted.subprotocol,
+                );
+                return match accepted.await {
                     Ok((_, writing)) => Some(writing),
                     Err(err @ (UpgradeFailed::Handshake(_) | UpgradeFailed::Framing(_))) => {
                         metrics().refused("handshake");
@@ -377,108 +226,6 @@ async fn upgrade_connection(
         log::debug!("answering a refused upgrade failed: {err}");
     }
     None
-}
-
-/// The token check of an upgrade to `room`: the identity, or the 401/403 response (counted,
-/// and logged without the token).
-fn authenticate(
-    req: &RequestHead,
-    verifier: &Verifier,
-    query_token: Option<&str>,
-    room: &str,
-) -> Result<Identity, Box<HttpResponse>> {
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok());
-    let token = auth::request_token(query_token, authorization);
-    verifier.admit(token, room).map_err(|err| {
-        let refusal = err.refusal();
-        warn!(
-            "upgrade refused: {} ({err}) for room {room:?}",
-            refusal.reason()
-        );
-        metrics().refused(refusal.reason());
-        let mut response = match refusal {
-            auth::Refusal::Unauthorized => HttpResponse::Unauthorized(),
-            auth::Refusal::Forbidden => HttpResponse::Forbidden(),
-        };
-        if refusal == auth::Refusal::Unauthorized {
-            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
-        }
-        Box::new(response.body(format!("{}: {err}\n", refusal.reason())))
-    })
-}
-
-/// Why an origin was refused.
-#[derive(Debug, thiserror::Error)]
-enum OriginRefused {
-    #[error("origin {0:?} is not allowed")]
-    NotAllowed(String),
-    #[error("an Origin header is required")]
-    Missing,
-}
-
-fn check_origin(req: &RequestHead, allowed: &[String]) -> Result<(), OriginRefused> {
-    if allowed.is_empty() {
-        return Ok(());
-    }
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .ok_or(OriginRefused::Missing)?;
-    let origin = origin.to_str().unwrap_or_default();
-    if allowed.iter().any(|a| a == origin) {
-        Ok(())
-    } else {
-        Err(OriginRefused::NotAllowed(origin.to_owned()))
-    }
-}
-
-/// Decrements the open-connection count when the session (and so its handler) is dropped.
-struct OpenGuard(Arc<AtomicUsize>);
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A handler that holds an [`OpenGuard`] (and its client address's place) for its session's
-/// lifetime.
-struct Counted<H> {
-    inner: H,
-    _guard: OpenGuard,
-    _address_slot: Option<AddressSlot>,
-}
-
-/// The client address of an upgrade: the TCP peer, or from `X-Forwarded-For` when the peer is
-/// a trusted proxy ([`client_address`]). `None` without a peer address (not over TCP).
-fn upgrade_client_address(req: &RequestHead, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
-    let peer = req.peer_addr?.ip();
-    let forwarded = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|value| value.to_str().ok());
-    Some(client_address(peer, forwarded, trusted))
-}
-
-impl<H: SessionHandler> SessionHandler for Counted<H> {
-    fn on_start(&mut self, session: &SessionHandle) {
-        self.inner.on_start(session)
-    }
-
-    fn on_message(&mut self, session: &SessionHandle, text: ByteString) {
-        self.inner.on_message(session, text)
-    }
-
-    fn shutdown_mode(&mut self, default: CloseMode) -> CloseMode {
-        self.inner.shutdown_mode(default)
-    }
-
-    fn on_end(&mut self, session: &SessionHandle, end: &SessionEnd) {
-        self.inner.on_end(session, end)
-    }
 }
 
 /// Runs the server of `config` until a signal's drain ends. `on_listening` gets the bound
@@ -671,57 +418,6 @@ fn shutdown_status(config: &Config) -> Option<CloseStatus> {
             // Validated with the config; reaching this is a bug, not bad input.
             log::error!("shutdown status invalid after validation: {err}");
             None
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_and_epoch() {
-        let ok = |since: Option<&str>, epoch: Option<&str>| {
-            resume_request(since, epoch).expect("a valid resume request")
-        };
-        assert_eq!(ok(None, None), None);
-        assert_eq!(ok(None, Some("abc")), None);
-        assert_eq!(
-            ok(Some("0"), None),
-            Some(ResumeRequest {
-                since: 0,
-                epoch: None
-            })
-        );
-        assert_eq!(
-            ok(Some("9223372036854775807"), Some("00ff")),
-            Some(ResumeRequest {
-                since: (1 << 63) - 1,
-                epoch: Some(Epoch::new("00ff"))
-            })
-        );
-        for since in [
-            "",
-            "-1",
-            "+1",
-            "abc",
-            "1.5",
-            " 1",
-            "9223372036854775808",
-            "18446744073709551616",
-        ] {
-            assert_eq!(
-                resume_request(Some(since), None),
-                Err(BadResume::Since),
-                "{since:?}"
-            );
-        }
-        for epoch in ["", "a b", &"e".repeat(65)] {
-            assert_eq!(
-                resume_request(Some("1"), Some(epoch)),
-                Err(BadResume::Epoch),
-                "{epoch:?}"
-            );
         }
     }
 }

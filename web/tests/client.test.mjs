@@ -19,6 +19,7 @@ function setup(options = {}) {
     setTimeout: clock.setTimeout,
     clearTimeout: clock.clearTimeout,
     random: () => 0.5,
+    fetch: null, // no refusal probe: refused upgrades are tested with a fake fetch below
     ...options,
   });
   const rec = record(client);

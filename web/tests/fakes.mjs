@@ -10,8 +10,10 @@ export function fakeWebSocket() {
     static OPEN = 1;
     static CLOSING = 2;
     static CLOSED = 3;
-    constructor(url) {
+    constructor(url, protocols) {
       this.url = url;
+      this.protocols = protocols === undefined ? [] : [].concat(protocols);
+      this.protocol = "";
       this.readyState = 0;
       this.sent = [];
       this.closeCalls = [];
@@ -27,8 +29,10 @@ export function fakeWebSocket() {
       if (this.readyState < 2) this.readyState = 2;
     }
     // --- driven by the test ---
-    /** The upgrade succeeded. */
-    open() {
+    /** The upgrade succeeded; the server agrees to the first subprotocol offered, or to
+     *  `protocol` when given ("" for none). */
+    open(protocol = this.protocols[0] || "") {
+      this.protocol = protocol;
       this.readyState = 1;
       this.onopen?.({ type: "open" });
     }
@@ -43,12 +47,34 @@ export function fakeWebSocket() {
       this.onerror?.({ type: "error" });
       this.onclose?.({ type: "close", code, reason, wasClean });
     }
+    /** The JSON frames sent, parsed (v2). */
+    get frames() {
+      return this.sent.map((text) => JSON.parse(text));
+    }
     /** The URL's query as a plain object. */
     get query() {
       return Object.fromEntries(new URL(this.url).searchParams);
     }
   }
   return { FakeWebSocket, sockets };
+}
+
+/**
+ * A fetch for the refusal probe that the test answers by hand: `calls` lists each request
+ * as {url, init, answer(status, body), fail()}; nothing settles until the test says so.
+ */
+export function fakeFetch() {
+  const calls = [];
+  const fetch = (url, init) =>
+    new Promise((resolve, reject) => {
+      calls.push({
+        url: String(url),
+        init,
+        answer: (status, body = "") => resolve({ status, text: async () => body }),
+        fail: () => reject(new TypeError("Failed to fetch")),
+      });
+    });
+  return { fetch, calls };
 }
 
 /** Virtual time: timers run only when the test calls `advance`. */
@@ -88,7 +114,11 @@ export const flush = () => new Promise((resolve) => setImmediate(resolve));
 
 /** Records every event of `client` as [type, detail]; `of(type)` lists one type's details. */
 export function record(client) {
-  const types = ["state", "welcome", "message", "resumed", "gap", "epoch", "going_away", "error", "close"];
+  const types = [
+    "state", "welcome", "message", "resumed", "gap", "epoch", "going_away", "error", "close", "refused",
+    // v2
+    "hello", "joined", "left", "delivered", "signal", "presence", "presence_join", "presence_leave",
+  ];
   const events = [];
   for (const type of types) client.addEventListener(type, (e) => events.push([type, e.detail]));
   return {

@@ -14,8 +14,8 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Client, Msg, RedisError, Script, Value};
 use tokio::sync::watch;
 
-use super::super::{BrokerError, BrokerEvent, BrokerHealth, Epoch, EpochChange};
-use super::keys::{join_snapshot, parse_publication, snapshot_head, Keys};
+use super::super::{BrokerError, BrokerEvent, BrokerHealth, Epoch, EpochChange, JoinRequest};
+use super::keys::{join_snapshot, parse_publication, snapshot_head, Keys, Publication};
 use super::{Command, RedisSettings};
 use crate::metrics::metrics;
 
@@ -315,7 +315,7 @@ impl Driver {
                 epoch,
                 seq,
                 Vec::new(),
-                None,
+                &JoinRequest::default(),
                 self.settings.history.size,
             )
             .map_err(|err| err.to_string())?;
@@ -365,9 +365,17 @@ impl Driver {
             // Unsubscribed meanwhile.
             return;
         };
-        let Some(mut published) = parse_publication(&room, message.get_payload_bytes()) else {
-            warn!("broker: an unreadable publication on room {room} was ignored");
-            return;
+        let mut published = match parse_publication(&room, message.get_payload_bytes()) {
+            Some(Publication::Message(published)) => published,
+            Some(Publication::Signal(mut signal)) => {
+                signal.room = room;
+                self.emit(BrokerEvent::Signal(signal)).await;
+                return;
+            }
+            None => {
+                warn!("broker: an unreadable publication on room {room} was ignored");
+                return;
+            }
         };
         published.room = room.clone();
         let Some(state) = self.rooms.get_mut(&room) else {

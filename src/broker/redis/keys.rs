@@ -9,13 +9,18 @@ use bytestring::ByteString;
 use redis::{RedisError, Value};
 
 use super::super::{
-    can_resume, BrokerError, Epoch, JoinSnapshot, Published, Resume, ResumeRequest,
+    can_resume, BrokerError, Epoch, JoinRequest, JoinSnapshot, Origin, Published, Resume, SentBy,
+    Signal,
 };
 use super::PublishJob;
 
-/// The script run once per message. KEYS: room hash, history stream. ARGV: channel, frame
-/// head, a fresh epoch (used if the room is new), history size, ttl in ms. Returns
-/// `{epoch, seq}`. The only write that can fail (XADD) comes before the seq is stored.
+/// The script run once per message. KEYS: room hash, history stream, and the dedupe key when
+/// the message has one. ARGV: channel, frame head, a fresh epoch (used if the room is new),
+/// history size, ttl in ms, the origin (`NODE.SESSION.ID` or empty), dedupe window in ms.
+/// Returns `{epoch, seq, ts, repeat}`: a message whose dedupe key is set is not published
+/// again (`repeat` 1, the first one's epoch and seq); otherwise it gets the next seq and the
+/// time, is kept and published. The only write that can fail (XADD) comes before the seq is
+/// stored. The time is Redis's (`TIME`), one clock for every node.
 pub const PUBLISH_SCRIPT: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -23,9 +28,18 @@ if not epoch then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
 end
+if KEYS[3] then
+  local first = redis.call('GET', KEYS[3])
+  if first then
+    local colon = string.find(first, ':', 1, true)
+    return {string.sub(first, 1, colon - 1), string.sub(first, colon + 1), '0', 1}
+  end
+end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1
 local seqtext = string.format('%d', seq)
-local json = ARGV[2] .. seqtext .. '}'
+local now = redis.call('TIME')
+local ts = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+local json = ARGV[2] .. seqtext .. ',"ts":' .. ts .. '}'
 local size = tonumber(ARGV[4])
 if size > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', size, seqtext .. '-0', 'json', json)
@@ -33,8 +47,11 @@ if size > 0 then
 end
 redis.call('HSET', KEYS[1], 'seq', seqtext)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[1], epoch .. ':' .. seqtext .. ':' .. json)
-return {epoch, seqtext}
+if KEYS[3] then
+  redis.call('SET', KEYS[3], epoch .. ':' .. seqtext, 'PX', ARGV[7])
+end
+redis.call('PUBLISH', ARGV[1], epoch .. ':' .. seqtext .. ':' .. ARGV[6] .. ':' .. json)
+return {epoch, seqtext, ts, 0}
 "#;
 
 /// The join script. KEYS: room hash, history stream. ARGV: a fresh epoch (used if the room
@@ -74,6 +91,11 @@ impl Keys {
         format!("{}{room}", self.room_prefix)
     }
 
+    /// The key that marks `key` as published in `room` (for `publish.dedupe_ms`).
+    pub(super) fn dedupe(&self, room: &str, key: &str) -> String {
+        format!("{}:dedupe:{room}:{key}", self.prefix)
+    }
+
     pub(super) fn history(&self, room: &str) -> String {
         format!("{}:history:{room}", self.prefix)
     }
@@ -104,25 +126,17 @@ pub(super) fn snapshot_head(value: &Value) -> Result<(String, u64), BrokerError>
     Ok((epoch, seq))
 }
 
-/// The room at `epoch` and `seq` for a joining session, with the XRANGE `entries` read after
-/// its `since`; applies the resume rule.
+/// The room at `epoch` and `seq` for a joining session, with the stream `entries` read for
+/// it (after its `since`, or its `last` K, oldest first); applies the resume rule.
 pub(super) fn join_snapshot(
     room: Arc<str>,
     epoch: String,
     seq: u64,
     entries: Vec<Value>,
-    resume: Option<&ResumeRequest>,
+    request: &JoinRequest,
     history_size: usize,
 ) -> Result<JoinSnapshot, BrokerError> {
     let epoch = Epoch::new(epoch);
-    let Some(request) = resume else {
-        return Ok(JoinSnapshot {
-            room,
-            epoch,
-            seq,
-            resume: Resume::NotAsked,
-        });
-    };
     let mut replay = Vec::with_capacity(entries.len());
     for entry in entries {
         let (seq, json) = parse_entry(entry).ok_or_else(|| snapshot_error("stream entry"))?;
@@ -131,19 +145,27 @@ pub(super) fn join_snapshot(
             epoch: epoch.clone(),
             seq,
             json,
+            sent_by: None,
         });
     }
-    // The stream's ids are consecutive seqs trimmed from the front: it holds everything
-    // after `since` exactly when it returned `seq - since` entries starting at `since + 1`.
-    let since = request.since;
-    let complete = since < seq
-        && replay.len() as u64 == seq - since
-        && replay.first().is_some_and(|first| first.seq == since + 1);
-    let oldest = complete.then_some(since + 1);
-    let resume = if can_resume(request, &epoch, seq, oldest, history_size > 0) {
-        Resume::Resumed(replay)
-    } else {
-        Resume::NotResumed
+    let resume = match &request.resume {
+        None if request.last > 0 => Resume::Recent(replay),
+        None => Resume::NotAsked,
+        Some(resume) => {
+            // The stream's ids are consecutive seqs trimmed from the front: it holds
+            // everything after `since` exactly when it returned `seq - since` entries
+            // starting at `since + 1`.
+            let since = resume.since;
+            let complete = since < seq
+                && replay.len() as u64 == seq - since
+                && replay.first().is_some_and(|first| first.seq == since + 1);
+            let oldest = complete.then_some(since + 1);
+            if can_resume(resume, &epoch, seq, oldest, history_size > 0) {
+                Resume::Resumed(replay)
+            } else {
+                Resume::NotResumed
+            }
+        }
     };
     Ok(JoinSnapshot {
         room,
@@ -182,36 +204,100 @@ pub(super) fn is_connection_error(err: &RedisError) -> bool {
     err.is_io_error() || err.is_connection_dropped() || err.is_timeout()
 }
 
-/// A channel payload `EPOCH:SEQ:JSON` of `room` → the message.
-pub(super) fn parse_publication(room: &str, payload: &[u8]) -> Option<Published> {
+/// What a room's channel carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Publication {
+    /// A message with its seq: `EPOCH:SEQ:ORIGIN:JSON` (`ORIGIN`: `NODE.SESSION.ID` in hex,
+    /// decimal and the client's id, or empty).
+    Message(Published),
+    /// A signal: `S:NODE.SESSION:JSON`.
+    Signal(Signal),
+}
+
+/// A channel payload of `room` → what it carries.
+pub(super) fn parse_publication(room: &str, payload: &[u8]) -> Option<Publication> {
     let payload = std::str::from_utf8(payload).ok()?;
+    let room: Arc<str> = Arc::from(room);
+    if let Some(rest) = payload.strip_prefix("S:") {
+        let (origin, json) = rest.split_once(':')?;
+        let (node, session) = origin.split_once('.')?;
+        return Some(Publication::Signal(Signal {
+            room,
+            json: ByteString::from(json.to_owned()),
+            origin: Origin {
+                node: u64::from_str_radix(node, 16).ok()?,
+                session: session.parse().ok()?,
+            },
+        }));
+    }
     let (epoch, rest) = payload.split_once(':')?;
-    let (seq, json) = rest.split_once(':')?;
-    Some(Published {
-        room: Arc::from(room),
+    let (seq, rest) = rest.split_once(':')?;
+    let (origin, json) = rest.split_once(':')?;
+    let sent_by = match origin {
+        "" => None,
+        origin => {
+            let mut parts = origin.splitn(3, '.');
+            let node = u64::from_str_radix(parts.next()?, 16).ok()?;
+            let session = parts.next()?.parse().ok()?;
+            let id = parts.next()?;
+            Some(SentBy {
+                origin: Origin { node, session },
+                id: Arc::from(id),
+            })
+        }
+    };
+    Some(Publication::Message(Published {
+        room,
         epoch: Epoch::new(epoch.to_owned()),
         seq: seq.parse().ok()?,
         json: ByteString::from(json.to_owned()),
+        sent_by,
+    }))
+}
+
+/// The origin field of a message's payload: `NODE.SESSION.ID`, or empty.
+pub(super) fn origin_field(sent_by: Option<&SentBy>) -> String {
+    sent_by.map_or_else(String::new, |sent_by| {
+        format!(
+            "{:x}.{}.{}",
+            sent_by.origin.node, sent_by.origin.session, sent_by.id
+        )
     })
 }
 
-/// The publish script's answer `{epoch, seq}` for `job` → the published message.
+/// A signal's payload: `S:NODE.SESSION:JSON`.
+pub(super) fn signal_payload(signal: &Signal) -> String {
+    format!(
+        "S:{:x}.{}:{}",
+        signal.origin.node, signal.origin.session, signal.json
+    )
+}
+
+/// The publish script's answer `{epoch, seq, ts, repeat}` for `job` → what the publish
+/// came to.
 pub(super) fn parse_published(
     job: &PublishJob,
     value: Value,
     reload: &mut bool,
-) -> Result<Published, BrokerError> {
+) -> Result<super::super::Publication, BrokerError> {
     match value {
         Value::Array(parts) => {
             let epoch = parts.first().and_then(text);
-            let seq = parts.get(1).and_then(text).and_then(|s| s.parse().ok());
-            match (epoch, seq) {
-                (Some(epoch), Some(seq)) => Ok(Published {
-                    room: job.room.clone(),
+            let number = |index: usize| parts.get(index).and_then(text)?.parse::<u64>().ok();
+            match (epoch, number(1), number(2), number(3)) {
+                (Some(epoch), Some(seq), _, Some(1)) => Ok(super::super::Publication::Repeat {
                     epoch: Epoch::new(epoch),
                     seq,
-                    json: job.head.finish(seq),
                 }),
+                (Some(epoch), Some(seq), Some(ts), Some(0)) => {
+                    Ok(super::super::Publication::New(Published {
+                        room: job.room.clone(),
+                        epoch: Epoch::new(epoch),
+                        seq,
+                        json: job.head.finish(seq, ts),
+                        sent_by: job.sent_by.clone(),
+                    }))
+                }
                 _ => Err(BrokerError::Server("unexpected publish answer".to_owned())),
             }
         }
@@ -242,12 +328,49 @@ mod tests {
 
     #[test]
     fn publications() {
-        let p = parse_publication("r", br#"00ab:12:{"type":"message","seq":12}"#).unwrap();
+        let Some(Publication::Message(p)) =
+            parse_publication("r", br#"00ab:12::{"type":"message","seq":12}"#)
+        else {
+            panic!("not a message");
+        };
         assert_eq!(p.epoch, Epoch::new("00ab"));
         assert_eq!(p.seq, 12);
         assert_eq!(&*p.json, r#"{"type":"message","seq":12}"#);
-        assert!(parse_publication("r", b"nope").is_none());
-        assert!(parse_publication("r", b"e:x:{}").is_none());
-        assert!(parse_publication("r", b"e:1:\xff").is_none());
+        assert_eq!(p.sent_by, None);
+        let sent_by = SentBy {
+            origin: Origin {
+                node: 0xbeef,
+                session: 7,
+            },
+            id: Arc::from("m.1-x"),
+        };
+        let payload = format!("00ab:13:{}:{{}}", origin_field(Some(&sent_by)));
+        let Some(Publication::Message(p)) = parse_publication("r", payload.as_bytes()) else {
+            panic!("not a message: {payload}");
+        };
+        assert_eq!(p.sent_by, Some(sent_by));
+        let signal = Signal {
+            room: Arc::from("r"),
+            json: ByteString::from_static(r#"{"type":"signal"}"#),
+            origin: Origin {
+                node: 0xfeed,
+                session: 9,
+            },
+        };
+        assert_eq!(
+            parse_publication("r", signal_payload(&signal).as_bytes()),
+            Some(Publication::Signal(signal))
+        );
+        for bad in [
+            &b"nope"[..],
+            b"e:x::{}",
+            b"e:1:\xff",
+            b"e:1:{}",
+            b"e:1:zz.1.a:{}",
+            b"S:1:{}",
+            b"S:q.1:{}",
+        ] {
+            assert!(parse_publication("r", bad).is_none(), "{bad:?}");
+        }
     }
 }

@@ -60,15 +60,20 @@ use redis::{Client, RedisError, Script, Value};
 use tokio::sync::watch;
 
 use self::driver::Driver;
-use self::keys::{is_connection_error, join_snapshot, snapshot_error, snapshot_head, Keys};
+use self::keys::{
+    is_connection_error, join_snapshot, signal_payload, snapshot_error, snapshot_head, Keys,
+};
 pub use self::keys::{PUBLISH_SCRIPT, SNAPSHOT_SCRIPT};
 use self::publisher::Publisher;
 use super::local::HistoryLimits;
 use super::{
-    Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerHealth, BrokerStatus, Epoch,
-    JoinSnapshot, MessageHead, Pending, Published, ResumeRequest,
+    Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerHealth, BrokerStatus, Epoch, JoinRequest,
+    JoinSnapshot, MessageHead, NodeId, Outgoing, Pending, Publication, Published, ResumeRequest,
+    SentBy, Signal,
 };
-use crate::config::{check_redis_url, redact_url, BrokerSettings, HistorySettings};
+use crate::config::{
+    check_redis_url, redact_url, BrokerSettings, HistorySettings, PublishSettings,
+};
 use crate::metrics::metrics;
 
 /// How to reach Redis and what to keep there.
@@ -90,6 +95,8 @@ pub struct RedisSettings {
     pub backoff_max: Duration,
     /// Connect and response timeout of every Redis request, and the health-check interval.
     pub timeout: Duration,
+    /// `publish.dedupe_ms`: how long a message's dedupe key marks a repeat (zero: never).
+    pub dedupe: Duration,
 }
 
 impl RedisSettings {
@@ -105,6 +112,7 @@ impl RedisSettings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
+            dedupe: Duration::from_millis(PublishSettings::default().dedupe_ms),
         }
     }
 }
@@ -124,12 +132,19 @@ pub(super) enum Command {
 pub(super) struct PublishJob {
     room: Arc<str>,
     head: MessageHead,
-    reply: oneshot::Sender<Result<Published, BrokerError>>,
+    /// The dedupe key's Redis key, when the message has one.
+    dedupe: Option<String>,
+    sent_by: Option<SentBy>,
+    reply: oneshot::Sender<Result<Publication, BrokerError>>,
 }
 
 pub(super) struct Shared {
     keys: Keys,
     history: HistoryLimits,
+    /// `publish.dedupe_ms`.
+    dedupe: Duration,
+    /// This node's name.
+    node: NodeId,
     commands: mpsc::UnboundedSender<Command>,
     publish: tokio::sync::mpsc::Sender<PublishJob>,
     connection: watch::Receiver<Option<MultiplexedConnection>>,
@@ -187,12 +202,15 @@ impl RedisBroker {
             connection: connection_rx.clone(),
             commands: commands_tx.clone(),
             script: Script::new(PUBLISH_SCRIPT),
+            dedupe_ms: u64::try_from(settings.dedupe.as_millis()).unwrap_or(u64::MAX),
         };
         tokio::spawn(publisher.run());
         let broker = RedisBroker {
             shared: Arc::new(Shared {
                 keys,
                 history: settings.history,
+                dedupe: settings.dedupe,
+                node: fastrand::u64(..),
                 commands: commands_tx,
                 publish: publish_tx,
                 connection: connection_rx,
@@ -204,20 +222,48 @@ impl RedisBroker {
         Ok(broker)
     }
 
-    /// Publishes a message from `from` in `room` saying `text`. The order of calls is the
-    /// order of execution (the message is queued before this returns); the future answers
-    /// with the message as published (its seq and epoch), or an error if it was refused
-    /// (down, queue full: [`BrokerError::Unavailable`]) or its fate is unknown (the
-    /// connection broke in flight: [`BrokerError::Interrupted`]). The room's members,
-    /// the sender included, get it as [`BrokerEvent::Message`].
+    /// Publishes a message from `from` in `room` saying `text` (no dedupe key, no sender):
+    /// [`RedisBroker::publish_message`] answered with the message as published.
     pub fn publish(
         &self,
         room: &str,
         from: &str,
         text: &str,
     ) -> impl Future<Output = Result<Published, BrokerError>> + Send + 'static {
+        let message = Outgoing {
+            from,
+            text,
+            dedupe_key: None,
+            sent_by: None,
+        };
+        let published = self.publish_message(room, message);
+        async move {
+            match published.await? {
+                Publication::New(published) => Ok(published),
+                Publication::Repeat { .. } => Err(BrokerError::Server(
+                    "a publish without a dedupe key was taken for a repeat".to_owned(),
+                )),
+            }
+        }
+    }
+
+    /// Publishes `message` in `room`. The order of calls is the order of execution (the
+    /// message is queued before this returns); the future answers with what the publish came
+    /// to (the message with its seq and epoch, or the first one's for a repeated dedupe key),
+    /// or an error if it was refused (down, queue full: [`BrokerError::Unavailable`]) or its
+    /// fate is unknown (the connection broke in flight: [`BrokerError::Interrupted`]). The
+    /// room's members, the sender included, get it as [`BrokerEvent::Message`].
+    pub fn publish_message(
+        &self,
+        room: &str,
+        message: Outgoing<'_>,
+    ) -> impl Future<Output = Result<Publication, BrokerError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        let queued = MessageHead::new(room, from, text)
+        let dedupe = message
+            .dedupe_key
+            .filter(|_| !self.shared.dedupe.is_zero())
+            .map(|key| self.shared.keys.dedupe(room, key));
+        let queued = MessageHead::new(room, message.from, message.text)
             .map_err(BrokerError::from)
             .and_then(|head| {
                 if self.shared.connection.borrow().is_none() {
@@ -228,6 +274,8 @@ impl RedisBroker {
                     .try_send(PublishJob {
                         room: Arc::from(room),
                         head,
+                        dedupe,
+                        sent_by: message.sent_by.cloned(),
                         reply,
                     })
                     .map_err(|err| match err {
@@ -238,6 +286,31 @@ impl RedisBroker {
         async move {
             queued?;
             answer.await.unwrap_or(Err(BrokerError::Stopped))
+        }
+    }
+
+    /// Sends `signal` on its room's channel: every node with members in the room gets it
+    /// ([`BrokerEvent::Signal`]).
+    pub fn send_signal(
+        &self,
+        signal: &Signal,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
+        let connection = self.shared.connection.borrow().clone();
+        let channel = self.shared.keys.room(&signal.room);
+        let payload = signal_payload(signal);
+        async move {
+            let Some(mut connection) = connection else {
+                return Err(BrokerError::Unavailable);
+            };
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(|err| {
+                    metrics().broker_errors.inc();
+                    BrokerError::Server(err.to_string())
+                })
         }
     }
 
@@ -278,6 +351,16 @@ impl RedisBroker {
         room: &str,
         resume: Option<ResumeRequest>,
     ) -> impl Future<Output = Result<JoinSnapshot, BrokerError>> + Send + 'static {
+        self.join_snapshot(room, JoinRequest { resume, last: 0 })
+    }
+
+    /// [`RedisBroker::snapshot`] for a join's whole request: a resume, or (without one) the
+    /// room's last `request.last` kept messages ([`Resume::Recent`](super::Resume::Recent)).
+    pub fn join_snapshot(
+        &self,
+        room: &str,
+        request: JoinRequest,
+    ) -> impl Future<Output = Result<JoinSnapshot, BrokerError>> + Send + 'static {
         let shared = self.shared.clone();
         let room: Arc<str> = Arc::from(room);
         async move {
@@ -303,24 +386,30 @@ impl RedisBroker {
                 .await
                 .map_err(failed)?;
             let (epoch, seq) = snapshot_head(&value)?;
-            let wanted = resume
-                .as_ref()
-                .filter(|request| {
-                    request.since < seq && seq - request.since <= shared.history.size as u64
-                })
-                .map(|request| request.since + 1);
             let history_size = shared.history.size;
-            let Some(first) = wanted else {
-                return join_snapshot(room, epoch, seq, Vec::new(), resume.as_ref(), history_size);
+            let size = history_size as u64;
+            // The entries to read: after `since` up to the snapshot's seq, or its last K.
+            let wanted = match &request.resume {
+                Some(resume) if resume.since < seq && seq - resume.since <= size => {
+                    Some((resume.since + 1, seq))
+                }
+                Some(_) => None,
+                None if request.last > 0 && seq > 0 => {
+                    Some((seq.saturating_sub(request.last as u64 - 1).max(1), seq))
+                }
+                None => None,
             };
-            // The history after `since`, up to the snapshot's seq, and the room's epoch once
-            // more: if Redis lost the room in between, the entries may be another epoch's, and
-            // nothing is replayed (the epoch check fails, or the entries are not all there).
+            let Some((first, last)) = wanted else {
+                return join_snapshot(room, epoch, seq, Vec::new(), &request, history_size);
+            };
+            // The history in that range, and the room's epoch once more: if Redis lost the
+            // room in between, the entries may be another epoch's, and nothing is replayed
+            // (the epoch check fails, or the entries are not all there).
             let (entries, epoch_now): (Value, Option<String>) = redis::pipe()
                 .cmd("XRANGE")
                 .arg(shared.keys.history(&room))
                 .arg(format!("{first}-0"))
-                .arg(format!("{seq}-0"))
+                .arg(format!("{last}-0"))
                 .cmd("HGET")
                 .arg(shared.keys.room(&room))
                 .arg("epoch")
@@ -332,7 +421,7 @@ impl RedisBroker {
                 Value::Array(_) => Vec::new(),
                 _ => return Err(snapshot_error("entries")),
             };
-            join_snapshot(room, epoch, seq, entries, resume.as_ref(), history_size)
+            join_snapshot(room, epoch, seq, entries, &request, history_size)
         }
     }
 
@@ -356,11 +445,15 @@ impl Broker for RedisBroker {
         self.events.take()
     }
 
-    fn join(&mut self, room: &Arc<str>, resume: Option<ResumeRequest>) -> Pending<JoinSnapshot> {
+    fn node(&self) -> NodeId {
+        self.shared.node
+    }
+
+    fn join(&mut self, room: &Arc<str>, request: JoinRequest) -> Pending<JoinSnapshot> {
         // SUBSCRIBE is sent now, before any later unsubscribe of this room; the snapshot is
         // read once Redis confirmed it, so that no message falls between.
         let subscribed = self.subscribe(room);
-        let snapshot = self.snapshot(room, resume);
+        let snapshot = self.join_snapshot(room, request);
         Pending::Later(Box::pin(async move {
             subscribed.await?;
             snapshot.await
@@ -375,8 +468,12 @@ impl Broker for RedisBroker {
         Pending::Later(Box::pin(self.snapshot(room, Some(request))))
     }
 
-    fn publish(&mut self, room: &Arc<str>, from: &str, text: &str) -> Pending<Published> {
-        Pending::Later(Box::pin(RedisBroker::publish(self, room, from, text)))
+    fn publish(&mut self, room: &Arc<str>, message: Outgoing<'_>) -> Pending<Publication> {
+        Pending::Later(Box::pin(self.publish_message(room, message)))
+    }
+
+    fn signal(&mut self, signal: Signal) -> Pending<()> {
+        Pending::Later(Box::pin(self.send_signal(&signal)))
     }
 
     fn ready_events(&mut self, _: &mut Vec<BrokerEvent>) {}

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::super::local::HistoryLimits;
 use super::super::{BrokerError, Epoch};
-use super::keys::{parse_published, Keys};
+use super::keys::{origin_field, parse_published, Keys};
 use super::{Command, PublishJob};
 use crate::metrics::metrics;
 
@@ -25,6 +25,8 @@ pub(super) struct Publisher {
     pub(super) connection: watch::Receiver<Option<MultiplexedConnection>>,
     pub(super) commands: mpsc::UnboundedSender<Command>,
     pub(super) script: Script,
+    /// `publish.dedupe_ms`, for the dedupe keys' expiry.
+    pub(super) dedupe_ms: u64,
 }
 
 impl Publisher {
@@ -54,16 +56,23 @@ impl Publisher {
         let ttl_ms = self.history.ttl.as_millis() as u64;
         let mut pipe = redis::pipe();
         for job in batch.iter() {
-            pipe.cmd("EVALSHA")
+            let command = pipe
+                .cmd("EVALSHA")
                 .arg(self.script.get_hash())
-                .arg(2)
+                .arg(if job.dedupe.is_some() { 3 } else { 2 })
                 .arg(self.keys.room(&job.room))
-                .arg(self.keys.history(&job.room))
+                .arg(self.keys.history(&job.room));
+            if let Some(dedupe) = &job.dedupe {
+                command.arg(dedupe);
+            }
+            command
                 .arg(self.keys.room(&job.room))
                 .arg(job.head.as_str())
                 .arg(Epoch::random().as_str())
                 .arg(self.history.size)
-                .arg(ttl_ms);
+                .arg(ttl_ms)
+                .arg(origin_field(job.sent_by.as_ref()))
+                .arg(self.dedupe_ms);
         }
         // `req_packed_commands` rather than `query_async`: it answers per command, so that
         // one refused message does not hide that the others were published.

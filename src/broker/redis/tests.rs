@@ -1,95 +1,24 @@
 //! Tests of the Redis broker against real `redis-server` processes that each test starts on
-//! a free loopback port, in a temporary directory, without persistence, and kills on drop.
-//! Never a system daemon, never port 6379. A machine without `redis-server` fails them.
+//! a free loopback port through the test kit (`wsgrace_kit::redis`): a temporary directory,
+//! no persistence, killed on drop. Never a system daemon, never port 6379. A machine without
+//! `redis-server` fails them with the command that installs it.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 
 use super::super::local::HistoryLimits;
+use wsgrace_kit::redis::RedisServer;
+
 use super::super::{
-    Broker, BrokerEvent, BrokerEvents, BrokerHealth, Epoch, Published, Resume, ResumeRequest,
+    Broker, BrokerEvent, BrokerEvents, BrokerHealth, Epoch, JoinRequest, Origin, Outgoing,
+    Publication, Published, Resume, ResumeRequest, SentBy, Signal,
 };
 use super::{RedisBroker, RedisSettings};
 use crate::config::{BrokerSettings, HistorySettings};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-struct RedisServer {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    fn free_port() -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    }
-
-    fn start() -> RedisServer {
-        let mut server = RedisServer::on_port(RedisServer::free_port());
-        server.launch();
-        server
-    }
-
-    /// A server not started yet.
-    fn on_port(port: u16) -> RedisServer {
-        let dir = std::env::temp_dir().join(format!("wsgrace-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        RedisServer {
-            port,
-            dir,
-            child: None,
-        }
-    }
-
-    fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                panic!("redis-server is not installed: apt-get install -y redis-server")
-            }
-            Err(err) => panic!("starting redis-server failed: {err}"),
-        };
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the server (SIGKILL: it loses everything).
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn settings(url: &str, size: usize) -> RedisSettings {
     RedisSettings {
@@ -172,9 +101,15 @@ async fn publish_gives_seq_1_to_n_in_order() {
         let m = next_message(&mut events).await;
         assert_eq!(m.seq, i);
         assert_eq!(Some(&m.epoch), epoch.as_ref());
+        // `ts` is Redis's clock when the message got its seq.
+        let frame: serde_json::Value = serde_json::from_str(&m.json).unwrap();
+        let ts = frame["ts"].as_u64().expect("a ts");
+        assert!(ts > 1_600_000_000_000, "ts {ts}");
         assert_eq!(
             &*m.json,
-            format!(r#"{{"type":"message","room":"lobby","from":"ann","text":"m{i}","seq":{i}}}"#)
+            format!(
+                r#"{{"type":"message","room":"lobby","from":"ann","text":"m{i}","seq":{i},"ts":{ts}}}"#
+            )
         );
     }
 }
@@ -255,13 +190,13 @@ async fn snapshots_apply_the_resume_rule() {
         let got = match &snap.resume {
             Resume::Resumed(entries) => Some(entries.iter().map(|p| p.seq).collect::<Vec<_>>()),
             Resume::NotResumed => None,
-            Resume::NotAsked => panic!("asked"),
+            Resume::NotAsked | Resume::Recent(_) => panic!("asked"),
         };
         assert_eq!(got, expected, "{request:?}");
         if let Resume::Resumed(entries) = &snap.resume {
             for p in entries {
                 assert!(
-                    p.json.ends_with(&format!(",\"seq\":{}}}", p.seq)),
+                    p.json.contains(&format!(",\"seq\":{},\"ts\":", p.seq)),
                     "{}",
                     p.json
                 );
@@ -293,7 +228,7 @@ async fn a_redis_restarted_empty_is_a_new_epoch_told_before_its_messages() {
     );
     assert!(broker.publish("r", "ann", "during").await.is_err());
 
-    server.launch();
+    server.restart();
     wait_health(&broker, BrokerHealth::Up).await;
     let change = match next_room_event(&mut events).await {
         BrokerEvent::EpochChanged(change) => change,
@@ -337,7 +272,7 @@ async fn a_new_epoch_published_by_another_node_is_told_first() {
 
 #[tokio::test]
 async fn starts_without_redis_then_comes_up() {
-    let mut server = RedisServer::on_port(RedisServer::free_port());
+    let mut server = RedisServer::stopped();
     let (broker, mut events) = start(settings(&server.url(), 10));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!broker.is_up());
@@ -346,7 +281,7 @@ async fn starts_without_redis_then_comes_up() {
         broker.subscribe("r").await.is_err(),
         "down: not subscribed yet"
     );
-    server.launch();
+    server.restart();
     wait_health(&broker, BrokerHealth::Up).await;
     assert_eq!(
         next_event(&mut events).await,
@@ -377,4 +312,90 @@ async fn unsubscribing_the_last_member_stops_delivery() {
         extra.is_err(),
         "delivered after the last unsubscribe: {extra:?}"
     );
+}
+
+#[tokio::test]
+async fn a_dedupe_key_is_published_once_whichever_node_repeats_it() {
+    let server = RedisServer::start();
+    let (a, mut a_events) = started(&server, 100).await;
+    let (b, _b_events) = started(&server, 100).await;
+    a.subscribe("r").await.unwrap();
+    let sent_by = SentBy {
+        origin: Origin {
+            node: a.node(),
+            session: 7,
+        },
+        id: Arc::from("m-1"),
+    };
+    let message = |key| Outgoing {
+        from: "ann",
+        text: "hello",
+        dedupe_key: Some(key),
+        sent_by: Some(&sent_by),
+    };
+    let first = a.publish_message("r", message("n:ann:m-1")).await.unwrap();
+    let Publication::New(first) = first else {
+        panic!("the first publish was taken for a repeat: {first:?}");
+    };
+    assert_eq!(first.seq, 1);
+    // The event carries the sender, for its own copy.
+    let event = next_message(&mut a_events).await;
+    assert_eq!(event.sent_by.as_ref(), Some(&sent_by));
+    assert_eq!(event.json, first.json);
+    // The same key from the other node: the first one's epoch and seq, nothing published.
+    let again = b.publish_message("r", message("n:ann:m-1")).await.unwrap();
+    assert_eq!(
+        again,
+        Publication::Repeat {
+            epoch: first.epoch.clone(),
+            seq: 1
+        }
+    );
+    // Another key is another message, and nothing came in between.
+    let other = a.publish_message("r", message("n:ann:m-2")).await.unwrap();
+    assert!(
+        matches!(other, Publication::New(ref p) if p.seq == 2),
+        "{other:?}"
+    );
+    assert_eq!(next_message(&mut a_events).await.seq, 2);
+}
+
+#[tokio::test]
+async fn a_join_may_ask_for_the_last_messages() {
+    let server = RedisServer::start();
+    let (broker, _events) = started(&server, 5).await;
+    for n in 1..=8 {
+        broker.publish("r", "ann", &format!("m{n}")).await.unwrap();
+    }
+    let recent = |last| broker.join_snapshot("r", JoinRequest { resume: None, last });
+    let seqs = |snapshot: &super::super::JoinSnapshot| match &snapshot.resume {
+        Resume::Recent(entries) => entries.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        other => panic!("not recent messages: {other:?}"),
+    };
+    assert_eq!(seqs(&recent(3).await.unwrap()), [6, 7, 8]);
+    // More than is kept (history.size 5): what is kept.
+    assert_eq!(seqs(&recent(100).await.unwrap()), [4, 5, 6, 7, 8]);
+    let none = recent(0).await.unwrap();
+    assert_eq!(none.resume, Resume::NotAsked);
+}
+
+#[tokio::test]
+async fn a_signal_reaches_every_subscribed_node() {
+    let server = RedisServer::start();
+    let (a, _a_events) = started(&server, 10).await;
+    let (b, mut b_events) = started(&server, 10).await;
+    b.subscribe("r").await.unwrap();
+    let signal = Signal {
+        room: Arc::from("r"),
+        json: bytestring::ByteString::from_static(r#"{"type":"signal"}"#),
+        origin: Origin {
+            node: a.node(),
+            session: 3,
+        },
+    };
+    a.send_signal(&signal).await.unwrap();
+    match next_room_event(&mut b_events).await {
+        BrokerEvent::Signal(received) => assert_eq!(received, signal),
+        other => panic!("expected a signal, got {other:?}"),
+    }
 }

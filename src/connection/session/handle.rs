@@ -72,6 +72,25 @@ pub trait SessionHandler: 'static {
     fn on_end(&mut self, _session: &SessionHandle, _end: &SessionEnd) {}
 }
 
+/// A boxed handler is a handler (the server picks the protocol's at the upgrade).
+impl<H: SessionHandler + ?Sized> SessionHandler for Box<H> {
+    fn on_start(&mut self, session: &SessionHandle) {
+        (**self).on_start(session)
+    }
+
+    fn on_message(&mut self, session: &SessionHandle, text: ByteString) {
+        (**self).on_message(session, text)
+    }
+
+    fn shutdown_mode(&mut self, default: CloseMode) -> CloseMode {
+        (**self).shutdown_mode(default)
+    }
+
+    fn on_end(&mut self, session: &SessionHandle, end: &SessionEnd) {
+        (**self).on_end(session, end)
+    }
+}
+
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionEnd {

@@ -1,0 +1,211 @@
+//! The supervisor's drain: telling every session to shut down (in batches, after a
+//! `going_away`), the deadline's aborts, a second signal's, and the report. The plan and the
+//! report's counting are [`crate::rooms::drain`]'s; this is the carrying out.
+
+use std::time::{Duration, Instant};
+
+use actix::{ActorContext, AsyncContext, Context, Handler, ResponseFuture, SpawnHandle};
+use futures::channel::oneshot;
+use log::{debug, info, warn};
+
+use super::{AbortAll, Drain, Supervisor};
+use crate::close::CloseStatus;
+use crate::connection::session::{SessionHandle, SessionId};
+use crate::rooms::drain::{batch_schedule, DrainReport};
+use crate::rooms::fanout::{PerShard, ShutDown};
+
+/// A drain under way (and, once answered, the flag that turns late joins away).
+pub(super) struct DrainState {
+    pub(super) started: Instant,
+    pub(super) status: Option<CloseStatus>,
+    pub(super) reconnect_spread: Option<Duration>,
+    pub(super) report: DrainReport,
+    pub(super) reply: Option<oneshot::Sender<DrainReport>>,
+    pub(super) deadline: Option<SpawnHandle>,
+}
+
+/// A `going_away` reconnect delay drawn uniformly from 0 to `spread` (`None`: no `going_away`).
+pub(super) fn reconnect_delay(spread: Option<Duration>) -> Option<Duration> {
+    spread.map(|spread| {
+        let millis = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(fastrand::u64(0..=millis))
+    })
+}
+
+/// Tells one session to shut down, after a `going_away` with a delay drawn from `spread`.
+pub(super) fn shut_down(
+    session: &SessionHandle,
+    status: &Option<CloseStatus>,
+    spread: Option<Duration>,
+) {
+    match reconnect_delay(spread) {
+        Some(delay) => session.shutdown_going_away(status.clone(), delay),
+        None => session.shutdown(status.clone()),
+    }
+}
+
+impl Supervisor {
+    /// Ends the drain if every session has left.
+    pub(super) fn finish_drain_if_done(&mut self, ctx: &mut Context<Self>) {
+        // A message a session sent before its close is published before the process exits
+        // (each publish answers within the broker's request timeout).
+        if !self.members.is_empty() || self.publishing > 0 {
+            return;
+        }
+        if let Some(mut drain) = self.drain.take() {
+            if let Some(handle) = drain.deadline.take() {
+                ctx.cancel_future(handle);
+            }
+            drain.report.duration = drain.started.elapsed();
+            if let Some(reply) = drain.reply.take() {
+                let _ = reply.send(drain.report.clone());
+            }
+            // Keep answering "draining" for late upgrades that raced the signal.
+            self.drain = Some(DrainState {
+                reply: None,
+                deadline: None,
+                ..drain
+            });
+        }
+    }
+
+    /// Tells `ids` to shut down: one [`ShutDown`] per shard (thread), not one cross-thread
+    /// message per session. The shard finds each session by its id (no address cloned).
+    fn shut_down_batch(&self, ids: &[SessionId], status: &Option<CloseStatus>) {
+        let spread = self.drain.as_ref().and_then(|drain| drain.reconnect_spread);
+        let mut per_shard = PerShard::default();
+        for id in ids {
+            if let Some(member) = self.members.get(id) {
+                per_shard.add(&*member.shard, (*id, reconnect_delay(spread)));
+            }
+        }
+        for (shard, sessions) in per_shard.0 {
+            shard.do_send(ShutDown {
+                status: status.clone(),
+                sessions,
+            });
+        }
+    }
+}
+
+impl Handler<Drain> for Supervisor {
+    type Result = ResponseFuture<DrainReport>;
+
+    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
+        let plan = msg.plan;
+        let (tx, rx) = oneshot::channel();
+        let sessions = self.members.len();
+        info!(
+            "drain started: {sessions} sessions, deadline {:?}",
+            plan.deadline
+        );
+        let deadline = ctx.run_later(plan.deadline, |act, ctx| {
+            info!(
+                "drain deadline reached: aborting {} sessions",
+                act.members.len()
+            );
+            act.abort_remaining(ctx);
+        });
+        self.drain = Some(DrainState {
+            started: Instant::now(),
+            status: plan.status.clone(),
+            reconnect_spread: plan.reconnect_spread,
+            report: DrainReport {
+                sessions,
+                ..DrainReport::default()
+            },
+            reply: Some(tx),
+            deadline: Some(deadline),
+        });
+
+        let mut ids: Vec<SessionId> = self.members.keys().copied().collect();
+        ids.sort_unstable();
+        let (batches, compressed) = batch_schedule(ids.len(), &plan);
+        if compressed {
+            if let Some(last) = batches.last() {
+                info!(
+                    "drain: batches of {} every {:?} do not fit the deadline {:?} less the close \
+                     timeout {:?}: the batch at {:?} closes the last {} sessions",
+                    plan.batch_size,
+                    plan.batch_interval,
+                    plan.deadline,
+                    plan.close_timeout,
+                    last.at,
+                    last.sessions.len()
+                );
+            }
+        }
+        for batch in batches {
+            let Some(chunk) = ids.get(batch.sessions) else {
+                continue;
+            };
+            if batch.at.is_zero() {
+                self.shut_down_batch(chunk, &plan.status);
+            } else {
+                let chunk = chunk.to_vec();
+                let status = plan.status.clone();
+                ctx.run_later(batch.at, move |act, _| act.shut_down_batch(&chunk, &status));
+            }
+        }
+        self.finish_drain_if_done(ctx);
+        Box::pin(async move { rx.await.unwrap_or_default() })
+    }
+}
+
+impl Handler<AbortAll> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: AbortAll, ctx: &mut Self::Context) {
+        info!("aborting {} sessions", self.members.len());
+        if self
+            .drain
+            .as_ref()
+            .is_some_and(|drain| drain.reply.is_some())
+        {
+            // The drain's report counts them, and answers once they are gone.
+            self.abort_remaining(ctx);
+            return;
+        }
+        for member in self.members.values() {
+            member.session.abort();
+        }
+        if self.members.is_empty() {
+            ctx.stop();
+        }
+    }
+}
+
+/// How long aborted sessions have to report their end before the supervisor forgets them.
+const ABORT_GRACE: Duration = Duration::from_millis(500);
+
+impl Supervisor {
+    /// Aborts every session still registered, for the drain's deadline or a second signal.
+    /// Aborted sessions leave at once, each counted in the drain's report; one that cannot (its
+    /// thread is gone) is dropped from the registry after [`ABORT_GRACE`], counted aborted,
+    /// and the drain answers.
+    fn abort_remaining(&mut self, ctx: &mut Context<Self>) {
+        for member in self.members.values() {
+            member.session.abort();
+        }
+        ctx.run_later(ABORT_GRACE, |act, ctx| {
+            let ids: Vec<SessionId> = act.members.keys().copied().collect();
+            for id in ids {
+                if let Some(member) = act.members.remove(&id) {
+                    debug!("session={} dropped from the registry", member.session.id());
+                    if let Some(drain) = act.drain.as_mut() {
+                        drain.report.aborted += 1;
+                    }
+                }
+            }
+            act.rooms.clear();
+            if act.publishing > 0 {
+                warn!(
+                    "drain: {} messages still unanswered by the broker at the deadline",
+                    act.publishing
+                );
+                act.publishing = 0;
+            }
+            act.finish_drain_if_done(ctx);
+        });
+    }
+}
