@@ -84,7 +84,11 @@ fn config_from_args() -> (ClientConfig, Vec<String>) {
                 .filter(|(k, _)| k != "room" && k != "rooms")
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect();
-            parsed.query_pairs_mut().clear().extend_pairs(kept);
+            if kept.is_empty() {
+                parsed.set_query(None);
+            } else {
+                parsed.query_pairs_mut().clear().extend_pairs(kept);
+            }
             config.url = parsed.into();
         }
     }
