@@ -1,6 +1,7 @@
 //! The Rust client (`wsgrace::client`) and a refused upgrade, as SPEC "HTTP endpoints" asks
 //! of it: it reads the HTTP status directly; 400 and 403 stop with the server's one-line
-//! reason, 401 asks the token hook once (a second 401 stops), 429 and 503 back off and retry.
+//! reason, 401 asks the token hook once (a second 401, or no token from the hook, stops), 429
+//! and 503 back off and retry.
 //! Against a stand-in that refuses every upgrade, and the real binary's 400 for a bad name.
 //! (The v2 client follows the same policy: `tests/client_v2_stand_in.rs`.) Every wait has a
 //! deadline.
@@ -258,4 +259,35 @@ async fn the_real_server_refuses_a_bad_name_with_400_and_the_client_stops() {
         "{}",
         server.stderr()
     );
+}
+
+#[tokio::test]
+async fn a_refused_upgrade_401_stops_when_the_token_hook_has_no_token() {
+    let (addr, mut paths) = refuser(vec![(401, "token expired\n")]).await;
+    let mut config = config(addr, "r", "ann");
+    config.token = Some("old".to_owned());
+    config.token_hook = Some(Box::new(|| Box::pin(async { Ok(String::new()) })));
+    let mut client = Watched::connect(config);
+    client.ended().await;
+    let errors: Vec<(String, String)> = client
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Error { code, text } => Some((code.clone(), text.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [(
+            "token".to_owned(),
+            "HTTP 401, and the token hook gave no token".to_owned()
+        )]
+    );
+    assert_eq!(client.client.state(), ConnectionState::Closed);
+    assert_eq!(
+        paths.recv().await.as_deref(),
+        Some("/ws?room=r&name=ann&token=old")
+    );
+    assert!(paths.try_recv().is_err(), "no second attempt");
 }

@@ -40,7 +40,7 @@
 //! | the app called [`Client::close`] (or dropped it)  | stop (state Closed)                  |
 //! | a `going_away` came before the close, any code    | reconnect after its `reconnect_after_ms` (3000 without a token hook: stop) |
 //! | the upgrade refused with HTTP 400 (bad name, room or query) or 403 (room not granted) | stop, with the status and the server's one-line reason in the `Closed` event's reason |
-//! | the upgrade refused with HTTP 401                 | the token hook once, reconnect after backoff; stop without a hook, or when the hook's token is refused too |
+//! | the upgrade refused with HTTP 401                 | the token hook once since the last welcome, reconnect at once; stop without a hook, when the hook gives an empty token (`Error {code: "token"}`), or on another 401 |
 //! | the upgrade refused with HTTP 429, 503 or another status | reconnect after backoff        |
 //! | 1006: network drop, server gone, connect timeout  | reconnect after backoff              |
 //! | 1001, 1005 (no status), 1011, 1012, 1013, 1014    | reconnect after backoff              |

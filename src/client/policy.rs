@@ -120,9 +120,9 @@ pub struct StepContext {
     pub attempt: u32,
     /// A token hook exists.
     pub can_refresh_token: bool,
-    /// This attempt's token came from the hook because the one before was refused with
-    /// HTTP 401: a second 401 in a row stops (the hook is asked once per refusal).
-    pub token_refreshed_after_401: bool,
+    /// An HTTP 401 already made the client ask the token hook since the last welcome (v2:
+    /// hello): another 401 stops (the hook is asked once, as `/wsgrace.js` asks `getToken`).
+    pub asked_token_after_401: bool,
     pub backoff: Backoff,
     /// A number in `[0, 1)` for the jitter.
     pub random: f64,
@@ -158,7 +158,8 @@ pub enum ReconnectReason {
     Retry(u16),
     /// The token hook failed before a socket was opened.
     TokenHookFailed,
-    /// The upgrade was refused with HTTP 401: a fresh token from the hook, once.
+    /// The upgrade was refused with HTTP 401: a fresh token from the hook (once since the
+    /// last welcome), and at once.
     Unauthorized,
     /// The upgrade was refused with this HTTP status, e.g. 429 (too many connections from
     /// this address) or 503 (draining, broker unreachable): back off and retry.
@@ -230,9 +231,8 @@ pub fn next_step(close: &CloseInfo, ctx: &StepContext) -> Step {
     if let Some(status) = close.http_status {
         return match status {
             400 | 403 => Step::Stop(StopReason::UpgradeRefused(status)),
-            401 if ctx.can_refresh_token && !ctx.token_refreshed_after_401 => {
-                let delay = backoff_delay(attempt, ctx.backoff, ctx.random);
-                reconnect(delay, true, ReconnectReason::Unauthorized)
+            401 if ctx.can_refresh_token && !ctx.asked_token_after_401 => {
+                reconnect(Duration::ZERO, true, ReconnectReason::Unauthorized)
             }
             401 => Step::Stop(StopReason::UpgradeRefused(status)),
             _ => {
@@ -321,7 +321,7 @@ mod tests {
             welcomed: false,
             attempt: 0,
             can_refresh_token: false,
-            token_refreshed_after_401: false,
+            asked_token_after_401: false,
             backoff: Backoff::default(),
             random: 0.5,
         }
@@ -497,7 +497,7 @@ mod tests {
             ..ctx()
         };
         let hook_after_401 = StepContext {
-            token_refreshed_after_401: true,
+            asked_token_after_401: true,
             ..hook
         };
         let third = StepContext { attempt: 3, ..hook };
@@ -511,13 +511,13 @@ mod tests {
                 Step::Stop(UpgradeRefused(403)),
             ),
             (
-                "401 with a hook: a fresh token",
+                "401 with a hook: a fresh token, at once",
                 401,
                 hook,
-                reconnect(250, true, 1, Unauthorized),
+                reconnect(0, true, 1, Unauthorized),
             ),
             (
-                "401 again after the hook's token: stop",
+                "401 again since the hook was asked: stop",
                 401,
                 hook_after_401,
                 Step::Stop(UpgradeRefused(401)),

@@ -110,7 +110,8 @@ impl Client {
             config,
             tracker,
             attempt: 0,
-            token_refreshed_after_401: false,
+            asked_token_after_401: false,
+            token_for_401: false,
             welcome_name: None,
             state: ConnectionState::Connecting,
             events: events_tx,
@@ -255,8 +256,10 @@ struct Driver {
     config: ClientConfig,
     tracker: SeqTracker,
     attempt: u32,
-    /// The next attempt's token comes from the hook because of an HTTP 401.
-    token_refreshed_after_401: bool,
+    /// An HTTP 401 made this client ask the token hook since the last welcome.
+    asked_token_after_401: bool,
+    /// The next call of the token hook answers an HTTP 401: no token then stops.
+    token_for_401: bool,
     welcome_name: Option<String>,
     state: ConnectionState,
     events: mpsc::Sender<ClientEvent>,
@@ -339,12 +342,22 @@ impl Driver {
 
     /// Calls the token hook; `Some(flow)` when it failed (or the app closed meanwhile).
     async fn refresh_token(&mut self) -> Option<Flow> {
+        let for_401 = std::mem::take(&mut self.token_for_401);
         let hook = self.config.token_hook.as_mut()?;
         let fetched = tokio::select! {
             fetched = hook() => fetched,
             _ = self.stop.cancelled() => return Some(Flow::Stop),
         };
         match fetched {
+            Ok(token) if token.is_empty() && for_401 => {
+                // The upgrade was refused with 401 and the hook has no token: stop.
+                self.emit(ClientEvent::Error {
+                    code: "token".to_owned(),
+                    text: "HTTP 401, and the token hook gave no token".to_owned(),
+                })
+                .await;
+                Some(Flow::Stop)
+            }
             Ok(token) => {
                 self.config.token = Some(token);
                 None
@@ -475,6 +488,7 @@ impl Driver {
                 }
                 conn.welcomed = true;
                 self.attempt = 0;
+                self.asked_token_after_401 = false;
                 if is_valid_name(&welcome.name) {
                     self.welcome_name = Some(welcome.name.clone());
                 }
@@ -550,18 +564,19 @@ impl Driver {
                 welcomed: conn.welcomed,
                 attempt: self.attempt,
                 can_refresh_token: self.config.token_hook.is_some(),
-                token_refreshed_after_401: self.token_refreshed_after_401,
+                asked_token_after_401: self.asked_token_after_401,
                 backoff: self.config.backoff,
                 random: fastrand::f64(),
             },
         );
-        self.token_refreshed_after_401 = matches!(
-            next,
-            Step::Reconnect {
-                why: ReconnectReason::Unauthorized,
-                ..
-            }
-        );
+        if let Step::Reconnect {
+            why: ReconnectReason::Unauthorized,
+            ..
+        } = next
+        {
+            self.asked_token_after_401 = true;
+            self.token_for_401 = true;
+        }
         debug!(
             "client connection ended: {} {:?} (opened {}): {next}",
             close.code, close.reason, conn.opened
