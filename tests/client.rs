@@ -2,6 +2,7 @@
 //! restart on the same port and resumes with every seq exactly once (Redis keeps the
 //! history); a refused resume is a `Gap`; the server's refusals (1008, 1009) and the app's
 //! close stop it; a server that is down at first is retried with backoff until it is up.
+//! (`tests/client_refused.rs`: refused upgrades.)
 //! Every wait has a deadline; nothing sleeps and hopes.
 
 mod common;

@@ -1,7 +1,10 @@
 //! The reconnect policy of the Rust client, pure: how long to wait before the next attempt
-//! (full-jitter backoff) and, for the end of each underlying socket, whether to stop or to
-//! reconnect, after how long and with a fresh token. [`next_step`] is the table in the
-//! header of [`crate::client`] (the one of `web/wsgrace.js`), row by row.
+//! (full-jitter backoff) and, for the end of each underlying socket (or a refused upgrade),
+//! whether to stop or to reconnect, after how long and with a fresh token. [`next_step`] is
+//! the table in the header of [`crate::client`] (the one of `web/wsgrace.js`, plus the rows
+//! for a refused upgrade's HTTP status, which a browser cannot read), row by row. Both
+//! clients, [`Client`](super::Client) (v1) and [`RoomsClient`](super::RoomsClient)
+//! (`wsgrace.v2`), follow it.
 //!
 //! It owns plain types and functions. It must not do I/O, sleep, read a clock or draw a
 //! random number (the shell passes one in), and must not know tokio or tungstenite: the
@@ -58,10 +61,14 @@ pub struct CloseInfo {
     /// The server's close code; 1005 for a close frame without one, 1006 when no close
     /// frame came (network drop, refused upgrade, handshake timeout).
     pub code: u16,
-    /// The close frame's reason; for a refused upgrade `HTTP <status>`.
+    /// The close frame's reason; for a refused upgrade `HTTP <status>`, followed by
+    /// `: <the first line of the answer's body>` when it has one.
     pub reason: String,
     /// A close frame came from the server.
     pub clean: bool,
+    /// The HTTP status of a refused upgrade (the server answered, but not with 101);
+    /// `None` for every other end.
+    pub http_status: Option<u16>,
 }
 
 impl CloseInfo {
@@ -71,6 +78,31 @@ impl CloseInfo {
             code: 1006,
             reason: reason.into(),
             clean: false,
+            http_status: None,
+        }
+    }
+
+    /// An upgrade refused with `status`; the reason is `HTTP <status>` and the first line of
+    /// `body` (wsgrace says why in one line: `room not granted`, `draining`, ...), at most
+    /// [`MAX_CLOSE_REASON`](super::MAX_CLOSE_REASON) bytes of it.
+    pub fn refused(status: u16, body: Option<&[u8]>) -> CloseInfo {
+        let text = body.map(String::from_utf8_lossy).unwrap_or_default();
+        let line = text.lines().next().unwrap_or_default().trim();
+        let mut cut = line.len().min(super::MAX_CLOSE_REASON);
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let line = &line[..cut];
+        let reason = if line.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            format!("HTTP {status}: {line}")
+        };
+        CloseInfo {
+            code: 1006,
+            reason,
+            clean: false,
+            http_status: Some(status),
         }
     }
 }
@@ -88,6 +120,9 @@ pub struct StepContext {
     pub attempt: u32,
     /// A token hook exists.
     pub can_refresh_token: bool,
+    /// An HTTP 401 already made the client ask the token hook since the last welcome (v2:
+    /// hello): another 401 stops (the hook is asked once, as `/wsgrace.js` asks `getToken`).
+    pub asked_token_after_401: bool,
     pub backoff: Backoff,
     /// A number in `[0, 1)` for the jitter.
     pub random: f64,
@@ -106,6 +141,10 @@ pub enum StopReason {
     Refused(u16),
     /// Any other code (1015, 3001–4999, ...), or a URL that cannot be connected to (0).
     Other(u16),
+    /// The upgrade was refused with this HTTP status: 400 (a bad name, room or query: a
+    /// retry would repeat it), 403 (the token does not grant the room), or 401 when there is
+    /// no token hook or its fresh token was refused too.
+    UpgradeRefused(u16),
 }
 
 /// Why the client reconnects.
@@ -119,6 +158,12 @@ pub enum ReconnectReason {
     Retry(u16),
     /// The token hook failed before a socket was opened.
     TokenHookFailed,
+    /// The upgrade was refused with HTTP 401: a fresh token from the hook (once since the
+    /// last welcome), and at once.
+    Unauthorized,
+    /// The upgrade was refused with this HTTP status, e.g. 429 (too many connections from
+    /// this address) or 503 (draining, broker unreachable): back off and retry.
+    HttpStatus(u16),
 }
 
 /// The reconnect decision for the end of one underlying socket.
@@ -151,12 +196,17 @@ impl fmt::Display for Step {
                 )
             }
             Step::Stop(StopReason::Other(code)) => write!(f, "stop: close {code}"),
+            Step::Stop(StopReason::UpgradeRefused(status)) => {
+                write!(f, "stop: the upgrade was refused with HTTP {status}")
+            }
             Step::Reconnect { delay, why, .. } => {
                 let why = match why {
                     ReconnectReason::GoingAway => "going_away".to_owned(),
                     ReconnectReason::TokenExpired => "token expired".to_owned(),
                     ReconnectReason::Retry(code) => format!("close {code}"),
                     ReconnectReason::TokenHookFailed => "token hook failed".to_owned(),
+                    ReconnectReason::Unauthorized => "HTTP 401: a fresh token".to_owned(),
+                    ReconnectReason::HttpStatus(status) => format!("HTTP {status}"),
                 };
                 write!(f, "reconnect in {} ms ({why})", delay.as_millis())
             }
@@ -177,6 +227,19 @@ pub fn next_step(close: &CloseInfo, ctx: &StepContext) -> Step {
     };
     if ctx.app_closed {
         return Step::Stop(StopReason::AppClosed);
+    }
+    if let Some(status) = close.http_status {
+        return match status {
+            400 | 403 => Step::Stop(StopReason::UpgradeRefused(status)),
+            401 if ctx.can_refresh_token && !ctx.asked_token_after_401 => {
+                reconnect(Duration::ZERO, true, ReconnectReason::Unauthorized)
+            }
+            401 => Step::Stop(StopReason::UpgradeRefused(status)),
+            _ => {
+                let delay = backoff_delay(attempt, ctx.backoff, ctx.random);
+                reconnect(delay, false, ReconnectReason::HttpStatus(status))
+            }
+        };
     }
     let token_expired = code == TOKEN_EXPIRED;
     if token_expired && !ctx.can_refresh_token {
@@ -258,6 +321,7 @@ mod tests {
             welcomed: false,
             attempt: 0,
             can_refresh_token: false,
+            asked_token_after_401: false,
             backoff: Backoff::default(),
             random: 0.5,
         }
@@ -268,6 +332,7 @@ mod tests {
             code,
             reason: String::new(),
             clean: true,
+            http_status: None,
         }
     }
 
@@ -420,6 +485,120 @@ mod tests {
         ];
         for (name, code, ctx, expected) in table {
             assert_eq!(next_step(&close(code), &ctx), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn next_step_reads_the_status_of_a_refused_upgrade() {
+        use ReconnectReason::*;
+        use StopReason::*;
+        let hook = StepContext {
+            can_refresh_token: true,
+            ..ctx()
+        };
+        let hook_after_401 = StepContext {
+            asked_token_after_401: true,
+            ..hook
+        };
+        let third = StepContext { attempt: 3, ..hook };
+        let table: Vec<(&str, u16, StepContext, Step)> = vec![
+            ("400: stop", 400, hook, Step::Stop(UpgradeRefused(400))),
+            ("403: stop", 403, hook, Step::Stop(UpgradeRefused(403))),
+            (
+                "403 without a hook",
+                403,
+                ctx(),
+                Step::Stop(UpgradeRefused(403)),
+            ),
+            (
+                "401 with a hook: a fresh token, at once",
+                401,
+                hook,
+                reconnect(0, true, 1, Unauthorized),
+            ),
+            (
+                "401 again since the hook was asked: stop",
+                401,
+                hook_after_401,
+                Step::Stop(UpgradeRefused(401)),
+            ),
+            (
+                "401 without a hook: stop",
+                401,
+                ctx(),
+                Step::Stop(UpgradeRefused(401)),
+            ),
+            (
+                "429: back off",
+                429,
+                ctx(),
+                reconnect(250, false, 1, HttpStatus(429)),
+            ),
+            (
+                "503: back off by attempt",
+                503,
+                third,
+                reconnect(2000, false, 4, HttpStatus(503)),
+            ),
+            (
+                "503 after a 401's fresh token",
+                503,
+                hook_after_401,
+                reconnect(250, false, 1, HttpStatus(503)),
+            ),
+            (
+                "404 (not wsgrace?): back off",
+                404,
+                ctx(),
+                reconnect(250, false, 1, HttpStatus(404)),
+            ),
+            (
+                "the app's close wins",
+                403,
+                StepContext {
+                    app_closed: true,
+                    ..ctx()
+                },
+                Step::Stop(AppClosed),
+            ),
+        ];
+        for (name, status, ctx, expected) in table {
+            let refused = CloseInfo::refused(status, None);
+            assert_eq!(next_step(&refused, &ctx), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_refused_upgrade_says_its_status_and_the_first_line_of_its_body() {
+        let long = "é".repeat(100);
+        let table: Vec<(u16, Option<&[u8]>, String)> = vec![
+            (503, None, "HTTP 503".into()),
+            (503, Some(b""), "HTTP 503".into()),
+            (503, Some(b"draining\n"), "HTTP 503: draining".into()),
+            (
+                403,
+                Some(b"  room not granted  \r\nmore\n"),
+                "HTTP 403: room not granted".into(),
+            ),
+            (400, Some(b"\xff bad\n"), "HTTP 400: \u{fffd} bad".into()),
+            // Cut at 123 bytes, on a character boundary (é is two bytes).
+            (
+                400,
+                Some(long.as_bytes()),
+                format!("HTTP 400: {}", "é".repeat(61)),
+            ),
+        ];
+        for (status, body, reason) in table {
+            let close = CloseInfo::refused(status, body);
+            assert_eq!(
+                close,
+                CloseInfo {
+                    code: 1006,
+                    reason,
+                    clean: false,
+                    http_status: Some(status),
+                }
+            );
         }
     }
 

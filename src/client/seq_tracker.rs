@@ -1,13 +1,37 @@
-//! Where the app is in the room, pure: the [`SeqTracker`] remembers the epoch and the last
+//! Where the app is in one room, pure: the [`SeqTracker`] remembers the epoch and the last
 //! seq handed to the app, decides for each `message` whether the app gets it (each seq once,
-//! in increasing order), tells what a `welcome` means after a resume ([`WelcomeOutcome`]:
-//! resumed, refused with a gap, ...), and gives the `since`/`epoch` of the next connection.
+//! in increasing order), tells what a v1 `welcome` or a v2 `joined` means after a resume
+//! ([`WelcomeOutcome`]: resumed, refused with a gap, ...), and gives the `since`/`epoch` of
+//! the next connection (v1) or join (v2: one tracker per room).
 //!
 //! It must not do I/O, know tokio, or read frames: the shell hands it what `wire.rs` parsed
 //! and carries out its answers (deliver or drop, report a gap), so every rule is a unit test
 //! below.
 
 use super::wire::{Resume, Welcome};
+
+/// Where a room is as a v1 `welcome` or a v2 `joined` says: its epoch, its latest seq, and
+/// (when the connection or join asked `since`) whether the resume succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinPosition {
+    pub epoch: Option<String>,
+    pub seq: Option<u64>,
+    pub resumed: Option<bool>,
+    /// With `resumed: true`: how many messages are replayed next.
+    pub missed: Option<u64>,
+}
+
+impl Welcome {
+    /// The room's position as this welcome tells it.
+    pub fn position(&self) -> JoinPosition {
+        JoinPosition {
+            epoch: self.epoch.clone(),
+            seq: self.seq,
+            resumed: self.resumed,
+            missed: self.missed,
+        }
+    }
+}
 
 /// What a welcome means for the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,29 +94,43 @@ impl SeqTracker {
 
     /// A welcome arrived; `asked_resume`: this connection's URL carried `since`.
     pub fn on_welcome(&mut self, welcome: &Welcome, asked_resume: bool) -> WelcomeOutcome {
-        if asked_resume && welcome.resumed == Some(true) {
-            // The replay (since+1 … welcome.seq) follows: keep `seq` so that it is delivered.
-            if welcome.epoch.is_some() {
-                self.epoch.clone_from(&welcome.epoch);
+        self.on_join(&welcome.position(), asked_resume)
+    }
+
+    /// The room's position as a v1 `welcome` or a v2 `joined` tells it; `asked_resume`: the
+    /// connection (v1) or the join (v2) carried `since`.
+    pub fn on_join(&mut self, joined: &JoinPosition, asked_resume: bool) -> WelcomeOutcome {
+        if asked_resume && joined.resumed == Some(true) {
+            // The replay (since+1 … joined.seq) follows: keep `seq` so that it is delivered.
+            if joined.epoch.is_some() {
+                self.epoch.clone_from(&joined.epoch);
             }
             return WelcomeOutcome::Resumed {
-                missed: welcome.missed.unwrap_or(0),
+                missed: joined.missed.unwrap_or(0),
             };
         }
-        let previous_epoch = std::mem::replace(&mut self.epoch, welcome.epoch.clone());
-        let previous_seq = std::mem::replace(&mut self.seq, welcome.seq);
+        let previous_epoch = std::mem::replace(&mut self.epoch, joined.epoch.clone());
+        let previous_seq = std::mem::replace(&mut self.seq, joined.seq);
         let Some(previous_seq) = previous_seq.filter(|_| asked_resume) else {
             return WelcomeOutcome::Fresh;
         };
-        if previous_epoch == welcome.epoch && Some(previous_seq) == welcome.seq {
+        if previous_epoch == joined.epoch && Some(previous_seq) == joined.seq {
             return WelcomeOutcome::NotResumed;
         }
         WelcomeOutcome::Gap {
             previous_epoch,
             previous_seq,
-            epoch: welcome.epoch.clone(),
-            seq: welcome.seq,
+            epoch: joined.epoch.clone(),
+            seq: joined.seq,
         }
+    }
+
+    /// After a fresh v2 join that asked `"last":K`: the room's last K messages (up to the
+    /// join's seq) follow the `joined` frame and are delivered, each once, in order. Until
+    /// the first of them, a reconnect resumes from K before the join's seq (and may report a
+    /// gap when fewer were kept, which is then true of the resume, not of the app).
+    pub fn replay_last(&mut self, last: u64) {
+        self.seq = self.seq.map(|seq| seq.saturating_sub(last));
     }
 
     /// A `message` frame with this seq: true if the app gets it (past the last one
@@ -274,6 +312,38 @@ mod tests {
             .filter(|seq| t.on_message(Some(*seq)))
             .collect();
         assert_eq!(delivered, [4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn seq_tracker_replays_the_last_k_of_a_fresh_join() {
+        let joined = |seq| JoinPosition {
+            epoch: Some("e1".into()),
+            seq: Some(seq),
+            resumed: None,
+            missed: None,
+        };
+        // (join's seq, last K, messages that follow, delivered, resume point after)
+        type Row = (u64, u64, Vec<u64>, Vec<u64>, u64);
+        let table: Vec<Row> = vec![
+            (10, 3, vec![8, 9, 10, 11], vec![8, 9, 10, 11], 11),
+            (10, 3, vec![9, 10, 11], vec![9, 10, 11], 11), // fewer kept than asked
+            (10, 3, vec![8, 8, 7, 9], vec![8, 9], 9),      // each once, in order
+            (2, 50, vec![1, 2, 3], vec![1, 2, 3], 3),      // more asked than the room has
+            (10, 0, vec![10, 11], vec![11], 11),           // last 0: live only
+            (10, 3, vec![], vec![], 7),                    // reconnect before any: since 7
+        ];
+        for (seq, last, messages, delivered, after) in table {
+            let mut t = SeqTracker::new();
+            assert_eq!(t.on_join(&joined(seq), false), WelcomeOutcome::Fresh);
+            t.replay_last(last);
+            let got: Vec<u64> = messages
+                .iter()
+                .copied()
+                .filter(|seq| t.on_message(Some(*seq)))
+                .collect();
+            assert_eq!(got, delivered, "join at {seq}, last {last}");
+            assert_eq!(t.resume_params(), resume(after, "e1"));
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 // The one import from the rest of the crate. `config` is on the ground floor (no actix, no
@@ -27,8 +27,9 @@ use tokio_util::sync::CancellationToken;
 // `?room=` and `?name=`: a welcome name that fails it would be refused on the reconnect.
 use crate::config::is_valid_name;
 
-use super::policy::{backoff_delay, next_step, CloseInfo, Step, StepContext};
+use super::policy::{backoff_delay, next_step, CloseInfo, ReconnectReason, Step, StepContext};
 use super::seq_tracker::{SeqTracker, WelcomeOutcome};
+use super::socket::{self, rearm, wait, Dial, WsStream};
 use super::wire::{build_url, parse_frame, Frame, Resume};
 use super::{check_close, ClientConfig, ClientError, ClientEvent, ConnectionState};
 
@@ -109,6 +110,8 @@ impl Client {
             config,
             tracker,
             attempt: 0,
+            asked_token_after_401: false,
+            token_for_401: false,
             welcome_name: None,
             state: ConnectionState::Connecting,
             events: events_tx,
@@ -248,14 +251,15 @@ enum Flow {
     Retry { delay: Duration, fresh_token: bool },
 }
 
-type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// The task: carries out what the core decides.
 struct Driver {
     config: ClientConfig,
     tracker: SeqTracker,
     attempt: u32,
+    /// An HTTP 401 made this client ask the token hook since the last welcome.
+    asked_token_after_401: bool,
+    /// The next call of the token hook answers an HTTP 401: no token then stops.
+    token_for_401: bool,
     welcome_name: Option<String>,
     state: ConnectionState,
     events: mpsc::Sender<ClientEvent>,
@@ -317,24 +321,20 @@ impl Driver {
             asked_resume: resume.is_some(),
             ..Connection::default()
         };
-        let connecting = tokio::time::timeout(
-            self.config.connect_timeout,
-            tokio_tungstenite::connect_async(url),
-        );
-        let connected = tokio::select! {
-            connected = connecting => connected,
+        let request = match socket::request(&url, None) {
+            Ok(request) => request,
+            Err(err) => return self.cannot_connect(err).await,
+        };
+        let dialed = tokio::select! {
+            dialed = socket::dial(request, self.config.connect_timeout) => dialed,
             _ = self.stop.cancelled() => return Flow::Stop,
         };
-        let close = match connected {
-            Err(_) => CloseInfo::abnormal("connect timeout"),
-            Ok(Err(WsError::Url(err))) => return self.cannot_connect(err.to_string()).await,
-            Ok(Err(WsError::Http(response))) => {
-                CloseInfo::abnormal(format!("HTTP {}", response.status().as_u16()))
-            }
-            Ok(Err(err)) => CloseInfo::abnormal(err.to_string()),
-            Ok(Ok((ws, _))) => {
+        let close = match dialed {
+            Dial::Failed(close) => close,
+            Dial::Unusable(err) => return self.cannot_connect(err).await,
+            Dial::Opened(ws, _) => {
                 conn.opened = true;
-                self.run_socket(ws, &mut conn).await
+                self.run_socket(*ws, &mut conn).await
             }
         };
         self.after_close(close, &conn).await
@@ -342,12 +342,22 @@ impl Driver {
 
     /// Calls the token hook; `Some(flow)` when it failed (or the app closed meanwhile).
     async fn refresh_token(&mut self) -> Option<Flow> {
+        let for_401 = std::mem::take(&mut self.token_for_401);
         let hook = self.config.token_hook.as_mut()?;
         let fetched = tokio::select! {
             fetched = hook() => fetched,
             _ = self.stop.cancelled() => return Some(Flow::Stop),
         };
         match fetched {
+            Ok(token) if token.is_empty() && for_401 => {
+                // The upgrade was refused with 401 and the hook has no token: stop.
+                self.emit(ClientEvent::Error {
+                    code: "token".to_owned(),
+                    text: "HTTP 401, and the token hook gave no token".to_owned(),
+                })
+                .await;
+                Some(Flow::Stop)
+            }
             Ok(token) => {
                 self.config.token = Some(token);
                 None
@@ -445,15 +455,7 @@ impl Driver {
                         self.on_frame(&text, conn).await;
                     }
                     Some(Ok(Message::Close(frame))) => {
-                        let close = match frame {
-                            Some(frame) => CloseInfo {
-                                code: u16::from(frame.code),
-                                reason: frame.reason.into_owned(),
-                                clean: true,
-                            },
-                            None => CloseInfo { code: 1005, reason: String::new(), clean: true },
-                        };
-                        received = Some(close);
+                        received = Some(socket::close_info(frame));
                         // Closing: nothing more is taken from the app (a browser's socket
                         // refuses sends once it is CLOSING, too).
                         self.shared.lock().outbound = None;
@@ -486,6 +488,7 @@ impl Driver {
                 }
                 conn.welcomed = true;
                 self.attempt = 0;
+                self.asked_token_after_401 = false;
                 if is_valid_name(&welcome.name) {
                     self.welcome_name = Some(welcome.name.clone());
                 }
@@ -523,6 +526,7 @@ impl Driver {
                 from,
                 text,
                 seq,
+                ts,
             } => {
                 if let (true, Some(seq)) = (self.tracker.on_message(seq), seq) {
                     self.publish_position();
@@ -531,6 +535,7 @@ impl Driver {
                         from,
                         text,
                         seq,
+                        ts,
                     })
                     .await;
                 }
@@ -559,10 +564,19 @@ impl Driver {
                 welcomed: conn.welcomed,
                 attempt: self.attempt,
                 can_refresh_token: self.config.token_hook.is_some(),
+                asked_token_after_401: self.asked_token_after_401,
                 backoff: self.config.backoff,
                 random: fastrand::f64(),
             },
         );
+        if let Step::Reconnect {
+            why: ReconnectReason::Unauthorized,
+            ..
+        } = next
+        {
+            self.asked_token_after_401 = true;
+            self.token_for_401 = true;
+        }
         debug!(
             "client connection ended: {} {:?} (opened {}): {next}",
             close.code, close.reason, conn.opened
@@ -629,22 +643,6 @@ impl Driver {
             _ = self.events.send(event) => {}
             _ = self.stop.cancelled() => {}
         }
-    }
-}
-
-/// Pushes the idle deadline `timeout` into the future (a frame came).
-fn rearm(idle: &mut Option<Pin<Box<Sleep>>>, timeout: Option<Duration>) {
-    let at = timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
-    if let (Some(sleep), Some(at)) = (idle.as_mut(), at) {
-        sleep.as_mut().reset(at);
-    }
-}
-
-/// Waits for the deadline if there is one, forever otherwise.
-async fn wait(deadline: &mut Option<Pin<Box<Sleep>>>) {
-    match deadline {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -1,6 +1,8 @@
-//! The client's side of the wire protocol, pure: the server's text frames parsed into typed
-//! values ([`Frame`]: welcome, message, epoch, going_away, error), and the URL of one
-//! connection with its room, name, token and resume point (`since`, `epoch`).
+//! The client's side of the v1 wire protocol (one room per connection), pure: the server's
+//! text frames parsed into typed values ([`Frame`]: welcome, message, epoch, going_away,
+//! error), and the URL of one connection with its room, name, token and resume point
+//! (`since`, `epoch`); a `wsgrace.v2` connection's URL is the same without room and resume
+//! (its frames are `wire_v2.rs`).
 //!
 //! It must not do I/O or keep state: it knows the shape of frames and URLs, never what they
 //! mean for the connection (that is the [`SeqTracker`](super::SeqTracker) and the
@@ -13,7 +15,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 /// The largest seq the client takes: `since` must stay below 2^63 (SPEC, Resume).
-const MAX_SEQ: u64 = i64::MAX as u64;
+pub(super) const MAX_SEQ: u64 = i64::MAX as u64;
 
 /// A `welcome` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,9 @@ pub enum Frame {
         from: String,
         text: String,
         seq: Option<u64>,
+        /// When the message got its seq, ms since the Unix epoch (server clock); `None` from
+        /// a server that does not send it.
+        ts: Option<u64>,
     },
     Epoch {
         room: String,
@@ -155,28 +160,32 @@ pub fn parse_frame(text: &str) -> Frame {
             from: text_of("from"),
             text: text_of("text"),
             seq: seq("seq"),
+            ts: frame.get("ts").and_then(Value::as_u64),
         },
         Some("epoch") => Frame::Epoch {
             room: text_of("room"),
             epoch: string("epoch"),
             seq: seq("seq"),
         },
-        Some("going_away") => {
-            let ms = frame
-                .get("reconnect_after_ms")
-                .and_then(Value::as_f64)
-                .filter(|ms| ms.is_finite() && *ms >= 0.0)
-                .unwrap_or(0.0);
-            Frame::GoingAway {
-                reconnect_after: Duration::from_millis(ms.floor() as u64),
-            }
-        }
+        Some("going_away") => Frame::GoingAway {
+            reconnect_after: reconnect_after(&frame),
+        },
         Some("error") => Frame::Error {
             code: text_of("code"),
             text: text_of("text"),
         },
         _ => Frame::Ignored,
     }
+}
+
+/// A `going_away` frame's `reconnect_after_ms` (absent, negative or not a number: 0).
+pub(super) fn reconnect_after(frame: &serde_json::Map<String, Value>) -> Duration {
+    let ms = frame
+        .get("reconnect_after_ms")
+        .and_then(Value::as_f64)
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .unwrap_or(0.0);
+    Duration::from_millis(ms.floor() as u64)
 }
 
 #[cfg(test)]
@@ -296,6 +305,17 @@ mod tests {
                     from: "a".into(),
                     text: "hi".into(),
                     seq: Some(7),
+                    ts: None,
+                },
+            ),
+            (
+                r#"{"type":"message","room":"r","from":"a","text":"hi","seq":7,"ts":1700000000123}"#,
+                Frame::Message {
+                    room: "r".into(),
+                    from: "a".into(),
+                    text: "hi".into(),
+                    seq: Some(7),
+                    ts: Some(1_700_000_000_123),
                 },
             ),
             (
@@ -305,15 +325,17 @@ mod tests {
                     from: "a".into(),
                     text: "hi".into(),
                     seq: None,
+                    ts: None,
                 },
             ),
             (
-                r#"{"type":"message","seq":-1}"#,
+                r#"{"type":"message","seq":-1,"ts":"late"}"#,
                 Frame::Message {
                     room: String::new(),
                     from: String::new(),
                     text: String::new(),
                     seq: None,
+                    ts: None,
                 },
             ),
             (
@@ -323,6 +345,7 @@ mod tests {
                     from: String::new(),
                     text: String::new(),
                     seq: None,
+                    ts: None,
                 },
             ),
             (
