@@ -298,7 +298,10 @@ async fn bad_tokens_are_refused_before_the_upgrade_with_their_status_and_metric(
     let log = server.wait_for_log("upgrade refused: bad room").await;
     let mut lines: Vec<&str> = log
         .lines()
-        .filter_map(|l| l.split_once("upgrade refused: unauthorized").map(|(_, l)| l))
+        .filter_map(|l| {
+            l.split_once("upgrade refused: unauthorized")
+                .map(|(_, l)| l)
+        })
         .collect();
     let logged = lines.len();
     lines.sort_unstable();
@@ -1052,7 +1055,10 @@ async fn a_plain_get_tells_what_the_upgrade_would_get_without_counting_it() {
     );
     assert_eq!(metric(addr, FORBIDDEN).await, 1.0);
     let log = server.wait_for_log("upgrade refused: forbidden").await;
-    let lines = log.lines().filter(|l| l.contains("upgrade refused")).count();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("upgrade refused"))
+        .count();
     assert_eq!(lines, 1, "{log}");
 }
 
