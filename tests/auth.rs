@@ -1085,3 +1085,24 @@ async fn a_client_retrying_a_refused_upgrade_is_counted_every_time_and_logged_on
         .count();
     assert_eq!(expired_lines, 1, "{log}");
 }
+
+#[tokio::test]
+async fn a_v2_join_is_checked_against_the_tokens_rooms() {
+    // SPEC, many rooms: the token's grants apply per join; a room it does not grant is a
+    // `forbidden` error for that join, and the connection stays for the rooms it does.
+    let server = start(&hs256_config(""));
+    let token = hs256(&claims("ann", &["team.*", "lobby"], 600));
+    let url = format!("ws://{}/ws?token={token}", server.addr);
+    let mut ann = wsgrace_kit::chat_v2::V2Client::connect(&url).await;
+    assert_eq!(ann.hello["name"], "ann", "{}", ann.hello);
+    ann.join("lobby", json!({})).await;
+    ann.sender.join("ops", json!({"ref": "r1"})).await;
+    let refused = ann.reader.next_of("error", Some("ops")).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(refused["ref"], "r1", "{refused}");
+    let joined = ann.join("team.red", json!({})).await;
+    assert_eq!(joined["room"], "team.red");
+    let seq = ann.say("team.red", "still here").await;
+    assert!(seq >= 1);
+    assert_no_token_logged(&server, &[token]);
+}

@@ -15,7 +15,7 @@ use wsgrace_kit::frame::{
     encode_frame_into, parse_header, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG,
     OP_TEXT,
 };
-use wsgrace_kit::handshake::{upgrade, SocketOptions};
+use wsgrace_kit::handshake::{upgrade_offering, SocketOptions};
 
 /// Largest frame the reader accepts; the server's messages are small.
 const MAX_FRAME: usize = 16 << 20;
@@ -81,11 +81,36 @@ pub async fn connect(
     path: &str,
     seed: u64,
 ) -> io::Result<(WsReader, WsWriter)> {
+    connect_offering(server, source, path, seed, None).await
+}
+
+/// [`connect`], offering `subprotocol` (e.g. `wsgrace.v2`); an answer that does not choose
+/// it is an error.
+pub async fn connect_offering(
+    server: SocketAddr,
+    source: Option<IpAddr>,
+    path: &str,
+    seed: u64,
+    subprotocol: Option<&str>,
+) -> io::Result<(WsReader, WsWriter)> {
     let options = SocketOptions {
         source,
         ..SocketOptions::default()
     };
-    let answered = upgrade(server, path, options).await?;
+    let answered = upgrade_offering(server, path, options, subprotocol).await?;
+    if let Some(protocol) = subprotocol {
+        let chosen = answered.head.lines().any(|line| {
+            line.split_once(':').is_some_and(|(name, value)| {
+                name.eq_ignore_ascii_case("sec-websocket-protocol") && value.trim() == protocol
+            })
+        });
+        if !chosen {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the server did not choose {protocol}"),
+            ));
+        }
+    }
     answered.stream.set_nodelay(true)?;
     let (rd, wr) = answered.stream.into_split();
     let mut buf = BytesMut::with_capacity(1024.max(answered.rest.len()));

@@ -48,6 +48,11 @@ struct Cli {
     /// print a third JSON line with both runs' key numbers and their ratio.
     #[arg(long, global = true)]
     compare: Option<PathBuf>,
+    /// For `hold` and `fanout` with `--v2-rooms K`: first run the same scenario over protocol
+    /// v1 (one room per connection), then as asked, and print a third JSON line with the
+    /// ratio v2 / v1 (a = v1, b = v2). Not with `--compare`.
+    #[arg(long, global = true, conflicts_with = "compare")]
+    against_v1: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -71,6 +76,15 @@ enum Scenario {
 }
 
 impl Scenario {
+    /// The same scenario over protocol v1, when it runs over v2.
+    fn as_v1(&self) -> Option<Scenario> {
+        match self {
+            Scenario::Hold(args) if args.v2_rooms > 0 => Some(Scenario::Hold(args.as_v1())),
+            Scenario::Fanout(args) if args.v2_rooms > 0 => Some(Scenario::Fanout(args.as_v1())),
+            _ => None,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Scenario::Hold(_) => "hold",
@@ -123,13 +137,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (code, report) = run_once(&cli, &cli.server, nofile, &runtime);
+    if cli.against_v1 {
+        let Some(v1) = cli.scenario.as_v1() else {
+            eprintln!("loadgen: --against-v1 needs hold or fanout with --v2-rooms K > 0");
+            return ExitCode::from(2);
+        };
+        let (v1_code, v1_report) = run_once(&cli, &v1, &cli.server, nofile, &runtime);
+        println!("{v1_report}");
+        eprintln!("loadgen: now over wsgrace.v2");
+        let (v2_code, v2_report) = run_once(&cli, &cli.scenario, &cli.server, nofile, &runtime);
+        println!("{v2_report}");
+        let name = cli.scenario.name();
+        println!(
+            "{}",
+            compare::ratios(name, "v1", &v1_report, "v2", &v2_report)
+        );
+        return ExitCode::from(v1_code.max(v2_code));
+    }
+    let (code, report) = run_once(&cli, &cli.scenario, &cli.server, nofile, &runtime);
     println!("{report}");
     let Some(other) = &cli.compare else {
         return ExitCode::from(code);
     };
     eprintln!("loadgen: now against {}", other.display());
-    let (other_code, other_report) = run_once(&cli, other, nofile, &runtime);
+    let (other_code, other_report) = run_once(&cli, &cli.scenario, other, nofile, &runtime);
     println!("{other_report}");
     println!(
         "{}",
@@ -144,9 +175,10 @@ fn main() -> ExitCode {
     ExitCode::from(code.max(other_code))
 }
 
-/// Runs the scenario once against `binary`: the exit status and the JSON report.
+/// Runs `scenario` once against `binary`: the exit status and the JSON report.
 fn run_once(
     cli: &Cli,
+    scenario: &Scenario,
     binary: &std::path::Path,
     nofile: libc::rlim_t,
     runtime: &tokio::runtime::Runtime,
@@ -163,7 +195,7 @@ fn run_once(
     };
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(runtime, async {
-        match &cli.scenario {
+        match scenario {
             Scenario::Hold(args) => scenarios::hold::run(&ctx, args).await,
             Scenario::Fanout(args) => scenarios::fanout::run(&ctx, args).await,
             Scenario::Drain(args) => scenarios::drain::run(&ctx, args).await,
@@ -188,7 +220,7 @@ fn run_once(
         Err(e) => {
             eprintln!("loadgen: {e}");
             let report = json!({
-                "scenario": cli.scenario.name(),
+                "scenario": scenario.name(),
                 "error": e,
                 "complete": false,
                 "server_binary": binary,

@@ -15,9 +15,21 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// A valid upgrade request for `path` on `host`.
 pub fn upgrade_request(host: impl Display, path: &str) -> String {
+    upgrade_request_offering(host, path, None)
+}
+
+/// A valid upgrade request for `path` on `host` that offers `subprotocol`, if given.
+pub fn upgrade_request_offering(
+    host: impl Display,
+    path: &str,
+    subprotocol: Option<&str>,
+) -> String {
+    let offer = subprotocol
+        .map(|protocol| format!("Sec-WebSocket-Protocol: {protocol}\r\n"))
+        .unwrap_or_default();
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
 }
 
@@ -104,8 +116,20 @@ pub async fn upgrade(
     path: &str,
     options: SocketOptions,
 ) -> io::Result<Answered> {
+    upgrade_offering(server, path, options, None).await
+}
+
+/// [`upgrade`], offering `subprotocol` if given (the answer's choice is the caller's to
+/// check).
+pub async fn upgrade_offering(
+    server: SocketAddr,
+    path: &str,
+    options: SocketOptions,
+    subprotocol: Option<&str>,
+) -> io::Result<Answered> {
     let socket = socket_for(server, options)?;
-    let answered = send_request(socket, server, upgrade_request(server, path).as_bytes()).await?;
+    let request = upgrade_request_offering(server, path, subprotocol);
+    let answered = send_request(socket, server, request.as_bytes()).await?;
     if answered.status() != Some(101) {
         let status = answered.head.lines().next().unwrap_or_default();
         return Err(io::Error::new(

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{
     connect_many, drain_line, hist_json, idle, micros, ms, new_histogram, source_addrs,
-    ConnectStats, Ctx, IdleOutcome, Outcome,
+    ConnectStats, Ctx, IdleOutcome, Membership, Outcome,
 };
 use crate::client::End;
 use crate::launch;
@@ -164,6 +164,7 @@ pub async fn run(ctx: &Ctx, args: &DrainArgs) -> Result<Outcome, String> {
         args.concurrency,
         Rc::new(source_addrs(args.n, 25_000, 20_000)),
         Rc::new(|i| format!("/ws?room=drain&name=d{i}")),
+        Membership::V1,
         on_connected,
         stats.clone(),
     );

@@ -2,7 +2,9 @@
 //! send time (`t=<nanos since a base Instant>`), keeping at most W in flight (sent minus
 //! what the slowest receiver has). Measures deliveries per second, send→receive latency,
 //! losses and order violations. Receivers find `"seq":` and `"text":"t=` by byte search
-//! instead of parsing JSON: the server serializes these fields itself.
+//! instead of parsing JSON: the server serializes these fields itself. With `--v2-rooms K`
+//! the members speak `wsgrace.v2`: each joins the room and K - 1 quiet rooms, and the
+//! senders publish with an `id` (as a v2 client does, so the dedupe is paid for).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -17,13 +19,14 @@ use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
 use super::{
-    connect_many, hist_json, micros, ms, new_histogram, stop_json, ConnectStats, Ctx, Outcome,
+    connect_many, hist_json, micros, ms, new_histogram, stop_json, ConnectStats, Ctx, Membership,
+    Outcome,
 };
 use crate::client::{Frame, Read, WsReader, WsWriter};
 use crate::launch;
 use wsgrace_kit::proc_stats::own_rss;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
     /// Members of the room.
     pub n: usize,
@@ -44,6 +47,23 @@ pub struct FanoutArgs {
     /// session.outbound_queue for the server: large, so no member is a slow consumer.
     #[arg(long, default_value_t = 65_536)]
     pub outbound_queue: i64,
+    /// 0: protocol v1. K > 0: `wsgrace.v2`, each member in the measured room and K - 1
+    /// quiet rooms (`quiet-0`, ... out of a pool of `--room-pool`).
+    #[arg(long, default_value_t = 0)]
+    pub v2_rooms: usize,
+    /// With `--v2-rooms K`: how many quiet rooms there are in all (at least K - 1).
+    #[arg(long, default_value_t = 0)]
+    pub room_pool: usize,
+}
+
+impl FanoutArgs {
+    /// The same run over protocol v1.
+    pub fn as_v1(&self) -> FanoutArgs {
+        FanoutArgs {
+            v2_rooms: 0,
+            ..self.clone()
+        }
+    }
 }
 
 /// State shared by the sender and all receivers (one thread: cells suffice).
@@ -218,6 +238,8 @@ pub struct Load {
     writers: Vec<SharedWriter>,
     stats: Rc<ConnectStats>,
     connected_all: bool,
+    /// The room, for v2 publish frames; `None` on v1 (a text frame is a message).
+    v2_room: Option<String>,
 }
 
 /// What a `Load::send` did.
@@ -283,13 +305,27 @@ impl Load {
                     tokio::task::spawn_local(receiver(rd, wr, shared.clone()));
                 })
             };
-            let room = room.to_string();
+            let (path, membership): (Rc<dyn Fn(usize) -> String>, _) = match args.v2_rooms {
+                0 => {
+                    let room = room.to_string();
+                    let path = move |i| format!("/ws?room={room}&name=m{}", global(i));
+                    (Rc::new(path), Membership::V1)
+                }
+                k => {
+                    let membership = Membership::v2_rooms("quiet", Some(room), k, args.room_pool);
+                    (
+                        Rc::new(move |i| format!("/ws?name=m{}", global(i))),
+                        membership,
+                    )
+                }
+            };
             let connecting = connect_many(
                 *addr,
                 count,
                 args.concurrency,
                 Rc::new(Vec::new()),
-                Rc::new(move |i| format!("/ws?room={room}&name=m{}", global(i))),
+                path,
+                membership,
                 on_connected,
                 stats.clone(),
             );
@@ -305,6 +341,7 @@ impl Load {
             writers,
             stats,
             connected_all,
+            v2_room: (args.v2_rooms > 0).then(|| room.to_owned()),
         }
     }
 
@@ -344,7 +381,14 @@ impl Load {
                 }
                 text.clear();
                 let now = Instant::now();
-                let _ = write!(text, "t={}", now.duration_since(shared.base).as_nanos());
+                let t = now.duration_since(shared.base).as_nanos();
+                let _ = match &self.v2_room {
+                    None => write!(text, "t={t}"),
+                    Some(room) => write!(
+                        text,
+                        r#"{{"type":"publish","room":"{room}","id":"p{i}","text":"t={t}"}}"#
+                    ),
+                };
                 let writer = &self.writers[i as usize % self.writers.len()];
                 if let Err(e) = writer.lock().await.text(&text).await {
                     send_error = Some(e.to_string());
@@ -421,6 +465,8 @@ impl Load {
         json!({
             "n": args.n,
             "m": args.m,
+            "protocol": if args.v2_rooms == 0 { "v1" } else { "v2" },
+            "rooms_per_member": args.v2_rooms.max(1),
             "window": args.window,
             "rate_limit": args.rate,
             "senders": self.writers.len(),

@@ -1,5 +1,7 @@
 //! `hold N`: open N idle connections (room "hold") that answer pings; measure the connect
-//! rate and the server's RSS before and after, hence bytes per connection.
+//! rate and the server's RSS before and after, hence bytes per connection. With
+//! `--v2-rooms K` the connections speak `wsgrace.v2` and each joins K rooms (`hold-0`, ...,
+//! out of a pool of `--room-pool` rooms).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -8,11 +10,13 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{connect_many, idle, ms, source_addrs, stop_json, ConnectStats, Ctx, Outcome};
+use super::{
+    connect_many, idle, ms, source_addrs, stop_json, ConnectStats, Ctx, Membership, Outcome,
+};
 use crate::launch;
 use wsgrace_kit::proc_stats::own_rss;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct HoldArgs {
     /// Connections to open.
     pub n: usize,
@@ -28,10 +32,33 @@ pub struct HoldArgs {
     /// Connections per source address when spreading.
     #[arg(long, default_value_t = 20_000)]
     pub per_addr: usize,
+    /// 0: protocol v1, each connection in room "hold". K > 0: `wsgrace.v2`, each
+    /// connection joins K rooms.
+    #[arg(long, default_value_t = 0)]
+    pub v2_rooms: usize,
+    /// With `--v2-rooms K`: how many rooms there are in all (at least K; K: every
+    /// connection is in the same K rooms).
+    #[arg(long, default_value_t = 0)]
+    pub room_pool: usize,
+}
+
+impl HoldArgs {
+    /// The same run over protocol v1.
+    pub fn as_v1(&self) -> HoldArgs {
+        HoldArgs {
+            v2_rooms: 0,
+            ..self.clone()
+        }
+    }
 }
 
 pub async fn run(ctx: &Ctx, args: &HoldArgs) -> Result<Outcome, String> {
-    let overrides = [("server", "max_connections", super::max_connections(args.n))];
+    let mut overrides = vec![("server", "max_connections", super::max_connections(args.n))];
+    if args.v2_rooms > 100 {
+        // Above the default session.max_rooms (set only then: the baseline has no such key).
+        let rooms = i64::try_from(args.v2_rooms).unwrap_or(i64::MAX);
+        overrides.push(("session", "max_rooms", toml::Value::Integer(rooms)));
+    }
     ctx.check_nofile(args.n);
     let mut server = launch::start(&ctx.server, &overrides)?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -56,6 +83,16 @@ pub async fn run(ctx: &Ctx, args: &HoldArgs) -> Result<Outcome, String> {
         })
     };
     let sources = Rc::new(source_addrs(args.n, args.spread_above, args.per_addr));
+    let (path, membership): (Rc<dyn Fn(usize) -> String>, _) = match args.v2_rooms {
+        0 => (
+            Rc::new(|i| format!("/ws?room=hold&name=h{i}")),
+            Membership::V1,
+        ),
+        k => (
+            Rc::new(|i| format!("/ws?name=h{i}")),
+            Membership::v2_rooms("hold", None, k, args.room_pool),
+        ),
+    };
     let started = Instant::now();
     let progress = {
         let stats = stats.clone();
@@ -75,7 +112,8 @@ pub async fn run(ctx: &Ctx, args: &HoldArgs) -> Result<Outcome, String> {
         args.n,
         args.concurrency,
         sources.clone(),
-        Rc::new(|i| format!("/ws?room=hold&name=h{i}")),
+        path,
+        membership,
         on_connected,
         stats.clone(),
     );
@@ -101,6 +139,9 @@ pub async fn run(ctx: &Ctx, args: &HoldArgs) -> Result<Outcome, String> {
     let report = json!({
         "scenario": "hold",
         "n": args.n,
+        "protocol": if args.v2_rooms == 0 { "v1" } else { "v2" },
+        "rooms_per_connection": args.v2_rooms.max(1),
+        "room_pool": if args.v2_rooms == 0 { 1 } else { args.room_pool.max(args.v2_rooms) },
         "complete": finished,
         "timed_out": !finished,
         "connect": stats.json(),

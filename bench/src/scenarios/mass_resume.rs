@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::fanout::parse_message;
 use super::{
     connect_many, cpu_delta, cpu_sum, hist_json, micros, ms, new_histogram, stop_json,
-    welcome_json, ConnectStats, Ctx, Outcome,
+    welcome_json, ConnectStats, Ctx, Membership, Outcome,
 };
 use crate::client::{self, Frame, Read, WsReader, WsWriter};
 use crate::launch::{self, Override};
@@ -198,6 +198,7 @@ async fn one_broker(
             64,
             Rc::new(Vec::new()),
             Rc::new(move |i| format!("/ws?room=resume&name=r{}", k + i * n_servers)),
+            Membership::V1,
             Rc::new(move |_, rd, wr| conns.borrow_mut().push((rd, wr))),
             stats.clone(),
         )

@@ -97,25 +97,66 @@ pub fn source_addrs(n: usize, spread_above: usize, per_addr: usize) -> Vec<IpAdd
         .collect()
 }
 
-/// Opens connections `0..n` on `path(i)`, `concurrency` at a time; each one that gets its
-/// welcome is handed to `on_connected` (which must spawn its reader at once: pings do not
-/// wait). Returns when all were tried; `stats` shows progress meanwhile.
+/// The subprotocol of many rooms over one connection.
+pub const V2: &str = "wsgrace.v2";
+
+/// How a connection of [`connect_many`] is in its rooms.
+#[derive(Clone)]
+pub enum Membership {
+    /// Protocol v1: the one room is in the URL; ready at the welcome.
+    V1,
+    /// `wsgrace.v2`: after `hello`, connection `i` joins the rooms `rooms(i)`; ready when
+    /// each is joined.
+    V2(Rc<dyn Fn(usize) -> Vec<String>>),
+}
+
+impl Membership {
+    /// v2 with `per_connection` rooms each: `first` (when given: every connection's first
+    /// room, the one that is measured), and the others from a pool of `pool` rooms named
+    /// `{prefix}-0`, `{prefix}-1`, ...: connection `i` takes the next `k` of them from
+    /// `i·k` on (mod `pool`), so that with `pool <= k` all are in the same rooms.
+    pub fn v2_rooms(prefix: &str, first: Option<&str>, per_connection: usize, pool: usize) -> Self {
+        let (prefix, first) = (prefix.to_owned(), first.map(str::to_owned));
+        let k = per_connection.saturating_sub(usize::from(first.is_some()));
+        let pool = pool.max(k).max(1);
+        Membership::V2(Rc::new(move |i| {
+            let mut rooms: Vec<String> = first.iter().cloned().collect();
+            rooms.extend((0..k).map(|j| format!("{prefix}-{}", (i * k + j) % pool)));
+            rooms
+        }))
+    }
+
+    fn subprotocol(&self) -> Option<&'static str> {
+        match self {
+            Membership::V1 => None,
+            Membership::V2(_) => Some(V2),
+        }
+    }
+}
+
+/// Opens connections `0..n` on `path(i)`, `concurrency` at a time, in their rooms as
+/// `membership` says; each one that is in them is handed to `on_connected` (which must
+/// spawn its reader at once: pings do not wait). Returns when all were tried; `stats` shows
+/// progress meanwhile.
+#[allow(clippy::too_many_arguments)]
 pub async fn connect_many(
     addr: SocketAddr,
     n: usize,
     concurrency: usize,
     sources: Rc<Vec<IpAddr>>,
     path: Rc<dyn Fn(usize) -> String>,
+    membership: Membership,
     on_connected: Rc<dyn Fn(usize, WsReader, WsWriter)>,
     stats: Rc<ConnectStats>,
 ) {
     let next = Rc::new(Cell::new(0usize));
     let mut workers = Vec::new();
     for _ in 0..concurrency.clamp(1, n.max(1)) {
-        let (next, sources, path, on_connected, stats) = (
+        let (next, sources, path, membership, on_connected, stats) = (
             next.clone(),
             sources.clone(),
             path.clone(),
+            membership.clone(),
             on_connected.clone(),
             stats.clone(),
         );
@@ -128,9 +169,14 @@ pub async fn connect_many(
                 next.set(i + 1);
                 let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
                 let attempt = async {
+                    let subprotocol = membership.subprotocol();
                     let (mut rd, mut wr) =
-                        client::connect(addr, source, &path(i), i as u64).await?;
+                        client::connect_offering(addr, source, &path(i), i as u64, subprotocol)
+                            .await?;
                     await_welcome(&mut rd, &mut wr).await?;
+                    if let Membership::V2(rooms) = &membership {
+                        join_rooms(&mut rd, &mut wr, &rooms(i)).await?;
+                    }
                     Ok::<_, std::io::Error>((rd, wr))
                 };
                 // A server out of descriptors leaves accepted-but-unserved sockets in its
@@ -162,6 +208,33 @@ pub async fn connect_many(
     for w in workers {
         let _ = w.await;
     }
+}
+
+/// On a `wsgrace.v2` connection after `hello`: joins `rooms` (all frames sent at once) and
+/// reads until each is `joined`, answering pings; an `error` frame or the end is an error.
+pub async fn join_rooms(
+    rd: &mut WsReader,
+    wr: &mut WsWriter,
+    rooms: &[String],
+) -> std::io::Result<()> {
+    for room in rooms {
+        let frame = json!({"type": "join", "room": room}).to_string();
+        wr.text(frame.as_bytes()).await?;
+    }
+    let mut joined = 0;
+    while joined < rooms.len() {
+        let frame = welcome_json(rd, wr).await?;
+        match frame.get("type").and_then(Value::as_str) {
+            Some("joined") => joined += 1,
+            Some("error") => {
+                return Err(std::io::Error::other(format!(
+                    "a join was refused: {frame}"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Reads until the first data message (the welcome), answering pings.
@@ -275,7 +348,8 @@ pub async fn stop_json(server: &mut ServerProcess, grace: Duration) -> Value {
     })
 }
 
-/// Reads until the first data message (the welcome), answering pings, and parses it.
+/// Reads until the first data message (the welcome; any next frame on v2), answering
+/// pings, and parses it.
 pub async fn welcome_json(rd: &mut WsReader, wr: &mut WsWriter) -> std::io::Result<Value> {
     loop {
         match rd.next().await {
