@@ -114,7 +114,7 @@ struct Member<S> {
     shard: S,
     /// Until the member is enrolled: its own merge of the join snapshot and the live
     /// messages.
-    joining: Option<ResumeMerge>,
+    joining: Option<Box<ResumeMerge>>,
 }
 
 /// The line's position while it catches up after a broker reconnect.
@@ -183,7 +183,7 @@ impl<S: Clone + Eq + Hash> Room<S> {
             member,
             Member {
                 shard,
-                joining: Some(ResumeMerge::new(self.max_join_buffer)),
+                joining: Some(Box::new(ResumeMerge::new(self.max_join_buffer))),
             },
         );
         self.joining.insert(member);
@@ -344,7 +344,7 @@ impl<S: Clone + Eq + Hash> Room<S> {
             .filter(|id| {
                 self.members
                     .get(id)
-                    .and_then(|member| member.joining.as_ref())
+                    .and_then(|member| member.joining.as_deref())
                     .is_some_and(ResumeMerge::is_live)
             })
             .copied()
@@ -438,7 +438,7 @@ impl<S: Clone + Eq + Hash> Room<S> {
             if self.line.is_none() {
                 if let Some((epoch, seq)) = member
                     .joining
-                    .as_ref()
+                    .as_deref()
                     .and_then(ResumeMerge::last_delivered)
                 {
                     self.line = Some(ResumeMerge::live_at(epoch.clone(), seq));
