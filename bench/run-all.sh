@@ -25,6 +25,16 @@ run drain-10000 drain 10000
 run drain-10000-deaf-100 drain 10000 --deaf 100
 run close-latency-100 --timeout-secs 300 close-latency 100
 
+# wsgrace.v2 against v1 (issue 21): the same binary, v1 first, then v2; the third line is v2 / v1.
+v2() {
+    local name=$1
+    shift
+    echo "== $name: loadgen --against-v1 $*" >&2
+    "$LG" --server "$W" --against-v1 "$@" 2>/dev/null | tee "$OUT/$name.jsonl" | tail -1
+}
+for i in 1 2 3; do v2 "hold-10000-v2-$i" hold 10000 --v2-rooms 10; done
+for i in 1 2 3; do v2 "fanout-1000-v2-$i" fanout 1000 3000 --v2-rooms 10; done
+
 # Across nodes, resume, rolling deploy (issue 13): no baseline (it has no broker, no resume);
 # each starts its own redis-server (needs `redis-server` on PATH) and prints one JSON line.
 one() {
