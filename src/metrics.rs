@@ -108,6 +108,31 @@ pub struct Metrics {
     pub publishes_deduplicated: Counter,
     /// v2 `signal`s sent.
     pub signals: Counter,
+    /// Presence events told to this node's members (`presence_join`, `presence_leave`).
+    pub presence_events: Family<KindLabels, Counter>,
+    /// This node's sessions counted present in a room now (one per session and room).
+    pub presence_members: Gauge,
+    /// Sessions that went away without leaving and were kept present (a deferred leave).
+    pub presence_kept: Counter,
+    /// Kept connections whose time ran out while their name was present again (a rejoin in
+    /// time, or another tab): the leave nobody saw.
+    pub presence_kept_rejoined: Counter,
+    /// Presence operations sent to Redis, by operation.
+    pub presence_redis_ops: Family<OpLabels, Counter>,
+}
+
+/// Labels of `wsgrace_presence_events_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `presence_join` or `presence_leave`.
+    pub kind: &'static str,
+}
+
+/// Labels of `wsgrace_presence_redis_ops_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// `join`, `leave`, `keep`, `renew`, `read`, `restore`, `sweep`.
+    pub op: &'static str,
 }
 
 /// Labels of `wsgrace_connections_by_protocol`.
@@ -142,6 +167,11 @@ impl Metrics {
             room_joins_open: Gauge::default(),
             publishes_deduplicated: Counter::default(),
             signals: Counter::default(),
+            presence_events: Family::default(),
+            presence_members: Gauge::default(),
+            presence_kept: Counter::default(),
+            presence_kept_rejoined: Counter::default(),
+            presence_redis_ops: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -244,6 +274,34 @@ impl Metrics {
             "wsgrace.v2 signals sent",
             metrics.signals.clone(),
         );
+        registry.register(
+            "wsgrace_presence_events",
+            "Presence events told to this node's members, by kind",
+            metrics.presence_events.clone(),
+        );
+        registry.register(
+            "wsgrace_presence_members",
+            "This node's sessions counted present in a room now (one per session and room)",
+            metrics.presence_members.clone(),
+        );
+        registry.register(
+            "wsgrace_presence_kept",
+            "Sessions that went away without leaving and were kept present for a while",
+            metrics.presence_kept.clone(),
+        );
+        registry.register(
+            "wsgrace_presence_kept_rejoined",
+            "Kept sessions whose time ran out with their name present again: leaves nobody saw",
+            metrics.presence_kept_rejoined.clone(),
+        );
+        registry.register(
+            "wsgrace_presence_redis_ops",
+            "Presence operations sent to Redis, by operation",
+            metrics.presence_redis_ops.clone(),
+        );
+        for kind in ["presence_join", "presence_leave"] {
+            let _ = metrics.presence_events.get_or_create(&KindLabels { kind });
+        }
         for protocol in ["v1", "v2"] {
             // Present at 0 from the start.
             let _ = metrics

@@ -29,10 +29,11 @@ use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
+use super::local_presence::LocalPresence;
 use super::{
-    can_resume, unix_ms, Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerStatus, Epoch,
-    EpochChange, JoinRequest, JoinSnapshot, MessageHead, NodeId, Outgoing, Pending, Publication,
-    Published, Resume, ResumeRequest, Signal,
+    can_resume, unix_ms, Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerStatus, Departure,
+    Epoch, EpochChange, JoinRequest, JoinSnapshot, MessageHead, NodeId, Origin, Outgoing, Pending,
+    PresenceLimits, PresentName, Publication, Published, Resume, ResumeRequest, Signal,
 };
 use crate::config::HistorySettings;
 
@@ -284,6 +285,8 @@ pub struct LocalBroker {
     dedupe: Duration,
     /// This node's name, in the origins of its messages and signals.
     node: NodeId,
+    /// Who is in each room (`local_presence.rs`).
+    presence: LocalPresence,
 }
 
 impl LocalBroker {
@@ -299,7 +302,15 @@ impl LocalBroker {
             ready: Vec::new(),
             dedupe: Duration::ZERO,
             node: fastrand::u64(..),
+            presence: LocalPresence::new(PresenceLimits::default()),
         }
+    }
+
+    /// The same broker, keeping presence as `limits` say (`[presence]`; the default's
+    /// otherwise).
+    pub fn with_presence(mut self, limits: PresenceLimits) -> Self {
+        self.presence = LocalPresence::new(limits);
+        self
     }
 
     /// The same broker, taking a publish whose dedupe key it saw in the room within `window`
@@ -732,6 +743,30 @@ impl Broker for LocalBroker {
     fn signal(&mut self, signal: Signal) -> Pending<()> {
         self.ready.push(BrokerEvent::Signal(signal));
         Pending::Ready(Ok(()))
+    }
+
+    fn presence_join(&mut self, room: &Arc<str>, name: &str, origin: Origin) {
+        let out = &mut self.ready;
+        self.presence.join(room, name, origin, Instant::now(), out);
+    }
+
+    fn presence_leave(&mut self, room: &Arc<str>, name: &str, origin: Origin, how: Departure) {
+        let out = &mut self.ready;
+        self.presence
+            .leave(room, name, origin, how, Instant::now(), out);
+    }
+
+    fn presence(&mut self, room: &Arc<str>) -> Pending<Vec<PresentName>> {
+        let members = self.presence.members(room, Instant::now(), &mut self.ready);
+        Pending::Ready(Ok(members))
+    }
+
+    fn presence_sweep(&mut self, room: &Arc<str>) {
+        self.presence.sweep(room, Instant::now(), &mut self.ready);
+    }
+
+    fn presence_restore(&mut self, _: &Arc<str>, _: Vec<(Arc<str>, u32)>) {
+        // Nothing is lost in this process: there is nothing to set right.
     }
 
     fn ready_events(&mut self, out: &mut Vec<BrokerEvent>) {

@@ -17,6 +17,8 @@
 //! sessions or sockets.
 
 pub mod local;
+mod local_presence;
+pub mod presence;
 pub mod redis;
 
 use std::collections::hash_map::RandomState;
@@ -33,6 +35,7 @@ use crate::protocol::{epoch_json, FrameError};
 
 pub use crate::protocol::MessageHead;
 pub use local::LocalBroker;
+pub use presence::{PresenceChange, PresentName};
 pub use redis::RedisBroker;
 
 /// The name of one room's history. It changes only when the history was lost (the local
@@ -149,6 +152,65 @@ pub struct Signal {
     pub json: ByteString,
     /// Its sender, who does not get it.
     pub origin: Origin,
+}
+
+/// How a member's presence in a room ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// For good (a normal close, a v2 `leave`, a kick): gone at once.
+    Now,
+    /// Gone without leaving (a drain's `going_away`, a dropped connection): still present
+    /// for this long, so that its client can come back, on any node, unseen.
+    Keep(Duration),
+}
+
+/// A name arrived in a room with members on this node, or is gone from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEvent {
+    /// The room.
+    pub room: Arc<str>,
+    /// What changed.
+    pub change: PresenceChange,
+    /// The session whose join made the name arrive (it is not told of its own arrival).
+    pub origin: Option<Origin>,
+}
+
+/// What the brokers need of `[presence]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceLimits {
+    /// Rooms know who is in them; false: nobody is listed, nothing is sent.
+    pub enabled: bool,
+    /// Arrivals and departures are told to the room (`presence.events`).
+    pub events: bool,
+    /// No event in a room with more names present than this.
+    pub events_max_members: usize,
+    /// With Redis: a node's lease on its members' presence.
+    pub ttl: Duration,
+}
+
+impl PresenceLimits {
+    /// Whether a change in a room where `present` names are (counting the one that arrives
+    /// or leaves) is told.
+    pub fn tells(&self, present: usize) -> bool {
+        self.enabled && self.events && present <= self.events_max_members
+    }
+}
+
+impl From<&crate::config::PresenceSettings> for PresenceLimits {
+    fn from(settings: &crate::config::PresenceSettings) -> Self {
+        PresenceLimits {
+            enabled: settings.enabled,
+            events: settings.events,
+            events_max_members: settings.events_max_members,
+            ttl: Duration::from_millis(settings.ttl_ms),
+        }
+    }
+}
+
+impl Default for PresenceLimits {
+    fn default() -> Self {
+        PresenceLimits::from(&crate::config::PresenceSettings::default())
+    }
 }
 
 /// What a joining member asks of the room's history.
@@ -316,6 +378,8 @@ pub enum BrokerEvent {
     EpochChanged(EpochChange),
     /// A signal of a room with members on this node.
     Signal(Signal),
+    /// A name arrived in a room with members on this node, or is gone from it.
+    Presence(PresenceEvent),
     /// The broker went up or down.
     Health(BrokerHealth),
 }
@@ -395,6 +459,27 @@ pub trait Broker {
     /// seq, not kept, at most once.
     fn signal(&mut self, signal: Signal) -> Pending<()>;
 
+    /// A member of this node named `name` is now in `room` (its join was answered):
+    /// presence counts one more connection of the name, and the room is told when it is the
+    /// name's first ([`BrokerEvent::Presence`], on every node, `origin` not told).
+    fn presence_join(&mut self, room: &Arc<str>, name: &str, origin: Origin);
+
+    /// A member of this node named `name`, joined with [`Broker::presence_join`], is no
+    /// longer in `room`: one connection less, at once or after `departure`'s time; the room is
+    /// told when it was the name's last.
+    fn presence_leave(&mut self, room: &Arc<str>, name: &str, origin: Origin, departure: Departure);
+
+    /// Who is in `room`, on every node, by name.
+    fn presence(&mut self, room: &Arc<str>) -> Pending<Vec<PresentName>>;
+
+    /// Ends the presence of the members of `room` whose time ran out (the supervisor calls it
+    /// when a [`Departure::Keep`] it asked for is over; any presence call does it too).
+    fn presence_sweep(&mut self, room: &Arc<str>);
+
+    /// This node's members of `room` are exactly `counts` (name, connections): after the
+    /// broker was unreachable, what it knew is set right (it may have lost it all).
+    fn presence_restore(&mut self, room: &Arc<str>, counts: Vec<(Arc<str>, u32)>);
+
     /// Moves the events the last calls produced at once into `out` (the local broker's
     /// messages); a broker whose events all come on its stream has none.
     fn ready_events(&mut self, out: &mut Vec<BrokerEvent>);
@@ -418,7 +503,8 @@ pub fn from_config(config: &crate::config::Config) -> Result<Box<dyn Broker>, Br
             Ok(Box::new(
                 LocalBroker::new(limits)
                     .with_room_overhead(local::ROOM_OVERHEAD_BYTES)
-                    .with_dedupe(Duration::from_millis(config.publish.dedupe_ms)),
+                    .with_dedupe(Duration::from_millis(config.publish.dedupe_ms))
+                    .with_presence(PresenceLimits::from(&config.presence)),
             ))
         }
         crate::config::BrokerKind::Redis => {

@@ -4,7 +4,7 @@
 //! `close.room_modes.lobby`) and the problem.
 //!
 //! One file per TOML table: `server`, `session`, `close` (with `close.room_modes`),
-//! `shutdown`, `broker`, `history`, `publish`, `auth`. Each holds its struct (`deny_unknown_fields`, so
+//! `shutdown`, `broker`, `history`, `publish`, `presence`, `auth`. Each holds its struct (`deny_unknown_fields`, so
 //! that a typo is an error rather than a silently ignored setting), its `Default`, which the
 //! shipped `config.toml` repeats key for key (a unit test holds the two together), its
 //! allowed ranges and its own `validate`. The checks they share live beside them: `check`
@@ -29,6 +29,7 @@ mod check;
 mod close;
 mod history;
 mod names;
+mod presence;
 mod publish;
 mod redis_url;
 mod server;
@@ -41,6 +42,7 @@ use check::Check;
 pub use close::CloseSettings;
 pub use history::HistorySettings;
 pub use names::is_valid_name;
+pub use presence::PresenceSettings;
 pub use publish::PublishSettings;
 pub use redis_url::{check_redis_url, redact_url};
 pub use server::ServerConfig;
@@ -65,6 +67,8 @@ pub struct Config {
     pub history: HistorySettings,
     /// `[publish]`: how a repeated publish is recognised.
     pub publish: PublishSettings,
+    /// `[presence]`: who is in a room, and telling its members.
+    pub presence: PresenceSettings,
     /// `[auth]`: signed tokens at the upgrade (off while no secret and no key file is set).
     pub auth: AuthSettings,
 }
@@ -231,6 +235,7 @@ impl Config {
         self.broker.validate(&check)?;
         self.history.validate(&check)?;
         self.publish.validate(&check)?;
+        self.presence.validate(&check)?;
         self.auth.validate(&check)
     }
 

@@ -465,6 +465,23 @@ pub fn presence_json(
     })
 }
 
+#[derive(Serialize)]
+struct PresenceChangeFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    name: &'a str,
+}
+
+/// `{"type":"presence_join","room":R,"name":N}` or `presence_leave` (`kind`).
+pub fn presence_change_json(
+    kind: &'static str,
+    room: &str,
+    name: &str,
+) -> Result<ByteString, FrameError> {
+    to_json(&PresenceChangeFrame { kind, room, name })
+}
+
 /// A room message's frame as its sender gets it: with the client's `"id":I` (an id is
 /// 1-64 characters of `[A-Za-z0-9_.-]`, so it needs no escaping).
 pub fn with_id(message: &str, id: &str) -> ByteString {

@@ -295,7 +295,10 @@ pub async fn serve_with_auth(
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("broker: {err}"))
     })?;
     let broker_status = broker.status();
-    let supervisor = Supervisor::with_broker(broker).start();
+    let grace = Duration::from_millis(config.presence.grace_ms);
+    let supervisor = Supervisor::with_broker(broker)
+        .with_presence_grace(grace)
+        .start();
     let readiness = Readiness::new();
     let mut state = AppState::new(config.clone(), supervisor.clone(), readiness.clone())
         .with_broker_status(broker_status)

@@ -476,6 +476,18 @@ impl Broker for RedisBroker {
         Pending::Later(Box::pin(self.send_signal(&signal)))
     }
 
+    fn presence_join(&mut self, _: &Arc<str>, _: &str, _: super::Origin) {}
+
+    fn presence_leave(&mut self, _: &Arc<str>, _: &str, _: super::Origin, _: super::Departure) {}
+
+    fn presence(&mut self, _: &Arc<str>) -> Pending<Vec<super::PresentName>> {
+        Pending::Ready(Ok(Vec::new()))
+    }
+
+    fn presence_sweep(&mut self, _: &Arc<str>) {}
+
+    fn presence_restore(&mut self, _: &Arc<str>, _: Vec<(Arc<str>, u32)>) {}
+
     fn ready_events(&mut self, _: &mut Vec<BrokerEvent>) {}
 
     fn maintain(&mut self) {}

@@ -106,6 +106,9 @@ pub struct SessionEnd {
     pub dropped_slow_consumer: u64,
     /// From our close frame to the peer's ack, for server-initiated closes that were acked.
     pub handshake: Option<Duration>,
+    /// The code of the close frame this side sent: ours when we closed first, the peer's
+    /// echoed when it did; `None` without one (an abort, a vanished peer, no code).
+    pub close_code: Option<u16>,
 }
 
 /// Awaited close (`CloseAsync`). Valid in Open, CloseReceived and CloseSent. Answers once the

@@ -141,6 +141,7 @@ where
             last_ping: Instant::now(),
             rate: RateLimit::new(max_messages_per_sec),
             close_sent_at: None,
+            close_code: None,
             handshake: None,
             dropped_after_close: 0,
             delivered_after_close: 0,
@@ -171,6 +172,8 @@ pub struct Session {
     last_ping: Instant,
     rate: RateLimit,
     close_sent_at: Option<Instant>,
+    /// The code of the close frame we sent, if we sent one with a code.
+    close_code: Option<u16>,
     handshake: Option<Duration>,
     dropped_after_close: u64,
     delivered_after_close: u64,
@@ -201,6 +204,7 @@ impl Session {
         match action {
             Action::SendClose(status) => {
                 self.close_sent_at = Some(Instant::now());
+                self.close_code = status.as_ref().map(CloseStatus::code);
                 self.queue.push(Frame::Close(status.map(close_reason)));
             }
             Action::StartAckTimer => {
@@ -421,6 +425,7 @@ impl Actor for Session {
             delivered_after_close: self.delivered_after_close,
             dropped_slow_consumer: self.dropped_slow_consumer,
             handshake: self.handshake,
+            close_code: self.close_code,
         };
         debug!(
             "session={} ended {} ({} {} {})",

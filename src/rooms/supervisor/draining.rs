@@ -32,16 +32,19 @@ pub(super) fn reconnect_delay(spread: Option<Duration>) -> Option<Duration> {
     })
 }
 
-/// Tells one session to shut down, after a `going_away` with a delay drawn from `spread`.
+/// Tells one session to shut down, after a `going_away` with a delay drawn from `spread`;
+/// returns the delay it was given.
 pub(super) fn shut_down(
     session: &SessionHandle,
     status: &Option<CloseStatus>,
     spread: Option<Duration>,
-) {
-    match reconnect_delay(spread) {
+) -> Option<Duration> {
+    let delay = reconnect_delay(spread);
+    match delay {
         Some(delay) => session.shutdown_going_away(status.clone(), delay),
         None => session.shutdown(status.clone()),
     }
+    delay
 }
 
 impl Supervisor {
@@ -71,12 +74,14 @@ impl Supervisor {
 
     /// Tells `ids` to shut down: one [`ShutDown`] per shard (thread), not one cross-thread
     /// message per session. The shard finds each session by its id (no address cloned).
-    fn shut_down_batch(&self, ids: &[SessionId], status: &Option<CloseStatus>) {
+    fn shut_down_batch(&mut self, ids: &[SessionId], status: &Option<CloseStatus>) {
         let spread = self.drain.as_ref().and_then(|drain| drain.reconnect_spread);
         let mut per_shard = PerShard::default();
         for id in ids {
-            if let Some(member) = self.members.get(id) {
-                per_shard.add(&*member.shard, (*id, reconnect_delay(spread)));
+            if let Some(member) = self.members.get_mut(id) {
+                // Remembered for presence: it stays present until it could be back.
+                member.going_away = reconnect_delay(spread);
+                per_shard.add(member.shard.clone(), (*id, member.going_away));
             }
         }
         for (shard, sessions) in per_shard.0 {

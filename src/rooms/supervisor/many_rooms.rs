@@ -1,5 +1,5 @@
 //! The supervisor's `wsgrace.v2` requests: a session registers once ([`Connect`]) and joins,
-//! leaves, publishes, signals and asks presence per room. The session's handler has already
+//! leaves, publishes and signals per room (presence: `presence.rs`). The session's handler has already
 //! refused what it can tell alone (a bad frame, a room not granted); the session's rooms are
 //! known here, so `already_joined`, `too_many_rooms` and `not_joined` are answered here,
 //! before the rooms and the broker are asked.
@@ -9,11 +9,11 @@ use std::sync::Arc;
 use actix::{Context, Handler};
 
 use super::{tell, Answer, PublishRequest, Supervisor};
-use super::{AskPresence, Connect, JoinRoom, LeaveRoom, Publish, SendSignal};
-use crate::broker::{Origin, Signal};
+use super::{Connect, JoinRoom, LeaveRoom, Publish, SendSignal};
+use crate::broker::{Departure, Origin, Signal};
 use crate::connection::session::SessionId;
 use crate::metrics::metrics;
-use crate::protocol::v2::{left_json, presence_json, signal_json};
+use crate::protocol::v2::{left_json, signal_json};
 use crate::protocol::v2::{ErrorCode, Refusal};
 use crate::rooms::fanout::Admit;
 
@@ -28,7 +28,7 @@ impl Handler<Connect> for Supervisor {
 impl Supervisor {
     /// The room of session `id` named `room`, or the `not_joined` refusal told to the
     /// session (with the request's `reference` and a publish's `message_id`).
-    fn joined_room(
+    pub(super) fn joined_room(
         &self,
         id: SessionId,
         room: &str,
@@ -93,12 +93,16 @@ impl Handler<LeaveRoom> for Supervisor {
             tell(&member.session, refusal.to_json());
             return;
         };
-        let room: Arc<str> = member.rooms.remove(position).room;
-        let shard = member.shard.clone();
+        let membership = member.rooms.remove(position);
+        let (room, present) = (membership.room, membership.present);
+        let (shard, name) = (member.shard.clone(), member.name.clone());
         self.leave_room(msg.session, &room, ctx);
         // The shard takes the session out of the room's fan-out first, then queues `left`:
-        // nothing of the room reaches it after that.
+        // nothing of the room reaches it after that (its own `presence_leave` included).
         self.send_removals();
+        if present {
+            self.absent(msg.session, &name, &room, Departure::Now, ctx);
+        }
         match left_json(&room, msg.reference.as_deref()) {
             Ok(left) => shard.do_send(Admit {
                 room,
@@ -175,26 +179,5 @@ impl Handler<SendSignal> for Supervisor {
             drop(in_flight);
             act.take_ready_events(ctx);
         });
-    }
-}
-
-impl Handler<AskPresence> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: AskPresence, _: &mut Context<Self>) {
-        if self
-            .joined_room(msg.session, &msg.room, msg.reference.as_deref(), None)
-            .is_none()
-        {
-            return;
-        }
-        let Some(member) = self.members.get(&msg.session) else {
-            return;
-        };
-        // Who is in the room is the presence issue's; until then, nobody is listed.
-        tell(
-            &member.session,
-            presence_json(&msg.room, &[], msg.reference.as_deref()),
-        );
     }
 }

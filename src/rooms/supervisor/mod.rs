@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, StreamHandler, WrapFuture,
@@ -44,6 +45,7 @@ use crate::rooms::room::{Action, JoinAnswer, Room, MAX_JOIN_BUFFER};
 mod draining;
 mod many_rooms;
 mod messages;
+mod presence;
 
 use draining::{shut_down, DrainState};
 // Where it was before 0.2 (see CHANGELOG.md).
@@ -68,12 +70,17 @@ struct Member {
     rooms: Vec<Membership>,
     /// How many rooms it may be in at once (v2: `session.max_rooms`).
     max_rooms: usize,
+    /// The `going_away` delay the drain gave it, if it did: it stays present that long (and
+    /// the grace) after its session ends.
+    going_away: Option<Duration>,
 }
 
 /// One room of a session.
 struct Membership {
     room: Arc<str>,
     answer: Answer,
+    /// Its join was answered: it counts in the room's presence.
+    present: bool,
 }
 
 /// How a session is told about its room: the protocol it speaks.
@@ -111,6 +118,8 @@ pub struct Supervisor {
     catch_ups: u64,
     /// Messages handed to a broker that answers later, not answered yet.
     publishing: usize,
+    /// `presence.grace_ms`.
+    presence_grace: Duration,
 }
 
 /// The frame of one delivery; `own` is the session it goes to, whose own copy of a v2
@@ -192,7 +201,17 @@ impl Supervisor {
             shards: Vec::new(),
             catch_ups: 0,
             publishing: 0,
+            presence_grace: Duration::from_millis(
+                crate::config::PresenceSettings::default().grace_ms,
+            ),
         }
+    }
+
+    /// The same supervisor, keeping a member that went away without leaving present for
+    /// `grace` (`presence.grace_ms`; after its `going_away` delay, for a drained one).
+    pub fn with_presence_grace(mut self, grace: Duration) -> Self {
+        self.presence_grace = grace;
+        self
     }
 
     /// The shared address of `shard` (one per worker thread); forgets shards nobody uses
@@ -217,10 +236,11 @@ impl Supervisor {
         max_rooms: usize,
     ) {
         let id = session.id();
+        let mut going_away = None;
         if let Some(drain) = &self.drain {
             // The upgrade raced the signal: close it like the others.
             debug!("session={id} joined during the drain");
-            shut_down(&session, &drain.status, drain.reconnect_spread);
+            going_away = shut_down(&session, &drain.status, drain.reconnect_spread);
         }
         let shard = self.intern_shard(shard);
         self.members.insert(
@@ -231,6 +251,7 @@ impl Supervisor {
                 shard,
                 rooms: Vec::new(),
                 max_rooms,
+                going_away,
             },
         );
     }
@@ -257,6 +278,7 @@ impl Supervisor {
         member.rooms.push(Membership {
             room: room_name.clone(),
             answer,
+            present: false,
         });
         metrics().room_joins_open.inc();
         self.rooms
@@ -347,7 +369,11 @@ impl Supervisor {
                     });
                 }
             }
-            BrokerEvent::Health(BrokerHealth::Up) => self.catch_up(ctx),
+            BrokerEvent::Presence(event) => self.on_presence(event),
+            BrokerEvent::Health(BrokerHealth::Up) => {
+                self.catch_up(ctx);
+                self.restore_presence(ctx);
+            }
             BrokerEvent::Health(BrokerHealth::Down) => debug!("supervisor: broker down"),
         }
     }
@@ -375,7 +401,8 @@ impl Supervisor {
         snapshot: Result<JoinSnapshot, BrokerError>,
         ctx: &mut Context<Self>,
     ) {
-        if let (Ok(snapshot), true) = (&snapshot, self.members.contains_key(&id)) {
+        let answered = snapshot.is_ok() && self.members.contains_key(&id);
+        if let (Ok(snapshot), true) = (&snapshot, answered) {
             if asked {
                 metrics().resume(snapshot.missed());
             }
@@ -389,6 +416,9 @@ impl Supervisor {
         if let Some(room) = self.rooms.get_mut(&room_name) {
             room.snapshot(id, asked, snapshot, &mut self.actions);
             self.carry_out(&room_name, ctx);
+        }
+        if answered {
+            self.present(id, &room_name, ctx);
         }
     }
 
@@ -626,8 +656,12 @@ impl Supervisor {
         let Some(member) = self.members.remove(&msg.id) else {
             return;
         };
+        let departure = presence::departure(&msg.end, member.going_away, self.presence_grace);
         for membership in &member.rooms {
             self.leave_room(msg.id, &membership.room, ctx);
+            if membership.present {
+                self.absent(msg.id, &member.name, &membership.room, departure, ctx);
+            }
         }
         if let Some(drain) = self.drain.as_mut() {
             if drain.reply.is_some() {

@@ -1,0 +1,261 @@
+//! The supervisor's part of presence: a member counts as present in a room once its join is
+//! answered, and stops counting when it leaves the room or its session ends, at once or
+//! after a time ([`departure`]); the broker keeps the book (who is present on every node)
+//! and says when a name arrived or is gone ([`BrokerEvent::Presence`]), which goes to the
+//! room's members here as `presence_join` / `presence_leave`. A v2 `presence` request is
+//! answered from the broker. When the broker comes back after being unreachable, this node
+//! tells it again who of its members is in each room.
+//!
+//! The rules of who counts and when an event is due are the broker's
+//! ([`crate::broker::presence`]); this file must not decide them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{AsyncContext, Context, Handler};
+use log::debug;
+
+use super::{tell, AskPresence, Supervisor};
+use crate::broker::{Departure, Origin, PresenceChange, PresenceEvent};
+use crate::close::{CloseResult, Initiator};
+use crate::connection::session::{SessionEnd, SessionId};
+use crate::metrics::{metrics, KindLabels};
+use crate::protocol::v2::{presence_change_json, presence_json, PresentMember};
+use crate::rooms::fanout::{Deliver, Exception};
+
+/// How long after a kept member's time the supervisor sweeps its room (the broker's clock
+/// and this process's may differ by a little).
+const SWEEP_MARGIN: Duration = Duration::from_millis(20);
+
+/// How a session that ended leaves the rooms it was in: a drained session (it was given a
+/// `going_away` delay) stays present for that delay plus `grace`, so that its client can come
+/// back on another node unseen; one that was cut off without a close handshake (a vanished
+/// peer, a heartbeat or close timeout), or told to come back (1001 going away, 1011-1014, 3000
+/// token expired), for `grace`; any other close (the client's own, 1000, a kick, a policy close) leaves at
+/// once.
+pub fn departure(end: &SessionEnd, going_away: Option<Duration>, grace: Duration) -> Departure {
+    if let Some(delay) = going_away {
+        return Departure::Keep(delay.saturating_add(grace));
+    }
+    let cut_off = matches!(
+        end.record.result,
+        CloseResult::Aborted | CloseResult::Timeout
+    );
+    let told_to_come_back = end.record.initiator == Initiator::Server
+        && matches!(end.close_code, Some(1001 | 1011..=1014 | 3000));
+    if cut_off || told_to_come_back {
+        Departure::Keep(grace)
+    } else {
+        Departure::Now
+    }
+}
+
+impl Supervisor {
+    /// Session `id`'s join of `room` was answered: it counts as present there.
+    pub(super) fn present(&mut self, id: SessionId, room: &Arc<str>, ctx: &mut Context<Self>) {
+        let node = self.broker.node();
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        let Some(membership) = member
+            .rooms
+            .iter_mut()
+            .find(|membership| membership.room == *room)
+        else {
+            return;
+        };
+        if membership.present {
+            return;
+        }
+        membership.present = true;
+        metrics().presence_members.inc();
+        let origin = Origin { node, session: id };
+        self.broker.presence_join(room, &member.name, origin);
+        self.take_ready_events(ctx);
+    }
+
+    /// Session `id` named `name`, present in `room`, is no longer in it, as `departure` says.
+    pub(super) fn absent(
+        &mut self,
+        id: SessionId,
+        name: &str,
+        room: &Arc<str>,
+        departure: Departure,
+        ctx: &mut Context<Self>,
+    ) {
+        let origin = Origin {
+            node: self.broker.node(),
+            session: id,
+        };
+        metrics().presence_members.dec();
+        self.broker.presence_leave(room, name, origin, departure);
+        if let Departure::Keep(time) = departure {
+            metrics().presence_kept.inc();
+            let room = room.clone();
+            ctx.run_later(time.saturating_add(SWEEP_MARGIN), move |act, ctx| {
+                act.broker.presence_sweep(&room);
+                act.take_ready_events(ctx);
+            });
+        }
+        self.take_ready_events(ctx);
+    }
+
+    /// A name arrived in a room with members here, or is gone: its members are told, but
+    /// not the session whose join it was.
+    pub(super) fn on_presence(&mut self, event: PresenceEvent) {
+        let Some(room) = self.rooms.get(&event.room) else {
+            return;
+        };
+        let node = self.broker.node();
+        let (kind, name) = match &event.change {
+            PresenceChange::Joined(name) => ("presence_join", name),
+            PresenceChange::Left(name) => ("presence_leave", name),
+        };
+        let text = match presence_change_json(kind, &event.room, name) {
+            Ok(text) => text,
+            Err(err) => {
+                log::error!("serializing a presence frame failed: {err}");
+                return;
+            }
+        };
+        metrics()
+            .presence_events
+            .get_or_create(&KindLabels { kind })
+            .inc();
+        let except = event
+            .origin
+            .filter(|origin| origin.node == node)
+            .map(|origin| Exception {
+                session: origin.session,
+                frame: None,
+            });
+        for shard in room.shards() {
+            shard.do_send(Deliver {
+                room: event.room.clone(),
+                text: text.clone(),
+                replayed: false,
+                except: except.clone(),
+            });
+        }
+    }
+
+    /// The broker is back: it is told again who of this node's members is in each room (it
+    /// may have lost it, or missed leaves while it was unreachable).
+    pub(super) fn restore_presence(&mut self, ctx: &mut Context<Self>) {
+        let mut rooms: BTreeMap<Arc<str>, BTreeMap<Arc<str>, u32>> = BTreeMap::new();
+        for member in self.members.values() {
+            let name: Arc<str> = Arc::from(member.name.as_str());
+            for membership in member.rooms.iter().filter(|membership| membership.present) {
+                *rooms
+                    .entry(membership.room.clone())
+                    .or_default()
+                    .entry(name.clone())
+                    .or_insert(0) += 1;
+            }
+        }
+        debug!("presence: restoring {} rooms", rooms.len());
+        for (room, names) in rooms {
+            self.broker
+                .presence_restore(&room, names.into_iter().collect());
+        }
+        self.take_ready_events(ctx);
+    }
+}
+
+impl Handler<AskPresence> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AskPresence, ctx: &mut Context<Self>) {
+        let Some(room) = self.joined_room(msg.session, &msg.room, msg.reference.as_deref(), None)
+        else {
+            return;
+        };
+        let Some(session) = self.members.get(&msg.session).map(|m| m.session.clone()) else {
+            return;
+        };
+        let pending = self.broker.presence(&room);
+        self.when_answered(pending, ctx, move |act, members, ctx| {
+            act.take_ready_events(ctx);
+            let reference = msg.reference.as_deref();
+            match members {
+                Ok(members) => {
+                    let members: Vec<PresentMember> = members
+                        .into_iter()
+                        .map(|member| PresentMember {
+                            name: member.name.to_string(),
+                            connections: u64::from(member.connections),
+                        })
+                        .collect();
+                    tell(&session, presence_json(&room, &members, reference));
+                }
+                Err(err) => {
+                    debug!("presence of room {room} unavailable: {err}");
+                    let refusal = crate::protocol::v2::Refusal::new(
+                        crate::protocol::v2::ErrorCode::Unavailable,
+                        "the broker is unavailable: presence cannot be read now",
+                    )
+                    .about(Some(&room), reference);
+                    tell(&session, refusal.to_json());
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::close::{CloseMode, CloseRecord, CloseState};
+
+    fn end(initiator: Initiator, result: CloseResult, close_code: Option<u16>) -> SessionEnd {
+        SessionEnd {
+            state: CloseState::Closed,
+            record: CloseRecord {
+                initiator,
+                mode: CloseMode::FireAndForget,
+                result,
+            },
+            dropped_after_close: 0,
+            delivered_after_close: 0,
+            dropped_slow_consumer: 0,
+            handshake: None,
+            close_code,
+        }
+    }
+
+    #[test]
+    fn who_stays_present_and_for_how_long() {
+        use CloseResult::*;
+        use Initiator::*;
+        let grace = Duration::from_secs(5);
+        let keep = |ms| Departure::Keep(Duration::from_millis(ms));
+        let drained = Some(Duration::from_millis(2_000));
+        // (how it ended, the going_away it was given) → departure
+        let cases = [
+            (end(Server, Acked, Some(1001)), drained, keep(7_000)),
+            (end(Server, Timeout, Some(1001)), drained, keep(7_000)),
+            (end(Server, Aborted, None), drained, keep(7_000)),
+            (end(Client, Aborted, None), None, keep(5_000)),
+            (end(Server, Timeout, Some(1001)), None, keep(5_000)),
+            (end(Server, Aborted, None), None, keep(5_000)),
+            (end(Server, Acked, Some(1001)), None, keep(5_000)),
+            (end(Server, Acked, Some(3000)), None, keep(5_000)),
+            (end(Server, Acked, Some(1013)), None, keep(5_000)),
+            (end(Server, Acked, Some(1000)), None, Departure::Now),
+            (end(Server, Acked, Some(1008)), None, Departure::Now),
+            (end(Server, Acked, Some(4001)), None, Departure::Now),
+            (end(Server, Error, Some(1009)), None, Departure::Now),
+            (end(Client, Acked, Some(1000)), None, Departure::Now),
+            (end(Client, Acked, Some(1001)), None, Departure::Now),
+            (end(Client, Acked, None), None, Departure::Now),
+        ];
+        for (ended, going_away, expected) in cases {
+            assert_eq!(
+                departure(&ended, going_away, grace),
+                expected,
+                "{ended:?} {going_away:?}"
+            );
+        }
+    }
+}
