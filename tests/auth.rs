@@ -119,7 +119,7 @@ async fn join(addr: SocketAddr, query: &str, bearer: Option<&str>) -> (Ws, Value
     (ws, welcome)
 }
 
-/// The next text frame as JSON.
+/// The next text frame as JSON (presence events ignored).
 async fn next_json(ws: &mut Ws) -> Value {
     loop {
         let frame = timeout(DEADLINE, ws.next())
@@ -128,7 +128,10 @@ async fn next_json(ws: &mut Ws) -> Value {
             .expect("the stream ended")
             .expect("a WebSocket error");
         if let Message::Text(text) = frame {
-            return serde_json::from_str(&text).expect("JSON");
+            let frame: Value = serde_json::from_str(&text).expect("JSON");
+            if !wsgrace_kit::chat::is_presence_event(&frame) {
+                return frame;
+            }
         }
     }
 }

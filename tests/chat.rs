@@ -8,11 +8,13 @@ use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+use wsgrace_kit::chat::is_presence_event;
 use wsgrace_kit::http::{http_get, http_get_response, UPGRADE};
 use wsgrace_kit::ws::{connect, Ws};
 use wsgrace_kit::DEADLINE;
 
-/// The next JSON event from the server (pings are answered by tungstenite).
+/// The next JSON event from the server (pings are answered by tungstenite; presence events
+/// are ignored, as a client that does not show presence does).
 async fn next_event(ws: &mut Ws) -> Value {
     loop {
         let msg = timeout(DEADLINE, ws.next())
@@ -21,7 +23,10 @@ async fn next_event(ws: &mut Ws) -> Value {
             .expect("stream ended")
             .expect("websocket error");
         if let Message::Text(text) = msg {
-            return serde_json::from_str(&text).expect("a JSON object");
+            let event: Value = serde_json::from_str(&text).expect("a JSON object");
+            if !is_presence_event(&event) {
+                return event;
+            }
         }
     }
 }

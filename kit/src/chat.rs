@@ -160,10 +160,22 @@ fn parse(text: &str) -> Frame {
     }
 }
 
-/// The reading half of a member.
+/// Whether `frame` is a presence event (`presence_join`, `presence_leave`): frames a client
+/// that does not show presence ignores (SPEC: "presence or other event types may exist").
+pub fn is_presence_event(frame: &Value) -> bool {
+    matches!(
+        frame.get("type").and_then(Value::as_str),
+        Some("presence_join" | "presence_leave")
+    )
+}
+
+/// The reading half of a member. Presence events are set aside, not returned by
+/// [`Reader::next`] ([`Reader::presence_seen`] lists them): tests of other things read on as
+/// a client that does not show presence would.
 pub struct Reader {
     stream: SplitStream<Ws>,
     ended: bool,
+    presence: Vec<Value>,
 }
 
 impl Reader {
@@ -178,7 +190,13 @@ impl Reader {
                 .await
                 .unwrap_or_else(|_| panic!("no frame from the server within {WAIT:?}"));
             let frame = match next {
-                Some(Ok(Message::Text(text))) => parse(&text),
+                Some(Ok(Message::Text(text))) => match parse(&text) {
+                    Frame::Other(value) if is_presence_event(&value) => {
+                        self.presence.push(value);
+                        continue;
+                    }
+                    frame => frame,
+                },
                 Some(Ok(Message::Close(close))) => Frame::Close(
                     close.as_ref().map(|c| u16::from(c.code)),
                     close.map(|c| c.reason.into_owned()).unwrap_or_default(),
@@ -192,6 +210,11 @@ impl Reader {
             }
             return frame;
         }
+    }
+
+    /// The presence events read so far (set aside by [`Reader::next`]), oldest first.
+    pub fn presence_seen(&self) -> &[Value] {
+        &self.presence
     }
 
     /// Reads frames until one for which `pick` answers `Some`; returns the frames read on the
@@ -306,6 +329,7 @@ impl Member {
         let mut rx = Reader {
             stream,
             ended: false,
+            presence: Vec::new(),
         };
         let welcome = match rx.next().await {
             Frame::Welcome(welcome) => welcome,

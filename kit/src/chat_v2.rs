@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::chat::WAIT;
+use crate::chat::{is_presence_event, WAIT};
 use crate::ws::Ws;
 
 /// The subprotocol of many rooms over one connection.
@@ -98,13 +98,28 @@ fn with(mut base: Value, extra: Value) -> Value {
     base
 }
 
-/// The reading half.
+/// The reading half. Presence events are set aside unless asked for
+/// ([`V2Reader::keep_presence`]), as a client that does not show presence ignores them;
+/// [`V2Reader::presence_seen`] lists them.
 pub struct V2Reader {
     stream: SplitStream<Ws>,
+    keep_presence: bool,
+    presence: Vec<Value>,
 }
 
 impl V2Reader {
-    /// The next thing the server sent (pings are answered by tungstenite and skipped).
+    /// From now on [`V2Reader::next`] returns presence events too.
+    pub fn keep_presence(&mut self) {
+        self.keep_presence = true;
+    }
+
+    /// The presence events set aside so far, oldest first.
+    pub fn presence_seen(&self) -> &[Value] {
+        &self.presence
+    }
+
+    /// The next thing the server sent (pings are answered by tungstenite and skipped;
+    /// presence events too, unless kept).
     pub async fn next(&mut self) -> Event {
         // One deadline for the whole wait: the server's pings must not renew it.
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -114,6 +129,10 @@ impl V2Reader {
                 .unwrap_or_else(|_| panic!("no frame within {WAIT:?}"));
             return match next {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
+                    Ok(value) if !self.keep_presence && is_presence_event(&value) => {
+                        self.presence.push(value);
+                        continue;
+                    }
                     Ok(value) => Event::Frame(value),
                     Err(err) => panic!("the server sent a frame that is not JSON ({err}): {text}"),
                 },
@@ -209,7 +228,11 @@ impl V2Client {
             "the server did not choose {SUBPROTOCOL}"
         );
         let (sink, stream) = ws.split();
-        let mut reader = V2Reader { stream };
+        let mut reader = V2Reader {
+            stream,
+            keep_presence: false,
+            presence: Vec::new(),
+        };
         let hello = reader.next().await.frame();
         assert_eq!(hello["type"], "hello", "{hello}");
         V2Client {

@@ -119,10 +119,6 @@ impl Supervisor {
                 return;
             }
         };
-        metrics()
-            .presence_events
-            .get_or_create(&KindLabels { kind })
-            .inc();
         let except = event
             .origin
             .filter(|origin| origin.node == node)
@@ -130,6 +126,14 @@ impl Supervisor {
                 session: origin.session,
                 frame: None,
             });
+        let recipients = room.members().saturating_sub(usize::from(except.is_some()));
+        if recipients == 0 {
+            return;
+        }
+        metrics()
+            .presence_events
+            .get_or_create(&KindLabels { kind })
+            .inc();
         for shard in room.shards() {
             shard.do_send(Deliver {
                 room: event.room.clone(),
