@@ -3,7 +3,8 @@
 //! sees it listed; on SIGTERM the browser's own WebSocket `close` event must say 1001 and
 //! `wasClean === true`, and the page must show it. And the page with several rooms over one
 //! `wsgrace.v2` connection, in two browsers: the recent conversation on opening a room, each
-//! message's time, the unread count of a room not in view, the typing indicator. Screenshots
+//! message's time, the unread count of a room not in view, the typing indicator, who is in
+//! the room (asked on joining, then kept live by presence events). Screenshots
 //! are saved under `target/`.
 
 mod common;
@@ -14,6 +15,7 @@ use common::wsgrace;
 use fantoccini::Locator;
 use serde_json::Value;
 use wsgrace_kit::browser::{save_screenshot, start_browser, text_of, wait_until};
+use wsgrace_kit::chat_v2::V2Client;
 use wsgrace_kit::DEADLINE;
 
 #[tokio::test]
@@ -120,6 +122,7 @@ async fn room_view(client: &fantoccini::Client, room: &str) -> Value {
           }}),
           unread: Number(unread.dataset.count),
           typing: panel.querySelector('.typing').textContent,
+          members: [...panel.querySelectorAll('.presence li[data-name]')].map((li) => li.dataset.name),
           active: document.querySelector('#rooms-view').dataset.active,
         }};"#
     );
@@ -182,6 +185,16 @@ async fn the_page_holds_two_rooms_with_unread_counts_typing_and_times() {
     let status = text_of(&ann, "#status-text").await;
     assert!(status.contains("as ann"), "{status}");
 
+    // Who is in b: ann's page asked on joining; bob's page was told of her arrival.
+    wait_until("ann's b lists ann and bob", || async {
+        (room_view(&ann, "b").await["members"] == serde_json::json!(["ann", "bob"])).then_some(())
+    })
+    .await;
+    wait_until("bob's b lists ann, live", || async {
+        (room_view(&bob, "b").await["members"] == serde_json::json!(["ann", "bob"])).then_some(())
+    })
+    .await;
+
     // bob types in b: ann, viewing a, sees him typing in b (a signal), not in a.
     let text = bob
         .find(Locator::Id("room-text"))
@@ -240,6 +253,20 @@ async fn the_page_holds_two_rooms_with_unread_counts_typing_and_times() {
     let b = room_view(&ann, "b").await;
     assert_eq!(b["unread"], 0, "{b}");
     assert_eq!(b["active"], "b", "{b}");
+
+    // cat comes into b and leaves it: ann's list follows.
+    let mut cat = V2Client::connect(&server.ws_url("?name=cat")).await;
+    cat.join("b", serde_json::json!({})).await;
+    wait_until("cat listed in ann's b", || async {
+        (room_view(&ann, "b").await["members"] == serde_json::json!(["ann", "bob", "cat"]))
+            .then_some(())
+    })
+    .await;
+    cat.sender.leave("b").await;
+    wait_until("cat gone from ann's b", || async {
+        (room_view(&ann, "b").await["members"] == serde_json::json!(["ann", "bob"])).then_some(())
+    })
+    .await;
 
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     save_screenshot(&ann, &dir.join("browser-rooms-ann.png")).await;

@@ -499,7 +499,13 @@ async fn the_apps_close_stops_reconnecting() {
     assert_eq!(text, "still open");
     observer.client.close(1000, "").await.expect("close");
     observer.ended().await;
-    // The session is gone: the drain finds nobody.
+    // Both sessions end on the server (the client saw the close handshake; the server drops
+    // the session after the TCP close): then a drain finds nobody.
+    wsgrace_kit::wait::until("no session open", WAIT, || async {
+        (wsgrace_kit::http::metric(server.addr, "wsgrace_connections_open").await == 0.0)
+            .then_some(())
+    })
+    .await;
     drain(&mut server).await;
     assert!(
         server.stderr().contains("sessions=0"),
