@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use actix::{Context, Handler};
 
-use super::{tell, Answer, PublishRequest, Supervisor};
+use super::publishing::PublishRequest;
+use super::{tell, Answer, Supervisor};
 use super::{Connect, JoinRoom, LeaveRoom, Publish, SendSignal};
 use crate::broker::{Departure, Origin, Signal};
 use crate::connection::session::SessionId;

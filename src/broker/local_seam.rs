@@ -1,0 +1,103 @@
+//! The local broker behind the [`Broker`] seam: each call of the trait mapped onto
+//! [`LocalBroker`]'s own methods (answers are ready at once; events wait in `ready` for
+//! [`Broker::ready_events`]). It must not hold state of its own: the book is `LocalBroker`'s.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::*;
+
+impl Broker for LocalBroker {
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus::always_up()
+    }
+
+    fn take_event_stream(&mut self) -> Option<BrokerEvents> {
+        None
+    }
+
+    fn node(&self) -> NodeId {
+        self.node
+    }
+
+    fn join(&mut self, room: &Arc<str>, request: JoinRequest) -> Pending<JoinSnapshot> {
+        // The snapshot creates the room; then it has a member.
+        let snapshot = self.join_snapshot(room, &request, Instant::now());
+        let members = self.occupants.entry(room.clone()).or_default();
+        *members += 1;
+        if *members == 1 {
+            self.set_occupied(room, true);
+        }
+        Pending::Ready(Ok(snapshot))
+    }
+
+    fn leave(&mut self, room: &Arc<str>) {
+        let Some(members) = self.occupants.get_mut(room) else {
+            return;
+        };
+        *members -= 1;
+        if *members == 0 {
+            self.occupants.remove(room);
+            self.set_occupied(room, false);
+        }
+    }
+
+    fn read_since(&mut self, room: &Arc<str>, request: ResumeRequest) -> Pending<JoinSnapshot> {
+        Pending::Ready(Ok(self.snapshot(room, Some(&request), Instant::now())))
+    }
+
+    fn publish(&mut self, room: &Arc<str>, message: Outgoing<'_>) -> Pending<Publication> {
+        let published = self
+            .publish_message(room, message, Instant::now(), unix_ms())
+            .map(|(publication, epoch_changes)| {
+                self.ready
+                    .extend(epoch_changes.into_iter().map(BrokerEvent::EpochChanged));
+                if let Publication::New(message) = &publication {
+                    self.ready.push(BrokerEvent::Message(message.clone()));
+                }
+                publication
+            });
+        Pending::Ready(published)
+    }
+
+    fn signal(&mut self, signal: Signal) -> Pending<()> {
+        self.ready.push(BrokerEvent::Signal(signal));
+        Pending::Ready(Ok(()))
+    }
+
+    fn presence_join(&mut self, room: &Arc<str>, name: &str, origin: Origin) {
+        let out = &mut self.ready;
+        self.presence.join(room, name, origin, Instant::now(), out);
+    }
+
+    fn presence_leave(&mut self, room: &Arc<str>, name: &str, origin: Origin, how: Departure) {
+        let out = &mut self.ready;
+        self.presence
+            .leave(room, name, origin, how, Instant::now(), out);
+    }
+
+    fn presence(&mut self, room: &Arc<str>) -> Pending<Vec<PresentName>> {
+        let members = self.presence.members(room, Instant::now(), &mut self.ready);
+        Pending::Ready(Ok(members))
+    }
+
+    fn presence_sweep(&mut self, room: &Arc<str>) {
+        self.presence.sweep(room, Instant::now(), &mut self.ready);
+    }
+
+    fn presence_restore(&mut self, _: &Arc<str>, _: Vec<(Arc<str>, u32)>) {
+        // Nothing is lost in this process: there is nothing to set right.
+    }
+
+    fn ready_events(&mut self, out: &mut Vec<BrokerEvent>) {
+        out.append(&mut self.ready);
+    }
+
+    fn maintain(&mut self) {
+        // Rooms with members are occupied, and kept by the sweep.
+        let forgotten = self.sweep(Instant::now(), |_| false);
+        if forgotten > 0 {
+            log::debug!("history: {forgotten} idle rooms forgotten");
+        }
+    }
+}
