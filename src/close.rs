@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The longest close reason RFC 6455 allows: a control frame carries at most 125 bytes, two of
 /// which are the status code.
@@ -54,7 +54,7 @@ impl fmt::Display for CloseState {
 }
 
 /// How a server-initiated close behaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CloseMode {
     /// `CloseAsync`: send the close frame, answer after the peer's ack; data arriving

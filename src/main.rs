@@ -48,11 +48,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = actix_web::rt::System::new().block_on(wsgrace::service::server::serve_with_auth(
+    let result = actix_web::rt::System::new().block_on(wsgrace::service::server::serve_listening(
         config,
         verifier,
-        |addr| {
-            println!("listening on {addr}");
+        |listening| {
+            println!("listening on {}", listening.addr);
+            if let Some(api) = listening.api {
+                println!("api listening on {api}");
+            }
         },
     ));
     match result {

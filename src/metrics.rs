@@ -119,6 +119,17 @@ pub struct Metrics {
     pub presence_kept_rejoined: Counter,
     /// Presence operations sent to Redis, by operation.
     pub presence_redis_ops: Family<OpLabels, Counter>,
+    /// Server API requests, by endpoint and HTTP status.
+    pub api_requests: Family<ApiLabels, Counter>,
+}
+
+/// Labels of `wsgrace_api_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// `publish`, `disconnect`, `history`, `presence`, or `other` (an unknown path).
+    pub endpoint: &'static str,
+    /// The HTTP status answered.
+    pub status: u16,
 }
 
 /// Labels of `wsgrace_presence_events_total`.
@@ -167,6 +178,7 @@ impl Metrics {
             room_joins_open: Gauge::default(),
             publishes_deduplicated: Counter::default(),
             signals: Counter::default(),
+            api_requests: Family::default(),
             presence_events: Family::default(),
             presence_members: Gauge::default(),
             presence_kept: Counter::default(),
@@ -268,6 +280,11 @@ impl Metrics {
             "wsgrace_publishes_deduplicated",
             "Publishes that repeated a message id or idempotency key and were not published again",
             metrics.publishes_deduplicated.clone(),
+        );
+        registry.register(
+            "wsgrace_api_requests",
+            "Server API requests, by endpoint and HTTP status",
+            metrics.api_requests.clone(),
         );
         registry.register(
             "wsgrace_signals",

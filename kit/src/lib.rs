@@ -19,6 +19,7 @@
 //! here knows the library's types: the kit speaks to the server over its wire and its
 //! command line, as a user would.
 
+pub mod api;
 pub mod chat;
 pub mod chat_v2;
 pub mod child;

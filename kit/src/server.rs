@@ -166,12 +166,22 @@ impl ServerCommand {
         let (line_tx, line_rx) = mpsc::channel();
         let extra_stdout = Arc::new(Mutex::new(Vec::new()));
         let extra = extra_stdout.clone();
+        let api_addr = Arc::new(Mutex::new(None));
+        let api = api_addr.clone();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let _ = line_tx.send(lines.next());
-            // Anything more on stdout breaks the contract of one line.
+            // The API's line, with `api.bind`; anything else breaks the contract.
             for line in lines.map_while(Result::ok) {
-                extra.lock().expect("stdout lock").push(line);
+                let api_line = line
+                    .strip_prefix("api listening on ")
+                    .and_then(|addr| addr.trim().parse::<SocketAddr>().ok());
+                match api_line {
+                    Some(addr) if api.lock().expect("api lock").is_none() => {
+                        *api.lock().expect("api lock") = Some(addr);
+                    }
+                    _ => extra.lock().expect("stdout lock").push(line),
+                }
             }
         });
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -218,6 +228,7 @@ impl ServerCommand {
             addr,
             stderr,
             extra_stdout,
+            api_addr,
             config: config_path,
         })
     }
@@ -306,6 +317,7 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
     extra_stdout: Arc<Mutex<Vec<String>>>,
+    api_addr: Arc<Mutex<Option<SocketAddr>>>,
     config: PathBuf,
 }
 
@@ -410,7 +422,26 @@ impl ServerProcess {
         cpu_time_of(self.pid())
     }
 
-    /// Lines on stdout after `listening on`: the contract is that there are none.
+    /// The server API's address, from its `api listening on IP:PORT` line (printed right
+    /// after `listening on`); waits up to 10 s for it, and panics without it.
+    pub fn api_addr(&self) -> SocketAddr {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(addr) = *self.api_addr.lock().expect("api lock") {
+                return addr;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no `api listening on` line; stdout after the first line: {:?}\n{}",
+                self.extra_stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Lines on stdout after `listening on` (and `api listening on`): the contract is that
+    /// there are none.
     pub fn extra_stdout(&self) -> Vec<String> {
         self.extra_stdout.lock().expect("stdout lock").clone()
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::*;
+use crate::broker::{page_of, Control, HistoryPage};
 
 impl Broker for LocalBroker {
     fn status(&self) -> BrokerStatus {
@@ -87,6 +88,34 @@ impl Broker for LocalBroker {
 
     fn presence_restore(&mut self, _: &Arc<str>, _: Vec<(Arc<str>, u32)>) {
         // Nothing is lost in this process: there is nothing to set right.
+    }
+
+    fn history(
+        &mut self,
+        room: &Arc<str>,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Pending<HistoryPage> {
+        let request = JoinRequest {
+            resume: None,
+            last: usize::MAX,
+        };
+        let snapshot = self.join_snapshot(room, &request, Instant::now());
+        let kept = match snapshot.resume {
+            Resume::Recent(kept) => kept,
+            Resume::NotAsked | Resume::Resumed(_) | Resume::NotResumed => Vec::new(),
+        };
+        Pending::Ready(Ok(HistoryPage {
+            room: snapshot.room,
+            epoch: snapshot.epoch,
+            seq: snapshot.seq,
+            messages: page_of(kept, since, limit),
+        }))
+    }
+
+    fn control(&mut self, control: Control) -> Pending<()> {
+        self.ready.push(BrokerEvent::Control(control));
+        Pending::Ready(Ok(()))
     }
 
     fn ready_events(&mut self, out: &mut Vec<BrokerEvent>) {

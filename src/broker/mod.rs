@@ -16,6 +16,7 @@
 //! pure resume rule both brokers apply ([`can_resume`]). It must not know about actix,
 //! sessions or sockets.
 
+pub mod control;
 pub mod local;
 mod local_presence;
 pub mod presence;
@@ -34,6 +35,7 @@ use futures::future::LocalBoxFuture;
 use crate::protocol::{epoch_json, FrameError};
 
 pub use crate::protocol::MessageHead;
+pub use control::{page_of, Control, Disconnect, HistoryPage};
 pub use local::LocalBroker;
 pub use presence::{PresenceChange, PresentName};
 pub use redis::RedisBroker;
@@ -380,6 +382,9 @@ pub enum BrokerEvent {
     Signal(Signal),
     /// A name arrived in a room with members on this node, or is gone from it.
     Presence(PresenceEvent),
+    /// An order of the server API, given on any node (this one included), for this node's
+    /// sessions.
+    Control(Control),
     /// The broker went up or down.
     Health(BrokerHealth),
 }
@@ -479,6 +484,20 @@ pub trait Broker {
     /// This node's members of `room` are exactly `counts` (name, connections): after the
     /// broker was unreachable, what it knew is set right (it may have lost it all).
     fn presence_restore(&mut self, room: &Arc<str>, counts: Vec<(Arc<str>, u32)>);
+
+    /// A page of `room`'s kept history: the messages after `since` (`None`: from the oldest
+    /// kept), oldest first, at most `limit`; with the room's epoch and latest seq (a room
+    /// never seen gets its epoch, as a join would).
+    fn history(
+        &mut self,
+        room: &Arc<str>,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Pending<HistoryPage>;
+
+    /// Gives `control` to every node, this one included, as [`BrokerEvent::Control`]; the
+    /// answer comes once the broker took it (with Redis: published).
+    fn control(&mut self, control: Control) -> Pending<()>;
 
     /// Moves the events the last calls produced at once into `out` (the local broker's
     /// messages); a broker whose events all come on its stream has none.

@@ -4,7 +4,7 @@
 //! `close.room_modes.lobby`) and the problem.
 //!
 //! One file per TOML table: `server`, `session`, `close` (with `close.room_modes`),
-//! `shutdown`, `broker`, `history`, `publish`, `presence`, `auth`. Each holds its struct (`deny_unknown_fields`, so
+//! `shutdown`, `broker`, `history`, `publish`, `presence`, `api`, `auth`. Each holds its struct (`deny_unknown_fields`, so
 //! that a typo is an error rather than a silently ignored setting), its `Default`, which the
 //! shipped `config.toml` repeats key for key (a unit test holds the two together), its
 //! allowed ranges and its own `validate`. The checks they share live beside them: `check`
@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use crate::close::CloseMode;
 
+mod api;
 mod auth;
 mod broker;
 mod check;
@@ -36,6 +37,7 @@ mod server;
 mod session;
 mod shutdown;
 
+pub use api::{ApiSettings, API_KEY_ENV, MIN_API_KEY_BYTES};
 pub use auth::{AuthSettings, JWT_SECRET_ENV, MIN_JWT_SECRET_BYTES};
 pub use broker::{BrokerKind, BrokerSettings, REDIS_URL_ENV};
 use check::Check;
@@ -69,6 +71,8 @@ pub struct Config {
     pub publish: PublishSettings,
     /// `[presence]`: who is in a room, and telling its members.
     pub presence: PresenceSettings,
+    /// `[api]`: the server API's listener and key (off while `bind` is empty).
+    pub api: ApiSettings,
     /// `[auth]`: signed tokens at the upgrade (off while no secret and no key file is set).
     pub auth: AuthSettings,
 }
@@ -178,7 +182,8 @@ impl Config {
     }
 
     /// Applies the environment's overrides: a non-empty [`REDIS_URL_ENV`] replaces
-    /// `broker.redis_url`, a non-empty [`JWT_SECRET_ENV`] replaces `auth.jwt_secret`. Call
+    /// `broker.redis_url`, a non-empty [`JWT_SECRET_ENV`] replaces `auth.jwt_secret`, a
+    /// non-empty [`API_KEY_ENV`] replaces `api.key`. Call
     /// [`Config::validate`] afterwards.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
         if let Some(url) = env(REDIS_URL_ENV).filter(|url| !url.is_empty()) {
@@ -186,6 +191,9 @@ impl Config {
         }
         if let Some(secret) = env(JWT_SECRET_ENV).filter(|secret| !secret.is_empty()) {
             self.auth.jwt_secret = secret;
+        }
+        if let Some(key) = env(API_KEY_ENV).filter(|key| !key.is_empty()) {
+            self.api.key = key;
         }
     }
 
@@ -236,6 +244,7 @@ impl Config {
         self.history.validate(&check)?;
         self.publish.validate(&check)?;
         self.presence.validate(&check)?;
+        self.api.validate(&check)?;
         self.auth.validate(&check)
     }
 

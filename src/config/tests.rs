@@ -442,3 +442,27 @@ fn the_environment_overrides_the_jwt_secret() {
     assert!(err.to_string().contains(JWT_SECRET_ENV), "{err}");
     assert!(!err.to_string().contains("too short"), "{err}");
 }
+
+#[test]
+fn the_api_needs_a_key_of_16_bytes_that_is_never_shown() {
+    let config = parse("").unwrap();
+    assert!(!config.api.enabled());
+    let err = parse("[api]\nbind = \"127.0.0.1:0\"\n").unwrap_err();
+    assert_eq!(err.key(), Some("api.key"));
+    assert!(err.to_string().contains(API_KEY_ENV), "{err}");
+    let err = parse("[api]\nbind = \"127.0.0.1:0\"\nkey = \"fifteen-bytes!!\"\n").unwrap_err();
+    assert_eq!(err.key(), Some("api.key"));
+    assert!(!err.to_string().contains("fifteen"), "{err}");
+    let err = parse("[api]\nbind = \"localhost\"\nkey = \"sixteen-bytes!!!\"\n").unwrap_err();
+    assert_eq!(err.key(), Some("api.bind"));
+    let config = parse("[api]\nbind = \"127.0.0.1:0\"\nkey = \"sixteen-bytes!!!\"\n").unwrap();
+    assert!(config.api.enabled());
+    assert!(!format!("{config:?}").contains("sixteen"));
+
+    // The environment's key replaces the file's; an empty variable does not.
+    let mut config = parse("[api]\nbind = \"127.0.0.1:0\"\nkey = \"sixteen-bytes!!!\"\n").unwrap();
+    config.apply_env(|name| (name == API_KEY_ENV).then(|| "from-the-environment".to_owned()));
+    assert_eq!(config.api.key, "from-the-environment");
+    config.apply_env(|name| (name == API_KEY_ENV).then(String::new));
+    assert_eq!(config.api.key, "from-the-environment");
+}

@@ -1,4 +1,4 @@
-//! The HTTP faces of the server: the routes ([`server`]) and the upgrade checks
+//! The HTTP faces of the server: the routes ([`server`]), the server API ([`api`]) and the upgrade checks
 //! ([`admission`]), signals and
 //! readiness ([`shutdown`]), tokens ([`auth`], [`expiry`]), the client's address
 //! ([`client_address`]) and the open-files budget ([`open_files`]).
@@ -7,6 +7,7 @@
 //! binary runs, and nothing below imports it.
 
 pub mod admission;
+pub mod api;
 pub mod auth;
 pub mod client_address;
 pub mod expiry;

@@ -36,6 +36,7 @@ use crate::metrics::{self, metrics};
 use crate::rooms::drain::{DrainPlan, DrainReport};
 use crate::rooms::supervisor::Supervisor;
 use crate::service::admission::{admit, Attempt};
+use crate::service::api::{self, ApiState};
 use crate::service::auth::Verifier;
 use crate::service::client_address::AddressLimit;
 use crate::service::open_files;
@@ -273,6 +274,24 @@ pub async fn serve_with_auth(
     verifier: Option<Verifier>,
     on_listening: impl FnOnce(SocketAddr),
 ) -> std::io::Result<DrainReport> {
+    serve_listening(config, verifier, |listening| on_listening(listening.addr)).await
+}
+
+/// Where the server listens, once it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The WebSocket and HTTP listener (`server.bind`).
+    pub addr: SocketAddr,
+    /// The server API's listener (`api.bind`), when it is on.
+    pub api: Option<SocketAddr>,
+}
+
+/// [`serve_with_auth`] that also says where the server API listens.
+pub async fn serve_listening(
+    config: Config,
+    verifier: Option<Verifier>,
+    on_listening: impl FnOnce(Listening),
+) -> std::io::Result<DrainReport> {
     let signals = Signals::install().map_err(std::io::Error::other)?;
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -305,6 +324,18 @@ pub async fn serve_with_auth(
         .with_auth(verifier);
     state.max_connections = budget.max_connections;
 
+    let api = if config.api.enabled() {
+        let state = ApiState::new(
+            supervisor.clone(),
+            &config.api.key,
+            state.broker.clone(),
+            config.session.max_frame_bytes,
+        );
+        let listener = listen(&config.api.bind, API_BACKLOG)?;
+        Some((listener, state))
+    } else {
+        None
+    };
     let listener = listen(&config.server.bind, BACKLOG)?;
     let addr = listener.local_addr()?;
     let connection = ConnectionSettings {
@@ -320,16 +351,27 @@ pub async fn serve_with_auth(
         request_timeout: Duration::from_millis(config.server.request_timeout_ms),
         local_addr: addr,
     };
-    let server = actix_server::Server::build()
+    let mut builder = actix_server::Server::build()
         .workers(workers)
         .max_concurrent_connections(budget.per_worker_accept)
         .disable_signals()
         .shutdown_timeout(1)
         .listen("wsgrace", listener, move || {
             http_service(state.clone(), connection)
-        })?
-        .run();
-    on_listening(addr);
+        })?;
+    let mut api_addr = None;
+    if let Some((listener, api_state)) = api {
+        api_addr = Some(listener.local_addr()?);
+        let request_timeout = connection.request_timeout;
+        builder = builder.listen("wsgrace-api", listener, move || {
+            api_service(api_state.clone(), request_timeout)
+        })?;
+    }
+    let server = builder.run();
+    on_listening(Listening {
+        addr,
+        api: api_addr,
+    });
     let plan = DrainPlan {
         status: shutdown_status(&config),
         deadline: Duration::from_millis(config.shutdown.drain_timeout_ms),
@@ -433,6 +475,30 @@ fn http_service(
         )))
     })
     .and_then(http)
+}
+
+/// The accept queue of the API's listener.
+const API_BACKLOG: i32 = 256;
+
+/// One worker's HTTP/1 service of the server API: plain sockets, no upgrades.
+fn api_service(
+    state: ApiState,
+    request_timeout: Duration,
+) -> impl ServiceFactory<
+    actix_rt::net::TcpStream,
+    Config = (),
+    Response = (),
+    Error = DispatchError,
+    InitError = (),
+> {
+    let app = App::new()
+        .configure(api::routes(state))
+        .into_factory()
+        .map_err(|err: actix_web::Error| err.error_response());
+    HttpService::build()
+        .client_request_timeout(request_timeout)
+        .finish(map_config(app, |()| AppConfig::default()))
+        .tcp()
 }
 
 fn shutdown_status(config: &Config) -> Option<CloseStatus> {

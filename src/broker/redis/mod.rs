@@ -488,6 +488,14 @@ impl Broker for RedisBroker {
 
     fn presence_restore(&mut self, _: &Arc<str>, _: Vec<(Arc<str>, u32)>) {}
 
+    fn history(&mut self, _: &Arc<str>, _: Option<u64>, _: usize) -> Pending<super::HistoryPage> {
+        Pending::Ready(Err(BrokerError::Unavailable))
+    }
+
+    fn control(&mut self, _: super::Control) -> Pending<()> {
+        Pending::Ready(Err(BrokerError::Unavailable))
+    }
+
     fn ready_events(&mut self, _: &mut Vec<BrokerEvent>) {}
 
     fn maintain(&mut self) {}

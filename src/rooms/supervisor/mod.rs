@@ -43,6 +43,7 @@ use crate::rooms::fanout::{Admit, Deliver, Exception, Removals, Remove, Shard};
 use crate::rooms::resume::Delivery;
 use crate::rooms::room::{Action, JoinAnswer, Room, MAX_JOIN_BUFFER};
 
+mod api;
 mod draining;
 mod many_rooms;
 mod messages;
@@ -53,6 +54,7 @@ use draining::{shut_down, DrainState};
 // Where it was before 0.2 (see CHANGELOG.md).
 #[doc(hidden)]
 pub use crate::rooms::drain::DrainReport;
+pub use api::{ApiDisconnect, ApiHistory, ApiPresence, ApiPublish, ApiPublished, Reply};
 pub use messages::{
     AbortAll, AskPresence, Broadcast, Connect, Drain, Join, JoinRoom, Leave, LeaveBatch, LeaveRoom,
     Publish, SendSignal,
@@ -372,6 +374,7 @@ impl Supervisor {
                 }
             }
             BrokerEvent::Presence(event) => self.on_presence(event),
+            BrokerEvent::Control(control) => self.on_control(control),
             BrokerEvent::Health(BrokerHealth::Up) => {
                 self.catch_up(ctx);
                 self.restore_presence(ctx);
