@@ -510,6 +510,8 @@ pub fn from_config(config: &crate::config::Config) -> Result<Box<dyn Broker>, Br
         crate::config::BrokerKind::Redis => {
             let mut settings = redis::RedisSettings::new(&config.broker, &config.history);
             settings.dedupe = Duration::from_millis(config.publish.dedupe_ms);
+            settings.presence = PresenceLimits::from(&config.presence);
+            settings.presence_grace = Duration::from_millis(config.presence.grace_ms);
             Ok(Box::new(RedisBroker::start(settings)?))
         }
     }
