@@ -386,3 +386,53 @@ async fn random_sequences_agree() {
         }
     }
 }
+
+#[tokio::test]
+async fn with_presence_off_the_broker_sends_nothing_and_lists_nobody() {
+    use super::super::{Broker, BrokerHealth, Origin, Pending};
+    use super::{RedisBroker, RedisSettings};
+    use crate::config::{BrokerSettings, HistorySettings};
+
+    let server = RedisServer::start();
+    let settings = RedisSettings {
+        url: server.url(),
+        key_prefix: "off".to_owned(),
+        presence: PresenceLimits {
+            enabled: false,
+            ..limits(1_000)
+        },
+        ..RedisSettings::new(&BrokerSettings::default(), &HistorySettings::default())
+    };
+    let mut broker = RedisBroker::start(settings).expect("broker");
+    let mut health = broker.health();
+    tokio::time::timeout(WAIT, health.wait_for(|h| *h == BrokerHealth::Up))
+        .await
+        .expect("up in time")
+        .expect("health");
+    let room: Arc<str> = Arc::from(ROOM);
+    let origin = Origin {
+        node: broker.node(),
+        session: 1,
+    };
+    broker.presence_join(&room, "ann", origin);
+    broker.presence_restore(&room, vec![(Arc::from("ann"), 1)]);
+    broker.presence_sweep(&room);
+    match broker.presence(&room) {
+        Pending::Ready(Ok(members)) => assert!(members.is_empty(), "{members:?}"),
+        _ => panic!("presence off answers at once, with nobody"),
+    }
+    // A message through the same queue: once it is published, any presence job before it
+    // would have run.
+    broker.publish(ROOM, "x", "y").await.expect("published");
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("off:presence:*")
+        .query_async(&mut connection)
+        .await
+        .expect("KEYS");
+    assert!(keys.is_empty(), "presence off wrote {keys:?}");
+}
