@@ -480,6 +480,13 @@ pub trait Broker {
     /// broker was unreachable, what it knew is set right (it may have lost it all).
     fn presence_restore(&mut self, room: &Arc<str>, counts: Vec<(Arc<str>, u32)>);
 
+    /// Answers once every call made before it has been carried out by the broker (the
+    /// presence calls are fire-and-forget): a drain waits for it, so that what its sessions'
+    /// ends did to presence is in the broker before the process exits. At once by default.
+    fn flush(&mut self) -> Pending<()> {
+        Pending::Ready(Ok(()))
+    }
+
     /// Moves the events the last calls produced at once into `out` (the local broker's
     /// messages); a broker whose events all come on its stream has none.
     fn ready_events(&mut self, out: &mut Vec<BrokerEvent>);

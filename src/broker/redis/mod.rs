@@ -165,6 +165,8 @@ pub(super) enum Job {
     Publish(PublishJob),
     /// A presence operation.
     Presence(PresenceJob),
+    /// Answered once the jobs before it have run.
+    Flush(oneshot::Sender<()>),
 }
 
 pub(super) struct PublishJob {
@@ -590,6 +592,16 @@ impl Broker for RedisBroker {
             room: room.clone(),
             counts,
         });
+    }
+
+    fn flush(&mut self) -> Pending<()> {
+        let (reply, answer) = oneshot::channel();
+        if self.shared.publish.try_send(Job::Flush(reply)).is_err() {
+            return Pending::Ready(Err(BrokerError::Unavailable));
+        }
+        Pending::Later(Box::pin(async move {
+            answer.await.map_err(|_| BrokerError::Stopped)
+        }))
     }
 
     fn ready_events(&mut self, _: &mut Vec<BrokerEvent>) {}

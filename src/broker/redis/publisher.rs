@@ -66,7 +66,24 @@ impl Publisher {
         }
     }
 
+    /// Sends `batch` (emptied); the flushes in it are answered once the rest has run.
     async fn send(&mut self, batch: &mut Vec<Job>) {
+        let mut flushes = Vec::new();
+        for job in std::mem::take(batch) {
+            match job {
+                Job::Flush(reply) => flushes.push(reply),
+                job => batch.push(job),
+            }
+        }
+        if !batch.is_empty() {
+            self.send_jobs(batch).await;
+        }
+        for reply in flushes {
+            let _ = reply.send(());
+        }
+    }
+
+    async fn send_jobs(&mut self, batch: &mut Vec<Job>) {
         let connection = self.connection.borrow().clone();
         let Some(mut connection) = connection else {
             for job in batch.drain(..) {
@@ -79,6 +96,9 @@ impl Publisher {
                         self.presence.record(&job);
                         self.presence.unsent(job, BrokerError::Unavailable);
                     }
+                    Job::Flush(reply) => {
+                        let _ = reply.send(());
+                    }
                 }
             }
             return;
@@ -90,6 +110,7 @@ impl Publisher {
                 Job::Presence(job) => {
                     pipe.add_command(self.presence.prepare(job));
                 }
+                Job::Flush(_) => {}
             }
         }
         // `req_packed_commands` rather than `query_async`: it answers per command, so that
@@ -110,6 +131,9 @@ impl Publisher {
                         }
                         Job::Presence(job) => {
                             self.presence.answered(job, value, &mut reload_presence);
+                        }
+                        Job::Flush(reply) => {
+                            let _ = reply.send(());
                         }
                     }
                 }
@@ -137,6 +161,9 @@ impl Publisher {
                             let _ = job.reply.send(Err(BrokerError::Interrupted));
                         }
                         Job::Presence(job) => self.presence.unsent(job, BrokerError::Interrupted),
+                        Job::Flush(reply) => {
+                            let _ = reply.send(());
+                        }
                     }
                 }
             }
