@@ -499,6 +499,13 @@ pub trait Broker {
     /// answer comes once the broker took it (with Redis: published).
     fn control(&mut self, control: Control) -> Pending<()>;
 
+    /// Answers once every call made before it has been carried out by the broker (the
+    /// presence calls are fire-and-forget): a drain waits for it, so that what its sessions'
+    /// ends did to presence is in the broker before the process exits. At once by default.
+    fn flush(&mut self) -> Pending<()> {
+        Pending::Ready(Ok(()))
+    }
+
     /// Moves the events the last calls produced at once into `out` (the local broker's
     /// messages); a broker whose events all come on its stream has none.
     fn ready_events(&mut self, out: &mut Vec<BrokerEvent>);
@@ -529,6 +536,8 @@ pub fn from_config(config: &crate::config::Config) -> Result<Box<dyn Broker>, Br
         crate::config::BrokerKind::Redis => {
             let mut settings = redis::RedisSettings::new(&config.broker, &config.history);
             settings.dedupe = Duration::from_millis(config.publish.dedupe_ms);
+            settings.presence = PresenceLimits::from(&config.presence);
+            settings.presence_grace = Duration::from_millis(config.presence.grace_ms);
             Ok(Box::new(RedisBroker::start(settings)?))
         }
     }

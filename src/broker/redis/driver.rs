@@ -1,11 +1,13 @@
 //! The driver task of one node's Redis broker: the connection (made in the background, with
 //! capped backoff, and made again when it breaks), the pub/sub subscriptions of the rooms
 //! with local members, the broker's health, and the epoch checks after a reconnect. It hands
-//! [`BrokerEvent`]s to the supervisor's stream.
+//! [`BrokerEvent`]s to the supervisor's stream: messages, signals, epoch changes and presence
+//! events; a presence keep notice (`P:K::MS`) makes it queue a sweep of the room once the
+//! kept connection's time is over (the node that kept it may be gone by then).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -16,7 +18,9 @@ use tokio::sync::watch;
 
 use super::super::{BrokerError, BrokerEvent, BrokerHealth, Epoch, EpochChange, JoinRequest};
 use super::keys::{join_snapshot, parse_publication, snapshot_head, Keys, Publication};
-use super::{Command, RedisSettings};
+use super::presence::PresenceJob;
+use super::presence_script::Notice;
+use super::{Command, Job, RedisSettings};
 use crate::metrics::metrics;
 
 /// A room with local members: how many, and the epoch last seen in it.
@@ -38,7 +42,22 @@ pub(super) struct Driver {
     pub(super) rooms: HashMap<Arc<str>, RoomState>,
     pub(super) publish_script: Script,
     pub(super) snapshot_script: Script,
+    pub(super) presence_script: Script,
+    /// The publisher's queue, for the sweeps after kept connections (weak: the publisher
+    /// ends when the handle is dropped).
+    pub(super) jobs: tokio::sync::mpsc::WeakSender<Job>,
+    /// The sweeps queued, by room and [`SWEEP_SLOT`] (one per slot is enough).
+    pub(super) sweeps: HashSet<(Arc<str>, u64)>,
+    /// The start of the sweep slots.
+    pub(super) started: Instant,
 }
+
+/// Sweeps of a room after kept connections are made at most once per slot of this length
+/// (a drain keeps thousands of connections with close deadlines: one sweep ends them all).
+const SWEEP_SLOT: Duration = Duration::from_millis(250);
+
+/// A sweep comes this long after the kept connection's time, so that it is surely over.
+const SWEEP_MARGIN: Duration = Duration::from_millis(50);
 
 /// Why the connected phase ended.
 enum Ended {
@@ -101,6 +120,7 @@ impl Driver {
             .await?;
         self.publish_script.load_async(&mut connection).await?;
         self.snapshot_script.load_async(&mut connection).await?;
+        self.presence_script.load_async(&mut connection).await?;
         let pubsub = tokio::time::timeout(timeout, self.client.get_async_pubsub())
             .await
             .map_err(|_| {
@@ -372,6 +392,15 @@ impl Driver {
                 self.emit(BrokerEvent::Signal(signal)).await;
                 return;
             }
+            Some(Publication::Presence(Notice::Event(mut event))) => {
+                event.room = room;
+                self.emit(BrokerEvent::Presence(event)).await;
+                return;
+            }
+            Some(Publication::Presence(Notice::Kept(time))) => {
+                self.sweep_after(room, time);
+                return;
+            }
             None => {
                 warn!("broker: an unreadable publication on room {room} was ignored");
                 return;
@@ -398,5 +427,28 @@ impl Driver {
             self.emit(BrokerEvent::EpochChanged(change)).await;
         }
         self.emit(BrokerEvent::Message(published)).await;
+    }
+
+    /// Queues a sweep of `room` once `time` (and a margin) is over, unless one is queued for
+    /// the same slot already.
+    fn sweep_after(&mut self, room: Arc<str>, time: Duration) {
+        let slot_ms = SWEEP_SLOT.as_millis();
+        let now = self.started.elapsed();
+        let due = now.saturating_add(time).saturating_add(SWEEP_MARGIN);
+        let slot = u64::try_from(due.as_millis().div_ceil(slot_ms)).unwrap_or(u64::MAX);
+        let current = u64::try_from(now.as_millis() / slot_ms).unwrap_or(u64::MAX);
+        self.sweeps.retain(|(_, queued)| *queued >= current);
+        if !self.sweeps.insert((room.clone(), slot)) {
+            return;
+        }
+        let at = self.started + SWEEP_SLOT.saturating_mul(u32::try_from(slot).unwrap_or(u32::MAX));
+        let jobs = self.jobs.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            if let Some(jobs) = jobs.upgrade() {
+                // A full queue: the heartbeat's renew sweeps the room too.
+                let _ = jobs.try_send(Job::Presence(PresenceJob::Sweep { room }));
+            }
+        });
     }
 }

@@ -12,6 +12,7 @@ use super::super::{
     can_resume, BrokerError, Epoch, JoinRequest, JoinSnapshot, Origin, Published, Resume, SentBy,
     Signal,
 };
+use super::presence_script::{parse_notice, Notice};
 use super::PublishJob;
 
 /// The script run once per message. KEYS: room hash, history stream, and the dedupe key when
@@ -98,6 +99,22 @@ impl Keys {
 
     pub(super) fn history(&self, room: &str) -> String {
         format!("{}:history:{room}", self.prefix)
+    }
+
+    /// A room's present names: hash name → connections over every holder. Hash-tagged:
+    /// every presence key of a room is in the room's Redis Cluster slot.
+    pub(super) fn presence_names(&self, room: &str) -> String {
+        format!("{}:presence:{{{room}}}:names", self.prefix)
+    }
+
+    /// A room's holders with a deadline: zset holder → deadline in ms.
+    pub(super) fn presence_holders(&self, room: &str) -> String {
+        format!("{}:presence:{{{room}}}:holders", self.prefix)
+    }
+
+    /// The start of a room's holder hashes (`...:h:HOLDER`, name → connections).
+    pub(super) fn presence_holder_prefix(&self, room: &str) -> String {
+        format!("{}:presence:{{{room}}}:h:", self.prefix)
     }
 
     /// The room of a channel name.
@@ -212,12 +229,18 @@ pub(super) enum Publication {
     Message(Published),
     /// A signal: `S:NODE.SESSION:JSON`.
     Signal(Signal),
+    /// Presence: `P:J:ORIGIN:NAME`, `P:L::NAME`, `P:K::MS` (see `presence_script.rs`).
+    /// An epoch is hex, so a message's payload never starts with `P:` (nor `S:`).
+    Presence(Notice),
 }
 
 /// A channel payload of `room` → what it carries.
 pub(super) fn parse_publication(room: &str, payload: &[u8]) -> Option<Publication> {
     let payload = std::str::from_utf8(payload).ok()?;
     let room: Arc<str> = Arc::from(room);
+    if let Some(rest) = payload.strip_prefix("P:") {
+        return parse_notice(room, rest).map(Publication::Presence);
+    }
     if let Some(rest) = payload.strip_prefix("S:") {
         let (origin, json) = rest.split_once(':')?;
         let (node, session) = origin.split_once('.')?;
@@ -324,6 +347,15 @@ mod tests {
         assert_eq!(keys.history("lobby"), "app:history:lobby");
         assert_eq!(keys.room_of_channel("app:room:lobby"), Some("lobby"));
         assert_eq!(keys.room_of_channel("other:room:lobby"), None);
+        assert_eq!(keys.presence_names("lobby"), "app:presence:{lobby}:names");
+        assert_eq!(
+            keys.presence_holders("lobby"),
+            "app:presence:{lobby}:holders"
+        );
+        assert_eq!(
+            keys.presence_holder_prefix("lobby"),
+            "app:presence:{lobby}:h:"
+        );
     }
 
     #[test]
@@ -369,6 +401,7 @@ mod tests {
             b"e:1:zz.1.a:{}",
             b"S:1:{}",
             b"S:q.1:{}",
+            b"P:X::a",
         ] {
             assert!(parse_publication("r", bad).is_none(), "{bad:?}");
         }

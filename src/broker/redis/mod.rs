@@ -6,10 +6,15 @@
 //! |---|---|---|
 //! | `P:room:R` | hash | `epoch` (16 hex chars) and `seq` (the room's latest seq) |
 //! | `P:history:R` | stream | the last `history.size` message frames, entry id `seq-0`, field `json` (absent when `history.size` is 0) |
-//! | `P:room:R` | pub/sub channel | every message as `EPOCH:SEQ:JSON` |
+//! | `P:room:R` | pub/sub channel | every message as `EPOCH:SEQ:ORIGIN:JSON`, every signal as `S:NODE.SESSION:JSON`, presence as `P:J:NODE.SESSION:NAME` (a name arrived; `P:J::NAME` after a restore), `P:L::NAME` (a name is gone), `P:K::MS` (a connection is kept MS: sweep then) |
+//! | `P:presence:{R}:names` | hash | every present name → its connections over all holders |
+//! | `P:presence:{R}:holders` | zset | holder → deadline (ms, Redis's clock) |
+//! | `P:presence:{R}:h:HOLDER` | hash | name → connections of one holder: `n:NODE` (a node's live sessions, a lease renewed by its heartbeat), `k:NODE.SESSION` (one kept connection) |
 //!
-//! Both keys expire `history.ttl_ms` after the room's last message (a room that expired
-//! starts a new epoch, like one Redis lost).
+//! The room hash and the stream expire `history.ttl_ms` after the room's last message (a
+//! room that expired starts a new epoch, like one Redis lost). The presence keys carry the
+//! room as a hash tag (one Redis Cluster slot per room) and expire a margin after their
+//! longest deadline.
 //!
 //! # How it works
 //!
@@ -27,6 +32,15 @@
 //!   pipeline; a changed epoch or a missing entry: nothing replayed); the caller merges both with
 //!   [`crate::rooms::resume::ResumeMerge`]. Subscriptions are counted per room: SUBSCRIBE on the
 //!   first, UNSUBSCRIBE on the last.
+//! - **Presence** (`presence.enabled`): one script ([`PRESENCE_SCRIPT`]) keeps each room's
+//!   [`Ledger`](super::presence::Ledger) in Redis with the same rules, and publishes the
+//!   arrivals and departures on the room's channel for every node to tell its members. This
+//!   node's presence ops go through the publisher's pipeline, in order with its messages,
+//!   fire-and-forget (a `presence` read answers). The publisher's heartbeat renews this
+//!   node's lease in every room where it has members (and so sweeps them) every
+//!   `min(ttl/3, max(grace, 500 ms))`, and restores the rooms whose ops did not reach Redis
+//!   or whose holder Redis lost (a FLUSHALL); the supervisor restores every room after an
+//!   outage.
 //! - **Health**: the node starts without Redis. A driver task connects in the background with
 //!   capped exponential backoff, reports up/down ([`RedisBroker::health`] and
 //!   [`BrokerEvent::Health`]), logs one line per change (never per retry, never the URL's
@@ -36,20 +50,26 @@
 //! # Files
 //!
 //! `keys.rs`: key and channel names, the Lua scripts and the parsers of Redis's answers (pure);
-//! `publisher.rs`: the task that sends messages as pipelines; `driver.rs`: the task that keeps
-//! the connection, the subscriptions and the health; this file: the handle the supervisor
-//! holds and its [`Broker`] seam.
+//! `presence_script.rs`: the presence script, its calls and answers, the presence notices
+//! (pure); `presence.rs`: this node's presence jobs, its book of members, the heartbeat;
+//! `publisher.rs`: the task that sends messages and presence jobs as pipelines; `driver.rs`:
+//! the task that keeps the connection, the subscriptions and the health; this file: the
+//! handle the supervisor holds and its [`Broker`] seam.
 //!
 //! This module must not know sessions or actix: it hands [`BrokerEvent`]s to whoever holds
 //! the receiver.
 
 mod driver;
 mod keys;
+mod presence;
+mod presence_script;
+#[cfg(test)]
+mod presence_tests;
 mod publisher;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,15 +84,18 @@ use self::keys::{
     is_connection_error, join_snapshot, signal_payload, snapshot_error, snapshot_head, Keys,
 };
 pub use self::keys::{PUBLISH_SCRIPT, SNAPSHOT_SCRIPT};
+use self::presence::{heartbeat_interval, Book, PresenceJob, PresenceWorker};
+use self::presence_script::PresenceCall;
+pub use self::presence_script::PRESENCE_SCRIPT;
 use self::publisher::Publisher;
 use super::local::HistoryLimits;
 use super::{
-    Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerHealth, BrokerStatus, Epoch, JoinRequest,
-    JoinSnapshot, MessageHead, NodeId, Outgoing, Pending, Publication, Published, ResumeRequest,
-    SentBy, Signal,
+    Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerHealth, BrokerStatus, Departure, Epoch,
+    JoinRequest, JoinSnapshot, MessageHead, NodeId, Origin, Outgoing, Pending, PresenceLimits,
+    PresentName, Publication, Published, ResumeRequest, SentBy, Signal,
 };
 use crate::config::{
-    check_redis_url, redact_url, BrokerSettings, HistorySettings, PublishSettings,
+    check_redis_url, redact_url, BrokerSettings, HistorySettings, PresenceSettings, PublishSettings,
 };
 use crate::metrics::metrics;
 
@@ -97,11 +120,16 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// `publish.dedupe_ms`: how long a message's dedupe key marks a repeat (zero: never).
     pub dedupe: Duration,
+    /// `[presence]`: on or off, the events, and this node's lease (`presence.ttl_ms`).
+    pub presence: PresenceLimits,
+    /// `presence.grace_ms`: the heartbeat comes at least this often (500 ms at the
+    /// fastest), so that a dead node's members are gone within `ttl` + `grace`.
+    pub presence_grace: Duration,
 }
 
 impl RedisSettings {
     /// Settings from the `[broker]` and `[history]` tables, with the default queues
-    /// (4096 each), backoff (100 ms to 5 s) and timeout (2 s).
+    /// (4096 each), backoff (100 ms to 5 s), timeout (2 s) and `[presence]`.
     pub fn new(broker: &BrokerSettings, history: &HistorySettings) -> Self {
         RedisSettings {
             url: broker.redis_url.clone(),
@@ -113,6 +141,8 @@ impl RedisSettings {
             backoff_max: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             dedupe: Duration::from_millis(PublishSettings::default().dedupe_ms),
+            presence: PresenceLimits::default(),
+            presence_grace: Duration::from_millis(PresenceSettings::default().grace_ms),
         }
     }
 }
@@ -127,6 +157,16 @@ pub(super) enum Command {
     },
     /// A request failed in a way that suggests the connection is gone.
     Suspect,
+}
+
+/// What the publisher's queue carries, in the order it runs.
+pub(super) enum Job {
+    /// A message to publish.
+    Publish(PublishJob),
+    /// A presence operation.
+    Presence(PresenceJob),
+    /// Answered once the jobs before it have run.
+    Flush(oneshot::Sender<()>),
 }
 
 pub(super) struct PublishJob {
@@ -146,7 +186,7 @@ pub(super) struct Shared {
     /// This node's name.
     node: NodeId,
     commands: mpsc::UnboundedSender<Command>,
-    publish: tokio::sync::mpsc::Sender<PublishJob>,
+    publish: tokio::sync::mpsc::Sender<Job>,
     connection: watch::Receiver<Option<MultiplexedConnection>>,
     health: watch::Receiver<BrokerHealth>,
     snapshot_script: Script,
@@ -157,6 +197,13 @@ pub(super) struct Shared {
 pub struct RedisBroker {
     shared: Arc<Shared>,
     events: Option<BrokerEvents>,
+    /// `[presence]`.
+    presence: PresenceLimits,
+    /// This node's members per room, as the presence calls so far leave them.
+    book: Book,
+    /// Rooms whose presence jobs did not fit in the queue: a restore is sent for them as
+    /// soon as one fits.
+    lost: HashSet<Arc<str>>,
 }
 
 impl RedisBroker {
@@ -174,6 +221,7 @@ impl RedisBroker {
         let client = Client::open(settings.url.as_str())
             .map_err(|err| BrokerError::BadUrl(err.to_string()))?;
         let keys = Keys::new(&settings.key_prefix);
+        let node = fastrand::u64(..);
         let (commands_tx, commands_rx) = mpsc::unbounded();
         let (publish_tx, publish_rx) = tokio::sync::mpsc::channel(settings.publish_queue.max(1));
         let (connection_tx, connection_rx) = watch::channel(None);
@@ -193,8 +241,16 @@ impl RedisBroker {
             rooms: HashMap::new(),
             publish_script: Script::new(PUBLISH_SCRIPT),
             snapshot_script: Script::new(SNAPSHOT_SCRIPT),
+            presence_script: Script::new(PRESENCE_SCRIPT),
+            jobs: publish_tx.downgrade(),
+            sweeps: HashSet::new(),
+            started: std::time::Instant::now(),
         };
         tokio::spawn(driver.run());
+        let presence = PresenceWorker::new(
+            PresenceCall::new(keys.clone(), node, settings.presence),
+            heartbeat_interval(settings.presence.ttl, settings.presence_grace),
+        );
         let publisher = Publisher {
             keys: keys.clone(),
             history: settings.history,
@@ -203,6 +259,7 @@ impl RedisBroker {
             commands: commands_tx.clone(),
             script: Script::new(PUBLISH_SCRIPT),
             dedupe_ms: u64::try_from(settings.dedupe.as_millis()).unwrap_or(u64::MAX),
+            presence,
         };
         tokio::spawn(publisher.run());
         let broker = RedisBroker {
@@ -210,7 +267,7 @@ impl RedisBroker {
                 keys,
                 history: settings.history,
                 dedupe: settings.dedupe,
-                node: fastrand::u64(..),
+                node,
                 commands: commands_tx,
                 publish: publish_tx,
                 connection: connection_rx,
@@ -218,6 +275,9 @@ impl RedisBroker {
                 snapshot_script: Script::new(SNAPSHOT_SCRIPT),
             }),
             events: Some(events_rx),
+            presence: settings.presence,
+            book: Book::default(),
+            lost: HashSet::new(),
         };
         Ok(broker)
     }
@@ -271,13 +331,13 @@ impl RedisBroker {
                 }
                 self.shared
                     .publish
-                    .try_send(PublishJob {
+                    .try_send(Job::Publish(PublishJob {
                         room: Arc::from(room),
                         head,
                         dedupe,
                         sent_by: message.sent_by.cloned(),
                         reply,
-                    })
+                    }))
                     .map_err(|err| match err {
                         tokio::sync::mpsc::error::TrySendError::Full(_) => BrokerError::Unavailable,
                         tokio::sync::mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
@@ -476,17 +536,73 @@ impl Broker for RedisBroker {
         Pending::Later(Box::pin(self.send_signal(&signal)))
     }
 
-    fn presence_join(&mut self, _: &Arc<str>, _: &str, _: super::Origin) {}
-
-    fn presence_leave(&mut self, _: &Arc<str>, _: &str, _: super::Origin, _: super::Departure) {}
-
-    fn presence(&mut self, _: &Arc<str>) -> Pending<Vec<super::PresentName>> {
-        Pending::Ready(Ok(Vec::new()))
+    fn presence_join(&mut self, room: &Arc<str>, name: &str, origin: Origin) {
+        self.presence_job(PresenceJob::Join {
+            room: room.clone(),
+            name: Arc::from(name),
+            session: origin.session,
+        });
     }
 
-    fn presence_sweep(&mut self, _: &Arc<str>) {}
+    fn presence_leave(
+        &mut self,
+        room: &Arc<str>,
+        name: &str,
+        origin: Origin,
+        departure: Departure,
+    ) {
+        let (room, name) = (room.clone(), Arc::from(name));
+        self.presence_job(match departure {
+            Departure::Now => PresenceJob::Leave { room, name },
+            Departure::Keep(time) => PresenceJob::Keep {
+                room,
+                name,
+                session: origin.session,
+                time,
+            },
+        });
+    }
 
-    fn presence_restore(&mut self, _: &Arc<str>, _: Vec<(Arc<str>, u32)>) {}
+    fn presence(&mut self, room: &Arc<str>) -> Pending<Vec<PresentName>> {
+        if !self.presence.enabled {
+            return Pending::Ready(Ok(Vec::new()));
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = PresenceJob::Read {
+            room: room.clone(),
+            reply,
+        };
+        if let Err(err) = self.shared.publish.try_send(Job::Presence(job)) {
+            return Pending::Ready(Err(match err {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => BrokerError::Unavailable,
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
+            }));
+        }
+        Pending::Later(Box::pin(async move {
+            answer.await.unwrap_or(Err(BrokerError::Stopped))
+        }))
+    }
+
+    fn presence_sweep(&mut self, room: &Arc<str>) {
+        self.presence_job(PresenceJob::Sweep { room: room.clone() });
+    }
+
+    fn presence_restore(&mut self, room: &Arc<str>, counts: Vec<(Arc<str>, u32)>) {
+        self.presence_job(PresenceJob::Restore {
+            room: room.clone(),
+            counts,
+        });
+    }
+
+    fn flush(&mut self) -> Pending<()> {
+        let (reply, answer) = oneshot::channel();
+        if self.shared.publish.try_send(Job::Flush(reply)).is_err() {
+            return Pending::Ready(Err(BrokerError::Unavailable));
+        }
+        Pending::Later(Box::pin(async move {
+            answer.await.map_err(|_| BrokerError::Stopped)
+        }))
+    }
 
     fn history(&mut self, _: &Arc<str>, _: Option<u64>, _: usize) -> Pending<super::HistoryPage> {
         Pending::Ready(Err(BrokerError::Unavailable))
@@ -498,7 +614,51 @@ impl Broker for RedisBroker {
 
     fn ready_events(&mut self, _: &mut Vec<BrokerEvent>) {}
 
-    fn maintain(&mut self) {}
+    fn maintain(&mut self) {
+        self.retry_lost();
+    }
+}
+
+impl RedisBroker {
+    /// Queues a presence job (nothing with presence off). A job that does not fit in the
+    /// queue marks its room lost: a restore of this node's members there is queued instead
+    /// as soon as one fits (the queue runs in order, so it sets exactly what the jobs before
+    /// it left).
+    fn presence_job(&mut self, job: PresenceJob) {
+        if !self.presence.enabled {
+            return;
+        }
+        // Before this job's own count: a restore queued now comes before the job.
+        self.retry_lost();
+        self.book.record(&job);
+        let room = job.room().clone();
+        if self.lost.contains(&room) {
+            return;
+        }
+        if let Err(err) = self.shared.publish.try_send(Job::Presence(job)) {
+            metrics().broker_errors.inc();
+            if let tokio::sync::mpsc::error::TrySendError::Full(Job::Presence(job)) = err {
+                if !matches!(job, PresenceJob::Sweep { .. } | PresenceJob::Renew { .. }) {
+                    self.lost.insert(room);
+                }
+            }
+        }
+    }
+
+    /// Queues a restore of every lost room that fits.
+    fn retry_lost(&mut self) {
+        let lost: Vec<Arc<str>> = self.lost.iter().cloned().collect();
+        for room in lost {
+            let job = PresenceJob::Restore {
+                counts: self.book.counts(&room),
+                room: room.clone(),
+            };
+            if self.shared.publish.try_send(Job::Presence(job)).is_err() {
+                return;
+            }
+            self.lost.remove(&room);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,78 +1,117 @@
-//! The publisher task of one node: the messages waiting to be published go to Redis as one
-//! pipeline of script calls, awaited before the next, so that messages handed over in order
-//! execute in that order; each gets its answer. It decides nothing about rooms.
+//! The publisher task of one node: the jobs waiting (messages to publish, presence
+//! operations) go to Redis as one pipeline of script calls, awaited before the next, so that
+//! jobs handed over in order execute in that order; each message gets its answer. It also
+//! runs the presence heartbeat ([`PresenceWorker`]). It decides nothing about rooms.
 
 use futures::channel::mpsc;
 use log::debug;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::Script;
+use redis::{Pipeline, Script};
 use tokio::sync::watch;
 
 use super::super::local::HistoryLimits;
 use super::super::{BrokerError, Epoch};
 use super::keys::{origin_field, parse_published, Keys};
-use super::{Command, PublishJob};
+use super::presence::PresenceWorker;
+use super::{Command, Job, PublishJob};
 use crate::metrics::metrics;
 
-/// Messages sent as one pipeline at most.
+/// Jobs sent as one pipeline at most.
 pub(super) const MAX_BATCH: usize = 256;
 
-/// The publisher task: sends the waiting messages as one pipeline, awaits it, answers each.
+/// The publisher task: sends the waiting jobs as one pipeline, awaits it, answers each.
 pub(super) struct Publisher {
     pub(super) keys: Keys,
     pub(super) history: HistoryLimits,
-    pub(super) jobs: tokio::sync::mpsc::Receiver<PublishJob>,
+    pub(super) jobs: tokio::sync::mpsc::Receiver<Job>,
     pub(super) connection: watch::Receiver<Option<MultiplexedConnection>>,
     pub(super) commands: mpsc::UnboundedSender<Command>,
     pub(super) script: Script,
     /// `publish.dedupe_ms`, for the dedupe keys' expiry.
     pub(super) dedupe_ms: u64,
+    pub(super) presence: PresenceWorker,
 }
 
 impl Publisher {
     pub(super) async fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(job) = self.jobs.recv().await {
-            batch.push(job);
-            while batch.len() < MAX_BATCH {
-                match self.jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+        let mut heartbeat = tokio::time::interval(self.presence.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                job = self.jobs.recv() => {
+                    let Some(job) = job else {
+                        return;
+                    };
+                    batch.push(job);
+                    while batch.len() < MAX_BATCH {
+                        match self.jobs.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    self.send(&mut batch).await;
+                }
+                _ = heartbeat.tick() => {
+                    let mut jobs = self.presence.heartbeat_jobs().into_iter().map(Job::Presence);
+                    loop {
+                        batch.extend(jobs.by_ref().take(MAX_BATCH));
+                        if batch.is_empty() {
+                            break;
+                        }
+                        self.send(&mut batch).await;
+                    }
                 }
             }
-            self.send(&mut batch).await;
         }
     }
 
-    async fn send(&mut self, batch: &mut Vec<PublishJob>) {
+    /// Sends `batch` (emptied); the flushes in it are answered once the rest has run.
+    async fn send(&mut self, batch: &mut Vec<Job>) {
+        let mut flushes = Vec::new();
+        for job in std::mem::take(batch) {
+            match job {
+                Job::Flush(reply) => flushes.push(reply),
+                job => batch.push(job),
+            }
+        }
+        if !batch.is_empty() {
+            self.send_jobs(batch).await;
+        }
+        for reply in flushes {
+            let _ = reply.send(());
+        }
+    }
+
+    async fn send_jobs(&mut self, batch: &mut Vec<Job>) {
         let connection = self.connection.borrow().clone();
         let Some(mut connection) = connection else {
             for job in batch.drain(..) {
-                metrics().broker_errors.inc();
-                let _ = job.reply.send(Err(BrokerError::Unavailable));
+                match job {
+                    Job::Publish(job) => {
+                        metrics().broker_errors.inc();
+                        let _ = job.reply.send(Err(BrokerError::Unavailable));
+                    }
+                    Job::Presence(job) => {
+                        self.presence.record(&job);
+                        self.presence.unsent(job, BrokerError::Unavailable);
+                    }
+                    Job::Flush(reply) => {
+                        let _ = reply.send(());
+                    }
+                }
             }
             return;
         };
-        let ttl_ms = self.history.ttl.as_millis() as u64;
         let mut pipe = redis::pipe();
         for job in batch.iter() {
-            let command = pipe
-                .cmd("EVALSHA")
-                .arg(self.script.get_hash())
-                .arg(if job.dedupe.is_some() { 3 } else { 2 })
-                .arg(self.keys.room(&job.room))
-                .arg(self.keys.history(&job.room));
-            if let Some(dedupe) = &job.dedupe {
-                command.arg(dedupe);
+            match job {
+                Job::Publish(job) => self.publish_command(&mut pipe, job),
+                Job::Presence(job) => {
+                    pipe.add_command(self.presence.prepare(job));
+                }
+                Job::Flush(_) => {}
             }
-            command
-                .arg(self.keys.room(&job.room))
-                .arg(job.head.as_str())
-                .arg(Epoch::random().as_str())
-                .arg(self.history.size)
-                .arg(ttl_ms)
-                .arg(origin_field(job.sent_by.as_ref()))
-                .arg(self.dedupe_ms);
         }
         // `req_packed_commands` rather than `query_async`: it answers per command, so that
         // one refused message does not hide that the others were published.
@@ -80,29 +119,76 @@ impl Publisher {
         match answers {
             Ok(values) if values.len() == batch.len() => {
                 let mut reload = false;
+                let mut reload_presence = false;
                 for (job, value) in batch.drain(..).zip(values) {
-                    let result = parse_published(&job, value, &mut reload);
-                    if result.is_err() {
-                        metrics().broker_errors.inc();
+                    match job {
+                        Job::Publish(job) => {
+                            let result = parse_published(&job, value, &mut reload);
+                            if result.is_err() {
+                                metrics().broker_errors.inc();
+                            }
+                            let _ = job.reply.send(result);
+                        }
+                        Job::Presence(job) => {
+                            self.presence.answered(job, value, &mut reload_presence);
+                        }
+                        Job::Flush(reply) => {
+                            let _ = reply.send(());
+                        }
                     }
-                    let _ = job.reply.send(result);
                 }
+                // The script cache was flushed: the jobs that met NOSCRIPT did not run.
                 if reload {
                     if let Err(err) = self.script.load_async(&mut connection).await {
                         debug!("broker: loading the publish script failed: {err}");
                     }
                 }
+                if reload_presence {
+                    if let Err(err) = self.presence.script().load_async(&mut connection).await {
+                        debug!("broker: loading the presence script failed: {err}");
+                    }
+                }
             }
             Ok(_) | Err(_) => {
                 if let Err(err) = &answers {
-                    debug!("broker: publishing {} messages failed: {err}", batch.len());
+                    debug!("broker: sending {} jobs failed: {err}", batch.len());
                 }
                 let _ = self.commands.unbounded_send(Command::Suspect);
                 for job in batch.drain(..) {
-                    metrics().broker_errors.inc();
-                    let _ = job.reply.send(Err(BrokerError::Interrupted));
+                    match job {
+                        Job::Publish(job) => {
+                            metrics().broker_errors.inc();
+                            let _ = job.reply.send(Err(BrokerError::Interrupted));
+                        }
+                        Job::Presence(job) => self.presence.unsent(job, BrokerError::Interrupted),
+                        Job::Flush(reply) => {
+                            let _ = reply.send(());
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// The publish script's call for `job`, added to `pipe`.
+    fn publish_command(&self, pipe: &mut Pipeline, job: &PublishJob) {
+        let ttl_ms = self.history.ttl.as_millis() as u64;
+        let command = pipe
+            .cmd("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(if job.dedupe.is_some() { 3 } else { 2 })
+            .arg(self.keys.room(&job.room))
+            .arg(self.keys.history(&job.room));
+        if let Some(dedupe) = &job.dedupe {
+            command.arg(dedupe);
+        }
+        command
+            .arg(self.keys.room(&job.room))
+            .arg(job.head.as_str())
+            .arg(Epoch::random().as_str())
+            .arg(self.history.size)
+            .arg(ttl_ms)
+            .arg(origin_field(job.sent_by.as_ref()))
+            .arg(self.dedupe_ms);
     }
 }

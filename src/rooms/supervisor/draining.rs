@@ -22,6 +22,8 @@ pub(super) struct DrainState {
     pub(super) report: DrainReport,
     pub(super) reply: Option<oneshot::Sender<DrainReport>>,
     pub(super) deadline: Option<SpawnHandle>,
+    /// The broker has carried out the sessions' departures (presence) before the answer.
+    pub(super) flushed: bool,
 }
 
 /// A `going_away` reconnect delay drawn uniformly from 0 to `spread` (`None`: no `going_away`).
@@ -53,6 +55,18 @@ impl Supervisor {
         // A message a session sent before its close is published before the process exits
         // (each publish answers within the broker's request timeout).
         if !self.members.is_empty() || self.publishing > 0 {
+            return;
+        }
+        // What the sessions' ends did to presence reaches the broker before the process
+        // exits (with Redis, presence calls are fire-and-forget): counted like a publish.
+        if let Some(drain) = self.drain.as_mut().filter(|drain| !drain.flushed) {
+            drain.flushed = true;
+            self.publishing += 1;
+            let pending = self.broker.flush();
+            self.when_answered(pending, ctx, |act, _, ctx| {
+                act.publishing = act.publishing.saturating_sub(1);
+                act.finish_drain_if_done(ctx);
+            });
             return;
         }
         if let Some(mut drain) = self.drain.take() {
@@ -121,6 +135,7 @@ impl Handler<Drain> for Supervisor {
             },
             reply: Some(tx),
             deadline: Some(deadline),
+            flushed: false,
         });
 
         let mut ids: Vec<SessionId> = self.members.keys().copied().collect();
