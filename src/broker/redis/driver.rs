@@ -16,7 +16,9 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Client, Msg, RedisError, Script, Value};
 use tokio::sync::watch;
 
-use super::super::{BrokerError, BrokerEvent, BrokerHealth, Epoch, EpochChange, JoinRequest};
+use super::super::{
+    BrokerError, BrokerEvent, BrokerHealth, Control, Epoch, EpochChange, JoinRequest,
+};
 use super::keys::{join_snapshot, parse_publication, snapshot_head, Keys, Publication};
 use super::presence::PresenceJob;
 use super::presence_script::Notice;
@@ -192,6 +194,9 @@ impl Driver {
         let (mut sink, mut stream) = pubsub.split();
         // Re-subscribe every room with local members, then find the rooms whose epoch changed.
         let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        if let Err(err) = sink.subscribe(self.keys.control()).await {
+            return Ended::Lost(err.to_string());
+        }
         for room in &rooms {
             if let Err(err) = sink.subscribe(self.keys.room(room)).await {
                 return Ended::Lost(err.to_string());
@@ -378,6 +383,15 @@ impl Driver {
 
     /// A message on a room channel: reported after an epoch change if its epoch is new.
     async fn publication(&mut self, message: Msg) {
+        if message.get_channel_name() == self.keys.control() {
+            match serde_json::from_slice::<Control>(message.get_payload_bytes()) {
+                Ok(control) => self.emit(BrokerEvent::Control(control)).await,
+                Err(err) => {
+                    warn!("broker: an unreadable order on the control channel was ignored: {err}")
+                }
+            }
+            return;
+        }
         let Some(room) = self.keys.room_of_channel(message.get_channel_name()) else {
             return;
         };

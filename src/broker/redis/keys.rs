@@ -117,6 +117,12 @@ impl Keys {
         format!("{}:presence:{{{room}}}:h:", self.prefix)
     }
 
+    /// The channel of the server API's orders ([`crate::broker::Control`]), which every node
+    /// subscribes to.
+    pub(super) fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+
     /// The room of a channel name.
     pub(super) fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
         channel.strip_prefix(&self.room_prefix)

@@ -7,6 +7,7 @@
 //! | `P:room:R` | hash | `epoch` (16 hex chars) and `seq` (the room's latest seq) |
 //! | `P:history:R` | stream | the last `history.size` message frames, entry id `seq-0`, field `json` (absent when `history.size` is 0) |
 //! | `P:room:R` | pub/sub channel | every message as `EPOCH:SEQ:ORIGIN:JSON`, every signal as `S:NODE.SESSION:JSON`, presence as `P:J:NODE.SESSION:NAME` (a name arrived; `P:J::NAME` after a restore), `P:L::NAME` (a name is gone), `P:K::MS` (a connection is kept MS: sweep then) |
+//! | `P:control` | pub/sub channel | the server API's orders to every node (a disconnect by name), as JSON; every node subscribes on each connect |
 //! | `P:presence:{R}:names` | hash | every present name → its connections over all holders |
 //! | `P:presence:{R}:holders` | zset | holder → deadline (ms, Redis's clock) |
 //! | `P:presence:{R}:h:HOLDER` | hash | name → connections of one holder: `n:NODE` (a node's live sessions, a lease renewed by its heartbeat), `k:NODE.SESSION` (one kept connection) |
@@ -53,7 +54,8 @@
 //! `presence_script.rs`: the presence script, its calls and answers, the presence notices
 //! (pure); `presence.rs`: this node's presence jobs, its book of members, the heartbeat;
 //! `publisher.rs`: the task that sends messages and presence jobs as pipelines; `driver.rs`:
-//! the task that keeps the connection, the subscriptions and the health; this file: the
+//! the task that keeps the connection, the subscriptions and the health; `server_api.rs`: a
+//! page of history and an order to every node, for the server API; this file: the
 //! handle the supervisor holds and its [`Broker`] seam.
 //!
 //! This module must not know sessions or actix: it hands [`BrokerEvent`]s to whoever holds
@@ -66,6 +68,7 @@ mod presence_script;
 #[cfg(test)]
 mod presence_tests;
 mod publisher;
+mod server_api;
 #[cfg(test)]
 mod tests;
 
@@ -604,12 +607,17 @@ impl Broker for RedisBroker {
         }))
     }
 
-    fn history(&mut self, _: &Arc<str>, _: Option<u64>, _: usize) -> Pending<super::HistoryPage> {
-        Pending::Ready(Err(BrokerError::Unavailable))
+    fn history(
+        &mut self,
+        room: &Arc<str>,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Pending<super::HistoryPage> {
+        Pending::Later(Box::pin(self.history_page(room, since, limit)))
     }
 
-    fn control(&mut self, _: super::Control) -> Pending<()> {
-        Pending::Ready(Err(BrokerError::Unavailable))
+    fn control(&mut self, control: super::Control) -> Pending<()> {
+        Pending::Later(Box::pin(self.send_control(&control)))
     }
 
     fn ready_events(&mut self, _: &mut Vec<BrokerEvent>) {}

@@ -1,0 +1,123 @@
+//! What the server API asks of the Redis broker: a page of a room's history (the room's
+//! epoch and seq by the snapshot script, which creates a missing room as a join would, then
+//! one XRANGE of at most the page's size and the epoch once more), and an order for every
+//! node on the key prefix's control channel (every node's driver subscribes to it on each
+//! connect and hands what arrives over as [`BrokerEvent::Control`]).
+//!
+//! It must not act on an order, nor write history.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use redis::{RedisError, Value};
+
+use super::keys::{parse_entry, snapshot_error, snapshot_head};
+use super::{Command, RedisBroker};
+use crate::broker::{BrokerError, Control, Epoch, HistoryPage, Published};
+use crate::metrics::metrics;
+
+impl RedisBroker {
+    /// The kept messages of `room` after `since` (`None`: from the oldest kept), at most
+    /// `limit`, with the room's epoch and seq.
+    pub fn history_page(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<HistoryPage, BrokerError>> + Send + 'static {
+        let shared = self.shared.clone();
+        let room: Arc<str> = Arc::from(room);
+        async move {
+            let Some(mut connection) = shared.connection.borrow().clone() else {
+                return Err(BrokerError::Unavailable);
+            };
+            let failed = |err: RedisError| {
+                metrics().broker_errors.inc();
+                if super::keys::is_connection_error(&err) {
+                    let _ = shared.commands.unbounded_send(Command::Suspect);
+                    BrokerError::Interrupted
+                } else {
+                    BrokerError::Server(err.to_string())
+                }
+            };
+            let head: Value = shared
+                .snapshot_script
+                .key(shared.keys.room(&room))
+                .key(shared.keys.history(&room))
+                .arg(Epoch::random().as_str())
+                .arg(shared.history.ttl.as_millis() as u64)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(failed)?;
+            let (epoch, seq) = snapshot_head(&head)?;
+            let epoch = Epoch::new(epoch);
+            let first = match since {
+                Some(since) => format!("{}-0", since.saturating_add(1)),
+                None => "-".to_owned(),
+            };
+            let (entries, epoch_now): (Value, Option<String>) = redis::pipe()
+                .cmd("XRANGE")
+                .arg(shared.keys.history(&room))
+                .arg(first)
+                .arg(format!("{seq}-0"))
+                .arg("COUNT")
+                .arg(limit)
+                .cmd("HGET")
+                .arg(shared.keys.room(&room))
+                .arg("epoch")
+                .query_async(&mut connection)
+                .await
+                .map_err(failed)?;
+            let entries = match entries {
+                // Redis lost the room in between: another epoch's entries are not this one's.
+                Value::Array(_) if epoch_now.as_deref() != Some(epoch.as_str()) => Vec::new(),
+                Value::Array(entries) => entries,
+                _ => return Err(snapshot_error("history entries")),
+            };
+            let mut messages = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let (seq, json) =
+                    parse_entry(entry).ok_or_else(|| snapshot_error("stream entry"))?;
+                messages.push(Published {
+                    room: room.clone(),
+                    epoch: epoch.clone(),
+                    seq,
+                    json,
+                    sent_by: None,
+                });
+            }
+            Ok(HistoryPage {
+                room,
+                epoch,
+                seq,
+                messages,
+            })
+        }
+    }
+
+    /// Publishes `control` on the control channel: every node subscribed (this one too) gets
+    /// it.
+    pub fn send_control(
+        &self,
+        control: &Control,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
+        let connection = self.shared.connection.borrow().clone();
+        let channel = self.shared.keys.control();
+        let payload = serde_json::to_string(control);
+        async move {
+            let payload = payload.map_err(|err| BrokerError::Encode(err.to_string()))?;
+            let Some(mut connection) = connection else {
+                return Err(BrokerError::Unavailable);
+            };
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(|err| {
+                    metrics().broker_errors.inc();
+                    BrokerError::Server(err.to_string())
+                })
+        }
+    }
+}
