@@ -252,7 +252,13 @@ async fn the_real_server_refuses_a_bad_name_with_400_and_the_client_stops() {
             _ => None,
         })
         .unwrap_or_else(|| panic!("no stop on 400: {:?}", client.seen));
-    assert!(reason.starts_with("HTTP 400: name must be"), "{reason}");
+    // tungstenite hands over only the body bytes that arrived with the response head: the
+    // first line of the body is shown when it came in the same read (nearly always on
+    // loopback), never anything else.
+    assert!(
+        reason == "HTTP 400" || reason.starts_with("HTTP 400: name must be"),
+        "{reason}"
+    );
     server.sigterm();
     assert!(
         server.wait_exit(WAIT).await.success(),
