@@ -431,7 +431,7 @@ async fn a_history_stream_lost_alone_is_not_resumed() {
     for n in 1..=6 {
         talker.say(&format!("t-{n}")).await;
     }
-    assert_eq!(redis.command(&format!("DEL {key_prefix}:history:r")), ":1");
+    assert_eq!(redis.command(&format!("DEL {key_prefix}:{{r}}:history")), ":1");
     let member = join(&a, "r", "m", Some((3, &epoch))).await;
     assert_eq!(
         member.welcome.resumed,
@@ -512,7 +512,7 @@ async fn a_room_idle_past_the_ttl_is_not_resumed_and_starts_a_new_epoch() {
     assert_eq!(fresh.welcome.resumed, Some(true), "{:?}", fresh.welcome);
     fresh.leave().await;
     // Redis drops the room's keys a second after its last message.
-    let key = format!("EXISTS {key_prefix}:room:r");
+    let key = format!("EXISTS {key_prefix}:{{r}}:room");
     let start = Instant::now();
     while redis.command(&key) != ":0" {
         assert!(start.elapsed() < WAIT, "the room's hash never expired");
@@ -548,7 +548,7 @@ async fn a_room_that_expires_under_open_sessions_tells_them_the_new_epoch() {
     for member in [&mut ann, &mut bob] {
         assert_contiguous("before", &member.rx.messages_through(2).await, 1, 2);
     }
-    let key = format!("EXISTS {key_prefix}:room:r");
+    let key = format!("EXISTS {key_prefix}:{{r}}:room");
     let start = Instant::now();
     while redis.command(&key) != ":0" {
         assert!(start.elapsed() < WAIT, "the room's hash never expired");

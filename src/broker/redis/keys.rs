@@ -76,7 +76,7 @@ return {epoch, string.format('%d', seq)}
 #[derive(Debug, Clone)]
 pub(super) struct Keys {
     prefix: String,
-    /// `P:room:`, the start of every room hash and channel.
+    /// `P:{`, the start of every key and channel of a room.
     room_prefix: String,
 }
 
@@ -84,37 +84,44 @@ impl Keys {
     pub(super) fn new(prefix: &str) -> Self {
         Keys {
             prefix: prefix.to_owned(),
-            room_prefix: format!("{prefix}:room:"),
+            room_prefix: format!("{prefix}:{{"),
         }
     }
 
+    /// `P:{R}:`, the start of every key of room `R`: the hash tag `{R}` puts them all (and
+    /// the room's channel) in one Redis Cluster slot, so that every script touches one slot.
+    fn of_room(&self, room: &str) -> String {
+        format!("{}{room}}}:", self.room_prefix)
+    }
+
+    /// The room's hash (`epoch`, `seq`), and its pub/sub channel (a sharded channel in a
+    /// Redis Cluster, in the room's slot).
     pub(super) fn room(&self, room: &str) -> String {
-        format!("{}{room}", self.room_prefix)
+        format!("{}room", self.of_room(room))
     }
 
     /// The key that marks `key` as published in `room` (for `publish.dedupe_ms`).
     pub(super) fn dedupe(&self, room: &str, key: &str) -> String {
-        format!("{}:dedupe:{room}:{key}", self.prefix)
+        format!("{}dedupe:{key}", self.of_room(room))
     }
 
     pub(super) fn history(&self, room: &str) -> String {
-        format!("{}:history:{room}", self.prefix)
+        format!("{}history", self.of_room(room))
     }
 
-    /// A room's present names: hash name → connections over every holder. Hash-tagged:
-    /// every presence key of a room is in the room's Redis Cluster slot.
+    /// A room's present names: hash name → connections over every holder.
     pub(super) fn presence_names(&self, room: &str) -> String {
-        format!("{}:presence:{{{room}}}:names", self.prefix)
+        format!("{}presence:names", self.of_room(room))
     }
 
     /// A room's holders with a deadline: zset holder → deadline in ms.
     pub(super) fn presence_holders(&self, room: &str) -> String {
-        format!("{}:presence:{{{room}}}:holders", self.prefix)
+        format!("{}presence:holders", self.of_room(room))
     }
 
     /// The start of a room's holder hashes (`...:h:HOLDER`, name → connections).
     pub(super) fn presence_holder_prefix(&self, room: &str) -> String {
-        format!("{}:presence:{{{room}}}:h:", self.prefix)
+        format!("{}presence:h:", self.of_room(room))
     }
 
     /// The channel of the server API's orders ([`crate::broker::Control`]), which every node
@@ -123,9 +130,11 @@ impl Keys {
         format!("{}:control", self.prefix)
     }
 
-    /// The room of a channel name.
+    /// The room of a channel name (`P:{R}:room`).
     pub(super) fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel.strip_prefix(&self.room_prefix)
+        channel
+            .strip_prefix(&self.room_prefix)?
+            .strip_suffix("}:room")
     }
 }
 
@@ -349,19 +358,35 @@ mod tests {
     #[test]
     fn keys_and_channels() {
         let keys = Keys::new("app");
-        assert_eq!(keys.room("lobby"), "app:room:lobby");
-        assert_eq!(keys.history("lobby"), "app:history:lobby");
-        assert_eq!(keys.room_of_channel("app:room:lobby"), Some("lobby"));
-        assert_eq!(keys.room_of_channel("other:room:lobby"), None);
-        assert_eq!(keys.presence_names("lobby"), "app:presence:{lobby}:names");
-        assert_eq!(
-            keys.presence_holders("lobby"),
-            "app:presence:{lobby}:holders"
-        );
+        assert_eq!(keys.room("lobby"), "app:{lobby}:room");
+        assert_eq!(keys.history("lobby"), "app:{lobby}:history");
+        assert_eq!(keys.dedupe("lobby", "n:ann:1"), "app:{lobby}:dedupe:n:ann:1");
+        assert_eq!(keys.room_of_channel("app:{lobby}:room"), Some("lobby"));
+        assert_eq!(keys.room_of_channel("other:{lobby}:room"), None);
+        assert_eq!(keys.room_of_channel("app:{lobby}:history"), None);
+        assert_eq!(keys.room_of_channel("app:control"), None);
+        assert_eq!(keys.presence_names("lobby"), "app:{lobby}:presence:names");
+        assert_eq!(keys.presence_holders("lobby"), "app:{lobby}:presence:holders");
         assert_eq!(
             keys.presence_holder_prefix("lobby"),
-            "app:presence:{lobby}:h:"
+            "app:{lobby}:presence:h:"
         );
+        // Every key and the channel of a room hash to one Redis Cluster slot: the part in
+        // braces is the room alone.
+        for key in [
+            keys.room("lobby"),
+            keys.history("lobby"),
+            keys.dedupe("lobby", "k"),
+            keys.presence_names("lobby"),
+            keys.presence_holders("lobby"),
+            keys.presence_holder_prefix("lobby") + "n:1",
+        ] {
+            let tag = key
+                .split_once('{')
+                .and_then(|(_, rest)| rest.split_once('}'))
+                .map(|(tag, _)| tag);
+            assert_eq!(tag, Some("lobby"), "{key}");
+        }
     }
 
     #[test]

@@ -4,13 +4,18 @@
 //!
 //! | name | type | holds |
 //! |---|---|---|
-//! | `P:room:R` | hash | `epoch` (16 hex chars) and `seq` (the room's latest seq) |
-//! | `P:history:R` | stream | the last `history.size` message frames, entry id `seq-0`, field `json` (absent when `history.size` is 0) |
-//! | `P:room:R` | pub/sub channel | every message as `EPOCH:SEQ:ORIGIN:JSON`, every signal as `S:NODE.SESSION:JSON`, presence as `P:J:NODE.SESSION:NAME` (a name arrived; `P:J::NAME` after a restore), `P:L::NAME` (a name is gone), `P:K::MS` (a connection is kept MS: sweep then) |
+//! | `P:{R}:room` | hash | `epoch` (16 hex chars) and `seq` (the room's latest seq) |
+//! | `P:{R}:history` | stream | the last `history.size` message frames, entry id `seq-0`, field `json` (absent when `history.size` is 0) |
+//! | `P:{R}:room` | pub/sub channel | every message as `EPOCH:SEQ:ORIGIN:JSON`, every signal as `S:NODE.SESSION:JSON`, presence as `P:J:NODE.SESSION:NAME` (a name arrived; `P:J::NAME` after a restore), `P:L::NAME` (a name is gone), `P:K::MS` (a connection is kept MS: sweep then) |
 //! | `P:control` | pub/sub channel | the server API's orders to every node (a disconnect by name), as JSON; every node subscribes on each connect |
-//! | `P:presence:{R}:names` | hash | every present name → its connections over all holders |
-//! | `P:presence:{R}:holders` | zset | holder → deadline (ms, Redis's clock) |
-//! | `P:presence:{R}:h:HOLDER` | hash | name → connections of one holder: `n:NODE` (a node's live sessions, a lease renewed by its heartbeat), `k:NODE.SESSION` (one kept connection) |
+//! | `P:{R}:dedupe:KEY` | string | `EPOCH:SEQ` of the first message published with dedupe key KEY (a v2 `n:NAME:ID`, an API `a:KEY`), for `publish.dedupe_ms` |
+//! | `P:{R}:presence:names` | hash | every present name → its connections over all holders |
+//! | `P:{R}:presence:holders` | zset | holder → deadline (ms, Redis's clock) |
+//! | `P:{R}:presence:h:HOLDER` | hash | name → connections of one holder: `n:NODE` (a node's live sessions, a lease renewed by its heartbeat), `k:NODE.SESSION` (one kept connection) |
+//!
+//! Every key of a room, and its channel, carry the room as a hash tag (`{R}`): they share
+//! one Redis Cluster slot, so each script touches one slot. Keys written under the names of
+//! before 0.2 (`P:room:R`, `P:history:R`) are not read: such a room starts a new epoch once.
 //!
 //! The room hash and the stream expire `history.ttl_ms` after the room's last message (a
 //! room that expired starts a new epoch, like one Redis lost). The presence keys carry the

@@ -430,7 +430,7 @@ async fn with_presence_off_the_broker_sends_nothing_and_lists_nobody() {
         .await
         .expect("connection");
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("off:presence:*")
+        .arg("off:*presence*")
         .query_async(&mut connection)
         .await
         .expect("KEYS");
