@@ -121,6 +121,10 @@ async fn a_publish_reaches_v1_and_v2_members_once_per_idempotency_key() {
     assert_eq!(repeat["seq"], 1, "{repeat}");
     assert_eq!(repeat["epoch"], answer["epoch"]);
     assert_eq!(repeat["duplicate"], true);
+    assert_eq!(
+        metric(server.addr, "wsgrace_publishes_deduplicated_total").await,
+        1.0
+    );
     // Without `from`: the server speaks. The next message the members get is this one.
     let next = publish(&api, json!({"room": "r", "text": "notice"})).await;
     assert_eq!(next["seq"], 2, "{next}");

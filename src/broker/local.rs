@@ -287,6 +287,9 @@ pub struct LocalBroker {
     node: NodeId,
     /// Who is in each room (`local_presence.rs`).
     presence: LocalPresence,
+    /// `history.snapshot_path`: where [`Broker::flush`] (the end of a drain) writes the
+    /// history for the next process (`local_snapshot.rs`).
+    snapshot_path: Option<std::path::PathBuf>,
 }
 
 impl LocalBroker {
@@ -303,7 +306,21 @@ impl LocalBroker {
             dedupe: Duration::ZERO,
             node: fastrand::u64(..),
             presence: LocalPresence::new(PresenceLimits::default()),
+            snapshot_path: None,
         }
+    }
+
+    /// The same broker, with the history `path` holds (written by a process before this
+    /// one), writing it there again at the end of a drain. A file that cannot be trusted is
+    /// refused whole with a warn line: the broker starts empty.
+    pub fn with_snapshot(mut self, path: std::path::PathBuf) -> Self {
+        match self.load_snapshot(&path) {
+            Ok(0) => {}
+            Ok(rooms) => log::info!("history: {rooms} rooms restored from {}", path.display()),
+            Err(err) => log::warn!("history snapshot not used, starting empty: {err}"),
+        }
+        self.snapshot_path = Some(path);
+        self
     }
 
     /// The same broker, keeping presence as `limits` say (`[presence]`; the default's
@@ -689,6 +706,9 @@ impl LocalBroker {
 
 #[path = "local_seam.rs"]
 mod seam;
+#[path = "local_snapshot.rs"]
+mod snapshot;
+pub use snapshot::SnapshotError;
 #[cfg(test)]
 #[path = "local_tests.rs"]
 mod tests;

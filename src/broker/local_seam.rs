@@ -118,6 +118,17 @@ impl Broker for LocalBroker {
         Pending::Ready(Ok(()))
     }
 
+    fn flush(&mut self) -> Pending<()> {
+        // The end of a drain: the history is kept for the next process.
+        if let Some(path) = &self.snapshot_path {
+            match self.save_snapshot(path) {
+                Ok(rooms) => log::info!("history: {rooms} rooms written to {}", path.display()),
+                Err(err) => log::warn!("history snapshot not written: {err}"),
+            }
+        }
+        Pending::Ready(Ok(()))
+    }
+
     fn ready_events(&mut self, out: &mut Vec<BrokerEvent>) {
         out.append(&mut self.ready);
     }

@@ -526,12 +526,14 @@ pub fn from_config(config: &crate::config::Config) -> Result<Box<dyn Broker>, Br
         crate::config::BrokerKind::Local => {
             crate::metrics::metrics().broker_up.set(1);
             let limits = local::HistoryLimits::from(&config.history);
-            Ok(Box::new(
-                LocalBroker::new(limits)
-                    .with_room_overhead(local::ROOM_OVERHEAD_BYTES)
-                    .with_dedupe(Duration::from_millis(config.publish.dedupe_ms))
-                    .with_presence(PresenceLimits::from(&config.presence)),
-            ))
+            let broker = LocalBroker::new(limits)
+                .with_room_overhead(local::ROOM_OVERHEAD_BYTES)
+                .with_dedupe(Duration::from_millis(config.publish.dedupe_ms))
+                .with_presence(PresenceLimits::from(&config.presence));
+            Ok(Box::new(match config.history.snapshot_path.as_str() {
+                "" => broker,
+                path => broker.with_snapshot(std::path::PathBuf::from(path)),
+            }))
         }
         crate::config::BrokerKind::Redis => {
             let mut settings = redis::RedisSettings::new(&config.broker, &config.history);

@@ -28,6 +28,9 @@ pub struct HistorySettings {
     pub ttl_ms: u64,
     /// Local broker: all rooms' history together stays under this many bytes.
     pub max_bytes: u64,
+    /// Local broker: the file the history is written to at the end of a drain and read
+    /// from before the next process listens; empty = not kept across a restart.
+    pub snapshot_path: String,
 }
 
 impl HistorySettings {
@@ -35,7 +38,17 @@ impl HistorySettings {
     pub(super) fn validate(&self, check: &Check) -> Result<(), ConfigError> {
         check.range("history.size", self.size, HISTORY_SIZE)?;
         check.range("history.ttl_ms", self.ttl_ms, HISTORY_TTL_MS)?;
-        check.range("history.max_bytes", self.max_bytes, HISTORY_MAX_BYTES)
+        check.range("history.max_bytes", self.max_bytes, HISTORY_MAX_BYTES)?;
+        if self.snapshot_path.ends_with('/') {
+            return Err(check.invalid(
+                "history.snapshot_path",
+                format!(
+                    "must name a file, not a directory: {:?}",
+                    self.snapshot_path
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -45,6 +58,7 @@ impl Default for HistorySettings {
             size: 1_000,
             ttl_ms: 3_600_000,
             max_bytes: 268_435_456,
+            snapshot_path: String::new(),
         }
     }
 }

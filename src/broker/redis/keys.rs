@@ -360,13 +360,19 @@ mod tests {
         let keys = Keys::new("app");
         assert_eq!(keys.room("lobby"), "app:{lobby}:room");
         assert_eq!(keys.history("lobby"), "app:{lobby}:history");
-        assert_eq!(keys.dedupe("lobby", "n:ann:1"), "app:{lobby}:dedupe:n:ann:1");
+        assert_eq!(
+            keys.dedupe("lobby", "n:ann:1"),
+            "app:{lobby}:dedupe:n:ann:1"
+        );
         assert_eq!(keys.room_of_channel("app:{lobby}:room"), Some("lobby"));
         assert_eq!(keys.room_of_channel("other:{lobby}:room"), None);
         assert_eq!(keys.room_of_channel("app:{lobby}:history"), None);
         assert_eq!(keys.room_of_channel("app:control"), None);
         assert_eq!(keys.presence_names("lobby"), "app:{lobby}:presence:names");
-        assert_eq!(keys.presence_holders("lobby"), "app:{lobby}:presence:holders");
+        assert_eq!(
+            keys.presence_holders("lobby"),
+            "app:{lobby}:presence:holders"
+        );
         assert_eq!(
             keys.presence_holder_prefix("lobby"),
             "app:{lobby}:presence:h:"

@@ -19,6 +19,7 @@ use crate::broker::{
 };
 use crate::close::{CloseMode, CloseStatus};
 use crate::connection::session::{Close, CloseOutput};
+use crate::metrics::metrics;
 
 /// How a request's answer comes back.
 pub type Reply<T> = oneshot::Sender<Result<T, BrokerError>>;
@@ -169,12 +170,15 @@ impl Handler<ApiPublish> for Supervisor {
                     epoch: message.epoch,
                     duplicate: false,
                 },
-                Publication::Repeat { epoch, seq } => ApiPublished {
-                    room: room.clone(),
-                    seq,
-                    epoch,
-                    duplicate: true,
-                },
+                Publication::Repeat { epoch, seq } => {
+                    metrics().publishes_deduplicated.inc();
+                    ApiPublished {
+                        room: room.clone(),
+                        seq,
+                        epoch,
+                        duplicate: true,
+                    }
+                }
             })
         };
         match pending {
