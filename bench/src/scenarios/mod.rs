@@ -9,6 +9,7 @@ pub mod drain;
 pub mod fanout;
 pub mod hold;
 pub mod mass_resume;
+pub mod presence_joins;
 pub mod rolling;
 
 use std::cell::{Cell, RefCell};
