@@ -91,8 +91,10 @@ pub struct PresenceJoinsArgs {
     /// How long a joiner stays in the room after its `joined` before it sends `leave`.
     #[arg(long, default_value_t = 10)]
     pub hold_ms: u64,
-    /// Seconds of the idle window before the churn (background CPU; 0 = none).
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds of the idle window before the churn (background CPU; 0 = none). With Redis
+    /// presence a node renews its lease in each room every min(ttl/3, max(grace, 500 ms)),
+    /// 5 s by default: the window holds one renewal, so "net of idle" takes it out.
+    #[arg(long, default_value_t = 5.0)]
     pub idle_secs: f64,
     /// Connections opened at a time while filling the room.
     #[arg(long, default_value_t = 64)]
