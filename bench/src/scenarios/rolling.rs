@@ -101,6 +101,8 @@ struct Shared {
     first_error: RefCell<Option<String>>,
     /// Presence frames before the SIGTERM (the initial joins), all clients.
     presence_before: Cell<u64>,
+    /// Of those, `presence_leave` frames (a room that only fills should have none).
+    presence_leaves_before: Cell<u64>,
     /// After the SIGTERM, to the clients that stayed on B: about returners, about others.
     stayers_about_returners: Cell<u64>,
     stayers_other: Cell<u64>,
@@ -125,6 +127,9 @@ impl Shared {
         let bump = |c: &Cell<u64>| c.set(c.get() + 1);
         if self.sigterm_ns.get() == u64::MAX {
             bump(&self.presence_before);
+            if change == PresenceChange::Leave {
+                bump(&self.presence_leaves_before);
+            }
             return;
         }
         if stopping {
@@ -443,6 +448,7 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
         last_seqs: RefCell::new(Vec::new()),
         first_error: RefCell::new(None),
         presence_before: Cell::new(0),
+        presence_leaves_before: Cell::new(0),
         stayers_about_returners: Cell::new(0),
         stayers_other: Cell::new(0),
         returners_about_returners: Cell::new(0),
@@ -659,6 +665,7 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
             "presence": args.presence.name(),
             "presence_events_max_members": events_max_members,
             "presence_frames_before_sigterm": shared.presence_before.get(),
+            "presence_leaves_before_sigterm": shared.presence_leaves_before.get(),
             "presence_flap_free": shared.stayers_about_returners.get() == 0,
             "presence_events_seen_by_stayers": {
                 "about_returners": shared.stayers_about_returners.get(),
