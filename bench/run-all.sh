@@ -50,3 +50,8 @@ for i in 1 2 3; do one "mass-resume-$i" mass-resume 1000 100; done
 for i in 1 2 3; do one "mass-resume-1node-$i" mass-resume 1000 100 --broker redis --redis-nodes 1; done
 for i in 1 2 3; do one "rolling-$i" rolling 2000 200; done
 one rolling-history-1000 rolling 2000 200 --history-size 1000
+
+# Presence (issue 22): joins into a room of 10,000 and of 100, presence on and off, in one run
+# each (events on as configured, then off for like-for-like); rolling above counts presence.
+one presence-joins-matrix --timeout-secs 600 presence-joins --matrix 10000 1000
+one presence-joins-matrix-events-off --timeout-secs 600 presence-joins --matrix 10000 1000 --events off

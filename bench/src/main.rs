@@ -24,7 +24,7 @@ use launch::ServerOpts;
 use scenarios::{Ctx, Outcome};
 
 /// Load generator for wsgrace: hold, fanout, drain, close-latency, cluster-fanout,
-/// mass-resume and rolling scenarios.
+/// mass-resume, rolling and presence-joins scenarios.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -73,6 +73,9 @@ enum Scenario {
     MassResume(scenarios::mass_resume::MassResumeArgs),
     /// Two nodes on one Redis under steady load; node A drained; its clients resume on B.
     Rolling(scenarios::rolling::RollingArgs),
+    /// Two nodes on one Redis, one room of N members; RATE v2 joins (and leaves) per
+    /// second: node and Redis CPU per join, with presence on and off (`--matrix`).
+    PresenceJoins(scenarios::presence_joins::PresenceJoinsArgs),
 }
 
 impl Scenario {
@@ -94,6 +97,7 @@ impl Scenario {
             Scenario::ClusterFanout(_) => "cluster-fanout",
             Scenario::MassResume(_) => "mass-resume",
             Scenario::Rolling(_) => "rolling",
+            Scenario::PresenceJoins(_) => "presence-joins",
         }
     }
 }
@@ -203,6 +207,7 @@ fn run_once(
             Scenario::ClusterFanout(args) => scenarios::cluster_fanout::run(&ctx, args).await,
             Scenario::MassResume(args) => scenarios::mass_resume::run(&ctx, args).await,
             Scenario::Rolling(args) => scenarios::rolling::run(&ctx, args).await,
+            Scenario::PresenceJoins(args) => scenarios::presence_joins::run(&ctx, args).await,
         }
     });
     // Client tasks still alive are dropped with the LocalSet; nothing waits on them.

@@ -512,5 +512,12 @@ mod tests {
         );
         let bad = br#"{"type":"message","room":"r","from":"x","text":"hi","seq":1}"#;
         assert_eq!(parse_message(bad), Some(None));
+        // v1 members get presence frames too (issue 22): not messages, whatever the name.
+        for other in [
+            &br#"{"type":"presence_join","room":"fanout","name":"m3"}"#[..],
+            br#"{"type":"presence_leave","room":"fanout","name":"message"}"#,
+        ] {
+            assert_eq!(parse_message(other), None);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! What every scenario shares: the run context (server options, the overall deadline),
 //! opening many connections with bounded concurrency, waiting for the welcome, the idle
 //! member loop (answer pings, answer or ignore the close, watch how TCP ends), and
-//! turning histograms into JSON. Scenario-specific measuring lives in the sibling files.
+//! turning histograms into JSON, and telling presence frames apart from the rest. Scenario-specific measuring lives in the sibling files.
 
 pub mod close_latency;
 pub mod cluster_fanout;
@@ -9,6 +9,7 @@ pub mod drain;
 pub mod fanout;
 pub mod hold;
 pub mod mass_resume;
+pub mod presence_joins;
 pub mod rolling;
 
 use std::cell::{Cell, RefCell};
@@ -391,5 +392,66 @@ pub fn cpu_delta(a: Option<Duration>, b: Option<Duration>) -> Duration {
     match (a, b) {
         (Some(a), Some(b)) => b.saturating_sub(a),
         _ => Duration::ZERO,
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The value of a server frame's first `"type":"..."`, without parsing the JSON (the server
+/// writes `type` first, so this is a prefix check on every frame it sends).
+pub fn frame_type(payload: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = br#""type":""#;
+    let start = find(payload, KEY)? + KEY.len();
+    let len = payload[start..].iter().position(|&b| b == b'"')?;
+    Some(&payload[start..start + len])
+}
+
+/// What a `presence_join` / `presence_leave` frame says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceChange {
+    Join,
+    Leave,
+}
+
+/// A presence frame's change and the name it is about (its raw bytes: the load generator's
+/// names need no JSON escapes); `None` for every other frame.
+pub fn presence_change(payload: &[u8]) -> Option<(PresenceChange, &[u8])> {
+    let change = match frame_type(payload)? {
+        b"presence_join" => PresenceChange::Join,
+        b"presence_leave" => PresenceChange::Leave,
+        _ => return None,
+    };
+    const KEY: &[u8] = br#""name":""#;
+    let start = find(payload, KEY)? + KEY.len();
+    let len = payload[start..].iter().position(|&b| b == b'"')?;
+    Some((change, &payload[start..start + len]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_frames_are_told_apart() {
+        let join = br#"{"type":"presence_join","room":"r","name":"c12"}"#;
+        let leave = br#"{"type":"presence_leave","room":"r","name":"j3"}"#;
+        assert_eq!(frame_type(join), Some(&b"presence_join"[..]));
+        assert_eq!(
+            presence_change(join),
+            Some((PresenceChange::Join, &b"c12"[..]))
+        );
+        assert_eq!(
+            presence_change(leave),
+            Some((PresenceChange::Leave, &b"j3"[..]))
+        );
+        let message = br#"{"type":"message","room":"r","from":"a","text":"t=1","seq":1}"#;
+        assert_eq!(presence_change(message), None);
+        assert_eq!(
+            frame_type(br#"{"type":"joined","room":"r"}"#),
+            Some(&b"joined"[..])
+        );
+        assert_eq!(frame_type(b"not json"), None);
     }
 }

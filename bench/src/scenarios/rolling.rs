@@ -9,6 +9,14 @@
 //! buckets), and latency of live messages sent before the SIGTERM, during the spread, and
 //! after, and for each of these phases the CPU of both nodes and of Redis and Redis's
 //! commands per second (where the time goes during the restart).
+//!
+//! Presence (issue 22, on by default as in the config): `presence.events_max_members` is
+//! raised above the room's size so that the room sends presence frames at all, and the
+//! `presence_join` / `presence_leave` frames the clients get from the SIGTERM until the
+//! final seq is known are counted: those the clients that stayed on B got, about the names
+//! that came back from A (the target is 0) and about others, and those the returners got
+//! once back. Frames of the initial joins settle before the first send and are reported
+//! apart.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -21,8 +29,10 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::fanout::parse_message;
+use super::presence_joins::Switch;
 use super::{
-    drain_line, hist_json, micros, ms, new_histogram, stop_json, welcome_json, Ctx, Outcome,
+    drain_line, frame_type, hist_json, micros, ms, new_histogram, presence_change, stop_json,
+    welcome_json, Ctx, Outcome, PresenceChange,
 };
 use crate::client::{self, End, Frame, Read};
 use crate::launch::{self, Override};
@@ -53,6 +63,13 @@ pub struct RollingArgs {
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: String,
+    /// presence.enabled for the nodes.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub presence: Switch,
+    /// presence.events_max_members for the nodes (default: twice the clients, so that the
+    /// room sends presence frames; the config's default, 1000, would silence a room of 2,000).
+    #[arg(long)]
+    pub events_max_members: Option<i64>,
 }
 
 /// What all clients add up.
@@ -82,9 +99,66 @@ struct Shared {
     /// Each client's last seq.
     last_seqs: RefCell<Vec<u64>>,
     first_error: RefCell<Option<String>>,
+    /// Presence frames before the SIGTERM (the initial joins), all clients.
+    presence_before: Cell<u64>,
+    /// Of those, `presence_leave` frames (a room that only fills should have none).
+    presence_leaves_before: Cell<u64>,
+    /// After the SIGTERM, to the clients that stayed on B: about returners, about others.
+    stayers_about_returners: Cell<u64>,
+    stayers_other: Cell<u64>,
+    /// After the SIGTERM, to the returners once back on B: about returners, about others.
+    returners_about_returners: Cell<u64>,
+    returners_other: Cell<u64>,
+    /// The first few presence frames stayers got about returners (what flapped).
+    stayer_samples: RefCell<Vec<String>>,
+}
+
+/// Whether `name` is a client that starts on node A (`c{even}`): one that comes back.
+fn is_returner(name: &[u8]) -> bool {
+    name.strip_prefix(b"c")
+        .and_then(|id| std::str::from_utf8(id).ok())
+        .and_then(|id| id.parse::<usize>().ok())
+        .is_some_and(|id| id.is_multiple_of(2))
 }
 
 impl Shared {
+    /// Counts a presence frame that client `id` got, about `name`, `change`.
+    fn presence_frame(&self, id: usize, change: PresenceChange, name: &[u8], stopping: bool) {
+        let bump = |c: &Cell<u64>| c.set(c.get() + 1);
+        if self.sigterm_ns.get() == u64::MAX {
+            bump(&self.presence_before);
+            if change == PresenceChange::Leave {
+                bump(&self.presence_leaves_before);
+            }
+            return;
+        }
+        if stopping {
+            // The run is over: clients are leaving by dropping their sockets.
+            return;
+        }
+        let about_returner = is_returner(name);
+        match (id.is_multiple_of(2), about_returner) {
+            (false, true) => {
+                bump(&self.stayers_about_returners);
+                let mut samples = self.stayer_samples.borrow_mut();
+                if samples.len() < 5 {
+                    samples.push(format!("{change:?} {}", String::from_utf8_lossy(name)));
+                }
+            }
+            (false, false) => bump(&self.stayers_other),
+            (true, true) => bump(&self.returners_about_returners),
+            (true, false) => bump(&self.returners_other),
+        }
+    }
+
+    fn presence_total(&self) -> u64 {
+        self.presence_before.get()
+            + self.stayers_about_returners.get()
+            + self.stayers_other.get()
+            + self.returners_about_returners.get()
+            + self.returners_other.get()
+    }
+
     fn error(&self, e: String) {
         let mut first = self.first_error.borrow_mut();
         if first.is_none() {
@@ -216,7 +290,9 @@ async fn client_task(
                         }
                         Some(None) => {}
                         None => {
-                            if payload.windows(10).any(|w| w == b"going_away") {
+                            if let Some((change, name)) = presence_change(payload) {
+                                shared.presence_frame(id, change, name, stop.get() != 0);
+                            } else if frame_type(payload) == Some(b"going_away") {
                                 let v: Value = serde_json::from_slice(payload).unwrap_or_default();
                                 let d = v["reconnect_after_ms"].as_u64().unwrap_or(0);
                                 going_away = Some(d);
@@ -308,6 +384,12 @@ fn phase_json(name: &str, from: &Snapshot, to: &Snapshot) -> Value {
 pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
     ctx.check_nofile(args.clients);
     let mut redis = scenario_redis::start(&args.redis_server)?;
+    let events_max_members = args.events_max_members.unwrap_or_else(|| {
+        i64::try_from(args.clients)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(2)
+            .max(1000)
+    });
     let o: Vec<Override> = vec![
         (
             "server",
@@ -321,6 +403,16 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
             "shutdown",
             "reconnect_spread_ms",
             toml::Value::Integer(args.spread_ms),
+        ),
+        (
+            "presence",
+            "enabled",
+            toml::Value::Boolean(args.presence.on()),
+        ),
+        (
+            "presence",
+            "events_max_members",
+            toml::Value::Integer(events_max_members),
         ),
     ];
     let mut a = launch::start_ready(&ctx.server, &o).await?;
@@ -355,6 +447,13 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
         failed_reconnects: Cell::new(0),
         last_seqs: RefCell::new(Vec::new()),
         first_error: RefCell::new(None),
+        presence_before: Cell::new(0),
+        presence_leaves_before: Cell::new(0),
+        stayers_about_returners: Cell::new(0),
+        stayers_other: Cell::new(0),
+        returners_about_returners: Cell::new(0),
+        returners_other: Cell::new(0),
+        stayer_samples: RefCell::new(Vec::new()),
     });
     let stop = Rc::new(Cell::new(0u64));
     // Clients connect 64 at a time (their tasks stay), each waiting for its welcome.
@@ -405,10 +504,23 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
     while shared.joined.get() < args.clients && Instant::now() < joining {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The initial joins' presence frames (N² of them with events on) settle before the
+    // first send: no new one for 500 ms (bounded: 20 s).
+    let settling = Instant::now() + Duration::from_secs(20);
+    let (mut seen, mut quiet_since) = (shared.presence_total(), Instant::now());
+    while Instant::now() < settling.min(ctx.deadline) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if shared.presence_total() != seen {
+            (seen, quiet_since) = (shared.presence_total(), Instant::now());
+        } else if quiet_since.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+    }
     eprintln!(
-        "rolling: {} of {} clients joined",
+        "rolling: {} of {} clients joined; {} presence frames so far",
         shared.joined.get(),
-        args.clients
+        args.clients,
+        shared.presence_total()
     );
     let total = ((args.before_secs + args.after_secs) * args.rate).round() as u64;
     let sigterm_after = (args.before_secs * args.rate).round() as u64;
@@ -511,7 +623,7 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
         && lost == 0
         && shared.duplicates.get() == 0
         && shared.unclean.get() == 0;
-    let report = json!({
+    let mut report = json!({
         "scenario": "rolling",
         "clients": args.clients,
         "rate": args.rate,
@@ -547,5 +659,41 @@ pub async fn run(ctx: &Ctx, args: &RollingArgs) -> Result<Outcome, String> {
         "node_b": stop_b,
         "phases": phases_json,
     });
+    if let Some(obj) = report.as_object_mut() {
+        // Apart from the rest: one json! of it all passes the macro's recursion limit.
+        let presence = json!({
+            "presence": args.presence.name(),
+            "presence_events_max_members": events_max_members,
+            "presence_frames_before_sigterm": shared.presence_before.get(),
+            "presence_leaves_before_sigterm": shared.presence_leaves_before.get(),
+            "presence_flap_free": shared.stayers_about_returners.get() == 0,
+            "presence_events_seen_by_stayers": {
+                "about_returners": shared.stayers_about_returners.get(),
+                "other": shared.stayers_other.get(),
+                "samples_about_returners": *shared.stayer_samples.borrow(),
+            },
+            "presence_events_seen_by_returners": {
+                "about_returners": shared.returners_about_returners.get(),
+                "other": shared.returners_other.get(),
+            },
+        });
+        if let Value::Object(fields) = presence {
+            obj.extend(fields);
+        }
+    }
     Ok(Outcome { report, ok })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returners_are_the_even_clients() {
+        assert!(is_returner(b"c0"));
+        assert!(is_returner(b"c1998"));
+        assert!(!is_returner(b"c7"));
+        assert!(!is_returner(b"sender"));
+        assert!(!is_returner(b"c"));
+    }
 }
