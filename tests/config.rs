@@ -283,3 +283,40 @@ fn a_trimmed_config_takes_defaults_for_the_rest() {
         first_line_then_kill(&mut wsgrace(&["--config", path, "--bind", "127.0.0.1:0"]));
     assert_listening(&line);
 }
+
+#[test]
+fn a_port_in_use_is_one_line_and_no_panic() {
+    for key in ["server.bind", "api.bind"] {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        let addr = taken.local_addr().expect("its address");
+        let text = match key {
+            "server.bind" => format!("[server]\nbind = \"{addr}\"\n"),
+            _ => format!("[api]\nbind = \"{addr}\"\nkey = \"0123456789abcdef\"\n"),
+        };
+        let path = std::env::temp_dir().join(format!(
+            "wsgrace-port-in-use-{}-{}.toml",
+            std::process::id(),
+            key.replace('.', "-")
+        ));
+        std::fs::write(&path, text).expect("write the config");
+        let mut command = wsgrace(&["--config", path.to_str().expect("a UTF-8 path")]);
+        command.env("RUST_BACKTRACE", "1");
+        let exit = run(&mut command);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(exit.status.code(), Some(1), "{key}: {}", exit.stderr);
+        assert!(
+            exit.stderr.contains(&format!(
+                "cannot listen on {addr} ({key}): Address already in use"
+            )),
+            "{key}: {}",
+            exit.stderr
+        );
+        assert!(!exit.stderr.contains("panicked"), "{key}: {}", exit.stderr);
+        assert!(
+            exit.stdout.is_empty(),
+            "{key}: no listening line: {}",
+            exit.stdout
+        );
+        drop(taken);
+    }
+}

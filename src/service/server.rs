@@ -309,6 +309,18 @@ pub async fn serve_listening(
             config.server.max_connections
         );
     }
+    // The listeners first: a port in use or not allowed ends the start before any actor or
+    // broker task exists, with one line naming the key.
+    let api_listener = if config.api.enabled() {
+        Some(
+            listen(&config.api.bind, API_BACKLOG)
+                .map_err(|err| bind_error("api.bind", &config.api.bind, err))?,
+        )
+    } else {
+        None
+    };
+    let listener = listen(&config.server.bind, BACKLOG)
+        .map_err(|err| bind_error("server.bind", &config.server.bind, err))?;
     let config = Arc::new(config);
     let broker = broker::from_config(&config).map_err(|err| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("broker: {err}"))
@@ -324,19 +336,15 @@ pub async fn serve_listening(
         .with_auth(verifier);
     state.max_connections = budget.max_connections;
 
-    let api = if config.api.enabled() {
+    let api = api_listener.map(|listener| {
         let state = ApiState::new(
             supervisor.clone(),
             &config.api.key,
             state.broker.clone(),
             config.session.max_frame_bytes,
         );
-        let listener = listen(&config.api.bind, API_BACKLOG)?;
-        Some((listener, state))
-    } else {
-        None
-    };
-    let listener = listen(&config.server.bind, BACKLOG)?;
+        (listener, state)
+    });
     let addr = listener.local_addr()?;
     let connection = ConnectionSettings {
         tuning: SocketTuning {
@@ -389,6 +397,14 @@ pub async fn serve_listening(
     ));
     server.await?;
     drain.await.map_err(std::io::Error::other)
+}
+
+/// A listener that could not be opened, as one line naming the config key and the address.
+fn bind_error(key: &str, bind: &str, err: std::io::Error) -> std::io::Error {
+    std::io::Error::new(
+        err.kind(),
+        format!("cannot listen on {bind} ({key}): {err}"),
+    )
 }
 
 /// The accept queue's length: a burst of connects waits there, not in SYN retries.
