@@ -26,7 +26,12 @@ use wsgrace::config::JWT_SECRET_ENV;
 
 /// Mints a wsgrace token (JWT) and prints it.
 #[derive(Debug, Parser)]
-#[command(about)]
+#[command(
+    name = "mint_token",
+    about = "Mints a token (JWT) a wsgrace server with authentication on accepts, and prints it alone on stdout",
+    long_about = "Mints a token (JWT) a wsgrace server with authentication on accepts, and prints it alone on stdout.\n\nClaims: sub (the name others see), rooms (*, exact names, prefix.*), iat, exp = now + --ttl, and iss / aud when given. Signed HS256 with --secret or WSGRACE_JWT_SECRET (the server's auth.jwt_secret), or RS256/ES256/EdDSA with --private-key-file and --alg (the server holds the public key). Use it as ?token= (http://127.0.0.1:8080/?room=lobby&token=...) or as Authorization: Bearer.",
+    after_help = "Example: WSGRACE_JWT_SECRET=$(openssl rand -base64 32) mint_token --sub ann --rooms 'lobby,team.*' --ttl 3600"
+)]
 struct Cli {
     /// The subject: the session's name (1-64 characters of [A-Za-z0-9_.-]).
     #[arg(long)]

@@ -123,3 +123,20 @@ async fn chat_client_closes_with_1000_on_ctrl_c() {
         server.stderr()
     );
 }
+
+#[test]
+fn mint_token_help_describes_the_tool() {
+    let path = chat_client().with_file_name("mint_token");
+    let output = Command::new(&path)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|err| panic!("run {}: {err}", path.display()));
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.starts_with("Mints a token (JWT)"), "{help}");
+    assert!(help.contains("WSGRACE_JWT_SECRET"), "{help}");
+    assert!(
+        !help.contains("Graceful WebSocket connection management"),
+        "{help}"
+    );
+}
