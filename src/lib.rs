@@ -82,6 +82,7 @@ pub mod close;
 pub mod config;
 pub mod connection;
 pub mod metrics;
+pub mod process_metrics;
 pub mod protocol;
 pub mod rooms;
 pub mod service;

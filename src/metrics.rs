@@ -121,7 +121,35 @@ pub struct Metrics {
     pub presence_redis_ops: Family<OpLabels, Counter>,
     /// Server API requests, by endpoint and HTTP status.
     pub api_requests: Family<ApiLabels, Counter>,
+    /// Rooms with at least one member on this node now.
+    pub rooms_open: Gauge,
 }
+
+/// Labels of `wsgrace_build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    /// The crate's version.
+    version: &'static str,
+}
+
+/// Every upgrade refusal reason (`wsgrace_upgrades_refused_total{reason}`), listed so that
+/// each series exists at 0 from the start.
+pub const REFUSAL_REASONS: [&str; 14] = [
+    "draining",
+    "broker_unavailable",
+    "origin",
+    "bad_subprotocol",
+    "bad_room",
+    "bad_name",
+    "bad_since",
+    "bad_epoch",
+    "bad_query",
+    "unauthorized",
+    "forbidden",
+    "per_ip_limit",
+    "max_connections",
+    "handshake",
+];
 
 /// Labels of `wsgrace_api_requests_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,6 +207,7 @@ impl Metrics {
             publishes_deduplicated: Counter::default(),
             signals: Counter::default(),
             api_requests: Family::default(),
+            rooms_open: Gauge::default(),
             presence_events: Family::default(),
             presence_members: Gauge::default(),
             presence_kept: Counter::default(),
@@ -316,6 +345,20 @@ impl Metrics {
             "Presence operations sent to Redis, by operation",
             metrics.presence_redis_ops.clone(),
         );
+        registry.register(
+            "wsgrace_rooms_open",
+            "Rooms with at least one member on this node now",
+            metrics.rooms_open.clone(),
+        );
+        registry.register(
+            "wsgrace_build",
+            "The server's version",
+            prometheus_client::metrics::info::Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        metrics.create_zero_series();
         for kind in ["presence_join", "presence_leave"] {
             let _ = metrics.presence_events.get_or_create(&KindLabels { kind });
         }
@@ -375,6 +418,59 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Creates every labelled series whose labels are known in advance, at 0, so that a
+    /// dashboard or an alert sees a flat 0 rather than no series until the first event.
+    fn create_zero_series(&self) {
+        for initiator in ["client", "server"] {
+            for mode in ["awaited", "fire_and_forget"] {
+                for outcome in ["acked", "timeout", "aborted", "error"] {
+                    let _ = self.closes.get_or_create(&CloseLabels {
+                        initiator,
+                        mode,
+                        outcome,
+                    });
+                }
+            }
+        }
+        for reason in [
+            DropReason::AfterClose,
+            DropReason::SlowConsumer,
+            DropReason::OutputClosed,
+            DropReason::BrokerUnavailable,
+        ] {
+            let _ = self.messages_dropped.get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            });
+        }
+        for reason in REFUSAL_REASONS {
+            let _ = self
+                .upgrades_refused
+                .get_or_create(&ReasonLabels { reason });
+        }
+        for reason in ["1002", "1003", "1007", "1008", "1009", "other"] {
+            let _ = self.protocol_errors.get_or_create(&ReasonLabels { reason });
+        }
+        for result in ["resumed", "not_resumed"] {
+            let _ = self.resumes.get_or_create(&ResultLabels { result });
+        }
+        for op in ["join", "leave", "keep", "renew", "read", "restore", "sweep"] {
+            let _ = self.presence_redis_ops.get_or_create(&OpLabels { op });
+        }
+        for (endpoint, statuses) in [
+            ("publish", &[200, 400, 401, 413, 503][..]),
+            ("disconnect", &[200, 400, 401, 413, 503][..]),
+            ("history", &[200, 400, 401, 503][..]),
+            ("presence", &[200, 400, 401, 503][..]),
+            ("other", &[401, 404][..]),
+        ] {
+            for &status in statuses {
+                let _ = self
+                    .api_requests
+                    .get_or_create(&ApiLabels { endpoint, status });
+            }
+        }
+    }
+
     /// Counts a join that asked to resume: `Some(k)` resumed with `k` messages replayed,
     /// `None` not resumed.
     pub fn resume(&self, replayed: Option<u64>) {

@@ -208,3 +208,77 @@ async fn counters_follow_connects_messages_closes_and_drops() {
     late.expect_eof().await;
     assert!(server.wait_exit(DEADLINE).await.success());
 }
+
+#[tokio::test]
+async fn every_known_series_is_there_at_zero_with_the_build_and_the_process() {
+    let server = wsgrace().start("");
+    let values = scrape(&server).await;
+    let has = |key: &str| {
+        assert_eq!(
+            values.get(key).copied(),
+            Some(0.0),
+            "{key} at 0 from the start"
+        );
+    };
+    for initiator in ["client", "server"] {
+        for mode in ["awaited", "fire_and_forget"] {
+            for outcome in ["acked", "timeout", "aborted", "error"] {
+                has(&format!(
+                    "wsgrace_closes_total{{initiator={initiator},mode={mode},outcome={outcome}}}"
+                ));
+            }
+        }
+    }
+    for reason in wsgrace::metrics::REFUSAL_REASONS {
+        has(&format!(
+            "wsgrace_upgrades_refused_total{{reason={reason}}}"
+        ));
+    }
+    for reason in [
+        "after_close",
+        "slow_consumer",
+        "output_closed",
+        "broker_unavailable",
+    ] {
+        has(&format!(
+            "wsgrace_messages_dropped_total{{reason={reason}}}"
+        ));
+    }
+    for result in ["resumed", "not_resumed"] {
+        has(&format!("wsgrace_resumes_total{{result={result}}}"));
+    }
+    has("wsgrace_api_requests_total{endpoint=publish,status=200}");
+    has("wsgrace_presence_redis_ops_total{op=join}");
+    has("wsgrace_rooms_open");
+    assert_eq!(
+        values
+            .get(&format!(
+                "wsgrace_build_info{{version={}}}",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .copied(),
+        Some(1.0),
+        "{:?}",
+        values
+            .keys()
+            .filter(|k| k.contains("build"))
+            .collect::<Vec<_>>()
+    );
+    assert!(get(&values, "process_resident_memory_bytes") > 1_000_000.0);
+    assert!(get(&values, "process_open_fds") >= 3.0);
+    assert!(get(&values, "process_max_fds") >= get(&values, "process_open_fds"));
+    assert!(
+        values.contains_key("process_cpu_seconds_total"),
+        "{values:?}"
+    );
+
+    // A room with a member here counts, and stops counting when it is gone.
+    let member = wsgrace_kit::chat::join(&server, "lobby", "ann", None).await;
+    assert_eq!(get(&scrape(&server).await, "wsgrace_rooms_open"), 1.0);
+    let mut member = member;
+    member.tx.close().await;
+    wsgrace_kit::wait::until("the room is gone", DEADLINE, || async {
+        (get(&scrape(&server).await, "wsgrace_rooms_open") == 0.0).then_some(())
+    })
+    .await;
+}

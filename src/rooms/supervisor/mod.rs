@@ -287,7 +287,10 @@ impl Supervisor {
         metrics().room_joins_open.inc();
         self.rooms
             .entry(room_name.clone())
-            .or_insert_with(|| Room::new(MAX_JOIN_BUFFER))
+            .or_insert_with(|| {
+                metrics().rooms_open.inc();
+                Room::new(MAX_JOIN_BUFFER)
+            })
             .join(id, member.shard.clone());
         let asked = request.resume.is_some();
         let pending = self.broker.join(&room_name, request);
@@ -306,6 +309,7 @@ impl Supervisor {
             self.carry_out(room, ctx);
             if self.rooms.get(room).is_some_and(Room::is_empty) {
                 self.rooms.remove(room);
+                metrics().rooms_open.dec();
             }
         }
     }
