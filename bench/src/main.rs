@@ -7,6 +7,7 @@
 //! One current-thread tokio runtime: the generator shares the machine's cores with the
 //! server and should cost as little as it can.
 
+mod api_client;
 mod client;
 mod compare;
 mod launch;
@@ -76,6 +77,9 @@ enum Scenario {
     /// Two nodes on one Redis, one room of N members; RATE v2 joins (and leaves) per
     /// second: node and Redis CPU per join, with presence on and off (`--matrix`).
     PresenceJoins(scenarios::presence_joins::PresenceJoinsArgs),
+    /// Publishes through the server API (`POST /api/publish`, keep-alive) to N members, on
+    /// one node (local broker) and on two nodes (Redis), side by side.
+    ApiPublish(scenarios::api_publish::ApiPublishArgs),
 }
 
 impl Scenario {
@@ -98,6 +102,7 @@ impl Scenario {
             Scenario::MassResume(_) => "mass-resume",
             Scenario::Rolling(_) => "rolling",
             Scenario::PresenceJoins(_) => "presence-joins",
+            Scenario::ApiPublish(_) => "api-publish",
         }
     }
 }
@@ -208,6 +213,7 @@ fn run_once(
             Scenario::MassResume(args) => scenarios::mass_resume::run(&ctx, args).await,
             Scenario::Rolling(args) => scenarios::rolling::run(&ctx, args).await,
             Scenario::PresenceJoins(args) => scenarios::presence_joins::run(&ctx, args).await,
+            Scenario::ApiPublish(args) => scenarios::api_publish::run(&ctx, args).await,
         }
     });
     // Client tasks still alive are dropped with the LocalSet; nothing waits on them.

@@ -447,6 +447,124 @@ impl Load {
         }
     }
 
+    /// Sends `args.m` messages through the server API instead of a member: `connections`
+    /// keep-alive HTTP/1.1 connections spread over `apis`, each posting its next message once
+    /// the last one was answered (so at most `connections` in flight), the text carrying its
+    /// send time as a member's does; then waits for the deliveries. Returns the result and
+    /// the API's answer latency.
+    pub async fn send_via_api(
+        &self,
+        ctx: &Ctx,
+        args: &FanoutArgs,
+        apis: &[(SocketAddr, String)],
+        connections: usize,
+    ) -> (SendResult, Histogram<u64>) {
+        let shared = self.shared.clone();
+        let next = Rc::new(Cell::new(0u64));
+        let sent = Rc::new(Cell::new(0u64));
+        let answer_latency = Rc::new(RefCell::new(new_histogram()));
+        let send_error: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
+        let start = Instant::now();
+        let last_send = Rc::new(Cell::new(None));
+        let mut timed_out = !self.connected_all;
+        if self.connected_all {
+            eprintln!(
+                "api-publish: {} members joined; posting {} messages over {connections} connections",
+                args.n, args.m
+            );
+            let tasks: Vec<_> = (0..connections.max(1))
+                .map(|c| {
+                    let (addr, key) = apis[c % apis.len()].clone();
+                    let (shared, next, sent) = (shared.clone(), next.clone(), sent.clone());
+                    let (answers, error) = (answer_latency.clone(), send_error.clone());
+                    let last_send = last_send.clone();
+                    let m = args.m as u64;
+                    tokio::task::spawn_local(async move {
+                        let mut api = match crate::api_client::ApiConnection::open(addr, &key).await
+                        {
+                            Ok(api) => api,
+                            Err(err) => {
+                                *error.borrow_mut() = Some(err.to_string());
+                                return;
+                            }
+                        };
+                        loop {
+                            let i = next.get();
+                            if i >= m || error.borrow().is_some() {
+                                return;
+                            }
+                            next.set(i + 1);
+                            let now = Instant::now();
+                            let t = now.duration_since(shared.base).as_nanos();
+                            let body =
+                                format!(r#"{{"room":"fanout","text":"t={t}","from":"api"}}"#);
+                            match api.publish(&body).await {
+                                Ok(200) => {
+                                    sent.set(sent.get() + 1);
+                                    last_send.set(Some(now));
+                                    let _ = answers.borrow_mut().record(micros(now.elapsed()));
+                                }
+                                Ok(status) => {
+                                    *error.borrow_mut() = Some(format!("HTTP {status}"));
+                                    return;
+                                }
+                                Err(err) => {
+                                    *error.borrow_mut() = Some(err.to_string());
+                                    return;
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                if tokio::time::timeout_at(ctx.deadline, task).await.is_err() {
+                    timed_out = true;
+                }
+            }
+            if !timed_out {
+                let limit =
+                    (Instant::now() + Duration::from_millis(args.wait_ms)).min(ctx.deadline);
+                while shared.received.get() < sent.get() * args.n as u64
+                    && shared.ended_early.get() == 0
+                {
+                    let wait = shared.all_received.notified();
+                    if tokio::time::timeout_at(limit, wait).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        shared.stopping.set(true);
+        let sent = sent.get();
+        let received = shared.received.get();
+        let expected = sent * args.n as u64;
+        let lost = expected.saturating_sub(received);
+        let member_lost = shared.ended_early.get() > 0;
+        let send_error = send_error.borrow().clone();
+        let ok = !timed_out
+            && !member_lost
+            && send_error.is_none()
+            && sent == args.m as u64
+            && lost == 0;
+        let span =
+            |b: Option<Instant>| b.map_or(Duration::ZERO, |b| b.saturating_duration_since(start));
+        let result = SendResult {
+            sent,
+            expected,
+            received,
+            lost,
+            ok,
+            timed_out,
+            member_lost,
+            send_error,
+            duration: span(shared.last_delivery.get()),
+            send_duration: span(last_send.get()),
+        };
+        let answers = answer_latency.borrow().clone();
+        (result, answers)
+    }
+
     /// The report's common part; `server_cpu` is the servers' CPU time over the send.
     pub fn report(&self, args: &FanoutArgs, r: &SendResult, server_cpu: Duration) -> Value {
         let shared = &self.shared;

@@ -3,6 +3,7 @@
 //! member loop (answer pings, answer or ignore the close, watch how TCP ends), and
 //! turning histograms into JSON, and telling presence frames apart from the rest. Scenario-specific measuring lives in the sibling files.
 
+pub mod api_publish;
 pub mod close_latency;
 pub mod cluster_fanout;
 pub mod drain;
