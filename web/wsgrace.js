@@ -41,6 +41,10 @@
 //   client.close(code = 1000, reason = "")  → stop for good: state `closed` at once, no
 //                         reconnect; the socket's own close is still reported as `close`
 //   client.reconnect()  → from state `closed`: connect again, resuming where it stopped
+//   client.retryNow()   → "retry now": while `reconnecting` and waiting out the backoff, the
+//                         next attempt starts at once (after the refusal probe under way, if
+//                         any); from `closed`, as reconnect(). → true if an attempt was started
+//                         or brought forward, false if one is already under way (or open)
 //   client.state        → "connecting" | "open" | "reconnecting" | "closed"
 //   client.room, client.name (the name of the last welcome), client.epoch, client.lastSeq
 //
@@ -99,7 +103,8 @@
 //   client.signal(room, text) → true if sent (joined and open); never queued (typing)
 //   client.presence(room) → the request's ref, or null when not joined; the answer is a
 //                         `presence` event
-//   client.close(code, reason), client.reconnect(), client.state, client.name: as v1
+//   client.close(code, reason), client.reconnect(), client.retryNow(), client.state,
+//   client.name: as v1
 //   client.rooms        → the names of the rooms the client is in or joining, in join order
 //   client.roomState(room) → {status: "queued"|"joining"|"joined"|"waiting"|"leaving",
 //                         epoch, seq} or null
@@ -998,7 +1003,9 @@ export class Link {
     this.#clearTimeout = options.clearTimeout || globalThis.clearTimeout.bind(globalThis);
     this.#random = options.random || Math.random;
     const fetchImpl = options.fetch === undefined ? globalThis.fetch : options.fetch;
-    this.#fetch = typeof fetchImpl === "function" ? fetchImpl : null;
+    // Called unbound: a browser's fetch called as a method of another object throws
+    // "Illegal invocation", which would look like a probe without an answer.
+    this.#fetch = typeof fetchImpl === "function" ? (url, init) => fetchImpl(url, init) : null;
     this.#token = options.token;
     if (typeof this.#WebSocket !== "function") throw new TypeError("no WebSocket implementation");
   }
@@ -1051,6 +1058,26 @@ export class Link {
     if (ws && ws.readyState <= 1) ws.close(code, reason);
     if (!ws) this.#conn = null;
     this.#setState("closed");
+  }
+
+  /**
+   * Reconnects at once instead of waiting out the backoff. While `reconnecting` with the
+   * next attempt scheduled: that attempt starts now (once the refusal probe under way has
+   * answered, so a 400/403 still stops). From `closed`: as reconnect(). → true if an attempt
+   * was started or brought forward; false when one is already under way or the connection
+   * is open.
+   */
+  retryNow() {
+    if (this.#state === "closed") {
+      this.reconnect();
+      return true;
+    }
+    if (this.#state !== "reconnecting" || this.#timer === null) return false;
+    this.#cancelTimer();
+    const freshToken = this.#canRefreshToken();
+    if (this.#probe) this.#probe.waiting = freshToken; // open once the probe answered
+    else this.#open(freshToken);
+    return true;
   }
 
   reconnect() {
@@ -1311,6 +1338,10 @@ export class WsgraceClient extends EventTarget {
     this.#link.reconnect();
   }
 
+  retryNow() {
+    return this.#link.retryNow();
+  }
+
   #onFrame(frame) {
     switch (frame.type) {
       case "welcome": {
@@ -1461,6 +1492,10 @@ export class WsgraceRooms extends EventTarget {
 
   reconnect() {
     this.#link.reconnect();
+  }
+
+  retryNow() {
+    return this.#link.retryNow();
   }
 
   #onFrame(frame) {

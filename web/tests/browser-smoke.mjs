@@ -323,13 +323,13 @@ try {
   step("send + receive; each message is li[data-seq]; message text escaped");
 
   // Shutdown: going_away, then a clean 1001; a message sent meanwhile must be replayed.
-  for (const c of room.members) { c.sendJson({ type: "going_away", reconnect_after_ms: 300 }); c.close(1001, "server shutting down"); }
+  for (const c of room.members) { c.sendJson({ type: "going_away", reconnect_after_ms: 800 }); c.close(1001, "server shutting down"); }
   room.publish("bob", "while you were away");
   await waitFor("the 1001 close", async () => (await page()).lastClose?.code === 1001);
   p = await page();
   assert.deepEqual(p.lastClose, { code: 1001, reason: "server shutting down", wasClean: true });
   assert.ok(p.status.includes("code 1001") && p.status.includes("wasClean true"), p.status);
-  await waitFor("resumed", async () => { const q = await page(); return q.state === "open" && q.status.includes("resumed: 1 messages replayed"); });
+  await waitFor("resumed", async () => { const q = await page(); return q.state === "open" && q.status.includes("Back online; 1 missed message caught up"); });
   await waitFor("the replayed message", async () => (await page()).seqs.length === 4);
   p = await page();
   assert.deepEqual(p.seqs, [1, 2, 3, 4], "duplicates in the replay are not shown");
@@ -351,12 +351,12 @@ try {
   room.epoch = "e2";
   room.seq = 0;
   for (const c of room.members) c.close(1012, "restart");
-  await waitFor("gap", async () => (await page()).status.includes("gap: some messages could not be recovered"));
+  await waitFor("gap", async () => (await page()).status.includes("The server restarted; messages from before may be missing."));
   room.publish("bob", "new epoch");
   await waitFor("the new-epoch message", async () => (await page()).seqs.length === 5);
   p = await page();
   assert.deepEqual(p.seqs, [1, 2, 3, 4, 1]);
-  step("resumed:false → 'gap: some messages could not be recovered'; delivery continues");
+  step("resumed:false → 'The server restarted; messages from before may be missing.'; delivery continues");
 
   await js("document.querySelector('#leave').click()");
   await waitFor("closed", async () => { const q = await page(); return q.state === "closed" && q.lastClose.code === 1000; });

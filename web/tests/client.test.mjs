@@ -319,3 +319,38 @@ test("the initial state is connecting; a first attempt that fails turns it to re
   last().closed(1006, "", false);
   assert.deepEqual(rec.states(), ["reconnecting"]);
 });
+
+test("retryNow() while waiting out the backoff opens at once, resuming; not while an attempt is under way", () => {
+  const { client, sockets, clock, last } = setup();
+  last().open();
+  last().receive(welcome({ seq: 5 }));
+  assert.equal(client.retryNow(), false, "open: nothing to retry");
+  last().closed(1006);
+  assert.equal(client.state, "reconnecting");
+  assert.equal(sockets.length, 1, "the backoff runs");
+  assert.equal(client.retryNow(), true);
+  assert.equal(sockets.length, 2, "the next attempt started at once");
+  assert.deepEqual(last().query, { room: "r", name: "alice", since: "5", epoch: "e1" });
+  assert.equal(client.retryNow(), false, "an attempt is under way");
+  assert.equal(sockets.length, 2);
+  clock.advance(60_000);
+  assert.equal(sockets.length, 2, "the cancelled backoff timer opens nothing");
+  last().closed(1006);
+  clock.advance(0);
+  assert.equal(client.retryNow(), true);
+  assert.equal(sockets.length, 3);
+  last().open();
+  last().receive(welcome({ seq: 5, resumed: true, missed: 0 }));
+  assert.equal(client.state, "open");
+});
+
+test("retryNow() from closed reconnects", () => {
+  const { client, sockets, last } = setup();
+  last().open();
+  last().receive(welcome({ seq: 1 }));
+  last().closed(1008, "slow consumer", true);
+  assert.equal(client.state, "closed");
+  assert.equal(client.retryNow(), true);
+  assert.equal(client.state, "reconnecting");
+  assert.equal(sockets.length, 2);
+});

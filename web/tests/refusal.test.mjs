@@ -189,3 +189,44 @@ for (const kind of ["v1", "v2"]) {
     assert.equal(sockets.length, 2);
   });
 }
+
+for (const kind of ["v1", "v2"]) {
+  test(`${kind}: the probe calls fetch unbound, as a browser's fetch requires ("Illegal invocation")`, async () => {
+    const probe = fakeFetch();
+    const receivers = [];
+    // Like window.fetch: a call with any receiver but the global object (or none) throws.
+    function strictFetch(url, init) {
+      receivers.push(this);
+      if (this !== undefined && this !== globalThis) throw new TypeError("Illegal invocation");
+      return probe.fetch(url, init);
+    }
+    const { client, last } = setup(kind, { fetch: strictFetch });
+    last().closed(1006, "", false);
+    assert.equal(probe.calls.length, 1, "the probe reached fetch");
+    probe.calls[0].answer(400, "name must be 1-64 characters of [A-Za-z0-9_.-]\n");
+    await flush();
+    assert.equal(client.state, "closed", "the refusal stopped the client");
+    assert.ok(receivers.every((r) => r === undefined || r === globalThis), "called unbound");
+  });
+}
+
+test("retryNow() while the refusal probe is under way waits for its answer: a 400 still stops", async () => {
+  const { client, sockets, probe, last } = setup("v1");
+  last().closed(1006, "", false);
+  assert.equal(client.retryNow(), true);
+  assert.equal(sockets.length, 1, "no attempt before the probe answered");
+  probe.calls[0].answer(400, "name must be 1-64 characters of [A-Za-z0-9_.-]\n");
+  await flush();
+  assert.equal(client.state, "closed");
+  assert.equal(sockets.length, 1);
+});
+
+test("retryNow() while the refusal probe is under way: a 503 answer opens at once", async () => {
+  const { client, sockets, probe, last } = setup("v1");
+  last().closed(1006, "", false);
+  assert.equal(client.retryNow(), true);
+  probe.calls[0].answer(503, "draining\n");
+  await flush();
+  assert.equal(sockets.length, 2, "the attempt brought forward started once the probe answered");
+  assert.equal(client.state, "reconnecting");
+});
