@@ -4,10 +4,11 @@
 //! ```sh
 //! # the server, with its API on a private listener
 //! export WSGRACE_API_KEY=$(openssl rand -base64 32)
-//! printf '[api]\nbind = "127.0.0.1:8081"\n' > api.toml
-//! cargo run --release -- --config api.toml
+//! dir=$(mktemp -d)
+//! printf '[api]\nbind = "127.0.0.1:8081"\n' > "$dir/api.toml"
+//! cargo run --release -- --config "$dir/api.toml"
 //! # the backend, in another terminal (same WSGRACE_API_KEY)
-//! cargo run --release --example backend -- --api http://127.0.0.1:8081 --db backend-messages.jsonl
+//! cargo run --release --example backend -- --api http://127.0.0.1:8081 --db "$dir/backend-messages.jsonl"
 //! ```
 //!
 //! Then type commands on its stdin (a member can watch at http://127.0.0.1:8080/?room=lobby):

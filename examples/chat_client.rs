@@ -1,9 +1,9 @@
 //! A terminal chat client for the wsgrace server, on top of `wsgrace::client`.
 //!
 //! ```sh
-//! cargo run --example chat_client -- ws://127.0.0.1:8080/ws lobby ann
-//! cargo run --example chat_client -- 'ws://127.0.0.1:8080/ws?room=lobby&name=ann'
-//! cargo run --example chat_client -- ws://127.0.0.1:8080/ws lobby,ops ann   # wsgrace.v2
+//! cargo run --release --example chat_client -- ws://127.0.0.1:8080/ws lobby ann
+//! cargo run --release --example chat_client -- 'ws://127.0.0.1:8080/ws?room=lobby&name=ann'
+//! cargo run --release --example chat_client -- ws://127.0.0.1:8080/ws lobby,ops ann   # wsgrace.v2
 //! ```
 //!
 //! Arguments: the endpoint, then the room and the name (each optional; taken from the URL's

@@ -3,7 +3,7 @@
 //! server's close frame was sent.
 //!
 //! ```sh
-//! cargo run --example close_modes
+//! cargo run --release --example close_modes
 //! ```
 //!
 //! The awaited close answers only after the client's ack, and the late messages are dropped;

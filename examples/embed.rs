@@ -1,7 +1,7 @@
 //! Mounting wsgrace in an existing actix-web app.
 //!
 //! ```sh
-//! cargo run --example embed            # then: websocat ws://127.0.0.1:8081/ws
+//! cargo run --release --example embed            # then: websocat ws://127.0.0.1:8081/ws
 //! curl -X POST http://127.0.0.1:8081/admin/drain
 //! ```
 //!

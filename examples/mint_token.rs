@@ -3,8 +3,8 @@
 //!
 //! ```sh
 //! export WSGRACE_JWT_SECRET=$(openssl rand -base64 32)    # the server's auth.jwt_secret too
-//! cargo run --example mint_token -- --sub ann --rooms 'lobby,team.*' --ttl 3600
-//! cargo run --example mint_token -- --sub ann --rooms '*' --private-key-file key.pem --alg ES256
+//! cargo run --release --example mint_token -- --sub ann --rooms 'lobby,team.*' --ttl 3600
+//! cargo run --release --example mint_token -- --sub ann --rooms '*' --private-key-file key.pem --alg ES256
 //! ```
 //!
 //! Claims: `sub` (the name others see), `rooms` (`"*"`, exact names, `"prefix.*"`), `iat`,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of wsgrace, on a fresh Debian machine with only Rust on it: installs the Debian
 # packages the tests need when they are missing (chromium and chromium-driver for the browser
-# test, redis-server for the cluster tests, nginx for the load-balancer tests), then runs the
+# test, redis-server for the cluster tests, nginx for the load-balancer tests, openssl for the
+# auth tests' keys, nodejs for the browser module's tests), then runs the
 # Rust tests (unit, integration, doc), the browser module's tests under Node's own runner, and
 # the Autobahn conformance suite. .ci/run calls this same script after its lint steps.
 #
@@ -17,6 +18,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 # tests/auth.rs makes its RS256, ES256 and EdDSA key pairs with the openssl CLI.
 [ -x /usr/bin/openssl ] || missing+=(openssl)
+# web/tests/ run under Node's own test runner.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         as_root=()
