@@ -210,10 +210,9 @@ where
     Supervisor: actix::Handler<M>,
 {
     let (reply, answer) = oneshot::channel();
-    state
-        .supervisor
-        .try_send(make(reply))
-        .map_err(|_| ApiError::unavailable())?;
+    // As the sessions do: past the mailbox's nominal capacity (a busy supervisor), not
+    // refused; a supervisor that is gone drops the reply, which answers 503 below.
+    state.supervisor.do_send(make(reply));
     match tokio::time::timeout(ANSWER_DEADLINE, answer).await {
         Ok(Ok(answer)) => Ok(answer?),
         Ok(Err(oneshot::Canceled)) | Err(_) => Err(ApiError::unavailable()),
