@@ -34,7 +34,8 @@ pub enum BrokerKind {
 pub struct BrokerSettings {
     /// Local or Redis.
     pub kind: BrokerKind,
-    /// `redis://[user:password@]host:port/db` or `rediss://...`; required when `kind` is
+    /// `redis://[user:password@]host:port/db`, `rediss://...` or
+    /// `redis+sentinel://[:password@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]`; required when `kind` is
     /// `redis`. [`REDIS_URL_ENV`] overrides it in [`Config::load`](super::Config::load). Log
     /// it only through [`redact_url`].
     pub redis_url: String,

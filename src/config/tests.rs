@@ -333,6 +333,15 @@ fn redis_broker_settings() {
     let config =
         parse("[broker]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\n").unwrap();
     assert_eq!(config.broker.kind, BrokerKind::Redis);
+    let sentinel = "redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/mymaster/0";
+    let config = parse(&format!(
+        "[broker]\nkind = \"redis\"\nredis_url = \"{sentinel}\"\n"
+    ))
+    .unwrap();
+    assert_eq!(config.broker.redis_url, sentinel);
+    let err = parse("[broker]\nredis_url = \"redis+sentinel://:hunter2@h:1/\"\n").unwrap_err();
+    assert_eq!(err.key(), Some("broker.redis_url"));
+    assert!(!err.to_string().contains("hunter2"), "{err}");
     let config = parse("[broker]\nredis_url = \"rediss://u:p@cache.example:6380/1\"\n");
     if cfg!(feature = "redis-tls") {
         assert!(config.is_ok(), "{config:?}");
