@@ -16,18 +16,32 @@ use super::presence_script::{parse_notice, Notice};
 use super::PublishJob;
 
 /// The script run once per message. KEYS: room hash, history stream, and the dedupe key when
-/// the message has one. ARGV: channel, frame head, a fresh epoch (used if the room is new),
-/// history size, ttl in ms, the origin (`NODE.SESSION.ID` or empty), dedupe window in ms.
+/// the message has one. ARGV: channel, frame head, a fresh epoch (used if the room is new, or
+/// last written by another Redis process), history size, ttl in ms, the origin
+/// (`NODE.SESSION.ID` or empty), dedupe window in ms, the master's `run_id`.
+///
+/// **Seq safety across a failover**: the room hash keeps the `run_id` of the Redis that last
+/// wrote it (`run`). A room whose `run` is not this master's came through a failover (a
+/// promoted replica may lack the last seqs the old master gave) or a restart from disk (the
+/// last second may be lost): before anything else it starts a new epoch, its seqs going on
+/// from the seq it has (`base`: where the epoch began) and its stream emptied, so that a seq
+/// never names two messages within one epoch and a resume with the old epoch is refused.
+///
 /// Returns `{epoch, seq, ts, repeat}`: a message whose dedupe key is set is not published
 /// again (`repeat` 1, the first one's epoch and seq); otherwise it gets the next seq and the
 /// time, is kept and published. The only write that can fail (XADD) comes before the seq is
 /// stored. The time is Redis's (`TIME`), one clock for every node.
 pub const PUBLISH_SCRIPT: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local room = redis.call('HMGET', KEYS[1], 'epoch', 'run', 'seq')
+local epoch = room[1]
 if not epoch then
   epoch = ARGV[3]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'base', 0, 'run', ARGV[8])
+elseif room[2] ~= ARGV[8] then
+  epoch = ARGV[3]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', room[3] or '0', 'run', ARGV[8])
 end
 if KEYS[3] then
   local first = redis.call('GET', KEYS[3])
@@ -56,20 +70,30 @@ return {epoch, seqtext, ts, 0}
 "#;
 
 /// The join script. KEYS: room hash, history stream. ARGV: a fresh epoch (used if the room
-/// is new), ttl in ms. Returns `{epoch, seq}`. The history after `since` is read by the
+/// is new, or last written by another Redis process: see [`PUBLISH_SCRIPT`]), ttl in ms, the
+/// master's `run_id`. Returns `{epoch, seq, base}` (`base`: the seq the epoch began after). The history after `since` is read by the
 /// caller with a plain XRANGE, not inside Lua: converting 100 stream entries to Lua tables
 /// and back cost ~130 µs of Redis's single thread per resuming join (BENCHMARKS.md,
 /// `mass-resume`), ~6 times the XRANGE itself.
 pub const SNAPSHOT_SCRIPT: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local room = redis.call('HMGET', KEYS[1], 'epoch', 'run', 'seq', 'base')
+local epoch = room[1]
+local seq = tonumber(room[3] or '0')
+local base = tonumber(room[4] or '0')
 if not epoch then
   epoch = ARGV[1]
+  seq = 0
+  base = 0
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'base', 0, 'run', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif room[2] ~= ARGV[3] then
+  epoch = ARGV[1]
+  base = seq
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', string.format('%d', seq), 'run', ARGV[3])
 end
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-return {epoch, string.format('%d', seq)}
+return {epoch, string.format('%d', seq), string.format('%d', base)}
 "#;
 
 /// Keys and channels of one prefix.
@@ -141,6 +165,18 @@ impl Keys {
 /// The snapshot answer is not what the script returns.
 pub(super) fn snapshot_error(what: &str) -> BrokerError {
     BrokerError::Server(format!("unexpected snapshot answer: {what}"))
+}
+
+/// The seq the epoch of the snapshot script's answer began after (0 for a new room).
+pub(super) fn snapshot_base(value: &Value) -> u64 {
+    match value {
+        Value::Array(parts) => parts
+            .get(2)
+            .and_then(text)
+            .and_then(|base| base.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// The epoch and seq of the snapshot script's answer.
@@ -236,6 +272,14 @@ pub(super) fn is_connection_error(err: &RedisError) -> bool {
     err.is_io_error() || err.is_connection_dropped() || err.is_timeout()
 }
 
+/// A write refused by a replica (`READONLY`, also from inside a script): the server this
+/// node is connected to is no longer the master.
+pub(super) fn is_readonly(err: &RedisError) -> bool {
+    err.kind() == redis::ErrorKind::ReadOnly
+        || err.code() == Some("READONLY")
+        || err.to_string().contains("READONLY")
+}
+
 /// What a room's channel carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Publication {
@@ -317,6 +361,7 @@ pub(super) fn parse_published(
     job: &PublishJob,
     value: Value,
     reload: &mut bool,
+    readonly: &mut bool,
 ) -> Result<super::super::Publication, BrokerError> {
     match value {
         Value::Array(parts) => {
@@ -345,6 +390,11 @@ pub(super) fn parse_published(
                 *reload = true;
                 return Err(BrokerError::Unavailable);
             }
+            if err.code() == "READONLY" || err.details().is_some_and(|d| d.contains("READONLY")) {
+                // A replica now (a failover): the script did not write; reconnect.
+                *readonly = true;
+                return Err(BrokerError::Unavailable);
+            }
             Err(BrokerError::Server(format!("{err:?}")))
         }
         _ => Err(BrokerError::Server("unexpected publish answer".to_owned())),
@@ -360,13 +410,19 @@ mod tests {
         let keys = Keys::new("app");
         assert_eq!(keys.room("lobby"), "app:{lobby}:room");
         assert_eq!(keys.history("lobby"), "app:{lobby}:history");
-        assert_eq!(keys.dedupe("lobby", "n:ann:1"), "app:{lobby}:dedupe:n:ann:1");
+        assert_eq!(
+            keys.dedupe("lobby", "n:ann:1"),
+            "app:{lobby}:dedupe:n:ann:1"
+        );
         assert_eq!(keys.room_of_channel("app:{lobby}:room"), Some("lobby"));
         assert_eq!(keys.room_of_channel("other:{lobby}:room"), None);
         assert_eq!(keys.room_of_channel("app:{lobby}:history"), None);
         assert_eq!(keys.room_of_channel("app:control"), None);
         assert_eq!(keys.presence_names("lobby"), "app:{lobby}:presence:names");
-        assert_eq!(keys.presence_holders("lobby"), "app:{lobby}:presence:holders");
+        assert_eq!(
+            keys.presence_holders("lobby"),
+            "app:{lobby}:presence:holders"
+        );
         assert_eq!(
             keys.presence_holder_prefix("lobby"),
             "app:{lobby}:presence:h:"

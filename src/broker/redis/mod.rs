@@ -4,7 +4,7 @@
 //!
 //! | name | type | holds |
 //! |---|---|---|
-//! | `P:{R}:room` | hash | `epoch` (16 hex chars) and `seq` (the room's latest seq) |
+//! | `P:{R}:room` | hash | `epoch` (16 hex chars), `seq` (the room's latest seq), `base` (the seq the epoch began after: 0, or where a failover left it) and `run` (the `run_id` of the Redis process that last wrote it) |
 //! | `P:{R}:history` | stream | the last `history.size` message frames, entry id `seq-0`, field `json` (absent when `history.size` is 0) |
 //! | `P:{R}:room` | pub/sub channel | every message as `EPOCH:SEQ:ORIGIN:JSON`, every signal as `S:NODE.SESSION:JSON`, presence as `P:J:NODE.SESSION:NAME` (a name arrived; `P:J::NAME` after a restore), `P:L::NAME` (a name is gone), `P:K::MS` (a connection is kept MS: sweep then) |
 //! | `P:control` | pub/sub channel | the server API's orders to every node (a disconnect by name), as JSON; every node subscribes on each connect |
@@ -47,6 +47,11 @@
 //!   `min(ttl/3, max(grace, 500 ms))`, and restores the rooms whose ops did not reach Redis
 //!   or whose holder Redis lost (a FLUSHALL); the supervisor restores every room after an
 //!   outage.
+//! - **Failover** (`docs/redis-ha.md`): the scripts get the master's `run_id`; a room last
+//!   written by another Redis process (a promoted replica, a restart from disk) may lack its
+//!   last seqs, so it starts a new epoch first, its seqs going on from what it has. Through
+//!   Sentinel (`redis+sentinel://`), the sentinels are asked for the master on every
+//!   connect; a broken connection or a `READONLY` answer makes the driver reconnect.
 //! - **Health**: the node starts without Redis. A driver task connects in the background with
 //!   capped exponential backoff, reports up/down ([`RedisBroker::health`] and
 //!   [`BrokerEvent::Health`]), logs one line per change (never per retry, never the URL's
@@ -59,7 +64,8 @@
 //! `presence_script.rs`: the presence script, its calls and answers, the presence notices
 //! (pure); `presence.rs`: this node's presence jobs, its book of members, the heartbeat;
 //! `publisher.rs`: the task that sends messages and presence jobs as pipelines; `driver.rs`:
-//! the task that keeps the connection, the subscriptions and the health; `server_api.rs`: a
+//! the task that keeps the connection, the subscriptions and the health; `target.rs`: where
+//! to connect (one Redis, or the master the sentinels name); `server_api.rs`: a
 //! page of history and an order to every node, for the server API; this file: the
 //! handle the supervisor holds and its [`Broker`] seam.
 //!
@@ -67,6 +73,8 @@
 //! the receiver.
 
 mod driver;
+#[cfg(test)]
+mod failover_tests;
 mod keys;
 mod presence;
 mod presence_script;
@@ -74,6 +82,7 @@ mod presence_script;
 mod presence_tests;
 mod publisher;
 mod server_api;
+mod target;
 #[cfg(test)]
 mod tests;
 
@@ -84,18 +93,20 @@ use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
 use redis::aio::MultiplexedConnection;
-use redis::{Client, RedisError, Script, Value};
+use redis::{RedisError, Script, Value};
 use tokio::sync::watch;
 
 use self::driver::Driver;
 use self::keys::{
-    is_connection_error, join_snapshot, signal_payload, snapshot_error, snapshot_head, Keys,
+    is_connection_error, is_readonly, join_snapshot, signal_payload, snapshot_error, snapshot_head,
+    Keys,
 };
 pub use self::keys::{PUBLISH_SCRIPT, SNAPSHOT_SCRIPT};
 use self::presence::{heartbeat_interval, Book, PresenceJob, PresenceWorker};
 use self::presence_script::PresenceCall;
 pub use self::presence_script::PRESENCE_SCRIPT;
 use self::publisher::Publisher;
+use self::target::Target;
 use super::local::HistoryLimits;
 use super::{
     Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerHealth, BrokerStatus, Departure, Epoch,
@@ -110,7 +121,7 @@ use crate::metrics::metrics;
 /// How to reach Redis and what to keep there.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://...` or `rediss://...`; never logged unredacted.
+    /// `redis://...`, `rediss://...` or `redis+sentinel://...`; never logged unredacted.
     pub url: String,
     /// Every key and channel starts with it.
     pub key_prefix: String,
@@ -165,6 +176,17 @@ pub(super) enum Command {
     },
     /// A request failed in a way that suggests the connection is gone.
     Suspect,
+    /// A write was refused with `READONLY`: the server is a replica now (a failover); the
+    /// driver reconnects, and asks the sentinels again.
+    Readonly,
+}
+
+/// The connection to the master, and the master's `run_id` (passed to the scripts: a room
+/// last written by another Redis process starts a new epoch, see `keys.rs`).
+#[derive(Clone)]
+pub(super) struct Link {
+    pub(super) connection: MultiplexedConnection,
+    pub(super) run: Arc<str>,
 }
 
 /// What the publisher's queue carries, in the order it runs.
@@ -195,7 +217,7 @@ pub(super) struct Shared {
     node: NodeId,
     commands: mpsc::UnboundedSender<Command>,
     publish: tokio::sync::mpsc::Sender<Job>,
-    connection: watch::Receiver<Option<MultiplexedConnection>>,
+    connection: watch::Receiver<Option<Link>>,
     health: watch::Receiver<BrokerHealth>,
     snapshot_script: Script,
 }
@@ -226,8 +248,7 @@ impl RedisBroker {
                 "rediss:// needs wsgrace built with the `redis-tls` feature".to_owned(),
             ));
         }
-        let client = Client::open(settings.url.as_str())
-            .map_err(|err| BrokerError::BadUrl(err.to_string()))?;
+        let target = Target::new(&settings.url).map_err(BrokerError::BadUrl)?;
         let keys = Keys::new(&settings.key_prefix);
         let node = fastrand::u64(..);
         let (commands_tx, commands_rx) = mpsc::unbounded();
@@ -238,7 +259,8 @@ impl RedisBroker {
         metrics().broker_up.set(0);
 
         let driver = Driver {
-            client,
+            target,
+            expected: HashMap::new(),
             redacted_url: redact_url(&settings.url),
             keys: keys.clone(),
             settings: settings.clone(),
@@ -363,7 +385,12 @@ impl RedisBroker {
         &self,
         signal: &Signal,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
-        let connection = self.shared.connection.borrow().clone();
+        let connection = self
+            .shared
+            .connection
+            .borrow()
+            .clone()
+            .map(|l| l.connection);
         let channel = self.shared.keys.room(&signal.room);
         let payload = signal_payload(signal);
         async move {
@@ -432,7 +459,11 @@ impl RedisBroker {
         let shared = self.shared.clone();
         let room: Arc<str> = Arc::from(room);
         async move {
-            let Some(mut connection) = shared.connection.borrow().clone() else {
+            let Some(Link {
+                mut connection,
+                run,
+            }) = shared.connection.borrow().clone()
+            else {
                 return Err(BrokerError::Unavailable);
             };
             let failed = |err: RedisError| {
@@ -440,6 +471,9 @@ impl RedisBroker {
                 if is_connection_error(&err) {
                     let _ = shared.commands.unbounded_send(Command::Suspect);
                     BrokerError::Interrupted
+                } else if is_readonly(&err) {
+                    let _ = shared.commands.unbounded_send(Command::Readonly);
+                    BrokerError::Unavailable
                 } else {
                     BrokerError::Server(err.to_string())
                 }
@@ -450,6 +484,7 @@ impl RedisBroker {
                 .key(shared.keys.history(&room))
                 .arg(Epoch::random().as_str())
                 .arg(shared.history.ttl.as_millis() as u64)
+                .arg(&*run)
                 .invoke_async(&mut connection)
                 .await
                 .map_err(failed)?;

@@ -5,7 +5,7 @@
 
 use futures::channel::mpsc;
 use log::debug;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use redis::{Pipeline, Script};
 use tokio::sync::watch;
 
@@ -13,7 +13,7 @@ use super::super::local::HistoryLimits;
 use super::super::{BrokerError, Epoch};
 use super::keys::{origin_field, parse_published, Keys};
 use super::presence::PresenceWorker;
-use super::{Command, Job, PublishJob};
+use super::{Command, Job, Link, PublishJob};
 use crate::metrics::metrics;
 
 /// Jobs sent as one pipeline at most.
@@ -24,7 +24,7 @@ pub(super) struct Publisher {
     pub(super) keys: Keys,
     pub(super) history: HistoryLimits,
     pub(super) jobs: tokio::sync::mpsc::Receiver<Job>,
-    pub(super) connection: watch::Receiver<Option<MultiplexedConnection>>,
+    pub(super) connection: watch::Receiver<Option<Link>>,
     pub(super) commands: mpsc::UnboundedSender<Command>,
     pub(super) script: Script,
     /// `publish.dedupe_ms`, for the dedupe keys' expiry.
@@ -84,8 +84,12 @@ impl Publisher {
     }
 
     async fn send_jobs(&mut self, batch: &mut Vec<Job>) {
-        let connection = self.connection.borrow().clone();
-        let Some(mut connection) = connection else {
+        let link = self.connection.borrow().clone();
+        let Some(Link {
+            mut connection,
+            run,
+        }) = link
+        else {
             for job in batch.drain(..) {
                 match job {
                     Job::Publish(job) => {
@@ -106,7 +110,7 @@ impl Publisher {
         let mut pipe = redis::pipe();
         for job in batch.iter() {
             match job {
-                Job::Publish(job) => self.publish_command(&mut pipe, job),
+                Job::Publish(job) => self.publish_command(&mut pipe, job, &run),
                 Job::Presence(job) => {
                     pipe.add_command(self.presence.prepare(job));
                 }
@@ -119,11 +123,12 @@ impl Publisher {
         match answers {
             Ok(values) if values.len() == batch.len() => {
                 let mut reload = false;
+                let mut readonly = false;
                 let mut reload_presence = false;
                 for (job, value) in batch.drain(..).zip(values) {
                     match job {
                         Job::Publish(job) => {
-                            let result = parse_published(&job, value, &mut reload);
+                            let result = parse_published(&job, value, &mut reload, &mut readonly);
                             if result.is_err() {
                                 metrics().broker_errors.inc();
                             }
@@ -136,6 +141,9 @@ impl Publisher {
                             let _ = reply.send(());
                         }
                     }
+                }
+                if readonly {
+                    let _ = self.commands.unbounded_send(Command::Readonly);
                 }
                 // The script cache was flushed: the jobs that met NOSCRIPT did not run.
                 if reload {
@@ -171,7 +179,7 @@ impl Publisher {
     }
 
     /// The publish script's call for `job`, added to `pipe`.
-    fn publish_command(&self, pipe: &mut Pipeline, job: &PublishJob) {
+    fn publish_command(&self, pipe: &mut Pipeline, job: &PublishJob, run: &str) {
         let ttl_ms = self.history.ttl.as_millis() as u64;
         let command = pipe
             .cmd("EVALSHA")
@@ -189,6 +197,7 @@ impl Publisher {
             .arg(self.history.size)
             .arg(ttl_ms)
             .arg(origin_field(job.sent_by.as_ref()))
-            .arg(self.dedupe_ms);
+            .arg(self.dedupe_ms)
+            .arg(run);
     }
 }
