@@ -431,7 +431,10 @@ async fn a_history_stream_lost_alone_is_not_resumed() {
     for n in 1..=6 {
         talker.say(&format!("t-{n}")).await;
     }
-    assert_eq!(redis.command(&format!("DEL {key_prefix}:{{r}}:history")), ":1");
+    assert_eq!(
+        redis.command(&format!("DEL {key_prefix}:{{r}}:history")),
+        ":1"
+    );
     let member = join(&a, "r", "m", Some((3, &epoch))).await;
     assert_eq!(
         member.welcome.resumed,
