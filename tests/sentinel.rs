@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::wsgrace;
-use wsgrace_kit::chat::{join, Frame, Reader, WAIT};
+use wsgrace_kit::chat::{join, Frame, Member, Reader, WAIT};
 use wsgrace_kit::http::wait_status;
 use wsgrace_kit::sentinel::SentinelSet;
 use wsgrace_kit::server::ServerProcess;
@@ -277,4 +277,88 @@ async fn the_master_killed_under_traffic_the_nodes_follow_and_no_seq_names_two_m
         seen[0].refused,
         seen[0].messages.len() - kept,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_with_the_old_master_alive_is_followed() {
+    // `SENTINEL FAILOVER`: the old master lives on as a replica, so the node may hold a
+    // connection that still answers PING; a write there is refused READONLY, which makes
+    // the node ask the sentinels again.
+    let set = tokio::task::block_in_place(|| SentinelSet::start("wsg-c"));
+    let old_master = set.master.port();
+    let cfg = config(&set.url(), &prefix("sentinel-manual"));
+    let a = wsgrace().start_ready(&cfg).await;
+    let b = wsgrace().start_ready(&cfg).await;
+    let mut ann = join(&a, "r", "ann", None).await;
+    let mut bob = join(&b, "r", "bob", None).await;
+    ann.send("before").await;
+    for member in [&mut ann, &mut bob] {
+        assert_eq!(member.message().await.seq, 1);
+    }
+    let answer = wsgrace_kit::sentinel::cli(
+        set.sentinels[0].port(),
+        &["SENTINEL", "FAILOVER", set.name()],
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        answer.contains("OK"),
+        "SENTINEL FAILOVER answered {answer:?}"
+    );
+    let new_master =
+        tokio::task::block_in_place(|| set.wait_failover(old_master, FAILOVER_DEADLINE))
+            .unwrap_or_else(|err| panic!("{err}"));
+    // Each node sends until it has followed the failover (it logs the new master: after a
+    // READONLY, or a broken connection) and one of its messages is delivered; refusals
+    // meanwhile are `unavailable`, never a close. Writes the old master took before it was
+    // demoted are lost with its data: the room's new epoch tells so.
+    let master = format!("master 127.0.0.1:{new_master}");
+    deliver_after_failover(&a, &mut ann, &mut bob, &master).await;
+    deliver_after_failover(&b, &mut bob, &mut ann, &master).await;
+}
+
+/// `sender` (on `node`) sends "after-N" until `node` logs `master` and a message sent after
+/// that is delivered (its own copy); then `other` must get it under the same seq, after an
+/// epoch frame.
+async fn deliver_after_failover(
+    node: &ServerProcess,
+    sender: &mut Member,
+    other: &mut Member,
+    master: &str,
+) {
+    let start = Instant::now();
+    let mut n = 0;
+    let msg = loop {
+        assert!(
+            start.elapsed() < FAILOVER_DEADLINE,
+            "the node never followed the failover:\n{}",
+            node.stderr()
+        );
+        let followed = node
+            .stderr()
+            .lines()
+            .any(|l| l.contains("broker up") && l.contains(master));
+        n += 1;
+        let text = format!("after-{}-{n}", sender.welcome.name);
+        sender.send(&text).await;
+        let (_, delivered) = sender
+            .read_until(|frame| match frame {
+                Frame::Message(msg) if msg.text == text => Some(Some(msg.clone())),
+                Frame::Error { code, .. } if code == "unavailable" => Some(None),
+                Frame::Close(..) | Frame::Ended(_) => panic!("closed: {frame:?}"),
+                _ => None,
+            })
+            .await;
+        match delivered {
+            Some(msg) if followed => break msg,
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let (_, seen) = other
+        .read_until(|frame| match frame {
+            Frame::Message(m) if m.text == msg.text => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(seen, msg);
 }
