@@ -25,7 +25,7 @@ use super::keys::{
 };
 use super::presence::PresenceJob;
 use super::presence_script::Notice;
-use super::target::{run_id, Target};
+use super::target::{run_id, Switches, Target};
 use super::{Command, Job, Link, RedisSettings};
 use crate::metrics::metrics;
 
@@ -74,6 +74,10 @@ const SWEEP_MARGIN: Duration = Duration::from_millis(50);
 /// cheap, and a failover is over a moment after they name the new master.
 const SENTINEL_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// How long one sentinel may take to accept the `+switch-master` subscription (the driver
+/// waits for it after each connect; a sentinel on the network answers in milliseconds).
+const SWITCHES_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// A connection made: to the master at `addr` (`host:port`), whose `run_id` is `run`.
 struct Connection {
     connection: MultiplexedConnection,
@@ -88,6 +92,17 @@ enum Ended {
     Stopped,
     /// The connection broke.
     Lost(String),
+}
+
+/// The next `+switch-master` announcement; never, without a subscription (or once it ended).
+async fn next_switch(switches: &mut Option<Switches>) -> Msg {
+    if let Some(stream) = switches.as_mut() {
+        if let Some(switch) = stream.next().await {
+            return switch;
+        }
+        *switches = None;
+    }
+    std::future::pending().await
 }
 
 impl Driver {
@@ -261,6 +276,12 @@ impl Driver {
             rooms.len()
         );
         self.emit(BrokerEvent::Health(BrokerHealth::Up)).await;
+        // Through Sentinel: a failover announced by the sentinels is followed at once (the
+        // old master may live on and take writes until it is demoted).
+        let mut switches = self
+            .target
+            .switches(self.settings.timeout.min(SWITCHES_TIMEOUT))
+            .await;
 
         let mut check = tokio::time::interval(self.settings.timeout);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -279,6 +300,11 @@ impl Driver {
                         .await
                     {
                         return Ended::Lost(why);
+                    }
+                }
+                switch = next_switch(&mut switches) => {
+                    if self.target.is_our_switch(switch.get_payload_bytes()) {
+                        return Ended::Lost("the sentinels switched the master".to_owned());
                     }
                 }
                 _ = check.tick() => {

@@ -7,7 +7,10 @@
 //! It owns the discovery only: it must not keep the connections it hands out, subscribe,
 //! decide about rooms, or log (the driver logs, and only the address: host and port).
 
+use std::pin::Pin;
 use std::time::Duration;
+
+use futures::{Stream, StreamExt};
 
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{
@@ -27,8 +30,13 @@ pub(super) enum Target {
         master: String,
         /// The db and the password for the master (not for the sentinels).
         node: SentinelNodeConnectionInfo,
+        /// The sentinels, for the `+switch-master` subscription.
+        sentinels: Vec<ConnectionInfo>,
     },
 }
+
+/// The `+switch-master` announcements of one sentinel (a pub/sub connection of its own).
+pub(super) type Switches = Pin<Box<dyn Stream<Item = redis::Msg> + Send>>;
 
 impl Target {
     /// The target of a broker URL (checked by `check_redis_url` before). The error names
@@ -48,7 +56,7 @@ impl Target {
                 redis: RedisConnectionInfo::default(),
             })
             .collect();
-        let sentinel = Sentinel::build(sentinels).map_err(|err| err.to_string())?;
+        let sentinel = Sentinel::build(sentinels.clone()).map_err(|err| err.to_string())?;
         Ok(Target::Sentinel {
             sentinel: Box::new(sentinel),
             master: parsed.master,
@@ -60,7 +68,42 @@ impl Target {
                     ..RedisConnectionInfo::default()
                 }),
             },
+            sentinels,
         })
+    }
+
+    /// Through Sentinel: the `+switch-master` announcements of the first sentinel that
+    /// takes the subscription within `timeout` (`None` without Sentinel, or if none does:
+    /// a broken connection and `READONLY` still make the driver follow a failover).
+    pub(super) async fn switches(&self, timeout: Duration) -> Option<Switches> {
+        let Target::Sentinel { sentinels, .. } = self else {
+            return None;
+        };
+        for info in sentinels {
+            let subscribed = tokio::time::timeout(timeout, async {
+                let client = Client::open(info.clone())?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe("+switch-master").await?;
+                Ok::<_, RedisError>(pubsub)
+            })
+            .await;
+            if let Ok(Ok(pubsub)) = subscribed {
+                return Some(pubsub.into_on_message().boxed());
+            }
+        }
+        None
+    }
+
+    /// Whether a `+switch-master` payload (`NAME OLD_IP OLD_PORT NEW_IP NEW_PORT`) is about
+    /// this target's master.
+    pub(super) fn is_our_switch(&self, payload: &[u8]) -> bool {
+        let Target::Sentinel { master, .. } = self else {
+            return false;
+        };
+        payload
+            .split(|b| *b == b' ')
+            .next()
+            .is_some_and(|name| name == master.as_bytes())
     }
 
     /// Whether the master is found through sentinels.
@@ -81,6 +124,7 @@ impl Target {
                 sentinel,
                 master,
                 node,
+                ..
             } => {
                 let found =
                     tokio::time::timeout(timeout, sentinel.async_master_for(master, Some(node)))
@@ -122,6 +166,9 @@ mod tests {
                 .unwrap()
                 .is_sentinel()
         );
+        let target = Target::new("redis+sentinel://h:1/mymaster").unwrap();
+        assert!(target.is_our_switch(b"mymaster 127.0.0.1 1 127.0.0.1 2"));
+        assert!(!target.is_our_switch(b"mymaster2 127.0.0.1 1 127.0.0.1 2"));
         let err = Target::new("redis+sentinel://:hunter2@h:1/")
             .err()
             .unwrap_or_default();
