@@ -10,7 +10,7 @@
 pub const SENTINEL_SCHEME: &str = "redis+sentinel://";
 
 /// Whether `url` has the form of a broker URL: `redis://` or `rediss://`, then a host; or
-/// a Sentinel URL ([`check_sentinel_url`]). The error is the rule that was broken (without
+/// a Sentinel URL (`redis+sentinel://`, see [`parse_sentinel_url`]). The error is the rule that was broken (without
 /// the URL, which may hold a password).
 pub fn check_redis_url(url: &str) -> Result<(), String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {

@@ -26,7 +26,7 @@ use super::keys::{
 use super::presence::PresenceJob;
 use super::presence_script::Notice;
 use super::target::{run_id, Switches, Target};
-use super::{Command, Job, Link, RedisSettings};
+use super::{hold_arg, Command, Job, Link, RedisSettings};
 use crate::metrics::metrics;
 
 /// A room with local members: how many, and the epoch last seen in it.
@@ -247,6 +247,12 @@ impl Driver {
             addr,
         } = connected;
         let (mut sink, mut stream) = pubsub.split();
+        // With `wait_replicas` > 0 a failover keeps the epochs: the scripts get no run_id.
+        let script_run: Arc<str> = if self.settings.wait_replicas > 0 {
+            Arc::from("")
+        } else {
+            run.clone()
+        };
         // Re-subscribe every room with local members, then find the rooms whose epoch changed.
         let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
         if let Err(err) = sink.subscribe(self.keys.control()).await {
@@ -258,14 +264,14 @@ impl Driver {
             }
         }
         if let Err(why) = self
-            .check_epochs(&rooms, &run, &mut connection, &mut sink, &mut stream)
+            .check_epochs(&rooms, &script_run, &mut connection, &mut sink, &mut stream)
             .await
         {
             return Ended::Lost(why);
         }
         self.connection.send_replace(Some(Link {
             connection: connection.clone(),
-            run: run.clone(),
+            run: script_run.clone(),
         }));
         self.health.send_replace(BrokerHealth::Up);
         metrics().broker_up.set(1);
@@ -296,7 +302,7 @@ impl Driver {
                         return Ended::Stopped;
                     };
                     if let Err(why) = self
-                        .command(command, &run, &mut connection, &mut sink, &mut stream)
+                        .command(command, &script_run, &mut connection, &mut sink, &mut stream)
                         .await
                     {
                         return Ended::Lost(why);
@@ -406,9 +412,11 @@ impl Driver {
                 .snapshot_script
                 .key(self.keys.room(room))
                 .key(self.keys.history(room))
+                .key(self.keys.pending(room))
                 .arg(Epoch::random().as_str())
                 .arg(self.settings.history.ttl.as_millis() as u64)
                 .arg(run)
+                .arg(hold_arg(self.settings.wait_replicas > 0))
                 .invoke_async(connection)
                 .await;
             let value = answer.map_err(|err| err.to_string())?;

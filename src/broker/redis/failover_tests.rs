@@ -9,7 +9,7 @@ use redis::{Script, Value};
 use wsgrace_kit::redis::{RedisNode, RedisServer};
 
 use super::super::BrokerEvent;
-use super::keys::{snapshot_base, snapshot_head, PUBLISH_SCRIPT, SNAPSHOT_SCRIPT};
+use super::keys::{snapshot_base, snapshot_head, PUBLISH_SCRIPT, RELEASE_SCRIPT, SNAPSHOT_SCRIPT};
 use super::tests::{next_message, next_room_event, settings, start, wait_health};
 use crate::broker::BrokerHealth;
 
@@ -21,17 +21,32 @@ async fn connect(server: &RedisServer) -> MultiplexedConnection {
 /// The publish script for one message of room `r` with `run` as the master's run_id:
 /// `(epoch, seq)`.
 async fn publish(con: &mut MultiplexedConnection, run: &str, epoch: &str) -> (String, u64) {
+    publish_as(con, run, epoch, "0", "x").await
+}
+
+/// [`publish`], holding the message if `hold` is `1`, saying `text`.
+async fn publish_as(
+    con: &mut MultiplexedConnection,
+    run: &str,
+    epoch: &str,
+    hold: &str,
+    text: &str,
+) -> (String, u64) {
+    let head = format!(r#"{{"type":"message","room":"r","from":"a","text":"{text}","seq":"#);
     let value: Value = Script::new(PUBLISH_SCRIPT)
         .key("t:{r}:room")
         .key("t:{r}:history")
+        .key("t:{r}:pending")
         .arg("t:{r}:room")
-        .arg(r#"{"type":"message","room":"r","from":"a","text":"x","seq":"#)
+        .arg(head)
         .arg(epoch)
         .arg(100)
         .arg(60_000)
         .arg("")
         .arg(0)
         .arg(run)
+        .arg(hold)
+        .arg(3)
         .invoke_async(con)
         .await
         .unwrap();
@@ -40,12 +55,24 @@ async fn publish(con: &mut MultiplexedConnection, run: &str, epoch: &str) -> (St
 
 /// The snapshot script for room `r`: `(epoch, seq, base)`.
 async fn snapshot(con: &mut MultiplexedConnection, run: &str, epoch: &str) -> (String, u64, u64) {
+    snapshot_as(con, run, epoch, "0").await
+}
+
+/// [`snapshot`] of a node that holds messages if `hold` is `1`.
+async fn snapshot_as(
+    con: &mut MultiplexedConnection,
+    run: &str,
+    epoch: &str,
+    hold: &str,
+) -> (String, u64, u64) {
     let value: Value = Script::new(SNAPSHOT_SCRIPT)
         .key("t:{r}:room")
         .key("t:{r}:history")
+        .key("t:{r}:pending")
         .arg(epoch)
         .arg(60_000)
         .arg(run)
+        .arg(hold)
         .invoke_async(con)
         .await
         .unwrap();
@@ -123,4 +150,147 @@ async fn a_redis_restarted_with_its_data_is_a_new_epoch_told_from_its_seq() {
     assert_eq!((after.epoch.clone(), after.seq), (change.epoch.clone(), 4));
     let m = next_message(&mut events).await;
     assert_eq!((m.epoch, m.seq), (change.epoch, 4));
+}
+
+/// The release script for room `r` up to `upto`: the last seq released.
+async fn release(con: &mut MultiplexedConnection, upto: u64) -> u64 {
+    Script::new(RELEASE_SCRIPT)
+        .key("t:{r}:room")
+        .key("t:{r}:pending")
+        .arg("t:{r}:room")
+        .arg(upto)
+        .invoke_async(con)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn held_messages_are_released_once_in_seq_order_whichever_node_releases() {
+    let server = RedisServer::start();
+    let mut con = connect(&server).await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("t:{r}:room").await.unwrap();
+    let mut published = pubsub.into_on_message();
+    // Held: a seq each, not published, not in a holding node's snapshot yet.
+    for (n, text) in [(1, "a1"), (2, "b2"), (3, "a3")] {
+        assert_eq!(
+            publish_as(&mut con, "", "e1", "1", text).await,
+            ("e1".to_owned(), n)
+        );
+    }
+    assert_eq!(
+        snapshot_as(&mut con, "", "xx", "1").await,
+        ("e1".to_owned(), 0, 0)
+    );
+    assert_eq!(
+        snapshot_as(&mut con, "", "xx", "0").await,
+        ("e1".to_owned(), 3, 0)
+    );
+    // A room holding the most it may refuses the next one (`repeat` 2).
+    let value: Value = Script::new(PUBLISH_SCRIPT)
+        .key("t:{r}:room")
+        .key("t:{r}:history")
+        .key("t:{r}:pending")
+        .arg("t:{r}:room")
+        .arg("{")
+        .arg("e1")
+        .arg(100)
+        .arg(60_000)
+        .arg("")
+        .arg(0)
+        .arg("")
+        .arg("1")
+        .arg(3)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&value, Value::Array(parts) if parts.get(3) == Some(&Value::Int(2))),
+        "{value:?}"
+    );
+    // Node b's WAIT confirmed seq 2: 1 and 2 go out, in order; node a's release of 1 later
+    // is a no-op; a's release of 3 sends 3.
+    assert_eq!(release(&mut con, 2).await, 2);
+    assert_eq!(release(&mut con, 1).await, 2);
+    assert_eq!(
+        snapshot_as(&mut con, "", "xx", "1").await,
+        ("e1".to_owned(), 2, 0)
+    );
+    assert_eq!(release(&mut con, 3).await, 3);
+    assert_eq!(release(&mut con, 3).await, 3);
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let msg = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            futures::StreamExt::next(&mut published),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let payload: String = msg.get_payload().unwrap();
+        seqs.push(payload.split(':').nth(1).unwrap().to_owned());
+    }
+    assert_eq!(seqs, ["1", "2", "3"]);
+    let extra = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        futures::StreamExt::next(&mut published),
+    )
+    .await;
+    assert!(extra.is_err(), "published twice: {extra:?}");
+    // Holding nodes check no run_id: another master keeps the epoch.
+    assert_eq!(
+        publish_as(&mut con, "", "e9", "1", "c").await,
+        ("e1".to_owned(), 4)
+    );
+}
+
+#[tokio::test]
+async fn with_wait_replicas_a_message_is_sent_once_a_replica_has_it() {
+    let master = RedisServer::start();
+    let mut replica = RedisNode::new()
+        .args(["--replicaof", "127.0.0.1", &master.port().to_string()])
+        .stopped();
+    let (broker, mut events) = start(super::RedisSettings {
+        wait_replicas: 1,
+        ..settings(&master.url(), 100)
+    });
+    wait_health(&broker, BrokerHealth::Up).await;
+    broker.subscribe("r").await.unwrap();
+    // No replica: WAIT does not confirm; the sender is told its fate is unknown, and the
+    // message is held, not delivered.
+    let refused = broker.publish("r", "ann", "held").await;
+    assert_eq!(refused.err(), Some(crate::broker::BrokerError::Interrupted));
+    let quiet = tokio::time::sleep(std::time::Duration::from_millis(300));
+    tokio::pin!(quiet);
+    loop {
+        tokio::select! {
+            _ = &mut quiet => break,
+            event = futures::StreamExt::next(&mut events) => match event {
+                Some(BrokerEvent::Health(_)) => {}
+                other => panic!("delivered before a replica had it: {other:?}"),
+            },
+        }
+    }
+    // A replica: the next message is confirmed; the release sends both, in seq order.
+    replica.restart();
+    let start = std::time::Instant::now();
+    let sent = loop {
+        match broker.publish("r", "ann", "sent").await {
+            Ok(sent) => break sent,
+            Err(_) => {
+                assert!(start.elapsed() < super::tests::WAIT, "never confirmed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut texts = Vec::new();
+    for seq in 1..=sent.seq {
+        let m = next_message(&mut events).await;
+        assert_eq!(m.seq, seq);
+        let value: serde_json::Value = serde_json::from_str(&m.json).unwrap();
+        texts.push(value["text"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(texts.first().map(String::as_str), Some("held"));
+    assert_eq!(texts.last().map(String::as_str), Some("sent"));
 }

@@ -5,15 +5,16 @@
 
 use futures::channel::mpsc;
 use log::debug;
-use redis::aio::ConnectionLike;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Pipeline, Script};
 use tokio::sync::watch;
 
 use super::super::local::HistoryLimits;
 use super::super::{BrokerError, Epoch};
+use super::held::MAX_HELD;
 use super::keys::{origin_field, parse_published, Keys};
 use super::presence::PresenceWorker;
-use super::{Command, Job, Link, PublishJob};
+use super::{hold_arg, Command, Job, Link, PublishJob};
 use crate::metrics::metrics;
 
 /// Jobs sent as one pipeline at most.
@@ -29,6 +30,10 @@ pub(super) struct Publisher {
     pub(super) script: Script,
     /// `publish.dedupe_ms`, for the dedupe keys' expiry.
     pub(super) dedupe_ms: u64,
+    /// `broker.wait_replicas` (0: publish at once; else `held.rs`).
+    pub(super) wait_replicas: u8,
+    /// How long a `WAIT` may block (below the connection's response timeout).
+    pub(super) wait_timeout_ms: u64,
     pub(super) presence: PresenceWorker,
 }
 
@@ -117,6 +122,11 @@ impl Publisher {
                 Job::Flush(_) => {}
             }
         }
+        if self.wait_replicas > 0 {
+            let replicas = self.wait_replicas;
+            self.send_held(&mut connection, pipe, batch, replicas).await;
+            return;
+        }
         // `req_packed_commands` rather than `query_async`: it answers per command, so that
         // one refused message does not hide that the others were published.
         let answers = connection.req_packed_commands(&pipe, 0, batch.len()).await;
@@ -142,37 +152,55 @@ impl Publisher {
                         }
                     }
                 }
-                if readonly {
-                    let _ = self.commands.unbounded_send(Command::Readonly);
-                }
-                // The script cache was flushed: the jobs that met NOSCRIPT did not run.
-                if reload {
-                    if let Err(err) = self.script.load_async(&mut connection).await {
-                        debug!("broker: loading the publish script failed: {err}");
-                    }
-                }
-                if reload_presence {
-                    if let Err(err) = self.presence.script().load_async(&mut connection).await {
-                        debug!("broker: loading the presence script failed: {err}");
-                    }
-                }
+                self.after_answers(&mut connection, reload, readonly, reload_presence)
+                    .await;
             }
             Ok(_) | Err(_) => {
                 if let Err(err) = &answers {
                     debug!("broker: sending {} jobs failed: {err}", batch.len());
                 }
-                let _ = self.commands.unbounded_send(Command::Suspect);
-                for job in batch.drain(..) {
-                    match job {
-                        Job::Publish(job) => {
-                            metrics().broker_errors.inc();
-                            let _ = job.reply.send(Err(BrokerError::Interrupted));
-                        }
-                        Job::Presence(job) => self.presence.unsent(job, BrokerError::Interrupted),
-                        Job::Flush(reply) => {
-                            let _ = reply.send(());
-                        }
-                    }
+                self.broken(batch);
+            }
+        }
+    }
+
+    /// After a pipeline's answers: a `READONLY` makes the driver reconnect; a flushed script
+    /// cache is refilled (the jobs that met NOSCRIPT did not run).
+    pub(super) async fn after_answers(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        reload: bool,
+        readonly: bool,
+        reload_presence: bool,
+    ) {
+        if readonly {
+            let _ = self.commands.unbounded_send(Command::Readonly);
+        }
+        if reload {
+            if let Err(err) = self.script.load_async(connection).await {
+                debug!("broker: loading the publish script failed: {err}");
+            }
+        }
+        if reload_presence {
+            if let Err(err) = self.presence.script().load_async(connection).await {
+                debug!("broker: loading the presence script failed: {err}");
+            }
+        }
+    }
+
+    /// The pipeline of `batch` broke: its jobs' fate is unknown; the driver checks the
+    /// connection.
+    pub(super) fn broken(&mut self, batch: &mut Vec<Job>) {
+        let _ = self.commands.unbounded_send(Command::Suspect);
+        for job in batch.drain(..) {
+            match job {
+                Job::Publish(job) => {
+                    metrics().broker_errors.inc();
+                    let _ = job.reply.send(Err(BrokerError::Interrupted));
+                }
+                Job::Presence(job) => self.presence.unsent(job, BrokerError::Interrupted),
+                Job::Flush(reply) => {
+                    let _ = reply.send(());
                 }
             }
         }
@@ -184,9 +212,10 @@ impl Publisher {
         let command = pipe
             .cmd("EVALSHA")
             .arg(self.script.get_hash())
-            .arg(if job.dedupe.is_some() { 3 } else { 2 })
+            .arg(if job.dedupe.is_some() { 4 } else { 3 })
             .arg(self.keys.room(&job.room))
-            .arg(self.keys.history(&job.room));
+            .arg(self.keys.history(&job.room))
+            .arg(self.keys.pending(&job.room));
         if let Some(dedupe) = &job.dedupe {
             command.arg(dedupe);
         }
@@ -198,6 +227,8 @@ impl Publisher {
             .arg(ttl_ms)
             .arg(origin_field(job.sent_by.as_ref()))
             .arg(self.dedupe_ms)
-            .arg(run);
+            .arg(run)
+            .arg(hold_arg(self.wait_replicas > 0))
+            .arg(MAX_HELD);
     }
 }

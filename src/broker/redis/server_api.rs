@@ -51,9 +51,11 @@ impl RedisBroker {
                 .snapshot_script
                 .key(shared.keys.room(&room))
                 .key(shared.keys.history(&room))
+                .key(shared.keys.pending(&room))
                 .arg(Epoch::random().as_str())
                 .arg(shared.history.ttl.as_millis() as u64)
                 .arg(&*run)
+                .arg(super::hold_arg(shared.hold))
                 .invoke_async(&mut connection)
                 .await
                 .map_err(failed)?;

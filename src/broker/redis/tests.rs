@@ -18,7 +18,7 @@ use super::super::{
 use super::{RedisBroker, RedisSettings};
 use crate::config::{BrokerSettings, HistorySettings};
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(super) const WAIT: Duration = Duration::from_secs(10);
 
 pub(super) fn settings(url: &str, size: usize) -> RedisSettings {
     RedisSettings {
