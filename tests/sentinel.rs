@@ -69,27 +69,35 @@ async fn a_room_works_through_sentinel_across_two_nodes() {
 }
 
 /// What one member saw: every message as (epoch, seq, text) in arrival order, the `epoch`
-/// frames, when the first message of another epoch than the first arrived, and how it ended.
+/// frames, when the first message sent after the kill arrived, and how it ended.
 #[derive(Debug, Default)]
 struct Seen {
     messages: Vec<(String, u64, String)>,
     epochs: Vec<(String, u64)>,
-    first_new_epoch_message: Option<Instant>,
+    first_after_kill: Option<Instant>,
     refused: usize,
     closed: Option<Option<u16>>,
 }
 
 /// Reads `rx` until the message `end` (or a close), tracking the epoch from `epoch` on.
-/// The first message of a new epoch raises `recovered`.
-async fn watch_member(mut rx: Reader, epoch: String, recovered: Arc<AtomicBool>) -> Seen {
-    let first_epoch = epoch.clone();
+/// The first message "s-N" with N above `killed_at` (sent after the kill: delivered through
+/// the new master) raises `recovered`.
+async fn watch_member(
+    mut rx: Reader,
+    epoch: String,
+    killed_at: Arc<AtomicU64>,
+    recovered: Arc<AtomicBool>,
+) -> Seen {
     let mut epoch = epoch;
     let mut seen = Seen::default();
     loop {
         match rx.next().await {
             Frame::Message(msg) => {
-                if epoch != first_epoch && seen.first_new_epoch_message.is_none() {
-                    seen.first_new_epoch_message = Some(Instant::now());
+                let n: Option<u64> = msg.text.strip_prefix("s-").and_then(|n| n.parse().ok());
+                if n.is_some_and(|n| n > killed_at.load(Ordering::SeqCst))
+                    && seen.first_after_kill.is_none()
+                {
+                    seen.first_after_kill = Some(Instant::now());
                     recovered.store(true, Ordering::SeqCst);
                 }
                 let end = msg.text == "end";
@@ -120,41 +128,60 @@ fn retryable(code: Option<u16>) -> bool {
     matches!(code, Some(1001 | 1011 | 1012 | 1013))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_master_killed_under_traffic_the_nodes_follow_and_no_seq_names_two_messages() {
-    let mut set = tokio::task::block_in_place(|| SentinelSet::start("wsg-b"));
+/// A failover under traffic, and what everyone saw.
+struct Failover {
+    /// sam (the sender, on node a), ann (a), bob and cid (b).
+    names: Vec<String>,
+    seen: Vec<Seen>,
+    first_epoch: String,
+    new_master: u16,
+    nodes: [ServerProcess; 2],
+    /// SIGKILL to the sentinels naming the new master.
+    named: Duration,
+    /// SIGKILL to the first message sent after it delivered.
+    back: Option<Duration>,
+    sent: u64,
+    _set: SentinelSet,
+}
+
+/// Two nodes with `broker.wait_replicas = wait_replicas` on a Sentinel set with `replicas`
+/// replicas; sam sends ~100 messages a second: 100, then the master is SIGKILLed, then on
+/// until 100 past the first message delivered through the new master (at most 1500 in all:
+/// bounded); then "end" once both nodes are ready.
+async fn failover_under_traffic(name: &str, wait_replicas: u8, replicas: usize) -> Failover {
+    let mut set = tokio::task::block_in_place(|| SentinelSet::start_with_replicas(name, replicas));
     let old_master = set.master.port();
-    let cfg = config(&set.url(), &prefix("sentinel-kill"));
+    let cfg = format!(
+        "{}wait_replicas = {wait_replicas}\n",
+        config(&set.url(), &prefix(name))
+    );
     let a = wsgrace().start_ready(&cfg).await;
     let b = wsgrace().start_ready(&cfg).await;
-    let nodes: [&ServerProcess; 2] = [&a, &b];
 
+    let killed_at = Arc::new(AtomicU64::new(u64::MAX));
     let recovered = Arc::new(AtomicBool::new(false));
     let sam = join(&a, "r", "sam", None).await;
     let first_epoch = sam.welcome.epoch.clone();
-    let mut watchers = Vec::new();
+    let watch = |rx| {
+        tokio::spawn(watch_member(
+            rx,
+            first_epoch.clone(),
+            killed_at.clone(),
+            recovered.clone(),
+        ))
+    };
+    let mut watchers = vec![watch(sam.rx)];
     let mut names = vec!["sam".to_owned()];
+    let mut kept = Vec::new();
     for (node, name) in [(&a, "ann"), (&b, "bob"), (&b, "cid")] {
         let member = join(node, "r", name, None).await;
         assert_eq!(member.welcome.epoch, first_epoch);
-        let rx = member.rx;
-        // The sending half stays open (dropped at the end of the test).
-        std::mem::forget(member.tx);
-        watchers.push(tokio::spawn(watch_member(
-            rx,
-            first_epoch.clone(),
-            recovered.clone(),
-        )));
+        watchers.push(watch(member.rx));
+        // The sending half stays open until the end of the test.
+        kept.push(member.tx);
         names.push(name.to_owned());
     }
     let mut sam_tx = sam.tx;
-    watchers.insert(
-        0,
-        tokio::spawn(watch_member(sam.rx, first_epoch.clone(), recovered.clone())),
-    );
-
-    // The sender: ~100 messages a second; 100 before the kill, then on until 100 past the
-    // first message of the new epoch (at most 1500 in all: bounded).
     let sent = Arc::new(AtomicU64::new(0));
     let sender = {
         let (sent, recovered) = (sent.clone(), recovered.clone());
@@ -179,6 +206,7 @@ async fn the_master_killed_under_traffic_the_nodes_follow_and_no_seq_names_two_m
         assert!(start.elapsed() < WAIT, "the sender is stuck");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    killed_at.store(sent.load(Ordering::SeqCst), Ordering::SeqCst);
     set.master.kill();
     let killed = Instant::now();
     let new_master =
@@ -187,13 +215,12 @@ async fn the_master_killed_under_traffic_the_nodes_follow_and_no_seq_names_two_m
     let named = killed.elapsed();
     let mut sam_tx = tokio::time::timeout(FAILOVER_DEADLINE, sender)
         .await
-        .expect("the sender did not finish: the nodes never delivered a new-epoch message")
+        .expect("the sender did not finish: nothing sent after the kill was delivered")
         .expect("the sender panicked");
-    for node in nodes {
+    for node in [&a, &b] {
         wait_status(node.addr, "/readyz", 200, FAILOVER_DEADLINE).await;
     }
     sam_tx.send("end").await;
-
     let mut seen = Vec::new();
     for watcher in watchers {
         seen.push(
@@ -203,80 +230,145 @@ async fn the_master_killed_under_traffic_the_nodes_follow_and_no_seq_names_two_m
                 .expect("a member's reader panicked"),
         );
     }
+    drop(kept);
+    let back = seen
+        .iter()
+        .filter_map(|member| member.first_after_kill)
+        .min()
+        .map(|at| at.duration_since(killed));
+    Failover {
+        names,
+        seen,
+        first_epoch,
+        new_master,
+        nodes: [a, b],
+        named,
+        back,
+        sent: sent.load(Ordering::SeqCst),
+        _set: set,
+    }
+}
 
-    // No seq names two messages within one epoch, whoever saw them, on either node.
-    let mut named_by: HashMap<(String, u64), String> = HashMap::new();
-    for (name, member) in names.iter().zip(&seen) {
-        for (epoch, seq, text) in &member.messages {
-            let first = named_by
-                .entry((epoch.clone(), *seq))
-                .or_insert_with(|| text.clone());
-            assert_eq!(
-                first, text,
-                "{name}: epoch {epoch} seq {seq} names two messages"
+impl Failover {
+    /// No seq names two messages within one epoch, whoever saw them, on either node; no
+    /// member has a hole or a repeat within an epoch (each epoch's seqs are consecutive from
+    /// where it began).
+    fn assert_one_message_per_seq_and_no_hole(&self) {
+        let mut named_by: HashMap<(String, u64), String> = HashMap::new();
+        for (name, member) in self.names.iter().zip(&self.seen) {
+            for (epoch, seq, text) in &member.messages {
+                let first = named_by
+                    .entry((epoch.clone(), *seq))
+                    .or_insert_with(|| text.clone());
+                assert_eq!(
+                    first, text,
+                    "{name}: epoch {epoch} seq {seq} names two messages"
+                );
+            }
+        }
+        for (name, member) in self.names.iter().zip(&self.seen) {
+            let mut begins: HashMap<String, u64> = HashMap::from([(self.first_epoch.clone(), 0)]);
+            begins.extend(member.epochs.iter().cloned());
+            let mut last: Option<(String, u64)> = None;
+            for (epoch, seq, text) in &member.messages {
+                let expected = match &last {
+                    Some((last_epoch, last_seq)) if last_epoch == epoch => last_seq + 1,
+                    _ => begins[epoch] + 1,
+                };
+                assert_eq!(
+                    *seq, expected,
+                    "{name}: a hole or a repeat in epoch {epoch} at {text:?}"
+                );
+                last = Some((epoch.clone(), *seq));
+            }
+        }
+    }
+
+    /// Each node followed the failover without a restart, and says where it went.
+    fn assert_nodes_on_the_new_master(&self) {
+        let master = format!("master 127.0.0.1:{}", self.new_master);
+        for node in &self.nodes {
+            let stderr = node.stderr();
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.contains("broker up") && l.contains(&master)),
+                "a node does not log the new master ({master}):\n{stderr}"
             );
         }
     }
+
+    fn report(&self, what: &str) {
+        let sam = &self.seen[0];
+        let kept = sam
+            .messages
+            .iter()
+            .filter(|(epoch, _, _)| *epoch == self.first_epoch)
+            .count();
+        eprintln!(
+            "failover ({what}): SIGKILL to the sentinels naming the new master {:?}, to the \
+             first message delivered again {:?}; the sender sent {} messages, {} refused \
+             (unavailable) meanwhile, {kept} delivered in the first epoch, {} in another",
+            self.named,
+            self.back,
+            self.sent,
+            sam.refused,
+            sam.messages.len() - kept,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_killed_under_traffic_the_nodes_follow_and_no_seq_names_two_messages() {
+    let run = failover_under_traffic("wsg-b", 0, 1).await;
+    run.report("wait_replicas = 0");
+    run.assert_one_message_per_seq_and_no_hole();
     let mut new_epochs = Vec::new();
-    for (name, member) in names.iter().zip(&seen) {
-        // No hole within an epoch: each epoch's seqs are consecutive, from where it began.
-        let mut begins: HashMap<String, u64> = HashMap::from([(first_epoch.clone(), 0)]);
-        begins.extend(member.epochs.iter().cloned());
-        let mut last: Option<(String, u64)> = None;
-        for (epoch, seq, text) in &member.messages {
-            let expected = match &last {
-                Some((last_epoch, last_seq)) if last_epoch == epoch => last_seq + 1,
-                _ => begins[epoch] + 1,
-            };
-            assert_eq!(
-                *seq, expected,
-                "{name}: a hole or a repeat in epoch {epoch} at {text:?}"
-            );
-            last = Some((epoch.clone(), *seq));
-        }
+    for (name, member) in run.names.iter().zip(&run.seen) {
         match member.closed {
             Some(code) => assert!(retryable(code), "{name} closed with {code:?}"),
             None => {
                 let Some((epoch, _)) = member.epochs.last() else {
                     panic!("{name}: no epoch frame after the failover: {member:?}");
                 };
-                assert_ne!(*epoch, first_epoch, "{name}");
-                assert_eq!(last.map(|(e, _)| e).as_ref(), Some(epoch), "{name}");
+                assert_ne!(*epoch, run.first_epoch, "{name}");
+                let last = member.messages.last().map(|(e, _, _)| e);
+                assert_eq!(last, Some(epoch), "{name}");
                 new_epochs.push(epoch.clone());
             }
         }
     }
     new_epochs.dedup();
     assert_eq!(new_epochs.len(), 1, "the nodes disagree on the new epoch");
-    // Each node followed the failover without a restart, and says where it went.
-    let master = format!("master 127.0.0.1:{new_master}");
-    for node in nodes {
-        let stderr = node.stderr();
+    run.assert_nodes_on_the_new_master();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_replicas_1_a_killed_master_loses_no_acknowledged_message_and_keeps_the_epoch() {
+    // Two replicas: the one promoted must have a replica of its own for WAIT 1 to confirm.
+    let run = failover_under_traffic("wsg-d", 1, 2).await;
+    run.report("wait_replicas = 1");
+    run.assert_one_message_per_seq_and_no_hole();
+    for (name, member) in run.names.iter().zip(&run.seen) {
+        assert_eq!(member.closed, None, "{name} was closed");
         assert!(
-            stderr
-                .lines()
-                .any(|l| l.contains("broker up") && l.contains(&master)),
-            "a node does not log the new master ({master}):\n{stderr}"
+            member.epochs.is_empty(),
+            "{name}: the epoch changed: {:?}",
+            member.epochs
         );
     }
-    let back = seen
-        .iter()
-        .filter_map(|member| member.first_new_epoch_message)
-        .min()
-        .map(|at| at.duration_since(killed));
-    let kept: usize = seen[0]
-        .messages
-        .iter()
-        .filter(|(epoch, _, _)| *epoch == first_epoch)
-        .count();
-    eprintln!(
-        "failover (wait_replicas = 0): SIGKILL to the sentinels naming the new master {named:?}, \
-         to the first message delivered again {back:?}; the sender sent {} messages, {} refused \
-         (unavailable) meanwhile, {kept} delivered in the old epoch, {} in the new one",
-        sent.load(Ordering::SeqCst),
-        seen[0].refused,
-        seen[0].messages.len() - kept,
-    );
+    // sam's own copies are its acknowledgements: every member got each of them.
+    let acknowledged: Vec<&String> = run.seen[0].messages.iter().map(|(_, _, t)| t).collect();
+    for (name, member) in run.names.iter().zip(&run.seen).skip(1) {
+        let got: std::collections::HashSet<&String> =
+            member.messages.iter().map(|(_, _, t)| t).collect();
+        let missing: Vec<&&String> = acknowledged.iter().filter(|t| !got.contains(**t)).collect();
+        assert!(
+            missing.is_empty(),
+            "{name} lacks acknowledged messages {missing:?}"
+        );
+    }
+    run.assert_nodes_on_the_new_master();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
-//! A Redis Sentinel set of the caller's own, for failover tests: a master, one replica
-//! (`--replicaof`) and three sentinels (`redis-server --sentinel` with a generated
+//! A Redis Sentinel set of the caller's own, for failover tests: a master, its replicas
+//! (`--replicaof`; one, or more so that a promoted master has a replica too) and three sentinels (`redis-server --sentinel` with a generated
 //! `sentinel.conf`: quorum 2, down after 1 s, failover timeout 3 s), each a
 //! [`RedisServer`] on a free loopback port, stopped on drop. [`SentinelSet::url`] is the
 //! `redis+sentinel://` URL wsgrace takes.
@@ -20,8 +20,8 @@ pub struct SentinelSet {
     name: String,
     /// The master at the start (after a failover: the old master).
     pub master: RedisServer,
-    /// The replica at the start (after a failover: the master).
-    pub replica: RedisServer,
+    /// The replicas at the start (after a failover, one of them is the master).
+    pub replicas: Vec<RedisServer>,
     /// The three sentinels.
     pub sentinels: Vec<RedisServer>,
     conf_dir: PathBuf,
@@ -32,15 +32,25 @@ impl SentinelSet {
     /// and every sentinel knows the replica and the two other sentinels; panics with the
     /// reason otherwise.
     pub fn start(name: &str) -> SentinelSet {
-        SentinelSet::try_start(name).unwrap_or_else(|err| panic!("{err}"))
+        SentinelSet::try_start(name, 1).unwrap_or_else(|err| panic!("{err}"))
     }
 
-    /// [`start`](Self::start), answering why it failed instead of panicking.
-    pub fn try_start(name: &str) -> Result<SentinelSet, KitError> {
+    /// [`start`](Self::start) with `replicas` replicas.
+    pub fn start_with_replicas(name: &str, replicas: usize) -> SentinelSet {
+        SentinelSet::try_start(name, replicas).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// [`start_with_replicas`](Self::start_with_replicas), answering why it failed instead
+    /// of panicking.
+    pub fn try_start(name: &str, replicas: usize) -> Result<SentinelSet, KitError> {
         let master = RedisNode::new().try_start()?;
-        let replica = RedisNode::new()
-            .args(["--replicaof", "127.0.0.1", &master.port().to_string()])
-            .try_start()?;
+        let replicas = (0..replicas)
+            .map(|_| {
+                RedisNode::new()
+                    .args(["--replicaof", "127.0.0.1", &master.port().to_string()])
+                    .try_start()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let conf_dir = temp_dir("sentinels");
         let conf = format!(
             "sentinel monitor {name} 127.0.0.1 {port} 2\n\
@@ -64,7 +74,7 @@ impl SentinelSet {
         let set = SentinelSet {
             name: name.to_owned(),
             master,
-            replica,
+            replicas,
             sentinels,
             conf_dir,
         };
@@ -132,13 +142,16 @@ impl SentinelSet {
         }
     }
 
-    /// Polls until the replica's link is up and every sentinel knows one replica and two
-    /// other sentinels.
+    /// Polls until every replica's link is up and every sentinel knows every replica and
+    /// the two other sentinels.
     fn wait_ready(&self) -> Result<(), KitError> {
         let start = Instant::now();
         loop {
-            let synced = cli(self.replica.port(), &["INFO", "replication"])
-                .is_ok_and(|info| info.contains("master_link_status:up"));
+            let synced = self.replicas.iter().all(|replica| {
+                cli(replica.port(), &["INFO", "replication"])
+                    .is_ok_and(|info| info.contains("master_link_status:up"))
+            });
+            let replicas = u32::try_from(self.replicas.len()).unwrap_or(u32::MAX);
             let known = self.sentinels.iter().all(|sentinel| {
                 cli(sentinel.port(), &["SENTINEL", "master", &self.name]).is_ok_and(|answer| {
                     let fields: Vec<&str> = answer.lines().map(str::trim).collect();
@@ -149,7 +162,7 @@ impl SentinelSet {
                             .and_then(|i| fields.get(i + 1))
                             .and_then(|v| v.parse::<u32>().ok())
                     };
-                    value("num-slaves") == Some(1) && value("num-other-sentinels") == Some(2)
+                    value("num-slaves") == Some(replicas) && value("num-other-sentinels") == Some(2)
                 })
             });
             if synced && known {
