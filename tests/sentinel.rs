@@ -40,7 +40,13 @@ const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_works_through_sentinel_across_two_nodes() {
-    let set = tokio::task::block_in_place(|| SentinelSet::start("wsg-a"));
+    // The master and its replica require a password: it reaches them, never the logs.
+    const PASSWORD: &str = "s3cret-for-sentinel-test";
+    let set = tokio::task::block_in_place(|| {
+        SentinelSet::try_start_with("wsg-a", 1, Some(PASSWORD))
+            .unwrap_or_else(|err| panic!("{err}"))
+    });
+    assert!(set.url().contains(PASSWORD));
     let cfg = config(&set.url(), &prefix("sentinel-room"));
     let a = wsgrace().start_ready(&cfg).await;
     let b = wsgrace().start_ready(&cfg).await;
@@ -64,6 +70,10 @@ async fn a_room_works_through_sentinel_across_two_nodes() {
                 .lines()
                 .any(|l| l.contains("broker up") && l.contains(&master)),
             "the node does not log the master it found ({master}):\n{stderr}"
+        );
+        assert!(
+            !stderr.contains(PASSWORD),
+            "the password reached the log:\n{stderr}"
         );
     }
 }

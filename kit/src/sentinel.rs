@@ -18,6 +18,7 @@ use crate::KitError;
 /// A master, its replica and three sentinels monitoring it under one name.
 pub struct SentinelSet {
     name: String,
+    password: Option<String>,
     /// The master at the start (after a failover: the old master).
     pub master: RedisServer,
     /// The replicas at the start (after a failover, one of them is the master).
@@ -43,10 +44,28 @@ impl SentinelSet {
     /// [`start_with_replicas`](Self::start_with_replicas), answering why it failed instead
     /// of panicking.
     pub fn try_start(name: &str, replicas: usize) -> Result<SentinelSet, KitError> {
-        let master = RedisNode::new().try_start()?;
+        SentinelSet::try_start_with(name, replicas, None)
+    }
+
+    /// [`try_start`](Self::try_start) with the master and the replicas requiring `password`
+    /// (`requirepass`, `masterauth`; the sentinels know it as `auth-pass` and need none
+    /// themselves).
+    pub fn try_start_with(
+        name: &str,
+        replicas: usize,
+        password: Option<&str>,
+    ) -> Result<SentinelSet, KitError> {
+        let data_node = || {
+            let node = RedisNode::new();
+            match password {
+                Some(password) => node.password(password).args(["--masterauth", password]),
+                None => node,
+            }
+        };
+        let master = data_node().try_start()?;
         let replicas = (0..replicas)
             .map(|_| {
-                RedisNode::new()
+                data_node()
                     .args(["--replicaof", "127.0.0.1", &master.port().to_string()])
                     .try_start()
             })
@@ -58,7 +77,9 @@ impl SentinelSet {
              sentinel failover-timeout {name} 3000\n\
              sentinel parallel-syncs {name} 1\n",
             port = master.port()
-        );
+        ) + &password.map_or(String::new(), |pw| {
+            format!("sentinel auth-pass {name} {pw}\n")
+        });
         let mut sentinels = Vec::new();
         for n in 0..3 {
             let path = conf_dir.join(format!("sentinel-{n}.conf"));
@@ -73,6 +94,7 @@ impl SentinelSet {
         }
         let set = SentinelSet {
             name: name.to_owned(),
+            password: password.map(str::to_owned),
             master,
             replicas,
             sentinels,
@@ -87,14 +109,18 @@ impl SentinelSet {
         &self.name
     }
 
-    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/NAME/0`.
+    /// `redis+sentinel://[:PASSWORD@]127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/NAME/0`.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .sentinels
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port()))
             .collect();
-        format!("redis+sentinel://{}/{}/0", hosts.join(","), self.name)
+        let auth = self
+            .password
+            .as_ref()
+            .map_or(String::new(), |pw| format!(":{pw}@"));
+        format!("redis+sentinel://{auth}{}/{}/0", hosts.join(","), self.name)
     }
 
     /// The master's port as the first sentinel that answers names it now.
@@ -148,8 +174,11 @@ impl SentinelSet {
         let start = Instant::now();
         loop {
             let synced = self.replicas.iter().all(|replica| {
-                cli(replica.port(), &["INFO", "replication"])
-                    .is_ok_and(|info| info.contains("master_link_status:up"))
+                let mut args = vec!["INFO", "replication"];
+                if let Some(password) = &self.password {
+                    args.splice(0..0, ["--no-auth-warning", "-a", password.as_str()]);
+                }
+                cli(replica.port(), &args).is_ok_and(|info| info.contains("master_link_status:up"))
             });
             let replicas = u32::try_from(self.replicas.len()).unwrap_or(u32::MAX);
             let known = self.sentinels.iter().all(|sentinel| {
