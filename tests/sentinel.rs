@@ -230,15 +230,20 @@ async fn failover_under_traffic(name: &str, wait_replicas: u8, replicas: usize) 
     for node in [&a, &b] {
         wait_status(node.addr, "/readyz", 200, FAILOVER_DEADLINE).await;
     }
-    sam_tx.send("end").await;
+    // "end" until every member has one: a refused one (`unavailable`) is sent again, and
+    // with wait_replicas a held one may come later; every member stops at the first.
+    let start = Instant::now();
+    while !watchers.iter().all(|w| w.is_finished()) {
+        assert!(
+            start.elapsed() < FAILOVER_DEADLINE,
+            "a member never got an end"
+        );
+        sam_tx.send("end").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let mut seen = Vec::new();
     for watcher in watchers {
-        seen.push(
-            tokio::time::timeout(FAILOVER_DEADLINE, watcher)
-                .await
-                .expect("a member never got the end")
-                .expect("a member's reader panicked"),
-        );
+        seen.push(watcher.await.expect("a member's reader panicked"));
     }
     drop(kept);
     let back = seen

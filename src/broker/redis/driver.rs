@@ -43,6 +43,11 @@ pub(super) struct Driver {
     /// epoch each room has now and the seq it began after, so that a message of that epoch
     /// met first reports the change from there (not from its own seq - 1).
     pub(super) expected: HashMap<Arc<str>, (Epoch, u64)>,
+    /// While (re)connecting, before `Health(Up)`: the messages met then are not passed on,
+    /// as the supervisor's catch-up after `Health(Up)` reads them from the history, in
+    /// order after the ones other nodes published while this one was away (passing one on
+    /// first would make the catch-up start after it, and skip those).
+    pub(super) catching_up: bool,
     pub(super) redacted_url: String,
     pub(super) keys: Keys,
     pub(super) settings: RedisSettings,
@@ -263,10 +268,12 @@ impl Driver {
                 return Ended::Lost(err.to_string());
             }
         }
-        if let Err(why) = self
+        self.catching_up = true;
+        let checked = self
             .check_epochs(&rooms, &script_run, &mut connection, &mut sink, &mut stream)
-            .await
-        {
+            .await;
+        self.catching_up = false;
+        if let Err(why) = checked {
             return Ended::Lost(why);
         }
         self.connection.send_replace(Some(Link {
@@ -547,6 +554,13 @@ impl Driver {
                 change.room, change.epoch, change.seq
             );
             self.emit(BrokerEvent::EpochChanged(change)).await;
+        }
+        if self.catching_up && self.settings.history.size > 0 {
+            debug!(
+                "broker: room {room} seq {} left to the catch-up",
+                published.seq
+            );
+            return;
         }
         self.emit(BrokerEvent::Message(published)).await;
     }

@@ -282,6 +282,7 @@ impl RedisBroker {
         let driver = Driver {
             target,
             expected: HashMap::new(),
+            catching_up: false,
             redacted_url: redact_url(&settings.url),
             keys: keys.clone(),
             settings: settings.clone(),
@@ -311,6 +312,7 @@ impl RedisBroker {
             script: Script::new(PUBLISH_SCRIPT),
             dedupe_ms: u64::try_from(settings.dedupe.as_millis()).unwrap_or(u64::MAX),
             wait_replicas: settings.wait_replicas,
+            unreleased: HashMap::new(),
             // Half the response timeout: WAIT answers (with fewer replicas) before the
             // connection would take the request for lost.
             wait_timeout_ms: u64::try_from(settings.timeout.as_millis() / 2)

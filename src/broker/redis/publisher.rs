@@ -3,6 +3,9 @@
 //! jobs handed over in order execute in that order; each message gets its answer. It also
 //! runs the presence heartbeat ([`PresenceWorker`]). It decides nothing about rooms.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use futures::channel::mpsc;
 use log::debug;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -11,7 +14,7 @@ use tokio::sync::watch;
 
 use super::super::local::HistoryLimits;
 use super::super::{BrokerError, Epoch};
-use super::held::MAX_HELD;
+use super::held::{MAX_HELD, RETRY_HELD};
 use super::keys::{origin_field, parse_published, Keys};
 use super::presence::PresenceWorker;
 use super::{hold_arg, Command, Job, Link, PublishJob};
@@ -34,12 +37,17 @@ pub(super) struct Publisher {
     pub(super) wait_replicas: u8,
     /// How long a `WAIT` may block (below the connection's response timeout).
     pub(super) wait_timeout_ms: u64,
+    /// Rooms with messages held after a WAIT that did not confirm, and the last such seq:
+    /// tried again every [`RETRY_HELD`].
+    pub(super) unreleased: HashMap<Arc<str>, u64>,
     pub(super) presence: PresenceWorker,
 }
 
 impl Publisher {
     pub(super) async fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut retry = tokio::time::interval(RETRY_HELD);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(self.presence.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -57,6 +65,7 @@ impl Publisher {
                     }
                     self.send(&mut batch).await;
                 }
+                _ = retry.tick(), if !self.unreleased.is_empty() => self.retry_held().await,
                 _ = heartbeat.tick() => {
                     let mut jobs = self.presence.heartbeat_jobs().into_iter().map(Job::Presence);
                     loop {
