@@ -33,6 +33,7 @@ pub mod proc_stats;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod sentinel;
 pub mod server;
 pub mod temp;
 pub mod traffic;

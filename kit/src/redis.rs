@@ -5,8 +5,8 @@
 //!
 //! [`RedisNode`] says how one `redis-server` runs (its program, port, password, extra
 //! arguments) and [`RedisServer`] is that node's process. A Sentinel set or a Redis Cluster
-//! is a set of nodes with more arguments each (`--sentinel`, `--cluster-enabled yes`): they
-//! will be built from `RedisNode`s, each one a `RedisServer`.
+//! is a set of nodes with more arguments each (`--sentinel`, `--cluster-enabled yes`), built
+//! from `RedisNode`s, each one a `RedisServer` (the Sentinel set: `crate::sentinel`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -35,6 +35,8 @@ pub struct RedisNode {
     port: Option<u16>,
     password: Option<String>,
     args: Vec<String>,
+    /// A config file, given first (a sentinel needs one it can rewrite).
+    config_file: Option<PathBuf>,
 }
 
 impl Default for RedisNode {
@@ -51,7 +53,14 @@ impl RedisNode {
             port: None,
             password: None,
             args: Vec::new(),
+            config_file: None,
         }
+    }
+
+    /// Starts with the config file `path` (the first argument), e.g. a `sentinel.conf`.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> RedisNode {
+        self.config_file = Some(path.into());
+        self
     }
 
     /// Another `redis-server` binary.
@@ -166,6 +175,9 @@ impl RedisServer {
         // No persistence is configured; a stray dump file must not refill it either.
         let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
         let mut command = Command::new(&self.node.program);
+        if let Some(config) = &self.node.config_file {
+            command.arg(config);
+        }
         command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])

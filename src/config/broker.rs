@@ -34,13 +34,20 @@ pub enum BrokerKind {
 pub struct BrokerSettings {
     /// Local or Redis.
     pub kind: BrokerKind,
-    /// `redis://[user:password@]host:port/db` or `rediss://...`; required when `kind` is
+    /// `redis://[user:password@]host:port/db`, `rediss://...` or
+    /// `redis+sentinel://[:password@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]`; required when `kind` is
     /// `redis`. [`REDIS_URL_ENV`] overrides it in [`Config::load`](super::Config::load). Log
     /// it only through [`redact_url`].
     pub redis_url: String,
     /// Every Redis key and channel starts with this.
     pub key_prefix: String,
+    /// With Redis: a message counts as sent only once this many replicas have it (Redis
+    /// `WAIT`); 0 = do not wait. At most 16 (`MAX_WAIT_REPLICAS`).
+    pub wait_replicas: u8,
 }
+
+/// The largest `broker.wait_replicas`.
+pub const MAX_WAIT_REPLICAS: u8 = 16;
 
 impl BrokerSettings {
     /// The rules of `[broker]`, in the order its errors are reported: the URL (required
@@ -70,6 +77,16 @@ impl BrokerSettings {
                     .to_owned(),
             ));
         }
+        if self.wait_replicas > MAX_WAIT_REPLICAS {
+            return Err(check.invalid(
+                "broker.wait_replicas",
+                format!(
+                    "must be 0-{MAX_WAIT_REPLICAS} (replicas that must have a message before it \
+                     counts as sent), got {}",
+                    self.wait_replicas
+                ),
+            ));
+        }
         let prefix = &self.key_prefix;
         if prefix.is_empty()
             || prefix.chars().count() > MAX_KEY_PREFIX_CHARS
@@ -93,6 +110,7 @@ impl Default for BrokerSettings {
             kind: BrokerKind::Local,
             redis_url: String::new(),
             key_prefix: "wsgrace".to_owned(),
+            wait_replicas: 0,
         }
     }
 }

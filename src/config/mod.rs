@@ -46,7 +46,9 @@ pub use history::HistorySettings;
 pub use names::is_valid_name;
 pub use presence::PresenceSettings;
 pub use publish::PublishSettings;
-pub use redis_url::{check_redis_url, redact_url};
+pub use redis_url::{
+    check_redis_url, parse_sentinel_url, redact_url, SentinelUrl, SENTINEL_SCHEME,
+};
 pub use server::ServerConfig;
 pub use session::{SessionSettings, DEFAULT_SEND_BUFFER_BYTES};
 pub use shutdown::ShutdownSettings;

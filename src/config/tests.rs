@@ -79,7 +79,10 @@ fn shipped_config_names_every_key() {
             "reconnect_spread_ms"
         ]
     );
-    assert_eq!(keys("broker"), ["key_prefix", "kind", "redis_url"]);
+    assert_eq!(
+        keys("broker"),
+        ["key_prefix", "kind", "redis_url", "wait_replicas"]
+    );
     assert_eq!(keys("history"), ["max_bytes", "size", "ttl_ms"]);
     assert_eq!(keys("publish"), ["dedupe_ms"]);
     assert_eq!(
@@ -333,6 +336,20 @@ fn redis_broker_settings() {
     let config =
         parse("[broker]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\n").unwrap();
     assert_eq!(config.broker.kind, BrokerKind::Redis);
+    let config = parse("[broker]\nwait_replicas = 16\n").unwrap();
+    assert_eq!(config.broker.wait_replicas, 16);
+    let err = parse("[broker]\nwait_replicas = 17\n").unwrap_err();
+    assert_eq!(err.key(), Some("broker.wait_replicas"));
+    assert_eq!(parse("").unwrap().broker.wait_replicas, 0);
+    let sentinel = "redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/mymaster/0";
+    let config = parse(&format!(
+        "[broker]\nkind = \"redis\"\nredis_url = \"{sentinel}\"\n"
+    ))
+    .unwrap();
+    assert_eq!(config.broker.redis_url, sentinel);
+    let err = parse("[broker]\nredis_url = \"redis+sentinel://:hunter2@h:1/\"\n").unwrap_err();
+    assert_eq!(err.key(), Some("broker.redis_url"));
+    assert!(!err.to_string().contains("hunter2"), "{err}");
     let config = parse("[broker]\nredis_url = \"rediss://u:p@cache.example:6380/1\"\n");
     if cfg!(feature = "redis-tls") {
         assert!(config.is_ok(), "{config:?}");

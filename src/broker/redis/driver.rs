@@ -1,5 +1,6 @@
 //! The driver task of one node's Redis broker: the connection (made in the background, with
-//! capped backoff, and made again when it breaks), the pub/sub subscriptions of the rooms
+//! capped backoff, and made again when it breaks or the server turns out to be a replica;
+//! through Sentinel, the master is asked for again each time), the pub/sub subscriptions of the rooms
 //! with local members, the broker's health, and the epoch checks after a reconnect. It hands
 //! [`BrokerEvent`]s to the supervisor's stream: messages, signals, epoch changes and presence
 //! events; a presence keep notice (`P:K::MS`) makes it queue a sweep of the room once the
@@ -13,16 +14,19 @@ use futures::channel::mpsc;
 use futures::{FutureExt, SinkExt, StreamExt};
 use log::{debug, info, warn};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{AsyncConnectionConfig, Client, Msg, RedisError, Script, Value};
+use redis::{AsyncConnectionConfig, Msg, RedisError, Script, Value};
 use tokio::sync::watch;
 
 use super::super::{
     BrokerError, BrokerEvent, BrokerHealth, Control, Epoch, EpochChange, JoinRequest,
 };
-use super::keys::{join_snapshot, parse_publication, snapshot_head, Keys, Publication};
+use super::keys::{
+    join_snapshot, parse_publication, snapshot_base, snapshot_head, Keys, Publication,
+};
 use super::presence::PresenceJob;
 use super::presence_script::Notice;
-use super::{Command, Job, RedisSettings};
+use super::target::{run_id, Switches, Target};
+use super::{hold_arg, Command, Job, Link, RedisSettings};
 use crate::metrics::metrics;
 
 /// A room with local members: how many, and the epoch last seen in it.
@@ -33,13 +37,23 @@ pub(super) struct RoomState {
 
 /// The driver task: connection, subscriptions, health, epoch changes.
 pub(super) struct Driver {
-    pub(super) client: Client,
+    /// One Redis, or the sentinels that name the master.
+    pub(super) target: Target,
+    /// While [`Driver::check_epochs`] lets the messages before its snapshots through: the
+    /// epoch each room has now and the seq it began after, so that a message of that epoch
+    /// met first reports the change from there (not from its own seq - 1).
+    pub(super) expected: HashMap<Arc<str>, (Epoch, u64)>,
+    /// While (re)connecting, before `Health(Up)`: the messages met then are not passed on,
+    /// as the supervisor's catch-up after `Health(Up)` reads them from the history, in
+    /// order after the ones other nodes published while this one was away (passing one on
+    /// first would make the catch-up start after it, and skip those).
+    pub(super) catching_up: bool,
     pub(super) redacted_url: String,
     pub(super) keys: Keys,
     pub(super) settings: RedisSettings,
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
     pub(super) events: mpsc::Sender<BrokerEvent>,
-    pub(super) connection: watch::Sender<Option<MultiplexedConnection>>,
+    pub(super) connection: watch::Sender<Option<Link>>,
     pub(super) health: watch::Sender<BrokerHealth>,
     pub(super) rooms: HashMap<Arc<str>, RoomState>,
     pub(super) publish_script: Script,
@@ -61,6 +75,22 @@ const SWEEP_SLOT: Duration = Duration::from_millis(250);
 /// A sweep comes this long after the kept connection's time, so that it is surely over.
 const SWEEP_MARGIN: Duration = Duration::from_millis(50);
 
+/// Through Sentinel, connection attempts come at least this often: asking the sentinels is
+/// cheap, and a failover is over a moment after they name the new master.
+const SENTINEL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long one sentinel may take to accept the `+switch-master` subscription (the driver
+/// waits for it after each connect; a sentinel on the network answers in milliseconds).
+const SWITCHES_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A connection made: to the master at `addr` (`host:port`), whose `run_id` is `run`.
+struct Connection {
+    connection: MultiplexedConnection,
+    pubsub: redis::aio::PubSub,
+    run: Arc<str>,
+    addr: String,
+}
+
 /// Why the connected phase ended.
 enum Ended {
     /// Every handle is gone.
@@ -69,16 +99,32 @@ enum Ended {
     Lost(String),
 }
 
+/// The next `+switch-master` announcement; never, without a subscription (or once it ended).
+async fn next_switch(switches: &mut Option<Switches>) -> Msg {
+    if let Some(stream) = switches.as_mut() {
+        if let Some(switch) = stream.next().await {
+            return switch;
+        }
+        *switches = None;
+    }
+    std::future::pending().await
+}
+
 impl Driver {
     pub(super) async fn run(mut self) {
         let mut backoff = self.settings.backoff_min;
+        let backoff_max = if self.target.is_sentinel() {
+            self.settings.backoff_max.min(SENTINEL_BACKOFF_MAX)
+        } else {
+            self.settings.backoff_max
+        };
         let mut told_down = false;
         info!("broker: connecting to {}", self.redacted_url);
         loop {
             match self.connect().await {
-                Ok((connection, pubsub)) => {
+                Ok(connection) => {
                     backoff = self.settings.backoff_min;
-                    match self.connected(connection, pubsub).await {
+                    match self.connected(connection).await {
                         Ended::Stopped => return,
                         Ended::Lost(why) => {
                             self.set_down().await;
@@ -105,25 +151,32 @@ impl Driver {
                     if !self.wait_down(backoff).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(self.settings.backoff_max);
+                    backoff = (backoff * 2).min(backoff_max);
                 }
             }
         }
     }
 
-    async fn connect(&self) -> Result<(MultiplexedConnection, redis::aio::PubSub), RedisError> {
+    /// Connects to the master (asking the sentinels for it, through Sentinel), loads the
+    /// scripts and reads the master's `run_id`.
+    async fn connect(&mut self) -> Result<Connection, RedisError> {
         let timeout = self.settings.timeout;
+        let (client, addr) = self.target.client(timeout).await?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout);
-        let mut connection = self
-            .client
+        let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         self.publish_script.load_async(&mut connection).await?;
         self.snapshot_script.load_async(&mut connection).await?;
         self.presence_script.load_async(&mut connection).await?;
-        let pubsub = tokio::time::timeout(timeout, self.client.get_async_pubsub())
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await?;
+        let run = Arc::from(run_id(&info)?);
+        let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
             .await
             .map_err(|_| {
                 RedisError::from(std::io::Error::new(
@@ -131,7 +184,12 @@ impl Driver {
                     "pub/sub connection timed out",
                 ))
             })??;
-        Ok((connection, pubsub))
+        Ok(Connection {
+            connection,
+            pubsub,
+            run,
+            addr,
+        })
     }
 
     /// Waits `delay` while down, answering commands. False when every handle is gone.
@@ -170,7 +228,7 @@ impl Driver {
                     }
                 }
             }
-            Command::Suspect => {}
+            Command::Suspect | Command::Readonly => {}
         }
     }
 
@@ -186,12 +244,20 @@ impl Driver {
         let _ = self.events.send(event).await;
     }
 
-    async fn connected(
-        &mut self,
-        mut connection: MultiplexedConnection,
-        pubsub: redis::aio::PubSub,
-    ) -> Ended {
+    async fn connected(&mut self, connected: Connection) -> Ended {
+        let Connection {
+            mut connection,
+            pubsub,
+            run,
+            addr,
+        } = connected;
         let (mut sink, mut stream) = pubsub.split();
+        // With `wait_replicas` > 0 a failover keeps the epochs: the scripts get no run_id.
+        let script_run: Arc<str> = if self.settings.wait_replicas > 0 {
+            Arc::from("")
+        } else {
+            run.clone()
+        };
         // Re-subscribe every room with local members, then find the rooms whose epoch changed.
         let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
         if let Err(err) = sink.subscribe(self.keys.control()).await {
@@ -202,21 +268,33 @@ impl Driver {
                 return Ended::Lost(err.to_string());
             }
         }
-        if let Err(why) = self
-            .check_epochs(&rooms, &mut connection, &mut sink, &mut stream)
-            .await
-        {
+        self.catching_up = true;
+        let checked = self
+            .check_epochs(&rooms, &script_run, &mut connection, &mut sink, &mut stream)
+            .await;
+        self.catching_up = false;
+        if let Err(why) = checked {
             return Ended::Lost(why);
         }
-        self.connection.send_replace(Some(connection.clone()));
+        self.connection.send_replace(Some(Link {
+            connection: connection.clone(),
+            run: script_run.clone(),
+        }));
         self.health.send_replace(BrokerHealth::Up);
         metrics().broker_up.set(1);
+        // The address and run_id only: never the URL's password.
         info!(
-            "broker up: connected to {} ({} rooms subscribed)",
+            "broker up: connected to {} (master {addr}, run_id {run}; {} rooms subscribed)",
             self.redacted_url,
             rooms.len()
         );
         self.emit(BrokerEvent::Health(BrokerHealth::Up)).await;
+        // Through Sentinel: a failover announced by the sentinels is followed at once (the
+        // old master may live on and take writes until it is demoted).
+        let mut switches = self
+            .target
+            .switches(self.settings.timeout.min(SWITCHES_TIMEOUT))
+            .await;
 
         let mut check = tokio::time::interval(self.settings.timeout);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -231,10 +309,15 @@ impl Driver {
                         return Ended::Stopped;
                     };
                     if let Err(why) = self
-                        .command(command, &mut connection, &mut sink, &mut stream)
+                        .command(command, &script_run, &mut connection, &mut sink, &mut stream)
                         .await
                     {
                         return Ended::Lost(why);
+                    }
+                }
+                switch = next_switch(&mut switches) => {
+                    if self.target.is_our_switch(switch.get_payload_bytes()) {
+                        return Ended::Lost("the sentinels switched the master".to_owned());
                     }
                 }
                 _ = check.tick() => {
@@ -264,6 +347,7 @@ impl Driver {
     async fn command(
         &mut self,
         command: Command,
+        run: &str,
         connection: &mut MultiplexedConnection,
         sink: &mut PubSubSink,
         stream: &mut PubSubStream,
@@ -286,7 +370,7 @@ impl Driver {
                     return Err(err.to_string());
                 }
                 let checked = self
-                    .check_epochs(std::slice::from_ref(&room), connection, sink, stream)
+                    .check_epochs(std::slice::from_ref(&room), run, connection, sink, stream)
                     .await;
                 let answer = checked
                     .as_ref()
@@ -309,16 +393,22 @@ impl Driver {
                     .map_err(|err| err.to_string())
             }
             Command::Suspect => self.ping(connection, sink).await,
+            Command::Readonly => {
+                Err("a write met READONLY: the server is a replica now".to_owned())
+            }
         }
     }
 
     /// Reads the epoch and seq of `rooms` (creating rooms Redis lacks), lets every message
     /// published before that reach the event stream first (a PING on the pub/sub connection
     /// answers after them), then reports the rooms whose epoch differs from the one last
-    /// seen. A room seen for the first time takes its epoch silently.
+    /// seen, from the seq its epoch began after. A room seen for the first time takes its
+    /// epoch silently. After a failover (`run` is another master's than the rooms' last
+    /// writer), the script itself starts the rooms' new epochs.
     async fn check_epochs(
         &mut self,
         rooms: &[Arc<str>],
+        run: &str,
         connection: &mut MultiplexedConnection,
         sink: &mut PubSubSink,
         stream: &mut PubSubStream,
@@ -329,12 +419,16 @@ impl Driver {
                 .snapshot_script
                 .key(self.keys.room(room))
                 .key(self.keys.history(room))
+                .key(self.keys.pending(room))
                 .arg(Epoch::random().as_str())
                 .arg(self.settings.history.ttl.as_millis() as u64)
+                .arg(run)
+                .arg(hold_arg(self.settings.wait_replicas > 0))
                 .invoke_async(connection)
                 .await;
             let value = answer.map_err(|err| err.to_string())?;
             let (epoch, seq) = snapshot_head(&value).map_err(|err| err.to_string())?;
+            let base = snapshot_base(&value);
             let snapshot = join_snapshot(
                 room.clone(),
                 epoch,
@@ -344,16 +438,14 @@ impl Driver {
                 self.settings.history.size,
             )
             .map_err(|err| err.to_string())?;
-            current.push(snapshot);
+            self.expected
+                .insert(room.clone(), (snapshot.epoch.clone(), base));
+            current.push((snapshot, base));
         }
-        sink.ping::<Value>().await.map_err(|err| err.to_string())?;
-        while let Some(next) = stream.next().now_or_never() {
-            match next {
-                Some(message) => self.publication(message).await,
-                None => return Err("the pub/sub connection closed".to_owned()),
-            }
-        }
-        for snapshot in current {
+        let drained = self.drain(sink, stream).await;
+        self.expected.clear();
+        drained?;
+        for (snapshot, base) in current {
             let Some(state) = self.rooms.get_mut(&snapshot.room) else {
                 continue;
             };
@@ -363,19 +455,38 @@ impl Driver {
                 Some(_) => {
                     state.epoch = Some(snapshot.epoch.clone());
                     info!(
-                        "broker: room {} has a new epoch {} (its history was lost)",
+                        "broker: room {} has a new epoch {} from seq {base} (its history was \
+                         lost, or may lack its last messages after a failover)",
                         snapshot.room, snapshot.epoch
                     );
-                    // From seq 0: messages other nodes published in the new epoch while this
-                    // one was away are in the history (the supervisor's catch-up after
-                    // `Health(Up)` delivers them), and the first of them is seq 1.
+                    // From the seq the epoch began after: messages other nodes published in
+                    // the new epoch while this one was away are in the history (the
+                    // supervisor's catch-up after `Health(Up)` delivers them), and the first
+                    // of them is `base` + 1.
                     self.emit(BrokerEvent::EpochChanged(EpochChange {
                         room: snapshot.room,
                         epoch: snapshot.epoch,
-                        seq: 0,
+                        seq: base,
                     }))
                     .await;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every message published before now reach the event stream (a PING on the pub/sub
+    /// connection answers after them).
+    async fn drain(
+        &mut self,
+        sink: &mut PubSubSink,
+        stream: &mut PubSubStream,
+    ) -> Result<(), String> {
+        sink.ping::<Value>().await.map_err(|err| err.to_string())?;
+        while let Some(next) = stream.next().now_or_never() {
+            match next {
+                Some(message) => self.publication(message).await,
+                None => return Err("the pub/sub connection closed".to_owned()),
             }
         }
         Ok(())
@@ -428,17 +539,28 @@ impl Driver {
             Some(seen) if *seen != published.epoch => Some(EpochChange {
                 room: room.clone(),
                 epoch: published.epoch.clone(),
-                seq: published.seq.saturating_sub(1),
+                seq: match self.expected.get(&room) {
+                    Some((epoch, base)) if *epoch == published.epoch => *base,
+                    _ => published.seq.saturating_sub(1),
+                },
             }),
             _ => None,
         };
         state.epoch = Some(published.epoch.clone());
         if let Some(change) = change {
             info!(
-                "broker: room {} has a new epoch {} (its history was lost)",
-                change.room, change.epoch
+                "broker: room {} has a new epoch {} from seq {} (its history was lost, or may \
+                 lack its last messages after a failover)",
+                change.room, change.epoch, change.seq
             );
             self.emit(BrokerEvent::EpochChanged(change)).await;
+        }
+        if self.catching_up && self.settings.history.size > 0 {
+            debug!(
+                "broker: room {room} seq {} left to the catch-up",
+                published.seq
+            );
+            return;
         }
         self.emit(BrokerEvent::Message(published)).await;
     }

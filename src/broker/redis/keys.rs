@@ -15,26 +15,51 @@ use super::super::{
 use super::presence_script::{parse_notice, Notice};
 use super::PublishJob;
 
-/// The script run once per message. KEYS: room hash, history stream, and the dedupe key when
-/// the message has one. ARGV: channel, frame head, a fresh epoch (used if the room is new),
-/// history size, ttl in ms, the origin (`NODE.SESSION.ID` or empty), dedupe window in ms.
+/// The script run once per message. KEYS: room hash, history stream, pending list, and the
+/// dedupe key when the message has one. ARGV: channel, frame head, a fresh epoch (used if
+/// the room is new, or last written by another Redis process), history size, ttl in ms, the
+/// origin (`NODE.SESSION.ID` or empty), dedupe window in ms, the master's `run_id` (empty
+/// with `broker.wait_replicas` > 0: no check), hold (`1` with `wait_replicas` > 0), the
+/// most messages that may be held in a room.
+///
+/// **Seq safety across a failover**: the room hash keeps the `run_id` of the Redis that last
+/// wrote it (`run`). A room whose `run` is not this master's came through a failover (a
+/// promoted replica may lack the last seqs the old master gave) or a restart from disk (the
+/// last second may be lost): before anything else it starts a new epoch, its seqs going on
+/// from the seq it has (`base`: where the epoch began) and its stream emptied, so that a seq
+/// never names two messages within one epoch and a resume with the old epoch is refused.
+///
+/// **Hold** (`wait_replicas` > 0): the message is not PUBLISHed but appended to the room's
+/// pending list, for [`RELEASE_SCRIPT`] to publish once `WAIT` confirmed it.
+///
 /// Returns `{epoch, seq, ts, repeat}`: a message whose dedupe key is set is not published
-/// again (`repeat` 1, the first one's epoch and seq); otherwise it gets the next seq and the
-/// time, is kept and published. The only write that can fail (XADD) comes before the seq is
+/// again (`repeat` 1, the first one's epoch and seq); a room holding too many messages
+/// refuses it (`repeat` 2); otherwise it gets the next seq and the time, is kept and
+/// published (or held). The only write that can fail (XADD) comes before the seq is
 /// stored. The time is Redis's (`TIME`), one clock for every node.
 pub const PUBLISH_SCRIPT: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local room = redis.call('HMGET', KEYS[1], 'epoch', 'run', 'seq')
+local epoch = room[1]
 if not epoch then
   epoch = ARGV[3]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'base', 0, 'released', 0, 'run', ARGV[8])
+elseif ARGV[8] ~= '' and room[2] ~= ARGV[8] then
+  epoch = ARGV[3]
+  redis.call('DEL', KEYS[2], KEYS[3])
+  local base = room[3] or '0'
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', base, 'released', base, 'run', ARGV[8])
 end
-if KEYS[3] then
-  local first = redis.call('GET', KEYS[3])
+if KEYS[4] then
+  local first = redis.call('GET', KEYS[4])
   if first then
     local colon = string.find(first, ':', 1, true)
     return {string.sub(first, 1, colon - 1), string.sub(first, colon + 1), '0', 1}
   end
+end
+local hold = ARGV[9] == '1'
+if hold and redis.call('LLEN', KEYS[3]) >= tonumber(ARGV[10]) then
+  return {epoch, '0', '0', 2}
 end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1
 local seqtext = string.format('%d', seq)
@@ -46,30 +71,86 @@ if size > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', size, seqtext .. '-0', 'json', json)
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
-redis.call('HSET', KEYS[1], 'seq', seqtext)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if KEYS[3] then
-  redis.call('SET', KEYS[3], epoch .. ':' .. seqtext, 'PX', ARGV[7])
+if hold then
+  redis.call('HSET', KEYS[1], 'seq', seqtext)
+else
+  redis.call('HSET', KEYS[1], 'seq', seqtext, 'released', seqtext)
 end
-redis.call('PUBLISH', ARGV[1], epoch .. ':' .. seqtext .. ':' .. ARGV[6] .. ':' .. json)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], epoch .. ':' .. seqtext, 'PX', ARGV[7])
+end
+local payload = epoch .. ':' .. seqtext .. ':' .. ARGV[6] .. ':' .. json
+if hold then
+  redis.call('RPUSH', KEYS[3], payload)
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+else
+  redis.call('PUBLISH', ARGV[1], payload)
+end
 return {epoch, seqtext, ts, 0}
 "#;
 
-/// The join script. KEYS: room hash, history stream. ARGV: a fresh epoch (used if the room
-/// is new), ttl in ms. Returns `{epoch, seq}`. The history after `since` is read by the
-/// caller with a plain XRANGE, not inside Lua: converting 100 stream entries to Lua tables
-/// and back cost ~130 µs of Redis's single thread per resuming join (BENCHMARKS.md,
-/// `mass-resume`), ~6 times the XRANGE itself.
+/// With `broker.wait_replicas` > 0, run after `WAIT` confirmed a node's messages. KEYS: room
+/// hash, pending list. ARGV: channel, a seq. PUBLISHes the held messages of the room up to
+/// that seq, in seq order, and notes the last one released (`released`). `WAIT` covers
+/// every write the master made before it, so messages other nodes hold with lower seqs are
+/// confirmed too: whichever node releases them, they go out once and in order. Returns the
+/// last seq released.
+pub const RELEASE_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local upto = tonumber(ARGV[2])
+local released = tonumber(redis.call('HGET', KEYS[1], 'released') or '0')
+local start = released
+while released < upto do
+  local item = redis.call('LINDEX', KEYS[2], 0)
+  if not item then
+    break
+  end
+  local a = string.find(item, ':', 1, true)
+  local b = string.find(item, ':', a + 1, true)
+  local seq = tonumber(string.sub(item, a + 1, b - 1))
+  if seq > upto then
+    break
+  end
+  redis.call('LPOP', KEYS[2])
+  redis.call('PUBLISH', ARGV[1], item)
+  released = seq
+end
+if released ~= start then
+  redis.call('HSET', KEYS[1], 'released', string.format('%d', released))
+end
+return released
+"#;
+
+/// The join script. KEYS: room hash, history stream, pending list. ARGV: a fresh epoch (used
+/// if the room is new, or last written by another Redis process: see [`PUBLISH_SCRIPT`]),
+/// ttl in ms, the master's `run_id` (empty: no check), hold (`1` with `wait_replicas` > 0).
+/// Returns `{epoch, seq, base}` (`base`: the seq the epoch began after). When holding, `seq`
+/// is the last seq released: held messages come live later.
 pub const SNAPSHOT_SCRIPT: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local room = redis.call('HMGET', KEYS[1], 'epoch', 'run', 'seq', 'base', 'released')
+local epoch = room[1]
+local seq = tonumber(room[3] or '0')
+local base = tonumber(room[4] or '0')
 if not epoch then
   epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  seq = 0
+  base = 0
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'base', 0, 'released', 0, 'run', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif ARGV[3] ~= '' and room[2] ~= ARGV[3] then
+  epoch = ARGV[1]
+  base = seq
+  local text = string.format('%d', seq)
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', text, 'released', text, 'run', ARGV[3])
+elseif ARGV[4] == '1' and room[5] then
+  seq = tonumber(room[5])
 end
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-return {epoch, string.format('%d', seq)}
+return {epoch, string.format('%d', seq), string.format('%d', base)}
 "#;
 
 /// Keys and channels of one prefix.
@@ -109,6 +190,12 @@ impl Keys {
         format!("{}history", self.of_room(room))
     }
 
+    /// The room's messages held until `WAIT` confirms them (`broker.wait_replicas` > 0):
+    /// a list of channel payloads in seq order.
+    pub(super) fn pending(&self, room: &str) -> String {
+        format!("{}pending", self.of_room(room))
+    }
+
     /// A room's present names: hash name → connections over every holder.
     pub(super) fn presence_names(&self, room: &str) -> String {
         format!("{}presence:names", self.of_room(room))
@@ -141,6 +228,18 @@ impl Keys {
 /// The snapshot answer is not what the script returns.
 pub(super) fn snapshot_error(what: &str) -> BrokerError {
     BrokerError::Server(format!("unexpected snapshot answer: {what}"))
+}
+
+/// The seq the epoch of the snapshot script's answer began after (0 for a new room).
+pub(super) fn snapshot_base(value: &Value) -> u64 {
+    match value {
+        Value::Array(parts) => parts
+            .get(2)
+            .and_then(text)
+            .and_then(|base| base.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// The epoch and seq of the snapshot script's answer.
@@ -236,6 +335,14 @@ pub(super) fn is_connection_error(err: &RedisError) -> bool {
     err.is_io_error() || err.is_connection_dropped() || err.is_timeout()
 }
 
+/// A write refused by a replica (`READONLY`, also from inside a script): the server this
+/// node is connected to is no longer the master.
+pub(super) fn is_readonly(err: &RedisError) -> bool {
+    err.kind() == redis::ErrorKind::ReadOnly
+        || err.code() == Some("READONLY")
+        || err.to_string().contains("READONLY")
+}
+
 /// What a room's channel carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Publication {
@@ -317,12 +424,14 @@ pub(super) fn parse_published(
     job: &PublishJob,
     value: Value,
     reload: &mut bool,
+    readonly: &mut bool,
 ) -> Result<super::super::Publication, BrokerError> {
     match value {
         Value::Array(parts) => {
             let epoch = parts.first().and_then(text);
             let number = |index: usize| parts.get(index).and_then(text)?.parse::<u64>().ok();
             match (epoch, number(1), number(2), number(3)) {
+                (_, _, _, Some(2)) => Err(BrokerError::Unavailable),
                 (Some(epoch), Some(seq), _, Some(1)) => Ok(super::super::Publication::Repeat {
                     epoch: Epoch::new(epoch),
                     seq,
@@ -343,6 +452,11 @@ pub(super) fn parse_published(
             if err.code() == "NOSCRIPT" {
                 // The script cache was flushed: this message did not run; reload for the next.
                 *reload = true;
+                return Err(BrokerError::Unavailable);
+            }
+            if err.code() == "READONLY" || err.details().is_some_and(|d| d.contains("READONLY")) {
+                // A replica now (a failover): the script did not write; reconnect.
+                *readonly = true;
                 return Err(BrokerError::Unavailable);
             }
             Err(BrokerError::Server(format!("{err:?}")))

@@ -4,7 +4,8 @@
 //!
 //! | name | type | holds |
 //! |---|---|---|
-//! | `P:{R}:room` | hash | `epoch` (16 hex chars) and `seq` (the room's latest seq) |
+//! | `P:{R}:room` | hash | `epoch` (16 hex chars), `seq` (the room's latest seq), `base` (the seq the epoch began after: 0, or where a failover left it), `run` (the `run_id` of the Redis process that last wrote it; empty with `broker.wait_replicas` > 0) and `released` (with `wait_replicas` > 0: the last seq published) |
+//! | `P:{R}:pending` | list | with `broker.wait_replicas` > 0: the channel payloads of messages with a seq, held until `WAIT` confirms them ([`RELEASE_SCRIPT`] publishes them in seq order) |
 //! | `P:{R}:history` | stream | the last `history.size` message frames, entry id `seq-0`, field `json` (absent when `history.size` is 0) |
 //! | `P:{R}:room` | pub/sub channel | every message as `EPOCH:SEQ:ORIGIN:JSON`, every signal as `S:NODE.SESSION:JSON`, presence as `P:J:NODE.SESSION:NAME` (a name arrived; `P:J::NAME` after a restore), `P:L::NAME` (a name is gone), `P:K::MS` (a connection is kept MS: sweep then) |
 //! | `P:control` | pub/sub channel | the server API's orders to every node (a disconnect by name), as JSON; every node subscribes on each connect |
@@ -47,6 +48,13 @@
 //!   `min(ttl/3, max(grace, 500 ms))`, and restores the rooms whose ops did not reach Redis
 //!   or whose holder Redis lost (a FLUSHALL); the supervisor restores every room after an
 //!   outage.
+//! - **Failover** (`docs/redis-ha.md`): the scripts get the master's `run_id`; a room last
+//!   written by another Redis process (a promoted replica, a restart from disk) may lack its
+//!   last seqs, so it starts a new epoch first, its seqs going on from what it has. Through
+//!   Sentinel (`redis+sentinel://`), the sentinels are asked for the master on every
+//!   connect; `+switch-master`, a broken connection or a `READONLY` answer makes the driver
+//!   reconnect. With `broker.wait_replicas` = N > 0 (`held.rs`) a message is held, not
+//!   published, until `WAIT N` confirms it, and a failover keeps the epochs.
 //! - **Health**: the node starts without Redis. A driver task connects in the background with
 //!   capped exponential backoff, reports up/down ([`RedisBroker::health`] and
 //!   [`BrokerEvent::Health`]), logs one line per change (never per retry, never the URL's
@@ -58,8 +66,10 @@
 //! `keys.rs`: key and channel names, the Lua scripts and the parsers of Redis's answers (pure);
 //! `presence_script.rs`: the presence script, its calls and answers, the presence notices
 //! (pure); `presence.rs`: this node's presence jobs, its book of members, the heartbeat;
-//! `publisher.rs`: the task that sends messages and presence jobs as pipelines; `driver.rs`:
-//! the task that keeps the connection, the subscriptions and the health; `server_api.rs`: a
+//! `publisher.rs`: the task that sends messages and presence jobs as pipelines; `held.rs`: its
+//! path with `broker.wait_replicas` > 0 (WAIT, then release); `driver.rs`:
+//! the task that keeps the connection, the subscriptions and the health; `target.rs`: where
+//! to connect (one Redis, or the master the sentinels name); `server_api.rs`: a
 //! page of history and an order to every node, for the server API; this file: the
 //! handle the supervisor holds and its [`Broker`] seam.
 //!
@@ -67,6 +77,9 @@
 //! the receiver.
 
 mod driver;
+#[cfg(test)]
+mod failover_tests;
+mod held;
 mod keys;
 mod presence;
 mod presence_script;
@@ -74,6 +87,7 @@ mod presence_script;
 mod presence_tests;
 mod publisher;
 mod server_api;
+mod target;
 #[cfg(test)]
 mod tests;
 
@@ -84,18 +98,20 @@ use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
 use redis::aio::MultiplexedConnection;
-use redis::{Client, RedisError, Script, Value};
+use redis::{RedisError, Script, Value};
 use tokio::sync::watch;
 
 use self::driver::Driver;
 use self::keys::{
-    is_connection_error, join_snapshot, signal_payload, snapshot_error, snapshot_head, Keys,
+    is_connection_error, is_readonly, join_snapshot, signal_payload, snapshot_error, snapshot_head,
+    Keys,
 };
-pub use self::keys::{PUBLISH_SCRIPT, SNAPSHOT_SCRIPT};
+pub use self::keys::{PUBLISH_SCRIPT, RELEASE_SCRIPT, SNAPSHOT_SCRIPT};
 use self::presence::{heartbeat_interval, Book, PresenceJob, PresenceWorker};
 use self::presence_script::PresenceCall;
 pub use self::presence_script::PRESENCE_SCRIPT;
 use self::publisher::Publisher;
+use self::target::Target;
 use super::local::HistoryLimits;
 use super::{
     Broker, BrokerError, BrokerEvent, BrokerEvents, BrokerHealth, BrokerStatus, Departure, Epoch,
@@ -110,7 +126,7 @@ use crate::metrics::metrics;
 /// How to reach Redis and what to keep there.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://...` or `rediss://...`; never logged unredacted.
+    /// `redis://...`, `rediss://...` or `redis+sentinel://...`; never logged unredacted.
     pub url: String,
     /// Every key and channel starts with it.
     pub key_prefix: String,
@@ -133,6 +149,9 @@ pub struct RedisSettings {
     /// `presence.grace_ms`: the heartbeat comes at least this often (500 ms at the
     /// fastest), so that a dead node's members are gone within `ttl` + `grace`.
     pub presence_grace: Duration,
+    /// `broker.wait_replicas`: replicas that must have a message (Redis `WAIT`) before it is
+    /// released to the room and acknowledged; 0 = publish at once.
+    pub wait_replicas: u8,
 }
 
 impl RedisSettings {
@@ -151,6 +170,7 @@ impl RedisSettings {
             dedupe: Duration::from_millis(PublishSettings::default().dedupe_ms),
             presence: PresenceLimits::default(),
             presence_grace: Duration::from_millis(PresenceSettings::default().grace_ms),
+            wait_replicas: broker.wait_replicas,
         }
     }
 }
@@ -165,6 +185,27 @@ pub(super) enum Command {
     },
     /// A request failed in a way that suggests the connection is gone.
     Suspect,
+    /// A write was refused with `READONLY`: the server is a replica now (a failover); the
+    /// driver reconnects, and asks the sentinels again.
+    Readonly,
+}
+
+/// The connection to the master, and the master's `run_id` (passed to the scripts: a room
+/// last written by another Redis process starts a new epoch, see `keys.rs`; empty with
+/// `broker.wait_replicas` > 0, where a failover keeps the epochs).
+#[derive(Clone)]
+pub(super) struct Link {
+    pub(super) connection: MultiplexedConnection,
+    pub(super) run: Arc<str>,
+}
+
+/// The scripts' hold argument: `1` when messages wait for `WAIT` (`broker.wait_replicas` > 0).
+pub(super) fn hold_arg(hold: bool) -> &'static str {
+    if hold {
+        "1"
+    } else {
+        "0"
+    }
 }
 
 /// What the publisher's queue carries, in the order it runs.
@@ -191,11 +232,13 @@ pub(super) struct Shared {
     history: HistoryLimits,
     /// `publish.dedupe_ms`.
     dedupe: Duration,
+    /// `broker.wait_replicas` > 0: messages are held until `WAIT` confirms them.
+    hold: bool,
     /// This node's name.
     node: NodeId,
     commands: mpsc::UnboundedSender<Command>,
     publish: tokio::sync::mpsc::Sender<Job>,
-    connection: watch::Receiver<Option<MultiplexedConnection>>,
+    connection: watch::Receiver<Option<Link>>,
     health: watch::Receiver<BrokerHealth>,
     snapshot_script: Script,
 }
@@ -226,8 +269,7 @@ impl RedisBroker {
                 "rediss:// needs wsgrace built with the `redis-tls` feature".to_owned(),
             ));
         }
-        let client = Client::open(settings.url.as_str())
-            .map_err(|err| BrokerError::BadUrl(err.to_string()))?;
+        let target = Target::new(&settings.url).map_err(BrokerError::BadUrl)?;
         let keys = Keys::new(&settings.key_prefix);
         let node = fastrand::u64(..);
         let (commands_tx, commands_rx) = mpsc::unbounded();
@@ -238,7 +280,9 @@ impl RedisBroker {
         metrics().broker_up.set(0);
 
         let driver = Driver {
-            client,
+            target,
+            expected: HashMap::new(),
+            catching_up: false,
             redacted_url: redact_url(&settings.url),
             keys: keys.clone(),
             settings: settings.clone(),
@@ -267,6 +311,13 @@ impl RedisBroker {
             commands: commands_tx.clone(),
             script: Script::new(PUBLISH_SCRIPT),
             dedupe_ms: u64::try_from(settings.dedupe.as_millis()).unwrap_or(u64::MAX),
+            wait_replicas: settings.wait_replicas,
+            unreleased: HashMap::new(),
+            // Half the response timeout: WAIT answers (with fewer replicas) before the
+            // connection would take the request for lost.
+            wait_timeout_ms: u64::try_from(settings.timeout.as_millis() / 2)
+                .unwrap_or(1_000)
+                .max(1),
             presence,
         };
         tokio::spawn(publisher.run());
@@ -275,6 +326,7 @@ impl RedisBroker {
                 keys,
                 history: settings.history,
                 dedupe: settings.dedupe,
+                hold: settings.wait_replicas > 0,
                 node,
                 commands: commands_tx,
                 publish: publish_tx,
@@ -363,7 +415,12 @@ impl RedisBroker {
         &self,
         signal: &Signal,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
-        let connection = self.shared.connection.borrow().clone();
+        let connection = self
+            .shared
+            .connection
+            .borrow()
+            .clone()
+            .map(|l| l.connection);
         let channel = self.shared.keys.room(&signal.room);
         let payload = signal_payload(signal);
         async move {
@@ -432,7 +489,11 @@ impl RedisBroker {
         let shared = self.shared.clone();
         let room: Arc<str> = Arc::from(room);
         async move {
-            let Some(mut connection) = shared.connection.borrow().clone() else {
+            let Some(Link {
+                mut connection,
+                run,
+            }) = shared.connection.borrow().clone()
+            else {
                 return Err(BrokerError::Unavailable);
             };
             let failed = |err: RedisError| {
@@ -440,6 +501,9 @@ impl RedisBroker {
                 if is_connection_error(&err) {
                     let _ = shared.commands.unbounded_send(Command::Suspect);
                     BrokerError::Interrupted
+                } else if is_readonly(&err) {
+                    let _ = shared.commands.unbounded_send(Command::Readonly);
+                    BrokerError::Unavailable
                 } else {
                     BrokerError::Server(err.to_string())
                 }
@@ -448,8 +512,11 @@ impl RedisBroker {
                 .snapshot_script
                 .key(shared.keys.room(&room))
                 .key(shared.keys.history(&room))
+                .key(shared.keys.pending(&room))
                 .arg(Epoch::random().as_str())
                 .arg(shared.history.ttl.as_millis() as u64)
+                .arg(&*run)
+                .arg(hold_arg(shared.hold))
                 .invoke_async(&mut connection)
                 .await
                 .map_err(failed)?;

@@ -3,6 +3,9 @@
 //! jobs handed over in order execute in that order; each message gets its answer. It also
 //! runs the presence heartbeat ([`PresenceWorker`]). It decides nothing about rooms.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use futures::channel::mpsc;
 use log::debug;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -11,9 +14,10 @@ use tokio::sync::watch;
 
 use super::super::local::HistoryLimits;
 use super::super::{BrokerError, Epoch};
+use super::held::{MAX_HELD, RETRY_HELD};
 use super::keys::{origin_field, parse_published, Keys};
 use super::presence::PresenceWorker;
-use super::{Command, Job, PublishJob};
+use super::{hold_arg, Command, Job, Link, PublishJob};
 use crate::metrics::metrics;
 
 /// Jobs sent as one pipeline at most.
@@ -24,17 +28,26 @@ pub(super) struct Publisher {
     pub(super) keys: Keys,
     pub(super) history: HistoryLimits,
     pub(super) jobs: tokio::sync::mpsc::Receiver<Job>,
-    pub(super) connection: watch::Receiver<Option<MultiplexedConnection>>,
+    pub(super) connection: watch::Receiver<Option<Link>>,
     pub(super) commands: mpsc::UnboundedSender<Command>,
     pub(super) script: Script,
     /// `publish.dedupe_ms`, for the dedupe keys' expiry.
     pub(super) dedupe_ms: u64,
+    /// `broker.wait_replicas` (0: publish at once; else `held.rs`).
+    pub(super) wait_replicas: u8,
+    /// How long a `WAIT` may block (below the connection's response timeout).
+    pub(super) wait_timeout_ms: u64,
+    /// Rooms with messages held after a WAIT that did not confirm, and the last such seq:
+    /// tried again every [`RETRY_HELD`].
+    pub(super) unreleased: HashMap<Arc<str>, u64>,
     pub(super) presence: PresenceWorker,
 }
 
 impl Publisher {
     pub(super) async fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut retry = tokio::time::interval(RETRY_HELD);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(self.presence.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -52,6 +65,7 @@ impl Publisher {
                     }
                     self.send(&mut batch).await;
                 }
+                _ = retry.tick(), if !self.unreleased.is_empty() => self.retry_held().await,
                 _ = heartbeat.tick() => {
                     let mut jobs = self.presence.heartbeat_jobs().into_iter().map(Job::Presence);
                     loop {
@@ -84,8 +98,12 @@ impl Publisher {
     }
 
     async fn send_jobs(&mut self, batch: &mut Vec<Job>) {
-        let connection = self.connection.borrow().clone();
-        let Some(mut connection) = connection else {
+        let link = self.connection.borrow().clone();
+        let Some(Link {
+            mut connection,
+            run,
+        }) = link
+        else {
             for job in batch.drain(..) {
                 match job {
                     Job::Publish(job) => {
@@ -106,12 +124,17 @@ impl Publisher {
         let mut pipe = redis::pipe();
         for job in batch.iter() {
             match job {
-                Job::Publish(job) => self.publish_command(&mut pipe, job),
+                Job::Publish(job) => self.publish_command(&mut pipe, job, &run),
                 Job::Presence(job) => {
                     pipe.add_command(self.presence.prepare(job));
                 }
                 Job::Flush(_) => {}
             }
+        }
+        if self.wait_replicas > 0 {
+            let replicas = self.wait_replicas;
+            self.send_held(&mut connection, pipe, batch, replicas).await;
+            return;
         }
         // `req_packed_commands` rather than `query_async`: it answers per command, so that
         // one refused message does not hide that the others were published.
@@ -119,11 +142,12 @@ impl Publisher {
         match answers {
             Ok(values) if values.len() == batch.len() => {
                 let mut reload = false;
+                let mut readonly = false;
                 let mut reload_presence = false;
                 for (job, value) in batch.drain(..).zip(values) {
                     match job {
                         Job::Publish(job) => {
-                            let result = parse_published(&job, value, &mut reload);
+                            let result = parse_published(&job, value, &mut reload, &mut readonly);
                             if result.is_err() {
                                 metrics().broker_errors.inc();
                             }
@@ -137,48 +161,70 @@ impl Publisher {
                         }
                     }
                 }
-                // The script cache was flushed: the jobs that met NOSCRIPT did not run.
-                if reload {
-                    if let Err(err) = self.script.load_async(&mut connection).await {
-                        debug!("broker: loading the publish script failed: {err}");
-                    }
-                }
-                if reload_presence {
-                    if let Err(err) = self.presence.script().load_async(&mut connection).await {
-                        debug!("broker: loading the presence script failed: {err}");
-                    }
-                }
+                self.after_answers(&mut connection, reload, readonly, reload_presence)
+                    .await;
             }
             Ok(_) | Err(_) => {
                 if let Err(err) = &answers {
                     debug!("broker: sending {} jobs failed: {err}", batch.len());
                 }
-                let _ = self.commands.unbounded_send(Command::Suspect);
-                for job in batch.drain(..) {
-                    match job {
-                        Job::Publish(job) => {
-                            metrics().broker_errors.inc();
-                            let _ = job.reply.send(Err(BrokerError::Interrupted));
-                        }
-                        Job::Presence(job) => self.presence.unsent(job, BrokerError::Interrupted),
-                        Job::Flush(reply) => {
-                            let _ = reply.send(());
-                        }
-                    }
+                self.broken(batch);
+            }
+        }
+    }
+
+    /// After a pipeline's answers: a `READONLY` makes the driver reconnect; a flushed script
+    /// cache is refilled (the jobs that met NOSCRIPT did not run).
+    pub(super) async fn after_answers(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        reload: bool,
+        readonly: bool,
+        reload_presence: bool,
+    ) {
+        if readonly {
+            let _ = self.commands.unbounded_send(Command::Readonly);
+        }
+        if reload {
+            if let Err(err) = self.script.load_async(connection).await {
+                debug!("broker: loading the publish script failed: {err}");
+            }
+        }
+        if reload_presence {
+            if let Err(err) = self.presence.script().load_async(connection).await {
+                debug!("broker: loading the presence script failed: {err}");
+            }
+        }
+    }
+
+    /// The pipeline of `batch` broke: its jobs' fate is unknown; the driver checks the
+    /// connection.
+    pub(super) fn broken(&mut self, batch: &mut Vec<Job>) {
+        let _ = self.commands.unbounded_send(Command::Suspect);
+        for job in batch.drain(..) {
+            match job {
+                Job::Publish(job) => {
+                    metrics().broker_errors.inc();
+                    let _ = job.reply.send(Err(BrokerError::Interrupted));
+                }
+                Job::Presence(job) => self.presence.unsent(job, BrokerError::Interrupted),
+                Job::Flush(reply) => {
+                    let _ = reply.send(());
                 }
             }
         }
     }
 
     /// The publish script's call for `job`, added to `pipe`.
-    fn publish_command(&self, pipe: &mut Pipeline, job: &PublishJob) {
+    fn publish_command(&self, pipe: &mut Pipeline, job: &PublishJob, run: &str) {
         let ttl_ms = self.history.ttl.as_millis() as u64;
         let command = pipe
             .cmd("EVALSHA")
             .arg(self.script.get_hash())
-            .arg(if job.dedupe.is_some() { 3 } else { 2 })
+            .arg(if job.dedupe.is_some() { 4 } else { 3 })
             .arg(self.keys.room(&job.room))
-            .arg(self.keys.history(&job.room));
+            .arg(self.keys.history(&job.room))
+            .arg(self.keys.pending(&job.room));
         if let Some(dedupe) = &job.dedupe {
             command.arg(dedupe);
         }
@@ -189,6 +235,9 @@ impl Publisher {
             .arg(self.history.size)
             .arg(ttl_ms)
             .arg(origin_field(job.sent_by.as_ref()))
-            .arg(self.dedupe_ms);
+            .arg(self.dedupe_ms)
+            .arg(run)
+            .arg(hold_arg(self.wait_replicas > 0))
+            .arg(MAX_HELD);
     }
 }

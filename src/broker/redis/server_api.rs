@@ -28,7 +28,11 @@ impl RedisBroker {
         let shared = self.shared.clone();
         let room: Arc<str> = Arc::from(room);
         async move {
-            let Some(mut connection) = shared.connection.borrow().clone() else {
+            let Some(super::Link {
+                mut connection,
+                run,
+            }) = shared.connection.borrow().clone()
+            else {
                 return Err(BrokerError::Unavailable);
             };
             let failed = |err: RedisError| {
@@ -36,6 +40,9 @@ impl RedisBroker {
                 if super::keys::is_connection_error(&err) {
                     let _ = shared.commands.unbounded_send(Command::Suspect);
                     BrokerError::Interrupted
+                } else if super::keys::is_readonly(&err) {
+                    let _ = shared.commands.unbounded_send(Command::Readonly);
+                    BrokerError::Unavailable
                 } else {
                     BrokerError::Server(err.to_string())
                 }
@@ -44,8 +51,11 @@ impl RedisBroker {
                 .snapshot_script
                 .key(shared.keys.room(&room))
                 .key(shared.keys.history(&room))
+                .key(shared.keys.pending(&room))
                 .arg(Epoch::random().as_str())
                 .arg(shared.history.ttl.as_millis() as u64)
+                .arg(&*run)
+                .arg(super::hold_arg(shared.hold))
                 .invoke_async(&mut connection)
                 .await
                 .map_err(failed)?;
@@ -101,7 +111,12 @@ impl RedisBroker {
         &self,
         control: &Control,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
-        let connection = self.shared.connection.borrow().clone();
+        let connection = self
+            .shared
+            .connection
+            .borrow()
+            .clone()
+            .map(|l| l.connection);
         let channel = self.shared.keys.control();
         let payload = serde_json::to_string(control);
         async move {

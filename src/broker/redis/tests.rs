@@ -18,9 +18,9 @@ use super::super::{
 use super::{RedisBroker, RedisSettings};
 use crate::config::{BrokerSettings, HistorySettings};
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(super) const WAIT: Duration = Duration::from_secs(10);
 
-fn settings(url: &str, size: usize) -> RedisSettings {
+pub(super) fn settings(url: &str, size: usize) -> RedisSettings {
     RedisSettings {
         url: url.to_owned(),
         key_prefix: "t".to_owned(),
@@ -35,7 +35,7 @@ fn settings(url: &str, size: usize) -> RedisSettings {
     }
 }
 
-async fn next_event(events: &mut BrokerEvents) -> BrokerEvent {
+pub(super) async fn next_event(events: &mut BrokerEvents) -> BrokerEvent {
     match tokio::time::timeout(WAIT, events.next()).await {
         Ok(Some(event)) => event,
         Ok(None) => panic!("the event stream ended"),
@@ -44,7 +44,7 @@ async fn next_event(events: &mut BrokerEvents) -> BrokerEvent {
 }
 
 /// The next event that is not a health change.
-async fn next_room_event(events: &mut BrokerEvents) -> BrokerEvent {
+pub(super) async fn next_room_event(events: &mut BrokerEvents) -> BrokerEvent {
     loop {
         match next_event(events).await {
             BrokerEvent::Health(_) => continue,
@@ -53,14 +53,14 @@ async fn next_room_event(events: &mut BrokerEvents) -> BrokerEvent {
     }
 }
 
-async fn next_message(events: &mut BrokerEvents) -> Published {
+pub(super) async fn next_message(events: &mut BrokerEvents) -> Published {
     match next_room_event(events).await {
         BrokerEvent::Message(message) => message,
         other => panic!("expected a message, got {other:?}"),
     }
 }
 
-async fn wait_health(broker: &RedisBroker, want: BrokerHealth) {
+pub(super) async fn wait_health(broker: &RedisBroker, want: BrokerHealth) {
     let mut health = broker.health();
     let reached = tokio::time::timeout(WAIT, health.wait_for(|h| *h == want)).await;
     assert!(
@@ -69,14 +69,14 @@ async fn wait_health(broker: &RedisBroker, want: BrokerHealth) {
     );
 }
 
-async fn started(server: &RedisServer, size: usize) -> (RedisBroker, BrokerEvents) {
+pub(super) async fn started(server: &RedisServer, size: usize) -> (RedisBroker, BrokerEvents) {
     let (broker, events) = start(settings(&server.url(), size));
     wait_health(&broker, BrokerHealth::Up).await;
     (broker, events)
 }
 
 /// A started broker and its event stream.
-fn start(settings: RedisSettings) -> (RedisBroker, BrokerEvents) {
+pub(super) fn start(settings: RedisSettings) -> (RedisBroker, BrokerEvents) {
     let mut broker = RedisBroker::start(settings).unwrap();
     let events = broker.take_event_stream().unwrap();
     (broker, events)

@@ -1,0 +1,222 @@
+//! `broker.wait_replicas` = N > 0: the publisher's path for messages that count as sent only
+//! once N replicas have them. The publish script then holds each message (its seq taken,
+//! kept in the stream, appended to the room's pending list) instead of PUBLISHing it; the
+//! pipeline ends with `WAIT N timeout`; once WAIT confirms, [`RELEASE_SCRIPT`] PUBLISHes the
+//! room's held messages up to the batch's last seq, in seq order, and only then is each
+//! sender answered. WAIT covers every write the master made before it, so a release may
+//! publish the lower seqs another node still waits for: one room's messages go out once and
+//! in seq order whichever node releases them.
+//!
+//! A WAIT that does not confirm in time answers the batch's senders
+//! [`BrokerError::Interrupted`] (the message may or may not be sent: it stays held, and the
+//! room's next confirmed release delivers it to every member, or a failover to a replica
+//! that lacks it drops it unseen). The publisher retries such rooms every
+//! [`RETRY_HELD`]: a write, `WAIT`, and the release once confirmed, so that held messages
+//! go out as soon as the replicas are back even in a room where nobody speaks. It owns this path only; the answers' parsing is in
+//! `keys.rs` and the ordinary path in `publisher.rs`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::debug;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{Pipeline, Value};
+
+use super::super::{BrokerError, Publication};
+use super::keys::{parse_published, RELEASE_SCRIPT};
+use super::publisher::Publisher;
+use super::{Command, Job, Link, PublishJob};
+use crate::metrics::metrics;
+
+/// The most messages a room may hold waiting for WAIT (beyond, a publish is refused with
+/// `unavailable`: the replicas are far behind or gone).
+pub(super) const MAX_HELD: usize = 10_000;
+
+/// How often rooms whose held messages WAIT did not confirm are tried again.
+pub(super) const RETRY_HELD: Duration = Duration::from_millis(500);
+
+impl Publisher {
+    /// Sends `pipe` (the jobs of `batch`, publishes held) and `WAIT`, then releases and
+    /// answers as the module says.
+    pub(super) async fn send_held(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        mut pipe: Pipeline,
+        batch: &mut Vec<Job>,
+        replicas: u8,
+    ) {
+        pipe.cmd("WAIT").arg(replicas).arg(self.wait_timeout_ms);
+        let answers = connection
+            .req_packed_commands(&pipe, 0, batch.len() + 1)
+            .await;
+        let mut values = match answers {
+            Ok(values) if values.len() == batch.len() + 1 => values,
+            other => {
+                if let Err(err) = &other {
+                    debug!("broker: sending {} jobs failed: {err}", batch.len());
+                }
+                self.broken(batch);
+                return;
+            }
+        };
+        let confirmed = matches!(values.pop(), Some(Value::Int(n)) if n >= i64::from(replicas));
+        let mut reload = false;
+        let mut readonly = false;
+        let mut reload_presence = false;
+        let mut held: Vec<(PublishJob, Publication)> = Vec::new();
+        for (job, value) in batch.drain(..).zip(values) {
+            match job {
+                Job::Publish(job) => match parse_published(&job, value, &mut reload, &mut readonly)
+                {
+                    Ok(publication @ Publication::New(_)) => held.push((job, publication)),
+                    result => {
+                        if result.is_err() {
+                            metrics().broker_errors.inc();
+                        }
+                        let _ = job.reply.send(result);
+                    }
+                },
+                Job::Presence(job) => self.presence.answered(job, value, &mut reload_presence),
+                Job::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        self.after_answers(connection, reload, readonly, reload_presence)
+            .await;
+        if held.is_empty() {
+            return;
+        }
+        // One release per room, up to the last seq of the batch in it.
+        let mut upto: HashMap<Arc<str>, u64> = HashMap::new();
+        for (job, publication) in &held {
+            if let Publication::New(published) = publication {
+                let seq = upto.entry(job.room.clone()).or_default();
+                *seq = (*seq).max(published.seq);
+            }
+        }
+        if !confirmed {
+            debug!(
+                "broker: WAIT {replicas} did not confirm {} messages in time",
+                held.len()
+            );
+            for (room, seq) in upto {
+                let retry = self.unreleased.entry(room).or_default();
+                *retry = (*retry).max(seq);
+            }
+            answer_all(held, BrokerError::Interrupted);
+            return;
+        }
+        let rooms: Vec<(Arc<str>, u64)> = upto.into_iter().collect();
+        let Some(released) = self.release(connection, rooms).await else {
+            answer_all(held, BrokerError::Interrupted);
+            return;
+        };
+        for (job, publication) in held {
+            let Publication::New(published) = &publication else {
+                continue;
+            };
+            let out = released
+                .get(&job.room)
+                .is_some_and(|last| *last >= published.seq);
+            let _ = job.reply.send(if out {
+                Ok(publication)
+            } else {
+                // The room lost its held messages (Redis lost the room) before the release.
+                metrics().broker_errors.inc();
+                Err(BrokerError::Interrupted)
+            });
+        }
+    }
+}
+
+impl Publisher {
+    /// Releases `rooms` up to their seqs: the last seq released per room, or `None` if the
+    /// pipeline failed (the driver is told to check the connection).
+    async fn release(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        rooms: Vec<(Arc<str>, u64)>,
+    ) -> Option<HashMap<Arc<str>, u64>> {
+        let mut release = redis::pipe();
+        for (room, seq) in &rooms {
+            release
+                .cmd("EVAL")
+                .arg(RELEASE_SCRIPT)
+                .arg(2)
+                .arg(self.keys.room(room))
+                .arg(self.keys.pending(room))
+                .arg(self.keys.room(room))
+                .arg(*seq);
+        }
+        let released = connection
+            .req_packed_commands(&release, 0, rooms.len())
+            .await;
+        match released {
+            Ok(values) if values.len() == rooms.len() => Some(
+                rooms
+                    .into_iter()
+                    .zip(values)
+                    .filter_map(|((room, _), value)| match value {
+                        Value::Int(n) => Some((room, u64::try_from(n).unwrap_or(0))),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            other => {
+                if let Err(err) = &other {
+                    debug!("broker: releasing held messages failed: {err}");
+                }
+                let _ = self.commands.unbounded_send(Command::Suspect);
+                None
+            }
+        }
+    }
+
+    /// Tries the rooms whose held messages WAIT did not confirm again: a write in each (so
+    /// that WAIT covers everything the master has, on this connection too), WAIT, and the
+    /// release once confirmed. Rooms released (or whose held messages are gone) are done.
+    pub(super) async fn retry_held(&mut self) {
+        let link = self.connection.borrow().clone();
+        let Some(Link { mut connection, .. }) = link else {
+            return;
+        };
+        let rooms: Vec<(Arc<str>, u64)> = self
+            .unreleased
+            .iter()
+            .map(|(room, seq)| (room.clone(), *seq))
+            .collect();
+        let mut pipe = redis::pipe();
+        for (room, _) in &rooms {
+            pipe.cmd("PEXPIRE")
+                .arg(self.keys.pending(room))
+                .arg(self.history.ttl.as_millis() as u64);
+        }
+        pipe.cmd("WAIT")
+            .arg(self.wait_replicas)
+            .arg(self.wait_timeout_ms);
+        let answers = connection
+            .req_packed_commands(&pipe, 0, rooms.len() + 1)
+            .await;
+        let confirmed = matches!(
+            answers.as_deref().ok().and_then(<[Value]>::last),
+            Some(Value::Int(n)) if *n >= i64::from(self.wait_replicas)
+        );
+        if !confirmed {
+            return;
+        }
+        if let Some(released) = self.release(&mut connection, rooms).await {
+            for room in released.keys() {
+                self.unreleased.remove(room);
+            }
+        }
+    }
+}
+
+fn answer_all(held: Vec<(PublishJob, Publication)>, err: BrokerError) {
+    for (job, _) in held {
+        metrics().broker_errors.inc();
+        let _ = job.reply.send(Err(err.clone()));
+    }
+}
