@@ -243,6 +243,47 @@ pub(super) struct Shared {
     snapshot_script: Script,
 }
 
+impl Shared {
+    /// A failed command as the broker reports it: a broken connection (the driver checks it)
+    /// is `Interrupted`, a `READONLY` master (a failover: the driver asks the sentinels
+    /// again) `Unavailable`, anything else a server error; each is counted.
+    fn failed(&self, err: RedisError) -> BrokerError {
+        metrics().broker_errors.inc();
+        if is_connection_error(&err) {
+            let _ = self.commands.unbounded_send(Command::Suspect);
+            BrokerError::Interrupted
+        } else if is_readonly(&err) {
+            let _ = self.commands.unbounded_send(Command::Readonly);
+            BrokerError::Unavailable
+        } else {
+            BrokerError::Server(err.to_string())
+        }
+    }
+
+    /// The room's epoch and latest seq by the snapshot script, which creates a missing room
+    /// (and starts a new epoch for one another Redis process wrote last, `run`).
+    async fn room_head(
+        &self,
+        connection: &mut MultiplexedConnection,
+        run: &str,
+        room: &str,
+    ) -> Result<(String, u64), BrokerError> {
+        let value: Value = self
+            .snapshot_script
+            .key(self.keys.room(room))
+            .key(self.keys.history(room))
+            .key(self.keys.pending(room))
+            .arg(Epoch::random().as_str())
+            .arg(self.history.ttl.as_millis() as u64)
+            .arg(run)
+            .arg(hold_arg(self.hold))
+            .invoke_async(connection)
+            .await
+            .map_err(|err| self.failed(err))?;
+        snapshot_head(&value)
+    }
+}
+
 /// The Redis broker: a handle on its tasks, and its event stream until the supervisor takes
 /// it ([`Broker::take_event_stream`]). The tasks end when the broker is dropped.
 pub struct RedisBroker {
@@ -496,31 +537,8 @@ impl RedisBroker {
             else {
                 return Err(BrokerError::Unavailable);
             };
-            let failed = |err: RedisError| {
-                metrics().broker_errors.inc();
-                if is_connection_error(&err) {
-                    let _ = shared.commands.unbounded_send(Command::Suspect);
-                    BrokerError::Interrupted
-                } else if is_readonly(&err) {
-                    let _ = shared.commands.unbounded_send(Command::Readonly);
-                    BrokerError::Unavailable
-                } else {
-                    BrokerError::Server(err.to_string())
-                }
-            };
-            let value: Value = shared
-                .snapshot_script
-                .key(shared.keys.room(&room))
-                .key(shared.keys.history(&room))
-                .key(shared.keys.pending(&room))
-                .arg(Epoch::random().as_str())
-                .arg(shared.history.ttl.as_millis() as u64)
-                .arg(&*run)
-                .arg(hold_arg(shared.hold))
-                .invoke_async(&mut connection)
-                .await
-                .map_err(failed)?;
-            let (epoch, seq) = snapshot_head(&value)?;
+            let failed = |err: RedisError| shared.failed(err);
+            let (epoch, seq) = shared.room_head(&mut connection, &run, &room).await?;
             let history_size = shared.history.size;
             let size = history_size as u64;
             // The entries to read: after `since` up to the snapshot's seq, or its last K.

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use redis::{RedisError, Value};
 
-use super::keys::{parse_entry, snapshot_error, snapshot_head};
-use super::{Command, RedisBroker};
+use super::keys::{parse_entry, snapshot_error};
+use super::RedisBroker;
 use crate::broker::{BrokerError, Control, Epoch, HistoryPage, Published};
 use crate::metrics::metrics;
 
@@ -35,31 +35,8 @@ impl RedisBroker {
             else {
                 return Err(BrokerError::Unavailable);
             };
-            let failed = |err: RedisError| {
-                metrics().broker_errors.inc();
-                if super::keys::is_connection_error(&err) {
-                    let _ = shared.commands.unbounded_send(Command::Suspect);
-                    BrokerError::Interrupted
-                } else if super::keys::is_readonly(&err) {
-                    let _ = shared.commands.unbounded_send(Command::Readonly);
-                    BrokerError::Unavailable
-                } else {
-                    BrokerError::Server(err.to_string())
-                }
-            };
-            let head: Value = shared
-                .snapshot_script
-                .key(shared.keys.room(&room))
-                .key(shared.keys.history(&room))
-                .key(shared.keys.pending(&room))
-                .arg(Epoch::random().as_str())
-                .arg(shared.history.ttl.as_millis() as u64)
-                .arg(&*run)
-                .arg(super::hold_arg(shared.hold))
-                .invoke_async(&mut connection)
-                .await
-                .map_err(failed)?;
-            let (epoch, seq) = snapshot_head(&head)?;
+            let failed = |err: RedisError| shared.failed(err);
+            let (epoch, seq) = shared.room_head(&mut connection, &run, &room).await?;
             let epoch = Epoch::new(epoch);
             let first = match since {
                 Some(since) => format!("{}-0", since.saturating_add(1)),
