@@ -83,11 +83,35 @@ fn shipped_config_names_every_key() {
         keys("broker"),
         ["key_prefix", "kind", "redis_url", "wait_replicas"]
     );
-    assert_eq!(keys("history"), ["max_bytes", "size", "ttl_ms"]);
+    assert_eq!(
+        keys("history"),
+        ["max_bytes", "size", "snapshot_path", "ttl_ms"]
+    );
     assert_eq!(keys("publish"), ["dedupe_ms"]);
+    assert_eq!(
+        keys("presence"),
+        [
+            "enabled",
+            "events",
+            "events_max_members",
+            "grace_ms",
+            "ttl_ms"
+        ]
+    );
+    assert_eq!(keys("api"), ["bind", "key"]);
     assert_eq!(
         keys("auth"),
         ["audience", "issuer", "jwt_public_key_file", "jwt_secret"]
+    );
+    let mut tables: Vec<&String> = table.keys().collect();
+    tables.sort();
+    assert_eq!(
+        tables,
+        [
+            "api", "auth", "broker", "close", "history", "presence", "publish", "server",
+            "session", "shutdown"
+        ],
+        "a table of config.toml the test does not check"
     );
 }
 
