@@ -185,7 +185,13 @@ impl ServerCommand {
             }
         });
         let stderr = Arc::new(Mutex::new(String::new()));
-        spawn_stderr_reader(stderr_pipe, stderr.clone(), self.echo.clone());
+        let stderr_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        spawn_stderr_reader(
+            stderr_pipe,
+            stderr.clone(),
+            self.echo.clone(),
+            stderr_done.clone(),
+        );
         let failed = |child: &mut ChildProcess, what: String| {
             let status = child.wait_exit_blocking(Duration::from_millis(500));
             // The stderr reader gets a moment to take in the last lines.
@@ -227,6 +233,7 @@ impl ServerCommand {
             child,
             addr,
             stderr,
+            stderr_done,
             extra_stdout,
             api_addr,
             config: config_path,
@@ -268,8 +275,21 @@ impl ServerCommand {
 }
 
 /// Keeps `pipe` drained into `sink`, echoing as `echo` says.
-fn spawn_stderr_reader(pipe: std::process::ChildStderr, sink: Arc<Mutex<String>>, echo: Echo) {
-    std::thread::spawn(move || match echo {
+/// Reads the server's stderr into `sink` until its end, then sets `done`.
+fn spawn_stderr_reader(
+    pipe: std::process::ChildStderr,
+    sink: Arc<Mutex<String>>,
+    echo: Echo,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) {
+    std::thread::spawn(move || {
+        read_stderr(pipe, &sink, echo);
+        done.store(true, std::sync::atomic::Ordering::Release);
+    });
+}
+
+fn read_stderr(pipe: std::process::ChildStderr, sink: &Mutex<String>, echo: Echo) {
+    match echo {
         Echo::Prefixed(prefix) => {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 eprintln!("{prefix}{line}");
@@ -292,7 +312,7 @@ fn spawn_stderr_reader(pipe: std::process::ChildStderr, sink: Arc<Mutex<String>>
                 sink.lock().expect("stderr lock").push_str(&text);
             }
         }
-    });
+    }
 }
 
 /// What a run of the binary to its end left.
@@ -316,6 +336,8 @@ pub struct ServerProcess {
     child: ChildProcess,
     pub addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// Set once the process's stderr reached its end (after its exit): all of it is read.
+    stderr_done: Arc<std::sync::atomic::AtomicBool>,
     extra_stdout: Arc<Mutex<Vec<String>>>,
     api_addr: Arc<Mutex<Option<SocketAddr>>>,
     config: PathBuf,
@@ -352,15 +374,29 @@ impl ServerProcess {
 
     /// Waits for the process to exit; panics after `deadline`.
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
-        match self.child.wait_exit(deadline).await {
+        match self.try_wait_exit(deadline).await {
             Some(status) => status,
             None => panic!("the server did not exit within {deadline:?}"),
         }
     }
 
-    /// Waits up to `deadline` for the process to exit; `None` if it still runs.
+    /// Waits up to `deadline` for the process to exit; `None` if it still runs. Once it has
+    /// exited, its stderr is read to the end before this answers (bounded: a descendant that
+    /// kept the pipe open is not waited for past 5 s), so that [`ServerProcess::stderr`] has
+    /// its last lines.
     pub async fn try_wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
-        self.child.wait_exit(deadline).await
+        let status = self.child.wait_exit(deadline).await?;
+        self.wait_stderr_end().await;
+        Some(status)
+    }
+
+    async fn wait_stderr_end(&self) {
+        let start = Instant::now();
+        while !self.stderr_done.load(std::sync::atomic::Ordering::Acquire)
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// SIGTERM (unless `already_signalled`), waits up to `grace`, then SIGKILL.
@@ -368,7 +404,7 @@ impl ServerProcess {
         if !already_signalled {
             self.child.signal(Signal::Term);
         }
-        if let Some(status) = self.child.wait_exit(grace).await {
+        if let Some(status) = self.try_wait_exit(grace).await {
             return Stopped {
                 code: status.code(),
                 killed: false,
