@@ -5,6 +5,8 @@
 //! round robin. Reports each side's deliveries/s, latency, losses and order, the servers'
 //! CPU per delivery summed over the nodes, Redis's CPU, Redis commands per message
 //! (`INFO commandstats` before/after the send), and the ratios cross-node / single node.
+//! With `--wait-replicas-compare`: the Redis gets one replica, and the cross-node load runs
+//! with `broker.wait_replicas` 0 and then 1, with the ratios of the second over the first.
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use super::fanout::{FanoutArgs, Load};
 use super::{cpu_delta, cpu_sum, ms, stop_json, Ctx, Outcome};
 use crate::launch::{self, Override};
 use crate::scenario_redis::{self, command_stats, commands_json};
+use wsgrace_kit::redis::RedisServer;
 
 #[derive(Debug, clap::Args)]
 pub struct ClusterFanoutArgs {
@@ -25,6 +28,24 @@ pub struct ClusterFanoutArgs {
     /// Skip the single-node run.
     #[arg(long)]
     pub no_single: bool,
+    /// Instead of the single-node comparison: give the Redis one replica and run the
+    /// cross-node load twice, with `broker.wait_replicas` 0 and then 1, and print the ratio
+    /// (the cost of waiting for the replica: `WAIT 1` per batch before delivery).
+    #[arg(long)]
+    pub wait_replicas_compare: bool,
+}
+
+/// A replica of `master` (same binary), started and following it.
+fn start_replica(program: &str, master: &RedisServer) -> Result<RedisServer, String> {
+    wsgrace_kit::redis::RedisNode::new()
+        .program(program)
+        .args([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            master.port().to_string(),
+        ])
+        .try_start()
+        .map_err(|e| e.to_string())
 }
 
 fn overrides(args: &FanoutArgs, redis_url: Option<&str>) -> Vec<Override> {
@@ -47,10 +68,35 @@ async fn cross_node(
     ctx: &Ctx,
     args: &FanoutArgs,
     redis_bin: &str,
+    wait_replicas: Option<i64>,
 ) -> Result<(bool, Value), String> {
     let mut redis = scenario_redis::start(redis_bin)?;
+    let replica = match wait_replicas {
+        Some(_) => Some(start_replica(redis_bin, &redis)?),
+        None => None,
+    };
+    if replica.is_some() {
+        // The master's first sync to a new replica waits `repl-diskless-sync-delay` (5 s):
+        // the load starts once the replica is online, as in production, where a replica
+        // is there long before.
+        let online = async {
+            loop {
+                let info = redis.info("replication").await.unwrap_or_default();
+                if info.contains("state=online") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), online)
+            .await
+            .map_err(|_| "the replica did not come online within 30 s".to_owned())?;
+    }
     let url = redis.url();
-    let o = overrides(args, Some(&url));
+    let mut o = overrides(args, Some(&url));
+    if let Some(n) = wait_replicas {
+        o.push(("broker", "wait_replicas", toml::Value::Integer(n)));
+    }
     let mut a = launch::start_ready(&ctx.server, &o).await?;
     let mut b = launch::start_ready(&ctx.server, &o).await?;
     eprintln!(
@@ -76,6 +122,7 @@ async fn cross_node(
     let stop_a = stop_json(&mut a, Duration::from_secs(15)).await;
     let stop_b = stop_json(&mut b, Duration::from_secs(15)).await;
     redis.kill();
+    drop(replica);
     let per_message = |d: Duration| {
         if result.sent == 0 {
             0.0
@@ -85,6 +132,10 @@ async fn cross_node(
     };
     if let Some(obj) = report.as_object_mut() {
         obj.insert("broker".into(), json!("redis, 2 nodes"));
+        if let Some(n) = wait_replicas {
+            obj.insert("wait_replicas".into(), json!(n));
+            obj.insert("redis_replicas".into(), json!(1));
+        }
         obj.insert("redis_cpu_ms".into(), json!(ms(redis_cpu)));
         obj.insert(
             "redis_cpu_ns_per_message".into(),
@@ -150,7 +201,30 @@ pub async fn run(ctx: &Ctx, args: &ClusterFanoutArgs) -> Result<Outcome, String>
         return Err("cluster-fanout needs at least two members (a sender on each node)".into());
     }
     ctx.check_nofile(args.load.n);
-    let (cross_ok, cross) = cross_node(ctx, &args.load, &args.redis_server).await?;
+    if args.wait_replicas_compare {
+        let (a_ok, a) = cross_node(ctx, &args.load, &args.redis_server, Some(0)).await?;
+        let (b_ok, b) = cross_node(ctx, &args.load, &args.redis_server, Some(1)).await?;
+        let report = json!({
+            "scenario": "cluster-fanout",
+            "n": args.load.n,
+            "m": args.load.m,
+            "complete": a_ok && b_ok,
+            "wait_1_over_wait_0": {
+                "deliveries_per_s": ratio(&b, &a, "/deliveries_per_s"),
+                "latency_p50_ms": ratio(&b, &a, "/latency/p50_ms"),
+                "latency_p99_ms": ratio(&b, &a, "/latency/p99_ms"),
+                "server_cpu_ns_per_delivery": ratio(&b, &a, "/server_cpu_ns_per_delivery"),
+                "redis_cpu_ns_per_message": ratio(&b, &a, "/redis_cpu_ns_per_message"),
+            },
+            "wait_replicas_0": a,
+            "wait_replicas_1": b,
+        });
+        return Ok(Outcome {
+            report,
+            ok: a_ok && b_ok,
+        });
+    }
+    let (cross_ok, cross) = cross_node(ctx, &args.load, &args.redis_server, None).await?;
     let (single_ok, single) = if args.no_single {
         (true, Value::Null)
     } else {
