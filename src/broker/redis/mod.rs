@@ -456,14 +456,22 @@ impl RedisBroker {
         &self,
         signal: &Signal,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
+        self.publish_raw(self.shared.keys.room(&signal.room), signal_payload(signal))
+    }
+
+    /// PUBLISHes `payload` on `channel` as it is (a signal, an order): not kept, no seq, at
+    /// most once.
+    fn publish_raw(
+        &self,
+        channel: String,
+        payload: String,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
         let connection = self
             .shared
             .connection
             .borrow()
             .clone()
             .map(|l| l.connection);
-        let channel = self.shared.keys.room(&signal.room);
-        let payload = signal_payload(signal);
         async move {
             let Some(mut connection) = connection else {
                 return Err(BrokerError::Unavailable);

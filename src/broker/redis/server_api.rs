@@ -14,7 +14,6 @@ use redis::{RedisError, Value};
 use super::keys::{parse_entry, snapshot_error};
 use super::RedisBroker;
 use crate::broker::{BrokerError, Control, Epoch, HistoryPage, Published};
-use crate::metrics::metrics;
 
 impl RedisBroker {
     /// The kept messages of `room` after `since` (`None`: from the oldest kept), at most
@@ -88,28 +87,13 @@ impl RedisBroker {
         &self,
         control: &Control,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
-        let connection = self
-            .shared
-            .connection
-            .borrow()
-            .clone()
-            .map(|l| l.connection);
-        let channel = self.shared.keys.control();
-        let payload = serde_json::to_string(control);
+        let published = serde_json::to_string(control)
+            .map(|payload| self.publish_raw(self.shared.keys.control(), payload));
         async move {
-            let payload = payload.map_err(|err| BrokerError::Encode(err.to_string()))?;
-            let Some(mut connection) = connection else {
-                return Err(BrokerError::Unavailable);
-            };
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(payload)
-                .query_async::<()>(&mut connection)
-                .await
-                .map_err(|err| {
-                    metrics().broker_errors.inc();
-                    BrokerError::Server(err.to_string())
-                })
+            match published {
+                Ok(published) => published.await,
+                Err(err) => Err(BrokerError::Encode(err.to_string())),
+            }
         }
     }
 }
