@@ -35,8 +35,8 @@ pub struct BrokerSettings {
     /// Local or Redis.
     pub kind: BrokerKind,
     /// `redis://[user:password@]host:port/db`, `rediss://...` or
-    /// `redis+sentinel://[:password@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]`; required when `kind` is
-    /// `redis`. [`REDIS_URL_ENV`] overrides it in [`Config::load`](super::Config::load). Log
+    /// `redis+sentinel://[:password@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]` or
+    /// `redis+cluster://[:password@]HOST:PORT[,HOST:PORT...]`; required when `kind` is `redis`. [`REDIS_URL_ENV`] overrides it in [`Config::load`](super::Config::load). Log
     /// it only through [`redact_url`].
     pub redis_url: String,
     /// Every Redis key and channel starts with this.

@@ -47,7 +47,8 @@ pub use names::is_valid_name;
 pub use presence::PresenceSettings;
 pub use publish::PublishSettings;
 pub use redis_url::{
-    check_redis_url, parse_sentinel_url, redact_url, SentinelUrl, SENTINEL_SCHEME,
+    check_redis_url, parse_cluster_url, parse_sentinel_url, redact_url, ClusterUrl, SentinelUrl,
+    CLUSTER_SCHEME, SENTINEL_SCHEME,
 };
 pub use server::ServerConfig;
 pub use session::{SessionSettings, DEFAULT_SEND_BUFFER_BYTES};
