@@ -23,8 +23,10 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // actix-http's WebSocket codec logs a peer's fragmented control frame at error level;
-    // wsgrace logs that bad input itself, at warn, with the session.
-    let filter = "info,actix_http::ws=off";
+    // wsgrace logs that bad input itself, at warn, with the session. redis-rs's cluster
+    // client warns once per attempt to reach a node that is down (dozens a second while a
+    // shard fails over); the broker logs the change of state once itself.
+    let filter = "info,actix_http::ws=off,redis::cluster_handling=error";
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
     let mut config = match Config::load(&cli.config) {
         Ok(config) => config,

@@ -11,20 +11,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt};
 use log::{debug, info, warn};
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{AsyncConnectionConfig, Msg, RedisError, Script, Value};
+use redis::{Msg, RedisError, Script, Value};
 use tokio::sync::watch;
 
 use super::super::{
     BrokerError, BrokerEvent, BrokerHealth, Control, Epoch, EpochChange, JoinRequest,
 };
+use super::conn::Conn;
 use super::keys::{
     join_snapshot, parse_publication, snapshot_base, snapshot_head, Keys, Publication,
+    PUBLISH_SCRIPT, SNAPSHOT_SCRIPT,
 };
 use super::presence::PresenceJob;
-use super::presence_script::Notice;
+use super::presence_script::{Notice, PRESENCE_SCRIPT};
+use super::subscriber::{Incoming, Subscriber};
 use super::target::{run_id, Switches, Target};
 use super::{hold_arg, Command, Job, Link, RedisSettings};
 use crate::metrics::metrics;
@@ -56,9 +58,7 @@ pub(super) struct Driver {
     pub(super) connection: watch::Sender<Option<Link>>,
     pub(super) health: watch::Sender<BrokerHealth>,
     pub(super) rooms: HashMap<Arc<str>, RoomState>,
-    pub(super) publish_script: Script,
     pub(super) snapshot_script: Script,
-    pub(super) presence_script: Script,
     /// The publisher's queue, for the sweeps after kept connections (weak: the publisher
     /// ends when the handle is dropped).
     pub(super) jobs: tokio::sync::mpsc::WeakSender<Job>,
@@ -75,7 +75,7 @@ const SWEEP_SLOT: Duration = Duration::from_millis(250);
 /// A sweep comes this long after the kept connection's time, so that it is surely over.
 const SWEEP_MARGIN: Duration = Duration::from_millis(50);
 
-/// Through Sentinel, connection attempts come at least this often: asking the sentinels is
+/// Through Sentinel or on a Redis Cluster, connection attempts come at least this often: asking the sentinels is
 /// cheap, and a failover is over a moment after they name the new master.
 const SENTINEL_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -83,12 +83,13 @@ const SENTINEL_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// waits for it after each connect; a sentinel on the network answers in milliseconds).
 const SWITCHES_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A connection made: to the master at `addr` (`host:port`), whose `run_id` is `run`.
+/// A connection made: to `described` (for logs), whose `run_id` is `run` (`?` on a
+/// cluster: the scripts read their shard's).
 struct Connection {
-    connection: MultiplexedConnection,
-    pubsub: redis::aio::PubSub,
+    connection: Conn,
+    subscriber: Subscriber,
     run: Arc<str>,
-    addr: String,
+    described: String,
 }
 
 /// Why the connected phase ended.
@@ -113,7 +114,7 @@ async fn next_switch(switches: &mut Option<Switches>) -> Msg {
 impl Driver {
     pub(super) async fn run(mut self) {
         let mut backoff = self.settings.backoff_min;
-        let backoff_max = if self.target.is_sentinel() {
+        let backoff_max = if self.target.follows_failovers() {
             self.settings.backoff_max.min(SENTINEL_BACKOFF_MAX)
         } else {
             self.settings.backoff_max
@@ -122,21 +123,35 @@ impl Driver {
         info!("broker: connecting to {}", self.redacted_url);
         loop {
             match self.connect().await {
-                Ok(connection) => {
-                    backoff = self.settings.backoff_min;
-                    match self.connected(connection).await {
-                        Ended::Stopped => return,
-                        Ended::Lost(why) => {
-                            self.set_down().await;
+                Ok(connection) => match self.connected(connection).await {
+                    Ended::Stopped => return,
+                    Ended::Lost(why) => {
+                        let was_up = *self.health.borrow() == BrokerHealth::Up;
+                        self.set_down().await;
+                        if was_up || !told_down {
                             warn!(
                                 "broker down: lost {} ({why}); reconnecting",
                                 self.redacted_url
                             );
-                            // Said once: failed reconnects are not a new change of state.
-                            told_down = true;
+                        } else {
+                            debug!("broker: connecting failed: {why}");
+                        }
+                        // Said once: failed reconnects are not a new change of state.
+                        told_down = true;
+                        if was_up {
+                            // At once: the next master may be there already.
+                            backoff = self.settings.backoff_min;
+                        } else {
+                            // Connected but never up (a cluster still failing over: a
+                            // subscription refused): as a failed connect.
+                            metrics().broker_errors.inc();
+                            if !self.wait_down(backoff).await {
+                                return;
+                            }
+                            backoff = (backoff * 2).min(backoff_max);
                         }
                     }
-                }
+                },
                 Err(err) => {
                     metrics().broker_errors.inc();
                     if !told_down {
@@ -157,38 +172,29 @@ impl Driver {
         }
     }
 
-    /// Connects to the master (asking the sentinels for it, through Sentinel), loads the
-    /// scripts and reads the master's `run_id`.
+    /// Connects to the master (asking the sentinels for it, through Sentinel; to every
+    /// shard's master, on a cluster), loads the scripts and reads the master's `run_id`.
     async fn connect(&mut self) -> Result<Connection, RedisError> {
         let timeout = self.settings.timeout;
-        let (client, addr) = self.target.client(timeout).await?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout);
-        let mut connection = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        self.publish_script.load_async(&mut connection).await?;
-        self.snapshot_script.load_async(&mut connection).await?;
-        self.presence_script.load_async(&mut connection).await?;
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut connection)
-            .await?;
-        let run = Arc::from(run_id(&info)?);
-        let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
-            .await
-            .map_err(|_| {
-                RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "pub/sub connection timed out",
-                ))
-            })??;
+        let opened = self.target.open(timeout).await?;
+        let mut connection = opened.connection;
+        for code in [PUBLISH_SCRIPT, SNAPSHOT_SCRIPT, PRESENCE_SCRIPT] {
+            connection.load_script(&self.keys.script_text(code)).await?;
+        }
+        let run: Arc<str> = if connection.is_cluster() {
+            Arc::from("?")
+        } else {
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut connection)
+                .await?;
+            Arc::from(run_id(&info)?)
+        };
         Ok(Connection {
             connection,
-            pubsub,
+            subscriber: opened.subscriber,
             run,
-            addr,
+            described: opened.described,
         })
     }
 
@@ -247,11 +253,10 @@ impl Driver {
     async fn connected(&mut self, connected: Connection) -> Ended {
         let Connection {
             mut connection,
-            pubsub,
+            mut subscriber,
             run,
-            addr,
+            described,
         } = connected;
-        let (mut sink, mut stream) = pubsub.split();
         // With `wait_replicas` > 0 a failover keeps the epochs: the scripts get no run_id.
         let script_run: Arc<str> = if self.settings.wait_replicas > 0 {
             Arc::from("")
@@ -260,17 +265,17 @@ impl Driver {
         };
         // Re-subscribe every room with local members, then find the rooms whose epoch changed.
         let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
-        if let Err(err) = sink.subscribe(self.keys.control()).await {
+        if let Err(err) = subscriber.subscribe(&self.keys.control()).await {
             return Ended::Lost(err.to_string());
         }
         for room in &rooms {
-            if let Err(err) = sink.subscribe(self.keys.room(room)).await {
+            if let Err(err) = subscriber.subscribe(&self.keys.room(room)).await {
                 return Ended::Lost(err.to_string());
             }
         }
         self.catching_up = true;
         let checked = self
-            .check_epochs(&rooms, &script_run, &mut connection, &mut sink, &mut stream)
+            .check_epochs(&rooms, &script_run, &mut connection, &mut subscriber)
             .await;
         self.catching_up = false;
         if let Err(why) = checked {
@@ -284,7 +289,7 @@ impl Driver {
         metrics().broker_up.set(1);
         // The address and run_id only: never the URL's password.
         info!(
-            "broker up: connected to {} (master {addr}, run_id {run}; {} rooms subscribed)",
+            "broker up: connected to {} ({described}, run_id {run}; {} rooms subscribed)",
             self.redacted_url,
             rooms.len()
         );
@@ -300,8 +305,9 @@ impl Driver {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                message = stream.next() => match message {
-                    Some(message) => self.publication(message).await,
+                message = subscriber.next() => match message {
+                    Some(Incoming::Message(message)) => self.publication(message).await,
+                    Some(Incoming::Lost(why)) => return Ended::Lost(why),
                     None => return Ended::Lost("the pub/sub connection closed".to_owned()),
                 },
                 command = self.commands.next() => {
@@ -309,7 +315,7 @@ impl Driver {
                         return Ended::Stopped;
                     };
                     if let Err(why) = self
-                        .command(command, &script_run, &mut connection, &mut sink, &mut stream)
+                        .command(command, &script_run, &mut connection, &mut subscriber)
                         .await
                     {
                         return Ended::Lost(why);
@@ -321,7 +327,7 @@ impl Driver {
                     }
                 }
                 _ = check.tick() => {
-                    if let Err(why) = self.ping(&mut connection, &mut sink).await {
+                    if let Err(why) = self.ping(&mut connection, &mut subscriber).await {
                         return Ended::Lost(why);
                     }
                 }
@@ -329,15 +335,12 @@ impl Driver {
         }
     }
 
-    async fn ping(
-        &self,
-        connection: &mut MultiplexedConnection,
-        sink: &mut PubSubSink,
-    ) -> Result<(), String> {
+    /// A PING on both connections (to every master, on a cluster).
+    async fn ping(&self, connection: &mut Conn, subscriber: &mut Subscriber) -> Result<(), String> {
         let timeout = self.settings.timeout;
-        let pong: Result<String, RedisError> = redis::cmd("PING").query_async(connection).await;
+        let pong: Result<Value, RedisError> = redis::cmd("PING").query_async(connection).await;
         pong.map_err(|err| err.to_string())?;
-        match tokio::time::timeout(timeout, sink.ping::<Value>()).await {
+        match tokio::time::timeout(timeout, subscriber.ping()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(err.to_string()),
             Err(_) => Err("pub/sub ping timed out".to_owned()),
@@ -348,9 +351,8 @@ impl Driver {
         &mut self,
         command: Command,
         run: &str,
-        connection: &mut MultiplexedConnection,
-        sink: &mut PubSubSink,
-        stream: &mut PubSubStream,
+        connection: &mut Conn,
+        subscriber: &mut Subscriber,
     ) -> Result<(), String> {
         match command {
             Command::Subscribe { room, reply } => {
@@ -364,13 +366,13 @@ impl Driver {
                     let _ = reply.send(Ok(()));
                     return Ok(());
                 }
-                let subscribed = sink.subscribe(self.keys.room(&room)).await;
+                let subscribed = subscriber.subscribe(&self.keys.room(&room)).await;
                 if let Err(err) = subscribed {
                     let _ = reply.send(Err(BrokerError::Unavailable));
                     return Err(err.to_string());
                 }
                 let checked = self
-                    .check_epochs(std::slice::from_ref(&room), run, connection, sink, stream)
+                    .check_epochs(std::slice::from_ref(&room), run, connection, subscriber)
                     .await;
                 let answer = checked
                     .as_ref()
@@ -388,11 +390,12 @@ impl Driver {
                     return Ok(());
                 }
                 self.rooms.remove(&room);
-                sink.unsubscribe(self.keys.room(&room))
+                subscriber
+                    .unsubscribe(&self.keys.room(&room))
                     .await
                     .map_err(|err| err.to_string())
             }
-            Command::Suspect => self.ping(connection, sink).await,
+            Command::Suspect => self.ping(connection, subscriber).await,
             Command::Readonly => {
                 Err("a write met READONLY: the server is a replica now".to_owned())
             }
@@ -409,9 +412,8 @@ impl Driver {
         &mut self,
         rooms: &[Arc<str>],
         run: &str,
-        connection: &mut MultiplexedConnection,
-        sink: &mut PubSubSink,
-        stream: &mut PubSubStream,
+        connection: &mut Conn,
+        subscriber: &mut Subscriber,
     ) -> Result<(), String> {
         let mut current = Vec::with_capacity(rooms.len());
         for room in rooms {
@@ -442,7 +444,7 @@ impl Driver {
                 .insert(room.clone(), (snapshot.epoch.clone(), base));
             current.push((snapshot, base));
         }
-        let drained = self.drain(sink, stream).await;
+        let drained = self.drain(subscriber).await;
         self.expected.clear();
         drained?;
         for (snapshot, base) in current {
@@ -477,15 +479,12 @@ impl Driver {
 
     /// Lets every message published before now reach the event stream (a PING on the pub/sub
     /// connection answers after them).
-    async fn drain(
-        &mut self,
-        sink: &mut PubSubSink,
-        stream: &mut PubSubStream,
-    ) -> Result<(), String> {
-        sink.ping::<Value>().await.map_err(|err| err.to_string())?;
-        while let Some(next) = stream.next().now_or_never() {
+    async fn drain(&mut self, subscriber: &mut Subscriber) -> Result<(), String> {
+        subscriber.ping().await.map_err(|err| err.to_string())?;
+        while let Some(next) = subscriber.next_ready() {
             match next {
-                Some(message) => self.publication(message).await,
+                Some(Incoming::Message(message)) => self.publication(message).await,
+                Some(Incoming::Lost(why)) => return Err(why),
                 None => return Err("the pub/sub connection closed".to_owned()),
             }
         }

@@ -115,6 +115,42 @@ async fn a_room_last_written_by_another_redis_starts_a_new_epoch_from_its_seq() 
     assert_eq!(snapshot(&mut con, "C", "e4").await, ("e4".to_owned(), 0, 0));
 }
 
+/// On a Redis Cluster the broker passes `?`: the scripts read the run_id of the master they
+/// run on (each shard has its own), with the same rules.
+#[tokio::test]
+async fn a_run_id_of_question_mark_is_the_run_id_of_the_redis_that_runs_the_script() {
+    let server = RedisServer::start();
+    let mut con = connect(&server).await;
+    assert_eq!(publish(&mut con, "?", "e1").await, ("e1".to_owned(), 1));
+    assert_eq!(publish(&mut con, "?", "xx").await, ("e1".to_owned(), 2));
+    assert_eq!(snapshot(&mut con, "?", "xx").await, ("e1".to_owned(), 2, 0));
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let run = super::target::run_id(&info).unwrap();
+    let stored: String = redis::cmd("HGET")
+        .arg("t:{r}:room")
+        .arg("run")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(stored, run);
+    // Its own run_id passed explicitly is the same process: no new epoch.
+    assert_eq!(publish(&mut con, &run, "xx").await, ("e1".to_owned(), 3));
+    // A room another process wrote last (as after a failover): a new epoch from its seq.
+    let _: () = redis::cmd("HSET")
+        .arg("t:{r}:room")
+        .arg("run")
+        .arg("another")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(publish(&mut con, "?", "e2").await, ("e2".to_owned(), 4));
+    assert_eq!(snapshot(&mut con, "?", "xx").await, ("e2".to_owned(), 4, 3));
+}
+
 #[tokio::test]
 async fn a_redis_restarted_with_its_data_is_a_new_epoch_told_from_its_seq() {
     // A restart that keeps the data (AOF, fsync always) is a new Redis process, as a

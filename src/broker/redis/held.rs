@@ -20,10 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::debug;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use redis::{Pipeline, Value};
 
 use super::super::{BrokerError, Publication};
+use super::conn::Conn;
 use super::keys::{parse_published, RELEASE_SCRIPT};
 use super::publisher::Publisher;
 use super::{Command, Job, Link, PublishJob};
@@ -41,7 +42,7 @@ impl Publisher {
     /// answers as the module says.
     pub(super) async fn send_held(
         &mut self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Conn,
         mut pipe: Pipeline,
         batch: &mut Vec<Job>,
         replicas: u8,
@@ -91,10 +92,8 @@ impl Publisher {
         // One release per room, up to the last seq of the batch in it.
         let mut upto: HashMap<Arc<str>, u64> = HashMap::new();
         for (job, publication) in &held {
-            if let Publication::New(published) = publication {
-                let seq = upto.entry(job.room.clone()).or_default();
-                *seq = (*seq).max(published.seq);
-            }
+            let seq = upto.entry(job.room.clone()).or_default();
+            *seq = (*seq).max(held_seq(publication));
         }
         if !confirmed {
             debug!(
@@ -114,12 +113,9 @@ impl Publisher {
             return;
         };
         for (job, publication) in held {
-            let Publication::New(published) = &publication else {
-                continue;
-            };
             let out = released
                 .get(&job.room)
-                .is_some_and(|last| *last >= published.seq);
+                .is_some_and(|last| *last >= held_seq(&publication));
             let _ = job.reply.send(if out {
                 Ok(publication)
             } else {
@@ -136,14 +132,15 @@ impl Publisher {
     /// pipeline failed (the driver is told to check the connection).
     async fn release(
         &mut self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Conn,
         rooms: Vec<(Arc<str>, u64)>,
     ) -> Option<HashMap<Arc<str>, u64>> {
+        let release_code = self.keys.script_text(RELEASE_SCRIPT);
         let mut release = redis::pipe();
         for (room, seq) in &rooms {
             release
                 .cmd("EVAL")
-                .arg(RELEASE_SCRIPT)
+                .arg(&release_code)
                 .arg(2)
                 .arg(self.keys.room(room))
                 .arg(self.keys.pending(room))
@@ -211,6 +208,14 @@ impl Publisher {
                 self.unreleased.remove(room);
             }
         }
+    }
+}
+
+/// The seq a held publication waits for: its own, or a repeat's first message's.
+fn held_seq(publication: &Publication) -> u64 {
+    match publication {
+        Publication::New(published) => published.seq,
+        Publication::Repeat { seq, .. } => *seq,
     }
 }
 

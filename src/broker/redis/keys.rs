@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytestring::ByteString;
-use redis::{RedisError, Value};
+use redis::{RedisError, Script, Value};
 
 use super::super::{
     can_resume, BrokerError, Epoch, JoinRequest, JoinSnapshot, Origin, Published, Resume, SentBy,
@@ -19,7 +19,8 @@ use super::PublishJob;
 /// dedupe key when the message has one. ARGV: channel, frame head, a fresh epoch (used if
 /// the room is new, or last written by another Redis process), history size, ttl in ms, the
 /// origin (`NODE.SESSION.ID` or empty), dedupe window in ms, the master's `run_id` (empty
-/// with `broker.wait_replicas` > 0: no check), hold (`1` with `wait_replicas` > 0), the
+/// with `broker.wait_replicas` > 0: no check; `?` on a Redis Cluster, where each shard has
+/// its own master: the script reads it with `INFO server`), hold (`1` with `wait_replicas` > 0), the
 /// most messages that may be held in a room.
 ///
 /// **Seq safety across a failover**: the room hash keeps the `run_id` of the Redis that last
@@ -38,17 +39,21 @@ use super::PublishJob;
 /// published (or held). The only write that can fail (XADD) comes before the seq is
 /// stored. The time is Redis's (`TIME`), one clock for every node.
 pub const PUBLISH_SCRIPT: &str = r#"
+local run = ARGV[8]
+if run == '?' then
+  run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+end
 local room = redis.call('HMGET', KEYS[1], 'epoch', 'run', 'seq')
 local epoch = room[1]
 if not epoch then
   epoch = ARGV[3]
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'base', 0, 'released', 0, 'run', ARGV[8])
-elseif ARGV[8] ~= '' and room[2] ~= ARGV[8] then
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'base', 0, 'released', 0, 'run', run)
+elseif run ~= '' and room[2] ~= run then
   epoch = ARGV[3]
   redis.call('DEL', KEYS[2], KEYS[3])
   local base = room[3] or '0'
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', base, 'released', base, 'run', ARGV[8])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', base, 'released', base, 'run', run)
 end
 if KEYS[4] then
   local first = redis.call('GET', KEYS[4])
@@ -126,10 +131,14 @@ return released
 
 /// The join script. KEYS: room hash, history stream, pending list. ARGV: a fresh epoch (used
 /// if the room is new, or last written by another Redis process: see [`PUBLISH_SCRIPT`]),
-/// ttl in ms, the master's `run_id` (empty: no check), hold (`1` with `wait_replicas` > 0).
+/// ttl in ms, the master's `run_id` (empty: no check; `?`: read it, as in [`PUBLISH_SCRIPT`]), hold (`1` with `wait_replicas` > 0).
 /// Returns `{epoch, seq, base}` (`base`: the seq the epoch began after). When holding, `seq`
 /// is the last seq released: held messages come live later.
 pub const SNAPSHOT_SCRIPT: &str = r#"
+local run = ARGV[3]
+if run == '?' then
+  run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+end
 local room = redis.call('HMGET', KEYS[1], 'epoch', 'run', 'seq', 'base', 'released')
 local epoch = room[1]
 local seq = tonumber(room[3] or '0')
@@ -139,14 +148,14 @@ if not epoch then
   seq = 0
   base = 0
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'base', 0, 'released', 0, 'run', ARGV[3])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'base', 0, 'released', 0, 'run', run)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-elseif ARGV[3] ~= '' and room[2] ~= ARGV[3] then
+elseif run ~= '' and room[2] ~= run then
   epoch = ARGV[1]
   base = seq
   local text = string.format('%d', seq)
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', text, 'released', text, 'run', ARGV[3])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'base', text, 'released', text, 'run', run)
 elseif ARGV[4] == '1' and room[5] then
   seq = tonumber(room[5])
 end
@@ -159,6 +168,8 @@ pub(super) struct Keys {
     prefix: String,
     /// `P:{`, the start of every key and channel of a room.
     room_prefix: String,
+    /// On a Redis Cluster: channels are sharded (`SPUBLISH`, `SSUBSCRIBE`).
+    sharded: bool,
 }
 
 impl Keys {
@@ -166,7 +177,39 @@ impl Keys {
         Keys {
             prefix: prefix.to_owned(),
             room_prefix: format!("{prefix}:{{"),
+            sharded: false,
         }
+    }
+
+    /// These keys on a Redis Cluster (`sharded`): the scripts publish with `SPUBLISH`.
+    pub(super) fn sharded(mut self, sharded: bool) -> Self {
+        self.sharded = sharded;
+        self
+    }
+
+    /// The command that publishes on a channel: `SPUBLISH` on a Redis Cluster (the message
+    /// goes to the nodes of the channel's shard only), `PUBLISH` otherwise.
+    pub(super) fn publish_command(&self) -> &'static str {
+        if self.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// `code` (one of this module's scripts) as this broker runs it: on a Redis Cluster,
+    /// every `PUBLISH` is a `SPUBLISH` (the channel has the keys' hash tag: the same slot).
+    pub(super) fn script_text(&self, code: &str) -> String {
+        if self.sharded {
+            code.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+        } else {
+            code.to_owned()
+        }
+    }
+
+    /// [`Keys::script_text`] as a [`Script`] (its SHA1 for EVALSHA).
+    pub(super) fn script(&self, code: &str) -> Script {
+        Script::new(&self.script_text(code))
     }
 
     /// `P:{R}:`, the start of every key of room `R`: the hash tag `{R}` puts them all (and
@@ -468,6 +511,39 @@ pub(super) fn parse_published(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::redis::PRESENCE_SCRIPT;
+
+    #[test]
+    fn on_a_cluster_every_script_publishes_sharded() {
+        let plain = Keys::new("app");
+        let sharded = Keys::new("app").sharded(true);
+        assert_eq!(
+            (plain.publish_command(), sharded.publish_command()),
+            ("PUBLISH", "SPUBLISH")
+        );
+        for code in [
+            PUBLISH_SCRIPT,
+            RELEASE_SCRIPT,
+            SNAPSHOT_SCRIPT,
+            PRESENCE_SCRIPT,
+        ] {
+            assert_eq!(plain.script_text(code), code);
+            let text = sharded.script_text(code);
+            assert_eq!(
+                text.matches("'PUBLISH'").count(),
+                0,
+                "a classic PUBLISH is left in:\n{text}"
+            );
+            assert_eq!(
+                text.matches("'SPUBLISH'").count(),
+                code.matches("'PUBLISH'").count()
+            );
+        }
+        assert_ne!(
+            plain.script(PUBLISH_SCRIPT).get_hash(),
+            sharded.script(PUBLISH_SCRIPT).get_hash()
+        );
+    }
 
     #[test]
     fn keys_and_channels() {

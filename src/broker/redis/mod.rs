@@ -7,8 +7,8 @@
 //! | `P:{R}:room` | hash | `epoch` (16 hex chars), `seq` (the room's latest seq), `base` (the seq the epoch began after: 0, or where a failover left it), `run` (the `run_id` of the Redis process that last wrote it; empty with `broker.wait_replicas` > 0) and `released` (with `wait_replicas` > 0: the last seq published) |
 //! | `P:{R}:pending` | list | with `broker.wait_replicas` > 0: the channel payloads of messages with a seq, held until `WAIT` confirms them ([`RELEASE_SCRIPT`] publishes them in seq order) |
 //! | `P:{R}:history` | stream | the last `history.size` message frames, entry id `seq-0`, field `json` (absent when `history.size` is 0) |
-//! | `P:{R}:room` | pub/sub channel | every message as `EPOCH:SEQ:ORIGIN:JSON`, every signal as `S:NODE.SESSION:JSON`, presence as `P:J:NODE.SESSION:NAME` (a name arrived; `P:J::NAME` after a restore), `P:L::NAME` (a name is gone), `P:K::MS` (a connection is kept MS: sweep then) |
-//! | `P:control` | pub/sub channel | the server API's orders to every node (a disconnect by name), as JSON; every node subscribes on each connect |
+//! | `P:{R}:room` | pub/sub channel (sharded on a cluster) | every message as `EPOCH:SEQ:ORIGIN:JSON`, every signal as `S:NODE.SESSION:JSON`, presence as `P:J:NODE.SESSION:NAME` (a name arrived; `P:J::NAME` after a restore), `P:L::NAME` (a name is gone), `P:K::MS` (a connection is kept MS: sweep then) |
+//! | `P:control` | pub/sub channel (sharded on a cluster) | the server API's orders to every node (a disconnect by name), as JSON; every node subscribes on each connect |
 //! | `P:{R}:dedupe:KEY` | string | `EPOCH:SEQ` of the first message published with dedupe key KEY (a v2 `n:NAME:ID`, an API `a:KEY`), for `publish.dedupe_ms` |
 //! | `P:{R}:presence:names` | hash | every present name → its connections over all holders |
 //! | `P:{R}:presence:holders` | zset | holder → deadline (ms, Redis's clock) |
@@ -53,7 +53,10 @@
 //!   last seqs, so it starts a new epoch first, its seqs going on from what it has. Through
 //!   Sentinel (`redis+sentinel://`), the sentinels are asked for the master on every
 //!   connect; `+switch-master`, a broken connection or a `READONLY` answer makes the driver
-//!   reconnect. With `broker.wait_replicas` = N > 0 (`held.rs`) a message is held, not
+//!   reconnect. On a Redis Cluster (`redis+cluster://`) rooms spread over the shards by their
+//!   hash tag, the scripts `SPUBLISH`, the driver `SSUBSCRIBE`s per room, each script reads
+//!   its own shard master's `run_id` (`?`), and a broken shard connection makes the driver
+//!   reconnect to the whole cluster. With `broker.wait_replicas` = N > 0 (`held.rs`) a message is held, not
 //!   published, until `WAIT N` confirms it, and a failover keeps the epochs.
 //! - **Health**: the node starts without Redis. A driver task connects in the background with
 //!   capped exponential backoff, reports up/down ([`RedisBroker::health`] and
@@ -69,13 +72,16 @@
 //! `publisher.rs`: the task that sends messages and presence jobs as pipelines; `held.rs`: its
 //! path with `broker.wait_replicas` > 0 (WAIT, then release); `driver.rs`:
 //! the task that keeps the connection, the subscriptions and the health; `target.rs`: where
-//! to connect (one Redis, or the master the sentinels name); `server_api.rs`: a
+//! to connect (one Redis, the master the sentinels name, or a cluster); `conn.rs`: the
+//! connection for commands (a cluster's pipelines split by room); `subscriber.rs`: the
+//! subscriptions (`SUBSCRIBE`, or `SSUBSCRIBE` on a cluster); `server_api.rs`: a
 //! page of history and an order to every node, for the server API; this file: the
 //! handle the supervisor holds and its [`Broker`] seam.
 //!
 //! This module must not know sessions or actix: it hands [`BrokerEvent`]s to whoever holds
 //! the receiver.
 
+mod conn;
 mod driver;
 #[cfg(test)]
 mod failover_tests;
@@ -87,6 +93,7 @@ mod presence_script;
 mod presence_tests;
 mod publisher;
 mod server_api;
+mod subscriber;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -97,10 +104,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Script, Value};
 use tokio::sync::watch;
 
+use self::conn::Conn;
 use self::driver::Driver;
 use self::keys::{
     is_connection_error, is_readonly, join_snapshot, signal_payload, snapshot_error, snapshot_head,
@@ -126,7 +133,8 @@ use crate::metrics::metrics;
 /// How to reach Redis and what to keep there.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://...`, `rediss://...` or `redis+sentinel://...`; never logged unredacted.
+    /// `redis://...`, `rediss://...`, `redis+sentinel://...` or `redis+cluster://...`; never
+    /// logged unredacted.
     pub url: String,
     /// Every key and channel starts with it.
     pub key_prefix: String,
@@ -194,9 +202,9 @@ pub(super) enum Command {
 /// last written by another Redis process starts a new epoch, see `keys.rs`; empty with
 /// `broker.wait_replicas` > 0, where a failover keeps the epochs).
 #[derive(Clone)]
-pub(super) struct Link {
-    pub(super) connection: MultiplexedConnection,
-    pub(super) run: Arc<str>,
+struct Link {
+    connection: Conn,
+    run: Arc<str>,
 }
 
 /// The scripts' hold argument: `1` when messages wait for `WAIT` (`broker.wait_replicas` > 0).
@@ -264,7 +272,7 @@ impl Shared {
     /// (and starts a new epoch for one another Redis process wrote last, `run`).
     async fn room_head(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Conn,
         run: &str,
         room: &str,
     ) -> Result<(String, u64), BrokerError> {
@@ -311,7 +319,7 @@ impl RedisBroker {
             ));
         }
         let target = Target::new(&settings.url).map_err(BrokerError::BadUrl)?;
-        let keys = Keys::new(&settings.key_prefix);
+        let keys = Keys::new(&settings.key_prefix).sharded(target.is_cluster());
         let node = fastrand::u64(..);
         let (commands_tx, commands_rx) = mpsc::unbounded();
         let (publish_tx, publish_rx) = tokio::sync::mpsc::channel(settings.publish_queue.max(1));
@@ -332,9 +340,7 @@ impl RedisBroker {
             connection: connection_tx,
             health: health_tx,
             rooms: HashMap::new(),
-            publish_script: Script::new(PUBLISH_SCRIPT),
-            snapshot_script: Script::new(SNAPSHOT_SCRIPT),
-            presence_script: Script::new(PRESENCE_SCRIPT),
+            snapshot_script: keys.script(SNAPSHOT_SCRIPT),
             jobs: publish_tx.downgrade(),
             sweeps: HashSet::new(),
             started: std::time::Instant::now(),
@@ -350,7 +356,7 @@ impl RedisBroker {
             jobs: publish_rx,
             connection: connection_rx.clone(),
             commands: commands_tx.clone(),
-            script: Script::new(PUBLISH_SCRIPT),
+            script: keys.script(PUBLISH_SCRIPT),
             dedupe_ms: u64::try_from(settings.dedupe.as_millis()).unwrap_or(u64::MAX),
             wait_replicas: settings.wait_replicas,
             unreleased: HashMap::new(),
@@ -364,6 +370,7 @@ impl RedisBroker {
         tokio::spawn(publisher.run());
         let broker = RedisBroker {
             shared: Arc::new(Shared {
+                snapshot_script: keys.script(SNAPSHOT_SCRIPT),
                 keys,
                 history: settings.history,
                 dedupe: settings.dedupe,
@@ -373,7 +380,6 @@ impl RedisBroker {
                 publish: publish_tx,
                 connection: connection_rx,
                 health: health_rx,
-                snapshot_script: Script::new(SNAPSHOT_SCRIPT),
             }),
             events: Some(events_rx),
             presence: settings.presence,
@@ -460,7 +466,7 @@ impl RedisBroker {
     }
 
     /// PUBLISHes `payload` on `channel` as it is (a signal, an order): not kept, no seq, at
-    /// most once.
+    /// most once (`SPUBLISH` on a cluster).
     fn publish_raw(
         &self,
         channel: String,
@@ -472,11 +478,12 @@ impl RedisBroker {
             .borrow()
             .clone()
             .map(|l| l.connection);
+        let command = self.shared.keys.publish_command();
         async move {
             let Some(mut connection) = connection else {
                 return Err(BrokerError::Unavailable);
             };
-            redis::cmd("PUBLISH")
+            redis::cmd(command)
                 .arg(channel)
                 .arg(payload)
                 .query_async::<()>(&mut connection)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::oneshot;
-use redis::{Cmd, Script, Value};
+use redis::{Cmd, Value};
 
 use super::super::presence::PresentName;
 use super::super::BrokerError;
@@ -166,10 +166,6 @@ impl PresenceWorker {
             dirty: HashSet::new(),
             heartbeat,
         }
-    }
-
-    pub(super) fn script(&self) -> &Script {
-        &self.call.script
     }
 
     /// Records what `job` does to this node's members (whether or not it is sent).

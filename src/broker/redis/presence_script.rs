@@ -215,10 +215,10 @@ pub(super) struct PresenceCall {
 impl PresenceCall {
     pub(super) fn new(keys: Keys, node: NodeId, limits: PresenceLimits) -> Self {
         PresenceCall {
+            script: keys.script(PRESENCE_SCRIPT),
             keys,
             node: format!("{node:x}"),
             limits,
-            script: Script::new(PRESENCE_SCRIPT),
         }
     }
 

@@ -8,15 +8,17 @@ use std::sync::Arc;
 
 use futures::channel::mpsc;
 use log::debug;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use redis::{Pipeline, Script};
 use tokio::sync::watch;
 
 use super::super::local::HistoryLimits;
 use super::super::{BrokerError, Epoch};
+use super::conn::Conn;
 use super::held::{MAX_HELD, RETRY_HELD};
-use super::keys::{origin_field, parse_published, Keys};
+use super::keys::{origin_field, parse_published, Keys, PUBLISH_SCRIPT};
 use super::presence::PresenceWorker;
+use super::presence_script::PRESENCE_SCRIPT;
 use super::{hold_arg, Command, Job, Link, PublishJob};
 use crate::metrics::metrics;
 
@@ -177,7 +179,7 @@ impl Publisher {
     /// cache is refilled (the jobs that met NOSCRIPT did not run).
     pub(super) async fn after_answers(
         &mut self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Conn,
         reload: bool,
         readonly: bool,
         reload_presence: bool,
@@ -186,12 +188,14 @@ impl Publisher {
             let _ = self.commands.unbounded_send(Command::Readonly);
         }
         if reload {
-            if let Err(err) = self.script.load_async(connection).await {
+            let code = self.keys.script_text(PUBLISH_SCRIPT);
+            if let Err(err) = connection.load_script(&code).await {
                 debug!("broker: loading the publish script failed: {err}");
             }
         }
         if reload_presence {
-            if let Err(err) = self.presence.script().load_async(connection).await {
+            let code = self.keys.script_text(PRESENCE_SCRIPT);
+            if let Err(err) = connection.load_script(&code).await {
                 debug!("broker: loading the presence script failed: {err}");
             }
         }

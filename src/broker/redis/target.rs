@@ -1,8 +1,11 @@
-//! Where the Redis broker connects: one Redis named by a `redis://` / `rediss://` URL, or the
+//! Where the Redis broker connects: one Redis named by a `redis://` / `rediss://` URL, the
 //! master a set of sentinels names (`redis+sentinel://`), asked again on every (re)connect so
 //! that a failover is followed (redis-rs's own Sentinel client does not follow one on an
-//! existing connection, redis-rs#1438: the driver reconnects, and this asks again). It also
-//! reads the master's `run_id`, the name of the Redis process that answers.
+//! existing connection, redis-rs#1438: the driver reconnects, and this asks again), or a Redis
+//! Cluster (`redis+cluster://`: the nodes named are asked for the layout on every connect,
+//! and every shard's master must answer). It opens the connection for commands and the one
+//! for subscriptions, and reads the `run_id` of a master, the name of the Redis process that
+//! answers.
 //!
 //! It owns the discovery only: it must not keep the connections it hands out, subscribe,
 //! decide about rooms, or log (the driver logs, and only the address: host and port).
@@ -10,14 +13,36 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use std::collections::{HashMap, HashSet};
+
 use futures::{Stream, StreamExt};
 
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{
-    Client, ConnectionAddr, ConnectionInfo, ErrorKind, RedisConnectionInfo, RedisError, RedisResult,
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind, ProtocolVersion,
+    RedisConnectionInfo, RedisError, RedisResult, Value,
 };
 
-use crate::config::{parse_sentinel_url, SENTINEL_SCHEME};
+use super::conn::Conn;
+use super::subscriber::Subscriber;
+use crate::config::{parse_cluster_url, parse_sentinel_url, CLUSTER_SCHEME, SENTINEL_SCHEME};
+
+/// How many times the cluster client tries a command again (after MOVED/ASK, or a node it
+/// could not reach) before the error reaches the broker, which then takes the cluster for
+/// changed and connects again.
+const CLUSTER_RETRIES: u32 = 2;
+
+/// The connections made to a target.
+pub(super) struct Opened {
+    /// For commands.
+    pub(super) connection: Conn,
+    /// For subscriptions.
+    pub(super) subscriber: Subscriber,
+    /// What it is, for logs: `master HOST:PORT`, or `a Redis Cluster`.
+    pub(super) described: String,
+}
 
 /// What the driver connects to.
 pub(super) enum Target {
@@ -33,6 +58,11 @@ pub(super) enum Target {
         /// The sentinels, for the `+switch-master` subscription.
         sentinels: Vec<ConnectionInfo>,
     },
+    /// A Redis Cluster: the nodes to ask for the layout first, and the nodes' password.
+    Cluster {
+        nodes: Vec<ConnectionInfo>,
+        password: Option<String>,
+    },
 }
 
 /// The `+switch-master` announcements of one sentinel (a pub/sub connection of its own).
@@ -42,6 +72,23 @@ impl Target {
     /// The target of a broker URL (checked by `check_redis_url` before). The error names
     /// the rule broken, never the password.
     pub(super) fn new(url: &str) -> Result<Target, String> {
+        if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
+            let parsed = parse_cluster_url(rest)?;
+            return Ok(Target::Cluster {
+                nodes: parsed
+                    .nodes
+                    .iter()
+                    .map(|(host, port)| ConnectionInfo {
+                        addr: ConnectionAddr::Tcp(host.clone(), *port),
+                        redis: RedisConnectionInfo {
+                            protocol: ProtocolVersion::RESP3,
+                            ..RedisConnectionInfo::default()
+                        },
+                    })
+                    .collect(),
+                password: parsed.password,
+            });
+        }
         let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) else {
             return Client::open(url)
                 .map(Target::Direct)
@@ -106,15 +153,44 @@ impl Target {
             .is_some_and(|name| name == master.as_bytes())
     }
 
-    /// Whether the master is found through sentinels.
-    pub(super) fn is_sentinel(&self) -> bool {
-        matches!(self, Target::Sentinel { .. })
+    /// Whether the master is found through sentinels, or the masters through a cluster's
+    /// nodes: either way a failover is followed by connecting again, soon.
+    pub(super) fn follows_failovers(&self) -> bool {
+        matches!(self, Target::Sentinel { .. } | Target::Cluster { .. })
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster { .. })
+    }
+
+    /// Opens the connections for commands and for subscriptions, within `timeout` each.
+    pub(super) async fn open(&mut self, timeout: Duration) -> RedisResult<Opened> {
+        if let Target::Cluster { nodes, password } = self {
+            return open_cluster(nodes, password.as_deref(), timeout).await;
+        }
+        let (client, addr) = self.client(timeout).await?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
+        let connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+            .await
+            .map_err(|_| timed_out("pub/sub connection timed out"))??;
+        let (sink, stream) = pubsub.split();
+        Ok(Opened {
+            connection: Conn::Single(connection),
+            subscriber: Subscriber::Single { sink, stream },
+            described: format!("master {addr}"),
+        })
     }
 
     /// A client for the master now, and its address (`host:port`, for logs): the sentinels
     /// are asked (the first that answers; the master it names must say it is a master),
-    /// within `timeout`.
-    pub(super) async fn client(&mut self, timeout: Duration) -> RedisResult<(Client, String)> {
+    /// within `timeout`. Not for a cluster (see [`Target::open`]).
+    async fn client(&mut self, timeout: Duration) -> RedisResult<(Client, String)> {
         match self {
             Target::Direct(client) => {
                 let addr = client.get_connection_info().addr.to_string();
@@ -138,8 +214,68 @@ impl Target {
                 let addr = found.get_connection_info().addr.to_string();
                 Ok((found, addr))
             }
+            Target::Cluster { .. } => Err(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "a Redis Cluster has no single master",
+            ))),
         }
     }
+}
+
+/// An I/O timeout as a Redis error (the broker takes it for a connection error).
+fn timed_out(what: &'static str) -> RedisError {
+    RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
+/// Connects to a Redis Cluster through `nodes`, with RESP3 push messages for the sharded
+/// subscriptions; every shard's master must answer a PING, so that a cluster still failing
+/// over is not taken for up.
+async fn open_cluster(
+    nodes: &[ConnectionInfo],
+    password: Option<&str>,
+    timeout: Duration,
+) -> RedisResult<Opened> {
+    let (pushes_tx, pushes) = tokio::sync::mpsc::unbounded_channel();
+    let mut builder = ClusterClientBuilder::new(nodes.to_vec())
+        .use_protocol(ProtocolVersion::RESP3)
+        .push_sender(pushes_tx)
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(CLUSTER_RETRIES);
+    if let Some(password) = password {
+        builder = builder.password(password.to_owned());
+    }
+    let client = builder.build()?;
+    let mut connection = tokio::time::timeout(timeout, client.get_async_connection())
+        .await
+        .map_err(|_| timed_out("the cluster's nodes did not answer in time"))??;
+    ping_masters(&mut connection).await?;
+    Ok(Opened {
+        connection: Conn::Cluster(connection.clone()),
+        subscriber: Subscriber::Cluster {
+            connection,
+            pushes,
+            channels: HashSet::new(),
+            leaving: HashMap::new(),
+        },
+        described: "a Redis Cluster".to_owned(),
+    })
+}
+
+/// PINGs every master of the cluster: an error unless all of them answered.
+pub(super) async fn ping_masters(
+    connection: &mut redis::cluster_async::ClusterConnection,
+) -> RedisResult<()> {
+    connection
+        .route_command(
+            &redis::cmd("PING"),
+            RoutingInfo::MultiNode((
+                MultipleNodeRoutingInfo::AllMasters,
+                Some(ResponsePolicy::AllSucceeded),
+            )),
+        )
+        .await
+        .map(|_: Value| ())
 }
 
 /// The `run_id` in the text of `INFO server`.
@@ -160,12 +296,17 @@ mod tests {
         let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc123\r\ntcp_port:1\r\n";
         assert_eq!(run_id(info).ok().as_deref(), Some("abc123"));
         assert!(run_id("# Server\r\n").is_err());
-        assert!(!Target::new("redis://127.0.0.1:1/0").unwrap().is_sentinel());
+        assert!(!Target::new("redis://127.0.0.1:1/0")
+            .unwrap()
+            .follows_failovers());
         assert!(
             Target::new("redis+sentinel://:pw@127.0.0.1:1,127.0.0.1:2/m/1")
                 .unwrap()
-                .is_sentinel()
+                .follows_failovers()
         );
+        assert!(Target::new("redis+cluster://:pw@127.0.0.1:1,127.0.0.1:2")
+            .unwrap()
+            .follows_failovers());
         let target = Target::new("redis+sentinel://h:1/mymaster").unwrap();
         assert!(target.is_our_switch(b"mymaster 127.0.0.1 1 127.0.0.1 2"));
         assert!(!target.is_our_switch(b"mymaster2 127.0.0.1 1 127.0.0.1 2"));
