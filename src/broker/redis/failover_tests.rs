@@ -327,3 +327,51 @@ async fn with_wait_replicas_a_message_is_sent_once_a_replica_has_it() {
         assert_eq!(next_message(&mut events).await.seq, seq);
     }
 }
+
+#[tokio::test]
+async fn with_wait_replicas_a_repeat_is_acknowledged_only_once_its_first_message_went_out() {
+    use crate::broker::{BrokerError, Outgoing, Publication};
+    let master = RedisServer::start();
+    let mut replica = RedisNode::new()
+        .args(["--replicaof", "127.0.0.1", &master.port().to_string()])
+        .stopped();
+    let (broker, mut events) = start(super::RedisSettings {
+        wait_replicas: 1,
+        ..settings(&master.url(), 100)
+    });
+    wait_health(&broker, BrokerHealth::Up).await;
+    broker.subscribe("r").await.unwrap();
+    let once = || Outgoing {
+        from: "ann",
+        text: "once",
+        dedupe_key: Some("k1"),
+        sent_by: None,
+    };
+    // No replica: the first is held, its fate unknown to its sender...
+    let first = broker.publish_message("r", once()).await;
+    assert_eq!(first.err(), Some(BrokerError::Interrupted));
+    // ...and the sender's retry (a repeat of the key) is not acknowledged either while that
+    // first message is still held and delivered to nobody.
+    let repeat = broker.publish_message("r", once()).await;
+    assert_eq!(
+        repeat.err(),
+        Some(BrokerError::Interrupted),
+        "a repeat was acknowledged before its first message went out"
+    );
+    // A replica: the held message goes out (once), then a repeat is acknowledged with it.
+    replica.restart();
+    let held = next_message(&mut events).await;
+    assert_eq!(held.seq, 1);
+    assert!(held.json.contains(r#""text":"once""#), "{}", held.json);
+    let start = std::time::Instant::now();
+    let answer = loop {
+        match broker.publish_message("r", once()).await {
+            Ok(answer) => break answer,
+            Err(_) => assert!(start.elapsed() < super::tests::WAIT, "never confirmed"),
+        }
+    };
+    assert!(
+        matches!(answer, Publication::Repeat { seq: 1, .. }),
+        "{answer:?}"
+    );
+}

@@ -70,7 +70,11 @@ impl Publisher {
             match job {
                 Job::Publish(job) => match parse_published(&job, value, &mut reload, &mut readonly)
                 {
-                    Ok(publication @ Publication::New(_)) => held.push((job, publication)),
+                    // A repeat too: its first message may still be held (by any node), and
+                    // the repeat counts as sent only once that one is released.
+                    Ok(publication @ (Publication::New(_) | Publication::Repeat { .. })) => {
+                        held.push((job, publication))
+                    }
                     result => {
                         if result.is_err() {
                             metrics().broker_errors.inc();

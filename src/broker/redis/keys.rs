@@ -34,7 +34,8 @@ use super::PublishJob;
 /// pending list, for [`RELEASE_SCRIPT`] to publish once `WAIT` confirmed it.
 ///
 /// Returns `{epoch, seq, ts, repeat}`: a message whose dedupe key is set is not published
-/// again (`repeat` 1, the first one's epoch and seq); a room holding too many messages
+/// again (`repeat` 1, the first one's epoch and seq; when holding, after a write, so that the
+/// node's `WAIT` covers the first message before the repeat is answered); a room holding too many messages
 /// refuses it (`repeat` 2); otherwise it gets the next seq and the time, is kept and
 /// published (or held). The only write that can fail (XADD) comes before the seq is
 /// stored. The time is Redis's (`TIME`), one clock for every node.
@@ -58,6 +59,11 @@ end
 if KEYS[4] then
   local first = redis.call('GET', KEYS[4])
   if first then
+    if ARGV[9] == '1' then
+      -- Held: the first may not be released yet, and the node answers the repeat only after
+      -- a WAIT; a write of this client's makes that WAIT cover the first (another node's).
+      redis.call('PEXPIRE', KEYS[1], ARGV[5])
+    end
     local colon = string.find(first, ':', 1, true)
     return {string.sub(first, 1, colon - 1), string.sub(first, colon + 1), '0', 1}
   end
