@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::io::ErrorKind;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::proc_stats::{descendants_of, is_running};
@@ -82,16 +82,9 @@ impl ChildProcess {
         install: Option<&'static str>,
     ) -> Result<ChildProcess, KitError> {
         let program = command.get_program().to_owned();
-        let child = command.spawn().map_err(|source| match install {
-            Some(install) if source.kind() == ErrorKind::NotFound => KitError::Missing {
-                program: program.to_string_lossy().into_owned(),
-                install,
-            },
-            _ => KitError::Spawn {
-                program: program.clone().into(),
-                source,
-            },
-        })?;
+        let child = command
+            .spawn()
+            .map_err(|source| spawn_error(&program, source, install))?;
         Ok(ChildProcess {
             child,
             program: name_of(&program),
@@ -222,6 +215,68 @@ impl ChildProcess {
 impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Runs `command` to its end with its stdout and stderr captured, as [`Command::output`]
+/// does, but for at most `deadline`: a program that hangs (a `redis-cli` on a frozen server)
+/// is killed then and answered as [`KitError::Timeout`]. A program that is not installed is
+/// [`KitError::Missing`] naming `install`, if given.
+pub fn output_within(
+    command: &mut Command,
+    deadline: Duration,
+    install: Option<&'static str>,
+) -> Result<Output, KitError> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let program = command.get_program().to_owned();
+    let what = format!(
+        "{} {:?}",
+        name_of(&program),
+        command.get_args().collect::<Vec<_>>()
+    );
+    let child = command
+        .spawn()
+        .map_err(|source| spawn_error(&program, source, install))?;
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    // The thread owns the child until it is reaped, so the pid signalled below is still its.
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    match done_rx.recv_timeout(deadline) {
+        Ok(output) => output.map_err(|err| KitError::io(format!("run {what}"), err)),
+        Err(_) => {
+            send_signal(pid, Signal::Kill);
+            let stderr = done_rx
+                .recv_timeout(DESCENDANTS_DEADLINE)
+                .ok()
+                .and_then(Result::ok)
+                .map(|output| String::from_utf8_lossy(&output.stderr).into_owned())
+                .unwrap_or_default();
+            Err(KitError::Timeout {
+                what: format!("{what} to finish"),
+                deadline,
+                stderr,
+            })
+        }
+    }
+}
+
+/// Why `program` did not start: [`KitError::Missing`] naming `install` when it is not
+/// installed and `install` is given, [`KitError::Spawn`] otherwise.
+fn spawn_error(program: &OsStr, source: std::io::Error, install: Option<&'static str>) -> KitError {
+    match install {
+        Some(install) if source.kind() == ErrorKind::NotFound => KitError::Missing {
+            program: program.to_string_lossy().into_owned(),
+            install,
+        },
+        _ => KitError::Spawn {
+            program: program.into(),
+            source,
+        },
     }
 }
 

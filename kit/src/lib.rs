@@ -2,7 +2,8 @@
 //! benchmark needs around the server, written once.
 //!
 //! - processes: [`child`] (a child process stopped whole, with every process it started),
-//!   [`redis`] (a `redis-server` of the caller's own), [`server`] (the `wsgrace` binary,
+//!   [`redis`] (a `redis-server` of the caller's own), [`sentinel`] (a master, replicas and
+//!   three sentinels), [`redis_cluster`] (a Redis Cluster), [`server`] (the `wsgrace` binary,
 //!   whose path the caller passes), [`nginx`], and with the `browser` feature
 //!   `browser` (chromedriver and headless Chromium);
 //! - the wire: [`frame`] (encoding client frames, parsing server frames), [`handshake`]
@@ -33,6 +34,7 @@ pub mod proc_stats;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod redis_cluster;
 pub mod sentinel;
 pub mod server;
 pub mod temp;

@@ -6,7 +6,8 @@
 //! [`RedisNode`] says how one `redis-server` runs (its program, port, password, extra
 //! arguments) and [`RedisServer`] is that node's process. A Sentinel set or a Redis Cluster
 //! is a set of nodes with more arguments each (`--sentinel`, `--cluster-enabled yes`), built
-//! from `RedisNode`s, each one a `RedisServer` (the Sentinel set: `crate::sentinel`).
+//! from `RedisNode`s, each one a `RedisServer` (the Sentinel set: `crate::sentinel`; the
+//! cluster: `crate::redis_cluster`). [`cli`] asks any of them with `redis-cli`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,18 +15,22 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::child::{ChildProcess, Stop};
+use crate::child::{output_within, ChildProcess, Stop};
 use crate::port::free_port;
 use crate::temp::temp_dir;
 use crate::KitError;
 
-const INSTALL: &str = "apt-get install -y redis-server";
+/// Installs `redis-server` and, with it, `redis-cli` (Debian's `redis-tools`).
+pub(crate) const INSTALL: &str = "apt-get install -y redis-server";
 
 /// How long a starting `redis-server` may take to answer PING on a busy 2-core machine.
 pub const START_DEADLINE: Duration = Duration::from_secs(20);
 
 /// How long an `INFO` may take.
 const INFO_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How long one `redis-cli` command may take (a frozen server never answers).
+pub const CLI_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How one `redis-server` runs: a builder, then [`start`](Self::start) or
 /// [`stopped`](Self::stopped).
@@ -323,6 +328,38 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `redis-cli -p PORT ARGS...` on loopback: its output (raw, one value a line). An error
+/// reply, a refused connection, or no answer within [`CLI_DEADLINE`] is an `Err` with the
+/// reason.
+pub fn cli(port: u16, args: &[&str]) -> Result<String, KitError> {
+    cli_with_password(port, None, args)
+}
+
+/// [`cli`] as the user `default` with `password` if given (passed in the environment, never
+/// on a command line or in an error).
+pub fn cli_with_password(
+    port: u16,
+    password: Option<&str>,
+    args: &[&str],
+) -> Result<String, KitError> {
+    let mut command = Command::new("redis-cli");
+    command
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--raw", "-e"])
+        .args(args);
+    if let Some(password) = password {
+        command.env("REDISCLI_AUTH", password);
+    }
+    let output = output_within(&mut command, CLI_DEADLINE, Some(INSTALL))?;
+    if !output.status.success() {
+        return Err(KitError::Unexpected(format!(
+            "redis-cli {args:?} on port {port}: {}{}",
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Whether a Redis on `port` answers an inline PING.

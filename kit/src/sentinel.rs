@@ -8,9 +8,9 @@
 //! and it asks the servers with `redis-cli` (installed with `redis-server`).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub use crate::redis::cli;
 use crate::redis::{RedisNode, RedisServer, START_DEADLINE};
 use crate::temp::temp_dir;
 use crate::KitError;
@@ -218,20 +218,4 @@ impl Drop for SentinelSet {
         }
         let _ = std::fs::remove_dir_all(&self.conf_dir);
     }
-}
-
-/// `redis-cli -p PORT ARGS...` on loopback: its output (raw, one value a line).
-pub fn cli(port: u16, args: &[&str]) -> Result<String, KitError> {
-    let output = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--raw"])
-        .args(args)
-        .output()
-        .map_err(|err| KitError::io("run redis-cli", err))?;
-    if !output.status.success() {
-        return Err(KitError::Unexpected(format!(
-            "redis-cli {args:?} on port {port}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
