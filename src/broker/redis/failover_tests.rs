@@ -8,7 +8,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{Script, Value};
 use wsgrace_kit::redis::{RedisNode, RedisServer};
 
-use super::super::BrokerEvent;
+use super::super::{BrokerEvent, BrokerEvents};
 use super::keys::{snapshot_base, snapshot_head, PUBLISH_SCRIPT, RELEASE_SCRIPT, SNAPSHOT_SCRIPT};
 use super::tests::{next_message, next_room_event, settings, start, wait_health};
 use crate::broker::BrokerHealth;
@@ -281,18 +281,25 @@ async fn held_messages_are_released_once_in_seq_order_whichever_node_releases() 
     );
 }
 
-#[tokio::test]
-async fn with_wait_replicas_a_message_is_sent_once_a_replica_has_it() {
+/// A master, its replica not started yet, and a broker with `wait_replicas = 1` whose
+/// room `r` is subscribed.
+async fn held_room() -> (RedisServer, RedisServer, super::RedisBroker, BrokerEvents) {
     let master = RedisServer::start();
-    let mut replica = RedisNode::new()
+    let replica = RedisNode::new()
         .args(["--replicaof", "127.0.0.1", &master.port().to_string()])
         .stopped();
-    let (broker, mut events) = start(super::RedisSettings {
+    let (broker, events) = start(super::RedisSettings {
         wait_replicas: 1,
         ..settings(&master.url(), 100)
     });
     wait_health(&broker, BrokerHealth::Up).await;
     broker.subscribe("r").await.unwrap();
+    (master, replica, broker, events)
+}
+
+#[tokio::test]
+async fn with_wait_replicas_a_message_is_sent_once_a_replica_has_it() {
+    let (_master, mut replica, broker, mut events) = held_room().await;
     // No replica: WAIT does not confirm; the sender is told its fate is unknown, and the
     // message is held, not delivered.
     let refused = broker.publish("r", "ann", "held").await;
@@ -331,16 +338,7 @@ async fn with_wait_replicas_a_message_is_sent_once_a_replica_has_it() {
 #[tokio::test]
 async fn with_wait_replicas_a_repeat_is_acknowledged_only_once_its_first_message_went_out() {
     use crate::broker::{BrokerError, Outgoing, Publication};
-    let master = RedisServer::start();
-    let mut replica = RedisNode::new()
-        .args(["--replicaof", "127.0.0.1", &master.port().to_string()])
-        .stopped();
-    let (broker, mut events) = start(super::RedisSettings {
-        wait_replicas: 1,
-        ..settings(&master.url(), 100)
-    });
-    wait_health(&broker, BrokerHealth::Up).await;
-    broker.subscribe("r").await.unwrap();
+    let (_master, mut replica, broker, mut events) = held_room().await;
     let once = || Outgoing {
         from: "ann",
         text: "once",
