@@ -25,7 +25,7 @@ use launch::ServerOpts;
 use scenarios::{Ctx, Outcome};
 
 /// Load generator for wsgrace: hold, fanout, drain, close-latency, cluster-fanout,
-/// mass-resume, rolling and presence-joins scenarios.
+/// mass-resume, rolling, presence-joins, api-publish and failover scenarios.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -80,6 +80,10 @@ enum Scenario {
     /// Publishes through the server API (`POST /api/publish`, keep-alive) to N members, on
     /// one node (local broker) and on two nodes (Redis), side by side.
     ApiPublish(scenarios::api_publish::ApiPublishArgs),
+    /// Two nodes on a Sentinel set under steady traffic in many rooms; the master gets
+    /// SIGKILL: the time to the new master, to /readyz 200 and to the first message
+    /// delivered again, and what the senders saw meanwhile.
+    Failover(scenarios::failover::FailoverArgs),
 }
 
 impl Scenario {
@@ -103,6 +107,7 @@ impl Scenario {
             Scenario::Rolling(_) => "rolling",
             Scenario::PresenceJoins(_) => "presence-joins",
             Scenario::ApiPublish(_) => "api-publish",
+            Scenario::Failover(_) => "failover",
         }
     }
 }
@@ -214,6 +219,7 @@ fn run_once(
             Scenario::Rolling(args) => scenarios::rolling::run(&ctx, args).await,
             Scenario::PresenceJoins(args) => scenarios::presence_joins::run(&ctx, args).await,
             Scenario::ApiPublish(args) => scenarios::api_publish::run(&ctx, args).await,
+            Scenario::Failover(args) => scenarios::failover::run(&ctx, args).await,
         }
     });
     // Client tasks still alive are dropped with the LocalSet; nothing waits on them.

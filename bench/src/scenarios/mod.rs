@@ -7,6 +7,7 @@ pub mod api_publish;
 pub mod close_latency;
 pub mod cluster_fanout;
 pub mod drain;
+pub mod failover;
 pub mod fanout;
 pub mod hold;
 pub mod mass_resume;
