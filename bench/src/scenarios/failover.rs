@@ -22,6 +22,7 @@
 //! client's business: the report says how many were closed and with which code).
 
 mod ledger;
+mod topology;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -29,7 +30,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -38,7 +38,7 @@ use super::{join_rooms, stop_json, welcome_json, Ctx, Outcome, V2};
 use crate::client::{self, Frame, Read, WsReader, WsWriter};
 use crate::launch::{self, Override};
 use ledger::{median, node_name, Ledger, Refusal};
-use wsgrace_kit::sentinel::SentinelSet;
+use topology::{events_json, watch_events, watch_switches, EventLog, Switches, Topology};
 use wsgrace_kit::server::ServerProcess;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -91,127 +91,6 @@ const POLL: Duration = Duration::from_millis(20);
 
 fn room_name(room: usize) -> String {
     format!("fo-{room}")
-}
-
-/// The Redis side of a run: where the nodes connect, and the master to kill.
-enum Topology {
-    Sentinel(SentinelSet),
-}
-
-impl Topology {
-    /// Starts the processes and waits until they are ready (blocking: nothing else runs
-    /// yet).
-    fn start(args: &FailoverArgs) -> Result<Topology, String> {
-        SentinelSet::try_start("wsgrace-bench", args.replicas)
-            .map(Topology::Sentinel)
-            .map_err(|e| e.to_string())
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Topology::Sentinel(set) => set.url(),
-        }
-    }
-
-    fn describe(&self) -> Value {
-        match self {
-            Topology::Sentinel(set) => json!({
-                "kind": "sentinel",
-                "master": set.master.port(),
-                "replicas": set.replicas.iter().map(|r| r.port()).collect::<Vec<_>>(),
-                "sentinels": set.sentinels.iter().map(|s| s.port()).collect::<Vec<_>>(),
-            }),
-        }
-    }
-
-    /// SIGKILLs the master (and waits until it is gone); answers its port.
-    fn kill_master(&mut self) -> u16 {
-        match self {
-            Topology::Sentinel(set) => {
-                set.master.kill();
-                set.master.port()
-            }
-        }
-    }
-
-    /// What each sentinel names as the master now.
-    async fn named(&self) -> Vec<Option<u16>> {
-        match self {
-            Topology::Sentinel(set) => {
-                let mut named = Vec::new();
-                for sentinel in &set.sentinels {
-                    named.push(sentinel_master(sentinel.port(), set.name()).await);
-                }
-                named
-            }
-        }
-    }
-}
-
-/// `SENTINEL get-master-addr-by-name NAME` on a fresh loopback connection: the port, or
-/// `None` if the sentinel does not answer within 500 ms or names none.
-async fn sentinel_master(port: u16, name: &str) -> Option<u16> {
-    let ask = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        let command = format!("SENTINEL get-master-addr-by-name {name}\r\n");
-        stream.write_all(command.as_bytes()).await.ok()?;
-        let mut buf = Vec::with_capacity(64);
-        loop {
-            // `*2 $H host $P port`: five lines; `*-1`: none.
-            let text = String::from_utf8_lossy(&buf);
-            if text.starts_with("*-1\r\n") || text.starts_with('-') {
-                return None;
-            }
-            let lines: Vec<&str> = text.split("\r\n").collect();
-            if lines.len() > 5 {
-                return lines.get(4)?.parse().ok();
-            }
-            let mut chunk = [0u8; 256];
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(Duration::from_millis(500), ask)
-        .await
-        .ok()
-        .flatten()
-}
-
-/// When the sentinels named a new master after the kill: the first of them, and all three
-/// the same one; and which.
-#[derive(Default)]
-struct Named {
-    first: Cell<Option<Instant>>,
-    all: Cell<Option<Instant>>,
-    port: Cell<Option<u16>>,
-}
-
-/// Asks the sentinels every [`POLL`] until all three name one master other than `old`.
-async fn watch_sentinels(topology: Rc<Topology>, old: u16, named: Rc<Named>) {
-    loop {
-        let now_named = topology.named().await;
-        let now = Instant::now();
-        let new: Vec<u16> = now_named
-            .iter()
-            .flatten()
-            .copied()
-            .filter(|p| *p != old)
-            .collect();
-        if !new.is_empty() && named.first.get().is_none() {
-            named.first.set(Some(now));
-        }
-        if new.len() == now_named.len() && new.iter().all(|p| Some(p) == new.first()) {
-            named.all.set(Some(now));
-            named.port.set(new.first().copied());
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// A node's `/readyz` statuses, each with the time it was first seen.
@@ -481,7 +360,7 @@ async fn one_run(
     run: usize,
 ) -> Result<(bool, Value), String> {
     eprintln!("failover: run {run}, wait_replicas {wait_replicas}: starting Redis");
-    let mut topology = Topology::start(args)?;
+    let mut topology = Topology::start_sentinel(args.replicas)?;
     let topology_json = topology.describe();
     let overrides: Vec<Override> = vec![
         ("broker", "kind", toml::Value::String("redis".into())),
@@ -545,6 +424,14 @@ async fn one_run(
         args.rooms,
         args.rate
     );
+    // The sentinels' events from before the kill on: they say why a failover went as it did.
+    let events: EventLog = Rc::default();
+    let mut watchers: Vec<JoinHandle<()>> = topology
+        .event_ports()
+        .into_iter()
+        .enumerate()
+        .map(|(i, port)| tokio::task::spawn_local(watch_events(port, i, events.clone())))
+        .collect();
     let stop_sending = Rc::new(Cell::new(false));
     let sender = tokio::task::spawn_local(send_loop(
         writers,
@@ -561,12 +448,13 @@ async fn one_run(
     let old_master = topology.kill_master();
     eprintln!("failover: master on port {old_master} killed");
     let topology = Rc::new(topology);
-    let named = Rc::new(Named::default());
-    let mut watchers = vec![tokio::task::spawn_local(watch_sentinels(
+    let switches = Rc::new(Switches::default());
+    watchers.push(tokio::task::spawn_local(watch_switches(
         topology.clone(),
         old_master,
-        named.clone(),
-    ))];
+        switches.clone(),
+        POLL,
+    )));
     let readyz: Vec<StatusChanges> = addrs.iter().map(|_| Rc::default()).collect();
     for (addr, changes) in addrs.iter().zip(&readyz) {
         watchers.push(tokio::task::spawn_local(watch_readyz(
@@ -602,7 +490,7 @@ async fn one_run(
     let settle_until = Instant::now() + Duration::from_millis(args.settle_ms);
     let mut settled = false;
     while Instant::now() < settle_until.min(ctx.deadline) {
-        if ledger.borrow().settled() && named.all.get().is_some() {
+        if ledger.borrow().settled() && switches.first_agreed().is_some() {
             settled = true;
             break;
         }
@@ -641,12 +529,9 @@ async fn one_run(
         obj.insert("redis".into(), topology_json);
         obj.insert(
             "sentinels_named_new_master_ms".into(),
-            json!({
-                "first": since_kill(named.first.get()),
-                "all": since_kill(named.all.get()),
-                "port": named.port.get(),
-            }),
+            switches.json(killed),
         );
+        obj.insert("sentinel_events".into(), events_json(&events, killed));
         obj.insert(
             "readyz".into(),
             json!({

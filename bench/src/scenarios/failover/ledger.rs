@@ -71,6 +71,8 @@ pub struct Member {
     seen: HashSet<u64>,
     duplicates: u64,
     pub epoch_frames: Vec<Instant>,
+    /// `epoch` frames that named the epoch the member was in already.
+    pub same_epoch_frames: u64,
     /// The server's close frame (its code), if one came.
     pub closed: Option<Option<u16>>,
     /// TCP ended before the scenario stopped the servers.
@@ -163,6 +165,7 @@ impl Ledger {
             seen: HashSet::new(),
             duplicates: 0,
             epoch_frames: Vec::new(),
+            same_epoch_frames: 0,
             closed: None,
             ended: false,
         });
@@ -237,6 +240,9 @@ impl Ledger {
         let Some(member) = self.members.get_mut(i) else {
             return;
         };
+        if *member.epoch == *epoch {
+            member.same_epoch_frames += 1;
+        }
         let epoch: Rc<str> = epoch.into();
         member.begins.insert(epoch.clone(), seq);
         member.epoch = epoch;
@@ -482,6 +488,7 @@ impl Ledger {
             "closes": closes,
             "ended_without_close": self.members.iter().filter(|m| m.ended && m.closed.is_none()).count(),
             "epoch_frames": self.members.iter().map(|m| m.epoch_frames.len()).sum::<usize>(),
+            "epoch_frames_naming_the_same_epoch": self.members.iter().map(|m| m.same_epoch_frames).sum::<u64>(),
             "with_an_epoch_frame": self.members.iter().filter(|m| !m.epoch_frames.is_empty()).count(),
             "ending_in_a_new_epoch": self.members.iter().filter(|m| m.epoch != m.welcome_epoch).count(),
             "distinct_new_epochs": new_epochs.len(),
