@@ -12,7 +12,9 @@
 //! message sent after the kill delivered to a member (min / median / max over the rooms);
 //! what the senders saw (acknowledged by their copy, refused `unavailable` and which
 //! refusal, no answer, closes, `epoch` frames); acknowledged messages some open member
-//! never got, duplicates, seqs naming two messages, holes. With `--wait-replicas-compare`
+//! never got, duplicates, seqs naming two messages, holes; and, per room, whether a client
+//! that was away from just before the kill until the end resumes (`since`/`epoch`) and
+//! gets every acknowledged message in the replay. With `--wait-replicas-compare`
 //! each run is made with `broker.wait_replicas` 0 and then 1; `--runs N` repeats it and
 //! reports each run and the medians.
 //!
@@ -345,6 +347,59 @@ async fn join_sender(
         .map_err(|e| format!("sender {name}: {e}"))
 }
 
+/// A client that was in `room` until the kill comes back: `since`/`epoch` from before the
+/// kill; answers whether it resumed and the numbers of the messages replayed (read for at
+/// most 2 s).
+async fn resume_once(
+    addr: SocketAddr,
+    room: usize,
+    epoch: &str,
+    since: u64,
+    seed: u64,
+) -> Result<(bool, Vec<u64>), String> {
+    let path = format!(
+        "/ws?room={}&name=late{room}&since={since}&epoch={epoch}",
+        room_name(room)
+    );
+    let (mut rd, mut wr) =
+        tokio::time::timeout(HANDSHAKE, client::connect(addr, None, &path, seed))
+            .await
+            .map_err(|_| format!("{path}: no upgrade within {HANDSHAKE:?}"))?
+            .map_err(|e| format!("{path}: {e}"))?;
+    let welcome = tokio::time::timeout(HANDSHAKE, welcome_json(&mut rd, &mut wr))
+        .await
+        .map_err(|_| format!("{path}: no welcome within {HANDSHAKE:?}"))?
+        .map_err(|e| format!("{path}: {e}"))?;
+    let resumed = welcome.get("resumed").and_then(Value::as_bool) == Some(true);
+    let missed = welcome.get("missed").and_then(Value::as_u64).unwrap_or(0);
+    let mut replayed = Vec::new();
+    let read = async {
+        while (replayed.len() as u64) < missed {
+            match rd.next().await {
+                Read::Frame(Frame::Message { payload }) => {
+                    let frame: Value = serde_json::from_slice(payload).unwrap_or_default();
+                    let n = frame
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .and_then(|t| t.strip_prefix("f-"))
+                        .and_then(|n| n.parse().ok());
+                    if let Some(n) = n {
+                        replayed.push(n);
+                    }
+                }
+                Read::Frame(Frame::Ping(p)) => {
+                    let _ = wr.pong(p).await;
+                }
+                Read::Frame(_) => {}
+                Read::End(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+    let _ = wr.close(Some(1000), b"").await;
+    Ok((resumed, replayed))
+}
+
 /// Sleeps until `at` or the scenario's deadline, whichever comes first; false at the
 /// deadline.
 async fn sleep_within(ctx: &Ctx, at: Instant) -> bool {
@@ -496,6 +551,19 @@ async fn one_run(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A client per room that was away across the failover resumes (rooms alternate
+    // between the nodes).
+    for room in 0..args.rooms {
+        let Some((epoch, since, from)) = ledger.borrow().resume_point(room) else {
+            continue;
+        };
+        seed += 1;
+        let addr = addrs[room % addrs.len()];
+        match resume_once(addr, room, &epoch, since, seed).await {
+            Ok((resumed, replayed)) => ledger.borrow_mut().resume(room, from, resumed, &replayed),
+            Err(e) => eprintln!("failover: a resume failed: {e}"),
+        }
+    }
     stopping.set(true);
     for watcher in watchers {
         watcher.abort();
@@ -576,6 +644,7 @@ const MEDIANS: &[(&str, &str)] = &[
         "/members/with_an_epoch_frame",
     ),
     ("members_closed", "/members/closed"),
+    ("resumed", "/resume_across_the_failover/resumed"),
 ];
 
 fn medians(runs: &[Value]) -> Value {

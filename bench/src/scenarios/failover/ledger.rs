@@ -95,6 +95,17 @@ pub struct Sender {
     pub other_errors: BTreeMap<String, u64>,
 }
 
+/// A client that was in a room until the kill, resuming after the failover.
+#[derive(Debug)]
+pub struct Resume {
+    pub resumed: bool,
+    /// Messages replayed.
+    pub replayed: u64,
+    /// Acknowledged messages of the room sent after the resume point that the replay
+    /// lacked (counted only when resumed).
+    pub missing: u64,
+}
+
 /// Everything the scenario saw in one run.
 #[derive(Debug)]
 pub struct Ledger {
@@ -106,6 +117,7 @@ pub struct Ledger {
     sends: Vec<Send>,
     members: Vec<Member>,
     senders: Vec<Sender>,
+    resumes: Vec<Resume>,
 }
 
 /// A duration in ms, rounded to 0.1 ms.
@@ -148,6 +160,7 @@ impl Ledger {
             sends: Vec::new(),
             members: Vec::new(),
             senders: (0..nodes).map(|_| Sender::default()).collect(),
+            resumes: Vec::new(),
         }
     }
 
@@ -259,6 +272,38 @@ impl Ledger {
         if let Some(member) = self.members.get_mut(i) {
             member.ended = true;
         }
+    }
+
+    /// Where a client that was in `room` until the kill resumes from: the epoch and seq of
+    /// the last message sent before the kill that the room's first member got, and that
+    /// message's number.
+    pub fn resume_point(&self, room: usize) -> Option<(String, u64, u64)> {
+        let after = self.killed_after();
+        let member = self.members.iter().find(|m| m.room == room)?;
+        let got = member.got.iter().rev().find(|g| g.n <= after)?;
+        Some((got.epoch.to_string(), got.seq, got.n))
+    }
+
+    /// A resume in `room` from message `from` said `resumed` and replayed `replayed`.
+    pub fn resume(&mut self, room: usize, from: u64, resumed: bool, replayed: &[u64]) {
+        let replayed_set: HashSet<u64> = replayed.iter().copied().collect();
+        let missing = if resumed {
+            self.sends
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| {
+                    let n = *i as u64 + 1;
+                    s.room == room && n > from && s.acked_at.is_some() && !replayed_set.contains(&n)
+                })
+                .count() as u64
+        } else {
+            0
+        };
+        self.resumes.push(Resume {
+            resumed,
+            replayed: replayed.len() as u64,
+            missing,
+        });
     }
 
     /// The last message number sent before the kill.
@@ -519,6 +564,13 @@ impl Ledger {
             "seqs_named_twice": self.seqs_named_twice(),
             "holes_or_repeats": self.holes(),
             "senders": self.senders_json(),
+            "resume_across_the_failover": {
+                "tried": self.resumes.len(),
+                "resumed": self.resumes.iter().filter(|r| r.resumed).count(),
+                "not_resumed": self.resumes.iter().filter(|r| !r.resumed).count(),
+                "replayed": self.resumes.iter().map(|r| r.replayed).sum::<u64>(),
+                "acknowledged_missing_from_replay": self.resumes.iter().map(|r| r.missing).sum::<u64>(),
+            },
             "members": self.members_json(),
         })
     }
@@ -616,6 +668,13 @@ mod tests {
         // Member 2 gets message 5; member 0's repeat is still a repeat.
         l.message(m[2], n5, 2, at(2100));
         assert!(l.settled());
+        // A client of room 0 resumes from message 1 (seq 1 in e1): 5 is owed, 3 was refused.
+        assert_eq!(l.resume_point(0), Some(("e1".to_owned(), 1, 1)));
+        l.resume(0, 1, true, &[]);
+        l.resume(0, 1, false, &[]);
+        let resume = &l.summary()["resume_across_the_failover"];
+        assert_eq!(resume["acknowledged_missing_from_replay"], json!(1));
+        assert_eq!(resume["not_resumed"], json!(1));
     }
 
     #[test]
