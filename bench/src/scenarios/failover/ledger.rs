@@ -118,6 +118,8 @@ pub struct Ledger {
     members: Vec<Member>,
     senders: Vec<Sender>,
     resumes: Vec<Resume>,
+    /// On a cluster: per room, whether it lives on the master that was killed.
+    on_killed: Option<Vec<bool>>,
 }
 
 /// A duration in ms, rounded to 0.1 ms.
@@ -161,7 +163,14 @@ impl Ledger {
             members: Vec::new(),
             senders: (0..nodes).map(|_| Sender::default()).collect(),
             resumes: Vec::new(),
+            on_killed: None,
         }
+    }
+
+    /// On a cluster: which rooms live on the master that is killed (the report then
+    /// splits the first deliveries after the kill by it).
+    pub fn rooms_on_killed_master(&mut self, on_killed: Vec<bool>) {
+        self.on_killed = Some(on_killed);
     }
 
     /// A member joined `room` on `node`; the welcome named `epoch` at `seq`. Answers its
@@ -554,6 +563,26 @@ impl Ledger {
             obj.insert("rooms_back".into(), json!(back.len()));
             obj.insert("rooms".into(), json!(self.rooms));
             obj.insert("per_room".into(), json!(first));
+            if let Some(on_killed) = &self.on_killed {
+                let group = |killed: bool| {
+                    let values: Vec<f64> = first
+                        .iter()
+                        .zip(on_killed)
+                        .filter(|(_, k)| **k == killed)
+                        .filter_map(|(v, _)| *v)
+                        .collect();
+                    let mut v = spread(&values);
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert(
+                            "rooms".into(),
+                            json!(on_killed.iter().filter(|k| **k == killed).count()),
+                        );
+                    }
+                    v
+                };
+                obj.insert("rooms_on_the_killed_master".into(), group(true));
+                obj.insert("rooms_on_other_masters".into(), group(false));
+            }
         }
         let (lost, lost_deliveries) = self.acked_missing();
         let duplicates: u64 = self.members.iter().map(|m| m.duplicates).sum();

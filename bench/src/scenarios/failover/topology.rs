@@ -1,12 +1,17 @@
-//! The Redis side of a `failover` run: the processes (a Sentinel set from the kit), the URL
-//! the nodes take, the master to SIGKILL, and what the failover authority said afterwards:
-//! every master all the sentinels agreed on, in order (a failover can be followed by a
-//! second one), and the sentinels' own event stream (`PSUBSCRIBE *`: `+odown`,
-//! `+elected-leader`, `+promoted-slave`, `+switch-master`, `-failover-abort-...`), which
-//! says why.
+//! The Redis side of a `failover` run: the processes (a Sentinel set or a Redis Cluster from
+//! the kit), the URL the nodes take, the master to SIGKILL, and what the failover authority
+//! said afterwards: every master it agreed on, in order (a failover can be followed by a
+//! second one), and its events. Under Sentinel: what all three sentinels name, and their own
+//! event stream (`PSUBSCRIBE *`: `+odown`, `+elected-leader`, `+promoted-slave`,
+//! `+switch-master`, `-failover-abort-...`). On a cluster: the owner of the killed master's
+//! first slot and `cluster_state` as each running node sees them (`CLUSTER NODES`, `CLUSTER
+//! INFO`), agreed when every node is `ok` and names one owner; each change a node shows is
+//! an event.
 //!
-//! It owns these processes (through the kit) and its own loopback connections to them; it
-//! must not talk to the wsgrace nodes nor count what the clients saw.
+//! It owns these processes (through the kit) and its own loopback connections to them,
+//! asked without blocking the runtime (the kit's `redis-cli` helpers block: they are used
+//! only before the clients start); it must not talk to the wsgrace nodes nor count what the
+//! clients saw.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -17,6 +22,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use wsgrace_kit::redis::RedisServer;
+use wsgrace_kit::redis_cluster::{ClusterView, RedisCluster};
 use wsgrace_kit::sentinel::SentinelSet;
 
 /// The master name the sentinels monitor.
@@ -30,7 +37,13 @@ const MAX_EVENTS: usize = 200;
 
 /// The Redis processes of one run.
 pub enum Topology {
-    Sentinel(SentinelSet),
+    Sentinel(Box<SentinelSet>),
+    /// A cluster and the master chosen to be killed, with the first slot it serves.
+    Cluster {
+        cluster: RedisCluster,
+        victim: u16,
+        first_slot: u16,
+    },
 }
 
 impl Topology {
@@ -38,14 +51,57 @@ impl Topology {
     /// anything else runs).
     pub fn start_sentinel(replicas: usize) -> Result<Topology, String> {
         SentinelSet::try_start(MASTER_NAME, replicas)
-            .map(Topology::Sentinel)
+            .map(|set| Topology::Sentinel(Box::new(set)))
             .map_err(|e| e.to_string())
+    }
+
+    /// 3 masters with `replicas` replicas each; the master to kill is the one serving the
+    /// most of `rooms` (blocking, like [`start_sentinel`](Self::start_sentinel)). Answers
+    /// also, per room, whether it lives on that master.
+    pub fn start_cluster(
+        replicas: usize,
+        rooms: &[String],
+    ) -> Result<(Topology, Vec<bool>), String> {
+        let cluster = RedisCluster::try_start(3, replicas).map_err(|e| e.to_string())?;
+        // A room's keys and channel carry `{ROOM}`: its slot is that of the room's name.
+        let owners: Vec<Option<u16>> = rooms
+            .iter()
+            .map(|room| cluster.master_of(&format!("{{{room}}}")))
+            .collect();
+        let masters = cluster.master_ports();
+        let victim = masters
+            .iter()
+            .copied()
+            .max_by_key(|m| {
+                (
+                    owners.iter().filter(|o| **o == Some(*m)).count(),
+                    u16::MAX - m,
+                )
+            })
+            .ok_or("the cluster names no master")?;
+        let first_slot = cluster
+            .view()
+            .map_err(|e| e.to_string())?
+            .slots_of(victim)
+            .first()
+            .map(|(a, _)| *a)
+            .ok_or("the master to kill serves no slot")?;
+        let on_victim = owners.iter().map(|o| *o == Some(victim)).collect();
+        Ok((
+            Topology::Cluster {
+                cluster,
+                victim,
+                first_slot,
+            },
+            on_victim,
+        ))
     }
 
     /// `broker.redis_url` for the nodes.
     pub fn url(&self) -> String {
         match self {
             Topology::Sentinel(set) => set.url(),
+            Topology::Cluster { cluster, .. } => cluster.url(),
         }
     }
 
@@ -58,28 +114,54 @@ impl Topology {
                 "replicas": set.replicas.iter().map(|r| r.port()).collect::<Vec<_>>(),
                 "sentinels": set.sentinels.iter().map(|s| s.port()).collect::<Vec<_>>(),
             }),
+            Topology::Cluster {
+                cluster,
+                victim,
+                first_slot,
+            } => json!({
+                "kind": "cluster",
+                "masters": cluster.master_ports(),
+                "nodes": cluster.ports(),
+                "killed_master": victim,
+                "its_first_slot": first_slot,
+            }),
         }
     }
 
-    /// SIGKILLs the master and waits until it is gone; answers its port.
+    /// SIGKILLs the master at once, then lets the kit reap it (and, for a cluster, note
+    /// its slots); answers its port.
     pub fn kill_master(&mut self) -> u16 {
         match self {
             Topology::Sentinel(set) => {
+                sigkill(&set.master);
                 set.master.kill();
                 set.master.port()
+            }
+            Topology::Cluster {
+                cluster, victim, ..
+            } => {
+                if let Some(server) = cluster.server(*victim) {
+                    sigkill(server);
+                }
+                cluster.kill(*victim);
+                *victim
             }
         }
     }
 
-    /// The ports whose event stream says how the failover went (the sentinels).
+    /// The sentinels, whose event streams say how the failover went (none for a cluster:
+    /// its nodes' views are polled instead).
     pub fn event_ports(&self) -> Vec<u16> {
         match self {
             Topology::Sentinel(set) => set.sentinels.iter().map(|s| s.port()).collect(),
+            Topology::Cluster { .. } => Vec::new(),
         }
     }
 
-    /// What each sentinel names as the master now (`None`: no answer in time).
-    async fn named(&self) -> Vec<Option<u16>> {
+    /// Who each authority names as the master now (`None`: no answer in time, or, on a
+    /// cluster, a node not `cluster_state:ok`); for a cluster also logs each change a node
+    /// shows into `events` (`seen` holds what each showed last).
+    async fn named(&self, events: &EventLog, seen: &mut Vec<String>) -> Vec<Option<u16>> {
         match self {
             Topology::Sentinel(set) => {
                 let mut named = Vec::new();
@@ -88,8 +170,73 @@ impl Topology {
                 }
                 named
             }
+            Topology::Cluster {
+                cluster,
+                victim,
+                first_slot,
+            } => {
+                let ports: Vec<u16> = cluster
+                    .ports()
+                    .into_iter()
+                    .filter(|p| p != victim)
+                    .collect();
+                seen.resize(ports.len(), String::new());
+                let mut named = Vec::new();
+                for (i, port) in ports.iter().enumerate() {
+                    let (state, owner) = cluster_node_view(*port, *first_slot).await;
+                    let shown = format!(
+                        "node {port}: cluster_state:{} owner of slot {first_slot}: {}",
+                        state.as_deref().unwrap_or("?"),
+                        owner.map_or("?".to_owned(), |o| o.to_string())
+                    );
+                    if seen[i] != shown {
+                        if events.borrow().len() < MAX_EVENTS {
+                            events.borrow_mut().push((Instant::now(), i, shown.clone()));
+                        }
+                        seen[i] = shown;
+                    }
+                    named.push(owner.filter(|_| state.as_deref() == Some("ok")));
+                }
+                named
+            }
         }
     }
+}
+
+/// SIGKILL to `server` now (the kit's `kill` asks the cluster for its view first).
+fn sigkill(server: &RedisServer) {
+    if let Some(pid) = server.pid().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) with a pid of a child the kit started and has not reaped.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// A cluster node's `cluster_state` and the master it sees serving `slot`.
+async fn cluster_node_view(port: u16, slot: u16) -> (Option<String>, Option<u16>) {
+    let ask = |command: &'static str| async move {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut stream = BufReader::new(stream);
+        stream.get_mut().write_all(command.as_bytes()).await.ok()?;
+        read_reply(&mut stream).await.ok()?.into_iter().next()
+    };
+    let info = tokio::time::timeout(ASK_DEADLINE, ask("CLUSTER INFO\r\n"))
+        .await
+        .ok()
+        .flatten();
+    let state = info.and_then(|text| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("cluster_state:").map(str::to_owned))
+    });
+    let nodes = tokio::time::timeout(ASK_DEADLINE, ask("CLUSTER NODES\r\n"))
+        .await
+        .ok()
+        .flatten();
+    let owner = nodes
+        .and_then(|text| ClusterView::parse(&text).ok())
+        .and_then(|view| view.master_of_slot(slot));
+    (state, owner)
 }
 
 /// `SENTINEL get-master-addr-by-name NAME` on a fresh loopback connection: the port, or
@@ -182,17 +329,19 @@ impl Switches {
     }
 }
 
-/// Asks the sentinels every `poll` and records each master they all agree on that differs
-/// from the one before (`old` at the start); runs until aborted.
+/// Asks the authority every `poll` and records each master all of it agrees on that
+/// differs from the one before (`old` at the start); runs until aborted.
 pub async fn watch_switches(
     topology: Rc<Topology>,
     old: u16,
     switches: Rc<Switches>,
+    events: EventLog,
     poll: Duration,
 ) {
     let mut current = old;
+    let mut seen = Vec::new();
     loop {
-        let named = topology.named().await;
+        let named = topology.named(&events, &mut seen).await;
         let now = Instant::now();
         if switches.first_named.get().is_none() && named.iter().flatten().any(|p| *p != old) {
             switches.first_named.set(Some(now));
@@ -238,7 +387,8 @@ pub async fn watch_events(port: u16, sentinel: usize, log: EventLog) {
     }
 }
 
-/// The events from `killed` on, each as `"+1234 ms s0 +odown master ..."`.
+/// The events from `killed` on, each as `"+1234 ms s0 +odown master ..."` (`sN`: the
+/// sentinel or cluster node that said it).
 pub fn events_json(log: &EventLog, killed: Instant) -> Value {
     let lines: Vec<String> = log
         .borrow()
