@@ -13,6 +13,7 @@ pub mod hold;
 pub mod mass_resume;
 pub mod presence_joins;
 pub mod rolling;
+pub mod rooms_load;
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
