@@ -26,6 +26,7 @@ use super::keys::{
 };
 use super::presence::PresenceJob;
 use super::presence_script::{Notice, PRESENCE_SCRIPT};
+use super::publisher::BROKEN_BEFORE_RECONNECT;
 use super::subscriber::{Incoming, Subscriber};
 use super::target::{run_id, Switches, Target};
 use super::{hold_arg, Command, Job, Link, RedisSettings};
@@ -75,9 +76,10 @@ const SWEEP_SLOT: Duration = Duration::from_millis(250);
 /// A sweep comes this long after the kept connection's time, so that it is surely over.
 const SWEEP_MARGIN: Duration = Duration::from_millis(50);
 
-/// Through Sentinel or on a Redis Cluster, connection attempts come at least this often: asking the sentinels is
-/// cheap, and a failover is over a moment after they name the new master.
-const SENTINEL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Through Sentinel or on a Redis Cluster, connection attempts come at least this often:
+/// asking the sentinels (or a cluster node) is cheap, and a failover is over a moment after
+/// they name the new master (with 1 s, recovery came up to a second after that).
+const SENTINEL_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// How long one sentinel may take to accept the `+switch-master` subscription (the driver
 /// waits for it after each connect; a sentinel on the network answers in milliseconds).
@@ -234,7 +236,7 @@ impl Driver {
                     }
                 }
             }
-            Command::Suspect | Command::Readonly => {}
+            Command::Suspect | Command::Readonly | Command::Reconnect => {}
         }
     }
 
@@ -399,6 +401,10 @@ impl Driver {
             Command::Readonly => {
                 Err("a write met READONLY: the server is a replica now".to_owned())
             }
+            Command::Reconnect => Err(format!(
+                "{BROKEN_BEFORE_RECONNECT} pipelines in a row broke while the connection \
+                 answered its health checks"
+            )),
         }
     }
 

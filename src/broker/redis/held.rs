@@ -52,7 +52,10 @@ impl Publisher {
             .req_packed_commands(&pipe, 0, batch.len() + 1)
             .await;
         let mut values = match answers {
-            Ok(values) if values.len() == batch.len() + 1 => values,
+            Ok(values) if values.len() == batch.len() + 1 => {
+                self.broken_in_a_row = 0;
+                values
+            }
             other => {
                 if let Err(err) = &other {
                     debug!("broker: sending {} jobs failed: {err}", batch.len());

@@ -43,7 +43,14 @@ pub(super) struct Publisher {
     /// tried again every [`RETRY_HELD`].
     pub(super) unreleased: HashMap<Arc<str>, u64>,
     pub(super) presence: PresenceWorker,
+    /// Pipelines broken since the last that was answered (see [`BROKEN_BEFORE_RECONNECT`]).
+    pub(super) broken_in_a_row: u32,
 }
+
+/// After this many pipelines in a row broke, the driver is asked to make the connection
+/// again even if it answers its PINGs (a cluster client stuck on a node: seen once in 16
+/// failovers, where a shard's rooms stayed refused while the node reported up).
+pub(super) const BROKEN_BEFORE_RECONNECT: u32 = 3;
 
 impl Publisher {
     pub(super) async fn run(mut self) {
@@ -143,6 +150,7 @@ impl Publisher {
         let answers = connection.req_packed_commands(&pipe, 0, batch.len()).await;
         match answers {
             Ok(values) if values.len() == batch.len() => {
+                self.broken_in_a_row = 0;
                 let mut reload = false;
                 let mut readonly = false;
                 let mut reload_presence = false;
@@ -204,7 +212,14 @@ impl Publisher {
     /// The pipeline of `batch` broke: its jobs' fate is unknown; the driver checks the
     /// connection.
     pub(super) fn broken(&mut self, batch: &mut Vec<Job>) {
-        let _ = self.commands.unbounded_send(Command::Suspect);
+        self.broken_in_a_row += 1;
+        let command = if self.broken_in_a_row >= BROKEN_BEFORE_RECONNECT {
+            self.broken_in_a_row = 0;
+            Command::Reconnect
+        } else {
+            Command::Suspect
+        };
+        let _ = self.commands.unbounded_send(command);
         for job in batch.drain(..) {
             match job {
                 Job::Publish(job) => {
