@@ -373,3 +373,73 @@ async fn with_wait_replicas_a_repeat_is_acknowledged_only_once_its_first_message
         "{answer:?}"
     );
 }
+
+/// On a Redis Cluster the scripts get `MYID:RUN_ID` of the master the broker knows for the
+/// room's slot: run there, they behave as with one Redis; run on another node (a failover the
+/// broker has not followed yet), they refuse with READONLY before writing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_script_run_by_another_master_than_the_one_named_refuses() {
+    let cluster =
+        tokio::task::block_in_place(|| wsgrace_kit::redis_cluster::RedisCluster::start(3, 0));
+    let port = tokio::task::block_in_place(|| cluster.master_of("t:{r}:room")).unwrap();
+    let other = cluster
+        .master_ports()
+        .into_iter()
+        .find(|p| *p != port)
+        .unwrap();
+    let cli = |port: u16, args: &[&str]| {
+        tokio::task::block_in_place(|| cluster.command(port, args)).unwrap()
+    };
+    let myid = cli(port, &["CLUSTER", "MYID"]).trim().to_owned();
+    let other_id = cli(other, &["CLUSTER", "MYID"]).trim().to_owned();
+    let info = cli(port, &["INFO", "server"]);
+    let run = super::target::run_id(&info).unwrap();
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let named = format!("{myid}:{run}");
+    assert_eq!(publish(&mut con, &named, "e1").await, ("e1".to_owned(), 1));
+    assert_eq!(publish(&mut con, &named, "xx").await, ("e1".to_owned(), 2));
+    assert_eq!(publish(&mut con, "?", "xx").await, ("e1".to_owned(), 3));
+    assert_eq!(
+        snapshot(&mut con, &named, "xx").await,
+        ("e1".to_owned(), 3, 0)
+    );
+    // The broker's map names another node for this slot: refused, nothing written.
+    for script in [PUBLISH_SCRIPT, SNAPSHOT_SCRIPT] {
+        let wrong = format!("{other_id}:{run}");
+        let script_object = Script::new(script);
+        let mut invocation = script_object.prepare_invoke();
+        if script == PUBLISH_SCRIPT {
+            invocation
+                .key("t:{r}:room")
+                .key("t:{r}:history")
+                .key("t:{r}:pending")
+                .arg("t:{r}:room")
+                .arg("{")
+                .arg("e9")
+                .arg(100)
+                .arg(60_000)
+                .arg("")
+                .arg(0)
+                .arg(&wrong)
+                .arg("0")
+                .arg(3);
+        } else {
+            invocation
+                .key("t:{r}:room")
+                .key("t:{r}:history")
+                .key("t:{r}:pending")
+                .arg("e9")
+                .arg(60_000)
+                .arg(&wrong)
+                .arg("0");
+        }
+        let refused = invocation.invoke_async::<Value>(&mut con).await;
+        let err = refused.expect_err("a script run by another master than the one named");
+        assert!(super::keys::is_readonly(&err), "{err}");
+    }
+    assert_eq!(
+        snapshot(&mut con, &named, "xx").await,
+        ("e1".to_owned(), 3, 0)
+    );
+}

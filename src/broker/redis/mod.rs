@@ -92,6 +92,7 @@ mod presence_script;
 #[cfg(test)]
 mod presence_tests;
 mod publisher;
+mod runs;
 mod server_api;
 mod subscriber;
 mod target;
@@ -118,6 +119,7 @@ use self::presence::{heartbeat_interval, Book, PresenceJob, PresenceWorker};
 use self::presence_script::PresenceCall;
 pub use self::presence_script::PRESENCE_SCRIPT;
 use self::publisher::Publisher;
+use self::runs::Runs;
 use self::target::Target;
 use super::local::HistoryLimits;
 use super::{
@@ -208,7 +210,7 @@ pub(super) enum Command {
 #[derive(Clone)]
 struct Link {
     connection: Conn,
-    run: Arc<str>,
+    run: Runs,
 }
 
 /// The scripts' hold argument: `1` when messages wait for `WAIT` (`broker.wait_replicas` > 0).
@@ -277,7 +279,7 @@ impl Shared {
     async fn room_head(
         &self,
         connection: &mut Conn,
-        run: &str,
+        run: &Runs,
         room: &str,
     ) -> Result<(String, u64), BrokerError> {
         let value: Value = self
@@ -287,7 +289,7 @@ impl Shared {
             .key(self.keys.pending(room))
             .arg(Epoch::random().as_str())
             .arg(self.history.ttl.as_millis() as u64)
-            .arg(run)
+            .arg(run.for_key(&self.keys.room(room)))
             .arg(hold_arg(self.hold))
             .invoke_async(connection)
             .await

@@ -19,6 +19,7 @@ use super::held::{MAX_HELD, RETRY_HELD};
 use super::keys::{origin_field, parse_published, Keys, PUBLISH_SCRIPT};
 use super::presence::PresenceWorker;
 use super::presence_script::PRESENCE_SCRIPT;
+use super::runs::Runs;
 use super::{hold_arg, Command, Job, Link, PublishJob};
 use crate::metrics::metrics;
 
@@ -235,7 +236,7 @@ impl Publisher {
     }
 
     /// The publish script's call for `job`, added to `pipe`.
-    fn publish_command(&self, pipe: &mut Pipeline, job: &PublishJob, run: &str) {
+    fn publish_command(&self, pipe: &mut Pipeline, job: &PublishJob, run: &Runs) {
         let ttl_ms = self.history.ttl.as_millis() as u64;
         let command = pipe
             .cmd("EVALSHA")
@@ -255,7 +256,7 @@ impl Publisher {
             .arg(ttl_ms)
             .arg(origin_field(job.sent_by.as_ref()))
             .arg(self.dedupe_ms)
-            .arg(run)
+            .arg(run.for_key(&self.keys.room(&job.room)))
             .arg(hold_arg(self.wait_replicas > 0))
             .arg(MAX_HELD);
     }
