@@ -235,7 +235,7 @@ impl Driver {
                     }
                 }
             }
-            Command::Suspect | Command::Readonly | Command::Reconnect => {}
+            Command::Suspect | Command::Readonly | Command::Reconnect(_) => {}
         }
     }
 
@@ -404,9 +404,9 @@ impl Driver {
             Command::Readonly => {
                 Err("a write met READONLY: the server is a replica now".to_owned())
             }
-            Command::Reconnect => Err(format!(
-                "{BROKEN_BEFORE_RECONNECT} pipelines in a row broke while the connection \
-                 answered its health checks"
+            Command::Reconnect(why) => Err(format!(
+                "{BROKEN_BEFORE_RECONNECT} pipelines in a row with a room's messages broke \
+                 while the connection answered its health checks; the last: {why}"
             )),
         }
     }

@@ -201,7 +201,7 @@ pub(super) enum Command {
     /// The publisher's pipelines broke several times in a row while the connection answers
     /// its health checks (a cluster node the client cannot use any more, whatever the
     /// cause): the driver makes everything again.
-    Reconnect,
+    Reconnect(String),
 }
 
 /// The connection to the master, and the master's `run_id` (passed to the scripts: a room
@@ -366,7 +366,7 @@ impl RedisBroker {
             dedupe_ms: u64::try_from(settings.dedupe.as_millis()).unwrap_or(u64::MAX),
             wait_replicas: settings.wait_replicas,
             unreleased: HashMap::new(),
-            broken_in_a_row: 0,
+            broken_rooms: HashMap::new(),
             // Half the response timeout: WAIT answers (with fewer replicas) before the
             // connection would take the request for lost.
             wait_timeout_ms: u64::try_from(settings.timeout.as_millis() / 2)

@@ -44,13 +44,15 @@ pub(super) struct Publisher {
     /// tried again every [`RETRY_HELD`].
     pub(super) unreleased: HashMap<Arc<str>, u64>,
     pub(super) presence: PresenceWorker,
-    /// Pipelines broken since the last that was answered (see [`BROKEN_BEFORE_RECONNECT`]).
-    pub(super) broken_in_a_row: u32,
+    /// Per room, the pipelines with its messages that broke since one was answered (see
+    /// [`BROKEN_BEFORE_RECONNECT`]).
+    pub(super) broken_rooms: HashMap<Arc<str>, u32>,
 }
 
-/// After this many pipelines in a row broke, the driver is asked to make the connection
-/// again even if it answers its PINGs (a cluster client stuck on a node: seen once in 16
-/// failovers, where a shard's rooms stayed refused while the node reported up).
+/// Once this many pipelines with a room's messages broke in a row, the driver is asked to
+/// make the connection again even if it answers its PINGs (a cluster client stuck on a
+/// shard: after a failover, a shard's rooms stayed refused while the node reported up, and
+/// the other rooms' messages went through).
 pub(super) const BROKEN_BEFORE_RECONNECT: u32 = 3;
 
 impl Publisher {
@@ -151,7 +153,7 @@ impl Publisher {
         let answers = connection.req_packed_commands(&pipe, 0, batch.len()).await;
         match answers {
             Ok(values) if values.len() == batch.len() => {
-                self.broken_in_a_row = 0;
+                self.answered(batch);
                 let mut reload = false;
                 let mut readonly = false;
                 let mut reload_presence = false;
@@ -176,10 +178,12 @@ impl Publisher {
                     .await;
             }
             Ok(_) | Err(_) => {
-                if let Err(err) = &answers {
-                    debug!("broker: sending {} jobs failed: {err}", batch.len());
-                }
-                self.broken(batch);
+                let why = match &answers {
+                    Err(err) => err.to_string(),
+                    Ok(_) => "a short answer".to_owned(),
+                };
+                debug!("broker: sending {} jobs failed: {why}", batch.len());
+                self.broken(batch, why);
             }
         }
     }
@@ -210,13 +214,32 @@ impl Publisher {
         }
     }
 
-    /// The pipeline of `batch` broke: its jobs' fate is unknown; the driver checks the
+    /// The pipeline of `batch` was answered: its rooms reach Redis.
+    pub(super) fn answered(&mut self, batch: &[Job]) {
+        if self.broken_rooms.is_empty() {
+            return;
+        }
+        for job in batch {
+            if let Job::Publish(job) = job {
+                self.broken_rooms.remove(&job.room);
+            }
+        }
+    }
+
+    /// The pipeline of `batch` broke (`why`): its jobs' fate is unknown; the driver checks the
     /// connection.
-    pub(super) fn broken(&mut self, batch: &mut Vec<Job>) {
-        self.broken_in_a_row += 1;
-        let command = if self.broken_in_a_row >= BROKEN_BEFORE_RECONNECT {
-            self.broken_in_a_row = 0;
-            Command::Reconnect
+    pub(super) fn broken(&mut self, batch: &mut Vec<Job>, why: String) {
+        let mut stuck = false;
+        for job in batch.iter() {
+            if let Job::Publish(job) = job {
+                let count = self.broken_rooms.entry(job.room.clone()).or_default();
+                *count += 1;
+                stuck |= *count >= BROKEN_BEFORE_RECONNECT;
+            }
+        }
+        let command = if stuck {
+            self.broken_rooms.clear();
+            Command::Reconnect(why)
         } else {
             Command::Suspect
         };
