@@ -11,6 +11,7 @@ mod api_client;
 mod client;
 mod compare;
 mod launch;
+mod perf;
 mod scenario_redis;
 mod scenarios;
 
