@@ -26,7 +26,7 @@ use launch::ServerOpts;
 use scenarios::{Ctx, Outcome};
 
 /// Load generator for wsgrace: hold, fanout, drain, close-latency, cluster-fanout,
-/// mass-resume, rolling and presence-joins scenarios.
+/// mass-resume, rolling, presence-joins, api-publish, v2-joins and v2-resume scenarios.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -81,6 +81,12 @@ enum Scenario {
     /// Publishes through the server API (`POST /api/publish`, keep-alive) to N members, on
     /// one node (local broker) and on two nodes (Redis), side by side.
     ApiPublish(scenarios::api_publish::ApiPublishArgs),
+    /// C wsgrace.v2 connections each join K rooms (then leave them): joins per second,
+    /// latency, server CPU per join, RSS per membership.
+    V2Joins(scenarios::v2_joins::V2JoinsArgs),
+    /// Clients in K rooms over one wsgrace.v2 connection miss N messages per room and
+    /// resume: time, bytes, CPU; with `--v1`, the same with K v1 connections per client.
+    V2Resume(scenarios::v2_resume::V2ResumeArgs),
 }
 
 impl Scenario {
@@ -104,6 +110,8 @@ impl Scenario {
             Scenario::Rolling(_) => "rolling",
             Scenario::PresenceJoins(_) => "presence-joins",
             Scenario::ApiPublish(_) => "api-publish",
+            Scenario::V2Joins(_) => "v2-joins",
+            Scenario::V2Resume(_) => "v2-resume",
         }
     }
 }
@@ -215,6 +223,8 @@ fn run_once(
             Scenario::Rolling(args) => scenarios::rolling::run(&ctx, args).await,
             Scenario::PresenceJoins(args) => scenarios::presence_joins::run(&ctx, args).await,
             Scenario::ApiPublish(args) => scenarios::api_publish::run(&ctx, args).await,
+            Scenario::V2Joins(args) => scenarios::v2_joins::run(&ctx, args).await,
+            Scenario::V2Resume(args) => scenarios::v2_resume::run(&ctx, args).await,
         }
     });
     // Client tasks still alive are dropped with the LocalSet; nothing waits on them.
