@@ -1,104 +1,119 @@
 #!/usr/bin/env python3
-"""Where a server's CPU went, by kind of work: the self time of each sampled function in a
-`perf record` file (from `loadgen fanout --perf-record DIR`), summed into groups (the kernel's
-TCP send path, frame copies, allocation, JSON, actix's mailboxes, tokio's task machinery,
-wsgrace's own code, ...). Reads `perf report --no-children` and prints one table (and
-`--json` for one JSON object). The grouping is by symbol name, first match wins; what
-inlining folded into a caller counts as the caller. It only reads the perf file.
+"""Where a server's CPU went, by kind of work, from a `perf record -g` file (as
+`loadgen fanout --perf-record DIR` writes): every sample is put in one group and the groups'
+shares printed. A sample in the kernel goes by its call chain (the send path if `sendto`
+is on it, reads, epoll, wake-ups, softirq, other); a sample in user space by its own function
+(frame copy, allocation, JSON, the outbox, the writer task, the fan-out shard, actix, tokio,
+...): release builds keep no frame pointers, so a user sample's chain is its leaf alone and
+what inlining folded into a caller counts as the caller. It only reads the perf file.
 
     python3 bench/perf_groups.py /tmp/prof/wsgrace.fanout.perf.data [--json] [--top 25]
 """
 
 import argparse
+import collections
 import json
 import re
 import subprocess
 import sys
 
-# (group, pattern on "[k] symbol" or "[.] symbol"), first match wins.
-GROUPS = [
-    ("kernel: TCP/IP send and loopback delivery",
-     r"^\[k\] .*(tcp_|__tcp|ip_|ip6_|__ip|sk_|skb|__skb|sock_|__sock|inet_|__sys_sendto|"
-     r"__x64_sys_sendto|sendto|sendmsg|loopback|netif|net_rx|__napi|napi_|process_backlog|"
-     r"dev_queue_xmit|__dev_|dev_hard_start|validate_xmit|nf_|__netif|do_softirq|"
-     r"__do_softirq|handle_softirqs|__local_bh_enable|_copy_from_iter|copy_from_iter|"
-     r"copy_user|rep_movs|csum|__alloc_skb|kmalloc_reserve|page_frag|mem_cgroup_charge_skmem|"
-     r"__sk_mem|tcp_|neigh|eth_|fib_|rt_|dst_|__kfree_skb|kfree_skb|consume_skb|"
-     r"skb_release|sock_def_readable|__wake_up_sync_key|ep_poll_callback|sock_wfree)"),
-    ("kernel: epoll, scheduler, syscall entry, other",
-     r"^\[k\] "),
-    ("frame copy (memmove/memcpy)",
-     r"^\[\.\] .*(memmove|memcpy|__memcpy|__memmove|extend_from_slice|copy_nonoverlapping)"),
-    ("allocation (malloc/free)",
-     r"^\[\.\] .*(malloc|_int_free|cfree|\bfree\b|realloc|__rust_alloc|__rust_dealloc|"
-     r"__rdl_|_int_realloc|tcache|arena_get|unlink_chunk|alloc::raw_vec|RawVec)"),
-    ("JSON (serde_json)", r"^\[\.\] .*(serde_json|serde::)"),
-    ("actix actor mailboxes and contexts",
-     r"^\[\.\] .*(actix::|actix_rt::|<actix|ContextFut|AddressReceiver|Envelope|Mailbox)"),
-    ("actix-http / actix-server / codec",
-     r"^\[\.\] .*(actix_http|actix_server|actix_codec|actix_service|actix_web)"),
-    ("wsgrace: outbound queue and writer",
-     r"^\[\.\] .*(wsgrace::connection::transport|OutboundBody|OutboundQueue|write_out|"
-     r"LingeringStream|poll_write_shared)"),
-    ("wsgrace: fan-out shard",
-     r"^\[\.\] .*(wsgrace::rooms::fanout|Shard|Deliver)"),
-    ("wsgrace: other (sessions, supervisor, rooms)", r"^\[\.\] .*wsgrace"),
-    ("tokio: tasks, wake-ups, I/O driver",
-     r"^\[\.\] .*(tokio::|mio::|<tokio|<mio|epoll_wait|RawWakerVTable|waker|Waker)"),
-    ("floor_server", r"^\[\.\] .*floor_server"),
-    ("libc other (syscall stubs, locks)", r"^\[\.\] .*(__libc|__GI|send|pthread|__lll|futex|syscall)"),
-    ("other user space", r"^\[\.\] "),
+# Kernel samples: the first rule whose pattern matches any frame of the chain.
+KERNEL = [
+    ("kernel: send path (sendto, TCP, loopback into the client's socket)",
+     r"^(__sys_sendto|__x64_sys_sendto|__sys_sendmsg|sock_sendmsg|tcp_sendmsg|sock_write_iter)$"),
+    ("kernel: socket reads", r"^(__sys_recvfrom|sock_recvmsg|tcp_recvmsg|sock_read_iter|ksys_read)$"),
+    ("kernel: epoll_wait", r"^(do_epoll_wait|ep_poll|__x64_sys_epoll_wait|__x64_sys_epoll_pwait)$"),
+    ("kernel: futex, scheduler (thread wake-ups)",
+     r"^(futex_wake|futex_wait|__x64_sys_futex|schedule|__schedule|try_to_wake_up)$"),
+    ("kernel: softirq outside a send (ACKs, timers)", r"^(handle_softirqs|net_rx_action)$"),
+    ("kernel: other (syscall entry, timers, interrupts)", r"."),
 ]
 
-LINE = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s+(\S+)\s+(\[[k.]\])\s+(.*)$")
+# User samples: the first rule whose pattern matches the sampled function.
+USER = [
+    ("frame copy (memmove/memcpy)", r"memmove|memcpy"),
+    ("allocation (malloc/free)", r"malloc|_int_free|cfree|\bfree\b|realloc|_int_realloc|__rust_alloc|__rust_dealloc|__rdl_"),
+    ("JSON (serde_json)", r"serde_json|serde::"),
+    ("wsgrace: outbox offer (queue push, writer wake-up)", r"OutboundQueue"),
+    ("wsgrace: writer task (batch, copy, write)", r"OutboundBody|write_out|LingeringStream|poll_write_shared"),
+    ("wsgrace: fan-out shard", r"wsgrace::rooms::fanout"),
+    ("wsgrace: other (sessions, supervisor, rooms)", r"wsgrace"),
+    ("floor_server", r"floor_server"),
+    ("actix: actors, mailboxes, arbiters", r"actix::|actix_rt::|<actix::"),
+    ("actix-server/http: connection service", r"actix_server|actix_http|actix_service|actix_codec|actix_web"),
+    ("tokio: task scheduling, wakers, I/O readiness", r"tokio::|mio::|<tokio|<mio"),
+    ("libc: syscall stubs, locks", r"^(__send|send|__libc|__GI|pthread|__lll|syscall|epoll_wait|__recv|recv|read|write)"),
+    ("other user space", r"."),
+]
+
+FRAME = re.compile(r"^\s*[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$")
 
 
-def report(path):
-    out = subprocess.run(
-        ["perf", "report", "-i", path, "--stdio", "--no-children", "-g", "none",
-         "--sort", "comm,dso,sym", "--percent-limit", "0"],
-        capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        sys.exit(f"perf report failed: {out.stderr.strip()}")
-    rows = []
-    for line in out.stdout.splitlines():
-        m = LINE.match(line)
+def samples(path):
+    """Yields each sample's frames, leaf first, as (symbol, dso)."""
+    proc = subprocess.Popen(
+        ["perf", "script", "-i", path, "-F", "comm,tid,ip,sym,dso"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    frames = []
+    for line in proc.stdout:
+        if not line.strip():
+            if frames:
+                yield frames
+            frames = []
+            continue
+        m = FRAME.match(line)
         if m:
-            pct, _comm, dso, kind, sym = m.groups()
-            rows.append((float(pct), dso, f"{kind} {sym.strip()}"))
-    return rows
+            sym = re.sub(r"\+0x[0-9a-f]+$", "", m.group(1))
+            frames.append((sym, m.group(2)))
+    if frames:
+        yield frames
+    proc.wait()
 
 
-def group(rows):
-    totals = {name: 0.0 for name, _ in GROUPS}
-    compiled = [(name, re.compile(p)) for name, p in GROUPS]
-    for pct, _dso, sym in rows:
-        for name, pattern in compiled:
-            if pattern.search(sym):
-                totals[name] += pct
-                break
-    return totals
+def classify(frames, kernel_rules, user_rules):
+    leaf_sym, leaf_dso = frames[0]
+    if "kernel" in leaf_dso:
+        names = [s for s, _ in frames]
+        for group, pattern in kernel_rules:
+            if any(pattern.search(n) for n in names):
+                return group
+    for group, pattern in user_rules:
+        if pattern.search(leaf_sym):
+            return group
+    return "other user space"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--top", type=int, default=20, help="also list the N hottest symbols")
+    ap.add_argument("--top", type=int, default=20, help="also list the N hottest functions")
     args = ap.parse_args()
-    rows = report(args.data)
-    totals = group(rows)
+    kernel_rules = [(g, re.compile(p)) for g, p in KERNEL]
+    user_rules = [(g, re.compile(p)) for g, p in USER]
+    groups = collections.Counter()
+    leaves = collections.Counter()
+    total = 0
+    for frames in samples(args.data):
+        total += 1
+        groups[classify(frames, kernel_rules, user_rules)] += 1
+        leaves[frames[0]] += 1
+    if total == 0:
+        sys.exit(f"{args.data}: no samples (is perf installed, is the file readable?)")
+    pct = lambda n: round(100.0 * n / total, 2)
     if args.json:
-        print(json.dumps({"groups": totals,
-                          "top": [{"pct": p, "dso": d, "sym": s} for p, d, s in rows[:args.top]]}))
+        print(json.dumps({
+            "samples": total,
+            "groups": {g: pct(n) for g, n in groups.most_common()},
+            "top": [{"pct": pct(n), "sym": s, "dso": d} for (s, d), n in leaves.most_common(args.top)],
+        }))
         return
-    print(f"{args.data}: {len(rows)} symbols")
-    for name, pct in sorted(totals.items(), key=lambda kv: -kv[1]):
-        if pct > 0:
-            print(f"{pct:6.2f} %  {name}")
-    print(f"\ntop {args.top} symbols (self):")
-    for pct, dso, sym in rows[:args.top]:
-        print(f"{pct:6.2f} %  {dso:24.24}  {sym[:110]}")
+    print(f"{args.data}: {total} samples")
+    for group, n in groups.most_common():
+        print(f"{pct(n):6.2f} %  {group}")
+    print(f"\ntop {args.top} functions (self):")
+    for (sym, dso), n in leaves.most_common(args.top):
+        print(f"{pct(n):6.2f} %  {dso.rsplit('/', 1)[-1]:18.18}  {sym[:100]}")
 
 
 if __name__ == "__main__":
