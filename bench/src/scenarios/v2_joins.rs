@@ -2,6 +2,8 @@
 //! v2 connections (their upgrade and `hello` are not measured), then all at once each joins K
 //! rooms with at most `--window` joins in flight per connection (`ref` = the join's index),
 //! reading every `joined`; then, unless `--no-leave`, each leaves them again the same way.
+//! Every connection is read all along (between the phases too, and until the server is
+//! stopped), so that presence frames never pile up unread in the server.
 //! Connection i joins rooms `j-{(i·K + k) mod P}` for k < K out of a pool of P rooms
 //! (`--room-pool`; default K: every connection in the same K rooms). One server, local broker.
 //!
@@ -18,8 +20,10 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use tokio::sync::Notify;
+
 use super::{
-    connect_many, frame_type, hist_json, micros, ms, new_histogram, stop_json, str_field,
+    connect_many, frame_type, hist_json, idle, micros, ms, new_histogram, stop_json, str_field,
     ConnectStats, Ctx, Membership, Outcome,
 };
 use crate::client::{Frame, Read, WsReader, WsWriter};
@@ -56,6 +60,11 @@ struct Phase {
     latency: RefCell<Histogram<u64>>,
     last_answer: Cell<Option<Instant>>,
     ended: Cell<u64>,
+    /// Other frames read meanwhile (presence frames of the rooms joined).
+    other_frames: Cell<u64>,
+    /// Connections done with the phase (or ended), and a wake-up for each.
+    finished: Cell<usize>,
+    progress: Notify,
 }
 
 impl Phase {
@@ -67,8 +76,87 @@ impl Phase {
             latency: RefCell::new(new_histogram()),
             last_answer: Cell::new(None),
             ended: Cell::new(0),
+            other_frames: Cell::new(0),
+            finished: Cell::new(0),
+            progress: Notify::new(),
         }
     }
+
+    fn finish(&self) {
+        self.finished.set(self.finished.get() + 1);
+        self.progress.notify_one();
+    }
+
+    /// Waits until `n` connections have finished the phase; false at the deadline.
+    async fn wait_finished(&self, n: usize, deadline: Instant) -> bool {
+        while self.finished.get() < n {
+            if tokio::time::timeout_at(deadline, self.progress.notified())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// When the leave phase may start.
+#[derive(Default)]
+struct Gate {
+    open: Cell<bool>,
+    notify: Notify,
+}
+
+/// Reads (answering pings, counting frames in `between`) until the gate opens; false if the
+/// connection ended first.
+async fn read_until_open(
+    conn: &mut (WsReader, WsWriter),
+    gate: &Gate,
+    between: &Cell<u64>,
+) -> bool {
+    let (rd, wr) = conn;
+    loop {
+        if gate.open.get() {
+            return true;
+        }
+        tokio::select! {
+            biased;
+            _ = gate.notify.notified() => {}
+            frame = rd.next() => match frame {
+                Read::Frame(Frame::Ping(p)) => {
+                    let _ = wr.pong(p).await;
+                }
+                Read::Frame(Frame::Message { .. }) => between.set(between.get() + 1),
+                Read::Frame(_) => {}
+                Read::End(_) => return false,
+            },
+        }
+    }
+}
+
+/// One connection's whole run: the joins, reading until the leaves may start, the leaves,
+/// then reading until the end (the server's stop).
+async fn connection(
+    mut conn: (WsReader, WsWriter),
+    rooms: Vec<String>,
+    window: usize,
+    joins: Rc<Phase>,
+    leaves: Option<(Rc<Gate>, Rc<Phase>)>,
+    between: Rc<Cell<u64>>,
+) {
+    run_phase(&mut conn, &rooms, "join", b"joined", window, &joins).await;
+    joins.finish();
+    if let Some((gate, leaves)) = leaves {
+        if read_until_open(&mut conn, &gate, &between).await {
+            run_phase(&mut conn, &rooms, "leave", b"left", window, &leaves).await;
+        } else {
+            leaves.ended.set(leaves.ended.get() + 1);
+        }
+        leaves.finish();
+    }
+    let (rd, wr) = conn;
+    idle(rd, wr, false).await;
 }
 
 /// One connection's part of a phase: `verb` (join or leave) each of `rooms`, at most
@@ -103,6 +191,7 @@ async fn run_phase(
                 let kind = frame_type(payload);
                 let refused = kind == Some(&b"error"[..]);
                 if kind != Some(answer) && !refused {
+                    phase.other_frames.set(phase.other_frames.get() + 1);
                     continue;
                 }
                 let now = Instant::now();
@@ -142,39 +231,6 @@ async fn run_phase(
     }
 }
 
-/// Runs one phase on every connection at once; the connections come back for the next.
-async fn phase_on_all(
-    ctx: &Ctx,
-    conns: Vec<(WsReader, WsWriter)>,
-    rooms: &Rc<dyn Fn(usize) -> Vec<String>>,
-    verb: &'static str,
-    answer: &'static [u8],
-    window: usize,
-) -> (Rc<Phase>, Instant, bool, Vec<(WsReader, WsWriter)>) {
-    let phase = Rc::new(Phase::new());
-    let start = Instant::now();
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut conn)| {
-            let (phase, rooms) = (phase.clone(), rooms(i));
-            tokio::task::spawn_local(async move {
-                run_phase(&mut conn, &rooms, verb, answer, window, &phase).await;
-                conn
-            })
-        })
-        .collect();
-    let mut back = Vec::with_capacity(tasks.len());
-    let mut timed_out = false;
-    for task in tasks {
-        match tokio::time::timeout_at(ctx.deadline, task).await {
-            Ok(Ok(conn)) => back.push(conn),
-            _ => timed_out = true,
-        }
-    }
-    (phase, start, timed_out, back)
-}
-
 /// A phase's numbers; `cpu` is the server's CPU time over it.
 fn phase_json(phase: &Phase, start: Instant, cpu: Option<Duration>, timed_out: bool) -> Value {
     let answered = phase.answered.get() + phase.refused.get();
@@ -186,6 +242,7 @@ fn phase_json(phase: &Phase, start: Instant, cpu: Option<Duration>, timed_out: b
         "answered": phase.answered.get(),
         "refused": phase.refused.get(),
         "connections_ended": phase.ended.get(),
+        "other_frames_read": phase.other_frames.get(),
         "first_error": *phase.first_error.borrow(),
         "timed_out": timed_out,
         "duration_ms": ms(span),
@@ -254,10 +311,24 @@ pub async fn run(ctx: &Ctx, args: &V2JoinsArgs) -> Result<Outcome, String> {
     });
     let memberships = (conns.len() * k) as u64;
 
+    let n = conns.len();
+    let joins = Rc::new(Phase::new());
+    let leaves = (!args.no_leave).then(|| (Rc::new(Gate::default()), Rc::new(Phase::new())));
+    let between = Rc::new(Cell::new(0u64));
     let rss_before = server.rss();
     let cpu_before = server.cpu_time();
-    let (joins, join_start, join_timed_out, conns) =
-        phase_on_all(ctx, conns, &rooms, "join", b"joined", args.window).await;
+    let join_start = Instant::now();
+    for (i, conn) in conns.into_iter().enumerate() {
+        tokio::task::spawn_local(connection(
+            conn,
+            rooms(i),
+            args.window,
+            joins.clone(),
+            leaves.clone(),
+            between.clone(),
+        ));
+    }
+    let join_timed_out = !joins.wait_finished(n, ctx.deadline).await;
     let cpu_joins = server
         .cpu_time()
         .zip(cpu_before)
@@ -272,22 +343,21 @@ pub async fn run(ctx: &Ctx, args: &V2JoinsArgs) -> Result<Outcome, String> {
 
     let mut leave_report = Value::Null;
     let mut leaves_ok = true;
-    // Kept open until the server is stopped, so that none of them ends before.
-    let mut held = conns;
-    if !args.no_leave {
+    if let Some((gate, leaves)) = &leaves {
         let cpu_before = server.cpu_time();
-        let (leaves, start, timed_out, back) =
-            phase_on_all(ctx, held, &rooms, "leave", b"left", args.window).await;
-        held = back;
+        let start = Instant::now();
+        gate.open.set(true);
+        gate.notify.notify_waiters();
+        let timed_out = !leaves.wait_finished(n, ctx.deadline).await;
         let cpu = server
             .cpu_time()
             .zip(cpu_before)
             .map(|(a, b)| a.saturating_sub(b));
         leaves_ok = !timed_out && leaves.answered.get() == memberships;
-        leave_report = phase_json(&leaves, start, cpu, timed_out);
+        leave_report = phase_json(leaves, start, cpu, timed_out);
     }
+    // The connections are read until the server has stopped (they answer its close).
     let stop = stop_json(&mut server, Duration::from_secs(15)).await;
-    drop(held);
     let ok = connected_all && !join_timed_out && joins.answered.get() == memberships && leaves_ok;
     let report = json!({
         "scenario": "v2-joins",
@@ -303,6 +373,7 @@ pub async fn run(ctx: &Ctx, args: &V2JoinsArgs) -> Result<Outcome, String> {
         "rss_before_bytes": rss_before,
         "rss_after_joins_bytes": rss_after,
         "rss_per_membership_bytes": per_membership,
+        "frames_read_between_phases": between.get(),
         "leaves": leave_report,
         "server": stop,
     });

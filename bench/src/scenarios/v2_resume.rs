@@ -13,7 +13,8 @@
 //! bytes the server sent (its response heads, and its WebSocket frames with their headers)
 //! and the client sent (requests and masked frames); whether every replay was complete, in
 //! order and without duplicates; and the server's CPU over the resume windows, per client
-//! and per replayed message. It owns this scenario's load and report only.
+//! and per replayed message. Presence events are off unless `--presence-events`. It owns this
+//! scenario's load and report only.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -55,6 +56,11 @@ pub struct V2ResumeArgs {
     /// How long a round's resume may take, in ms.
     #[arg(long, default_value_t = 30_000)]
     pub wait_ms: u64,
+    /// Keep presence events on (off by default here: with many clients the rejoins' presence
+    /// frames would be in the resume's bytes, and they pile up in connections this scenario
+    /// does not read between rounds).
+    #[arg(long)]
+    pub presence_events: bool,
 }
 
 /// Which protocol a run speaks.
@@ -512,6 +518,11 @@ async fn run_protocol(
             super::max_connections(connections + 1),
         ),
         ("history", "size", toml::Value::Integer(history)),
+        (
+            "presence",
+            "events",
+            toml::Value::Boolean(args.presence_events),
+        ),
     ];
     if k > 100 {
         let rooms = i64::try_from(k).unwrap_or(i64::MAX);
@@ -671,6 +682,7 @@ async fn run_protocol(
         "protocol": label,
         "rooms": k,
         "missed_per_room": args.missed,
+        "presence_events": args.presence_events,
         "clients": args.clients,
         "connections_per_client": if protocol == Protocol::V1 { k } else { 1 },
         "repeat": args.repeat,
