@@ -12,8 +12,11 @@
 //!   does, serialized and framed once per message;
 //! - the batching: each worker takes every message waiting for it at once and writes them to
 //!   each of its connections in one write call (at most 64 KiB per call, wsgrace's
-//!   `ENCODE_BATCH_BYTES`; at most `floor.frames_per_write` frames per call when set above 0,
-//!   to match a batching measured elsewhere).
+//!   `ENCODE_BATCH_BYTES`); or, with `floor.frames_per_write` K, in calls of exactly K frames,
+//!   frames short of K waiting for more for `floor.flush_us` (1,000), to match the deliveries
+//!   per write call measured on wsgrace (`fanout --count-writes`). `FLOOR_FRAMES_PER_WRITE` and
+//!   `FLOOR_FLUSH_US` in the environment win over the config: `loadgen --compare` gives both
+//!   servers one config, and wsgrace refuses a `[floor]` table.
 //!
 //! What it leaves out, which is the point: no actors, no mailboxes, no JSON parser, no
 //! rooms (every connection gets every message, whatever its `room`), no per-connection queue
@@ -23,7 +26,8 @@
 //!
 //! It speaks to `loadgen` as the `baseline` binary does: `--config FILE` (it reads
 //! `server.workers`, `session.send_buffer_bytes`, `session.client_timeout_ms`,
-//! `session.max_frame_bytes` and `floor.frames_per_write`; every other key is ignored),
+//! `session.max_frame_bytes`, `floor.frames_per_write` and `floor.flush_us`; every other key
+//! is ignored),
 //! `--bind ADDR`, one `listening on IP:PORT` line on stdout, then for `GET /ws?room=R&name=N`
 //! a 101, a `welcome`, and every text frame a client sends becomes a message with the next
 //! `seq` for every connection, its sender included. It refuses subprotocols (`wsgrace.v2` is
@@ -31,6 +35,7 @@
 //! not grow into a chat server: what it does not need to write, it does not do.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +57,9 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 const MAX_HEAD: usize = 8 * 1024;
 /// The accept queue's length, as wsgrace's (`BACKLOG` in src/service/server.rs).
 const BACKLOG: u32 = 4096;
+/// `floor.frames_per_write` and `floor.flush_us` from the environment.
+const FRAMES_PER_WRITE_ENV: &str = "FLOOR_FRAMES_PER_WRITE";
+const FLUSH_US_ENV: &str = "FLOOR_FLUSH_US";
 
 #[derive(Debug, Parser)]
 #[command(about = "The floor of fan-out: only the writes, to measure wsgrace against")]
@@ -71,8 +79,11 @@ struct Settings {
     send_buffer: usize,
     user_timeout: Duration,
     max_frame: usize,
-    /// 0: every frame waiting goes in one write call (up to 64 KiB).
+    /// 0: every frame waiting goes in one write call (up to 64 KiB); K: exactly K frames
+    /// per write call.
     frames_per_write: usize,
+    /// With `frames_per_write` K: how long frames short of K wait for more.
+    flush_after: Duration,
 }
 
 impl Default for Settings {
@@ -83,6 +94,7 @@ impl Default for Settings {
             user_timeout: Duration::from_millis(15_000),
             max_frame: 65_536,
             frames_per_write: 0,
+            flush_after: Duration::from_millis(1),
         }
     }
 }
@@ -116,6 +128,9 @@ fn settings(text: &str) -> Result<(Settings, Option<String>), String> {
     }
     if let Some(n) = int("floor", "frames_per_write")? {
         s.frames_per_write = size(n)?;
+    }
+    if let Some(n) = int("floor", "flush_us")? {
+        s.flush_after = Duration::from_micros(n);
     }
     let bind = table
         .get("server")
@@ -257,39 +272,45 @@ impl Conn {
 struct Worker {
     conns: RefCell<Vec<Rc<Conn>>>,
     frames_per_write: usize,
+    flush_after: Duration,
 }
 
 impl Worker {
-    /// Takes every message waiting, then writes them to each connection: one write call per
-    /// connection per chunk (64 KiB, or `frames_per_write` frames, at most).
+    /// Takes every message waiting and writes what is due (see [`Batch`]) to each connection:
+    /// one write call per connection per chunk. Frames held back for a full chunk are written
+    /// anyway once no message has come for `flush_after`.
     async fn fan_out(self: Rc<Worker>, mut inbox: UnboundedReceiver<Arc<[u8]>>) {
-        let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES);
-        // Where each chunk of `batch` ends.
+        let mut batch = Batch::new(self.frames_per_write);
         let mut cuts: Vec<usize> = Vec::new();
-        while let Some(first) = inbox.recv().await {
-            batch.clear();
-            cuts.clear();
-            let mut frames_in_chunk = 0;
-            let mut next = Some(first);
-            while let Some(frame) = next {
-                let full = (self.frames_per_write > 0 && frames_in_chunk == self.frames_per_write)
-                    || (frames_in_chunk > 0
-                        && batch.len() - cuts.last().copied().unwrap_or(0) + frame.len()
-                            > WRITE_BATCH_BYTES);
-                if full {
-                    cuts.push(batch.len());
-                    frames_in_chunk = 0;
+        loop {
+            let next = if batch.is_empty() {
+                inbox.recv().await.map(Some)
+            } else {
+                match tokio::time::timeout(self.flush_after, inbox.recv()).await {
+                    Ok(message) => message.map(Some),
+                    Err(_) => Some(None),
                 }
-                batch.extend_from_slice(&frame);
-                frames_in_chunk += 1;
-                next = inbox.try_recv().ok();
-            }
-            cuts.push(batch.len());
+            };
+            let flush = match next {
+                None => return,
+                Some(None) => true,
+                Some(Some(frame)) => {
+                    batch.push(&frame);
+                    while let Ok(frame) = inbox.try_recv() {
+                        batch.push(&frame);
+                    }
+                    false
+                }
+            };
+            batch.cut(flush, &mut cuts);
+            let Some(&written) = cuts.last() else {
+                continue;
+            };
             let mut any_closed = false;
             for conn in self.conns.borrow().iter() {
                 let mut start = 0;
                 for &end in &cuts {
-                    conn.send(batch.get(start..end).unwrap_or_default());
+                    conn.send(batch.bytes.get(start..end).unwrap_or_default());
                     start = end;
                 }
                 any_closed |= conn.closed.get();
@@ -297,7 +318,71 @@ impl Worker {
             if any_closed {
                 self.conns.borrow_mut().retain(|c| !c.closed.get());
             }
+            batch.written(written);
         }
+    }
+}
+
+/// The frames a worker holds for its connections, and how they are cut into write calls:
+/// with `per_write` 0, every frame held goes out at once, in calls of at most 64 KiB; with
+/// K > 0, in calls of exactly K frames (the rest waits for more, or for a flush).
+#[derive(Debug, Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// Each held frame's length, in order.
+    lens: VecDeque<usize>,
+    per_write: usize,
+}
+
+impl Batch {
+    fn new(per_write: usize) -> Batch {
+        Batch {
+            bytes: Vec::with_capacity(WRITE_BATCH_BYTES),
+            lens: VecDeque::new(),
+            per_write,
+        }
+    }
+
+    fn push(&mut self, frame: &[u8]) {
+        self.bytes.extend_from_slice(frame);
+        self.lens.push_back(frame.len());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// The write calls due now, as the end offset of each in `bytes`: whole calls only
+    /// (K frames, or 64 KiB) unless `flush` or `per_write` is 0.
+    fn cut(&self, flush: bool, cuts: &mut Vec<usize>) {
+        cuts.clear();
+        let (mut start, mut end, mut in_call) = (0, 0, 0);
+        for &len in &self.lens {
+            let full = (self.per_write > 0 && in_call == self.per_write)
+                || (in_call > 0 && end - start + len > WRITE_BATCH_BYTES);
+            if full {
+                cuts.push(end);
+                start = end;
+                in_call = 0;
+            }
+            end += len;
+            in_call += 1;
+        }
+        if in_call > 0 && (flush || self.per_write == 0 || in_call == self.per_write) {
+            cuts.push(end);
+        }
+    }
+
+    /// Forgets the first `end` bytes: frames written.
+    fn written(&mut self, end: usize) {
+        let mut gone = 0;
+        while gone < end {
+            match self.lens.pop_front() {
+                Some(len) => gone += len,
+                None => break,
+            }
+        }
+        self.bytes.drain(..end.min(self.bytes.len()));
     }
 }
 
@@ -498,12 +583,14 @@ fn run_worker(
 ) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let worker = Rc::new(Worker {
             conns: RefCell::new(Vec::new()),
             frames_per_write: settings.frames_per_write,
+            flush_after: settings.flush_after,
         });
         tokio::task::spawn_local(worker.clone().fan_out(inbox));
         while let Some(std_stream) = accepted.recv().await {
@@ -548,6 +635,21 @@ fn run() -> Result<(), String> {
         )?,
         None => (Settings::default(), None),
     };
+    // The environment wins over the config: `loadgen --compare` gives both servers one
+    // config, and wsgrace refuses a `[floor]` table.
+    if let Ok(value) = std::env::var(FRAMES_PER_WRITE_ENV) {
+        settings.frames_per_write = value
+            .trim()
+            .parse()
+            .map_err(|e| format!("{FRAMES_PER_WRITE_ENV}={value}: {e}"))?;
+    }
+    if let Ok(value) = std::env::var(FLUSH_US_ENV) {
+        let us: u64 = value
+            .trim()
+            .parse()
+            .map_err(|e| format!("{FLUSH_US_ENV}={value}: {e}"))?;
+        settings.flush_after = Duration::from_micros(us);
+    }
     if settings.workers == 0 {
         settings.workers = std::thread::available_parallelism().map_or(1, usize::from);
     }
@@ -644,6 +746,49 @@ mod tests {
         let mut escaped = String::new();
         push_json_string(&mut escaped, "\u{1}\t\\");
         assert_eq!(escaped, r#""\u0001\t\\""#);
+    }
+
+    #[test]
+    fn batches_are_cut_into_write_calls() {
+        let batch = |per_write: usize, lens: &[usize]| {
+            let mut b = Batch::new(per_write);
+            for &len in lens {
+                b.push(&vec![0u8; len]);
+            }
+            b
+        };
+        let cuts = |b: &Batch, flush: bool| {
+            let mut cuts = Vec::new();
+            b.cut(flush, &mut cuts);
+            cuts
+        };
+        // (per_write, frame lengths, flush, calls' end offsets)
+        let table: &[(usize, &[usize], bool, &[usize])] = &[
+            (0, &[], false, &[]),
+            (0, &[10, 20, 30], false, &[60]),
+            (0, &[40_000, 40_000, 10], false, &[40_000, 80_010]),
+            (0, &[70_000, 10], false, &[70_000, 70_010]),
+            (2, &[10, 20, 30], false, &[30]),
+            (2, &[10, 20, 30], true, &[30, 60]),
+            (2, &[10, 20, 30, 40], false, &[30, 100]),
+            (3, &[10], false, &[]),
+            (3, &[10], true, &[10]),
+            (2, &[40_000, 40_000], false, &[40_000]),
+        ];
+        for (per_write, lens, flush, expected) in table {
+            let b = batch(*per_write, lens);
+            assert_eq!(
+                cuts(&b, *flush),
+                expected.to_vec(),
+                "{per_write} {lens:?} {flush}"
+            );
+        }
+        let mut b = batch(2, &[10, 20, 30]);
+        b.written(30);
+        assert_eq!((b.bytes.len(), b.lens.len()), (30, 1));
+        assert_eq!(cuts(&b, true), vec![30]);
+        b.written(30);
+        assert!(b.is_empty() && b.bytes.is_empty());
     }
 
     #[test]
