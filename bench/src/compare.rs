@@ -20,7 +20,7 @@ fn key_metrics(scenario: &str) -> &'static [&'static str] {
             "/out_of_order",
             "/server_rss_bytes",
             "/server_cpu_ns_per_delivery",
-            "/server_writes/write_calls",
+            "/server_writes/socket_sends",
             "/server_writes/deliveries_per_write_call",
             "/server/stop_ms",
         ],

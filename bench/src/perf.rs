@@ -77,7 +77,7 @@ impl Perf {
     }
 
     /// Stops perf (SIGINT) and says what it found: for `count_writes`, the count of each
-    /// event and their sum; for `record`, the data file.
+    /// event, their sum, and the socket sends (sendto, sendmsg); for `record`, the data file.
     pub async fn stop(mut self) -> Value {
         let Ok(pid) = i32::try_from(self.child.id()) else {
             return json!({ "error": "perf pid out of range" });
@@ -112,9 +112,15 @@ impl Perf {
                     return json!({ "error": stderr.trim(), "exit_code": exit });
                 }
                 let total: u64 = counts.iter().map(|(_, n)| n).sum();
+                // write(2) here is mostly eventfd wake-ups between threads, not sockets.
+                let sends: u64 = counts
+                    .iter()
+                    .filter(|(k, _)| k == "sendto" || k == "sendmsg")
+                    .map(|(_, n)| n)
+                    .sum();
                 let events: serde_json::Map<String, Value> =
                     counts.into_iter().map(|(k, n)| (k, json!(n))).collect();
-                json!({ "write_calls": total, "events": events })
+                json!({ "write_calls": total, "socket_sends": sends, "events": events })
             }
             Kind::Record(path) => json!({
                 "data": path.display().to_string(),

@@ -241,8 +241,8 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
         obj.insert("server_rss_bytes".into(), json!(rss));
         obj.insert("server".into(), stop);
         if let Some(mut perf) = perf {
-            // Deliveries per write call: how many frames the server puts in one write.
-            let calls = perf.get("write_calls").and_then(Value::as_u64);
+            // Deliveries per socket send: how many frames the server puts in one write call.
+            let calls = perf.get("socket_sends").and_then(Value::as_u64);
             if let (Some(calls), Some(m)) = (calls.filter(|c| *c > 0), perf.as_object_mut()) {
                 let per_call = result.received as f64 / calls as f64;
                 m.insert(
