@@ -93,6 +93,20 @@ pub async fn connect_offering(
     seed: u64,
     subprotocol: Option<&str>,
 ) -> io::Result<(WsReader, WsWriter)> {
+    connect_measured(server, source, path, seed, subprotocol)
+        .await
+        .map(|(rd, wr, _)| (rd, wr))
+}
+
+/// [`connect_offering`], also returning the bytes of the server's response head (its blank
+/// line included): what an upgrade costs on the wire besides the request.
+pub async fn connect_measured(
+    server: SocketAddr,
+    source: Option<IpAddr>,
+    path: &str,
+    seed: u64,
+    subprotocol: Option<&str>,
+) -> io::Result<(WsReader, WsWriter, usize)> {
     let options = SocketOptions {
         source,
         ..SocketOptions::default()
@@ -127,7 +141,7 @@ pub async fn connect_offering(
         out: Vec::with_capacity(256),
         rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
     };
-    Ok((reader, writer))
+    Ok((reader, writer, answered.head.len() + 4))
 }
 
 impl WsReader {

@@ -20,6 +20,8 @@ fn key_metrics(scenario: &str) -> &'static [&'static str] {
             "/out_of_order",
             "/server_rss_bytes",
             "/server_cpu_ns_per_delivery",
+            "/server_writes/socket_sends",
+            "/server_writes/deliveries_per_write_call",
             "/server/stop_ms",
         ],
         "drain" => &[

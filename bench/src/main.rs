@@ -11,6 +11,7 @@ mod api_client;
 mod client;
 mod compare;
 mod launch;
+mod perf;
 mod scenario_redis;
 mod scenarios;
 
@@ -25,7 +26,7 @@ use launch::ServerOpts;
 use scenarios::{Ctx, Outcome};
 
 /// Load generator for wsgrace: hold, fanout, drain, close-latency, cluster-fanout,
-/// mass-resume, rolling, presence-joins, api-publish and failover scenarios.
+/// mass-resume, rolling, presence-joins, api-publish, failover, v2-joins and v2-resume scenarios.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -84,6 +85,12 @@ enum Scenario {
     /// SIGKILL: the time to the new master, to /readyz 200 and to the first message
     /// delivered again, and what the senders saw meanwhile.
     Failover(scenarios::failover::FailoverArgs),
+    /// C wsgrace.v2 connections each join K rooms (then leave them): joins per second,
+    /// latency, server CPU per join, RSS per membership.
+    V2Joins(scenarios::v2_joins::V2JoinsArgs),
+    /// Clients in K rooms over one wsgrace.v2 connection miss N messages per room and
+    /// resume: time, bytes, CPU; with `--v1`, the same with K v1 connections per client.
+    V2Resume(scenarios::v2_resume::V2ResumeArgs),
 }
 
 impl Scenario {
@@ -108,6 +115,8 @@ impl Scenario {
             Scenario::PresenceJoins(_) => "presence-joins",
             Scenario::ApiPublish(_) => "api-publish",
             Scenario::Failover(_) => "failover",
+            Scenario::V2Joins(_) => "v2-joins",
+            Scenario::V2Resume(_) => "v2-resume",
         }
     }
 }
@@ -220,6 +229,8 @@ fn run_once(
             Scenario::PresenceJoins(args) => scenarios::presence_joins::run(&ctx, args).await,
             Scenario::ApiPublish(args) => scenarios::api_publish::run(&ctx, args).await,
             Scenario::Failover(args) => scenarios::failover::run(&ctx, args).await,
+            Scenario::V2Joins(args) => scenarios::v2_joins::run(&ctx, args).await,
+            Scenario::V2Resume(args) => scenarios::v2_resume::run(&ctx, args).await,
         }
     });
     // Client tasks still alive are dropped with the LocalSet; nothing waits on them.
