@@ -8,10 +8,19 @@
 //! bounded: no more than the message limit (plus one byte, to know it was crossed) is ever
 //! produced, whatever the input claims (a deflate bomb is found before it costs memory).
 //!
+//! A compressor reset costs more than compressing a chat message (miniz_oxide clears some
+//! 300 KB of tables: ~20 µs, BENCHMARKS.md), so texts compressed for one session at a time (a
+//! resume's replay, which every client of a drained node asks for at once) go through
+//! [`compress_recent`]: this thread's last compressed texts are kept, bounded, and the same
+//! text is not compressed twice while it is there. Every message standing alone, the same text
+//! always compresses to the same bytes, whoever it is for.
+//!
 //! It must not know frames beyond their payload, nor sessions, nor what a handshake agreed:
 //! the caller says whether a connection compresses ([`Deflate`]).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -60,6 +69,46 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<Compress>> = const { RefCell::new(None) };
     /// This thread's inflater, made on first use and reset for every message.
     static INFLATER: RefCell<Option<Decompress>> = const { RefCell::new(None) };
+    /// This thread's recently compressed texts ([`compress_recent`]).
+    static RECENT: RefCell<Recent> = RefCell::new(Recent::default());
+}
+
+/// Most texts [`compress_recent`] keeps per thread: a full history replay (`history.size`
+/// 1,000) and then some.
+const RECENT_TEXTS: usize = 4_096;
+/// Most bytes (texts and their compressed copies) [`compress_recent`] keeps per thread.
+const RECENT_BYTES: usize = 4 << 20;
+
+/// Texts compressed lately on this thread, with their compressed copy (`None`: compressing
+/// did not pay). Emptied whole when it reaches its bounds: simple, and a replay that is still
+/// going on fills it again at once.
+#[derive(Default)]
+struct Recent {
+    texts: HashMap<Rc<str>, Option<Rc<[u8]>>>,
+    bytes: usize,
+}
+
+/// [`compress`] for a text that other sessions on this thread may be sent too (a replayed room
+/// message): the copy compressed last time while this thread still has it, else compressed now
+/// and kept. `None` when the text does not shrink.
+pub fn compress_recent(text: &str) -> Option<Rc<[u8]>> {
+    if let Some(known) = RECENT.with(|recent| recent.borrow().texts.get(text).cloned()) {
+        return known;
+    }
+    let compressed = compress(text.as_bytes())
+        .filter(|compressed| compressed.len() < text.len())
+        .map(Rc::<[u8]>::from);
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        let size = text.len() + compressed.as_ref().map_or(0, |c| c.len());
+        if recent.texts.len() >= RECENT_TEXTS || recent.bytes + size > RECENT_BYTES {
+            recent.texts.clear();
+            recent.bytes = 0;
+        }
+        recent.bytes += size;
+        recent.texts.insert(Rc::from(text), compressed.clone());
+    });
+    compressed
 }
 
 /// Why a compressed message could not be read.
@@ -212,6 +261,26 @@ mod tests {
         assert_eq!(inflate(&out, 10).expect("inflated"), b"hi");
         out.push(0x42);
         assert!(matches!(inflate(&out, 10), Err(InflateError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_text_compressed_lately_is_not_compressed_again_and_the_memory_is_bounded() {
+        let text = String::from_utf8(text_of(300)).expect("ascii");
+        let first = compress_recent(&text).expect("compressed");
+        let again = compress_recent(&text).expect("compressed");
+        assert!(Rc::ptr_eq(&first, &again));
+        assert_eq!(
+            &first[..],
+            &compress(text.as_bytes()).expect("compressed")[..]
+        );
+        for i in 0..RECENT_TEXTS + 10 {
+            let _ = compress_recent(&format!("{i} {text}"));
+        }
+        RECENT.with(|recent| {
+            let recent = recent.borrow();
+            assert!(recent.texts.len() <= RECENT_TEXTS);
+            assert!(recent.bytes <= RECENT_BYTES);
+        });
     }
 
     #[test]

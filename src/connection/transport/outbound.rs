@@ -112,28 +112,40 @@ const RSV1: u8 = 0x40;
 /// is not smaller; those sessions then get [`encode_text`]'s frame (RFC 7692 lets any message
 /// go uncompressed).
 pub fn encode_text_compressed(text: &str) -> Option<Rc<[u8]>> {
-    let mut out = BytesMut::new();
-    write_compressed(&mut out, text).then(|| Rc::from(&out[..]))
+    if text.len() < COMPRESS_MIN_BYTES {
+        return None;
+    }
+    let compressed = deflate::compress(text.as_bytes())?;
+    if compressed.len() >= text.len() {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(compressed.len() + 10);
+    write_compressed_frame(&mut out, &compressed);
+    Some(Rc::from(&out[..]))
 }
 
 /// Appends `text`'s compressed frame to `out` when compressing pays (see
-/// [`encode_text_compressed`]); false, and `out` untouched, when not.
+/// [`encode_text_compressed`]); false, and `out` untouched, when not. A text queued for one
+/// session is often queued for others on this thread too (a replay after a drain): its
+/// compressed copy is taken from this thread's recent ones ([`deflate::compress_recent`]).
 fn write_compressed(out: &mut BytesMut, text: &str) -> bool {
     if text.len() < COMPRESS_MIN_BYTES {
         return false;
     }
-    let Some(compressed) = deflate::compress(text.as_bytes()) else {
+    let Some(compressed) = deflate::compress_recent(text) else {
         return false;
     };
-    if compressed.len() >= text.len() {
-        return false;
-    }
+    write_compressed_frame(out, &compressed);
+    true
+}
+
+/// Appends a text frame with RSV1 whose payload is `compressed`.
+fn write_compressed_frame(out: &mut BytesMut, compressed: &[u8]) {
     let start = out.len();
-    actix_http::ws::Parser::write_message(&mut *out, &compressed, OpCode::Text, true, false);
+    actix_http::ws::Parser::write_message(&mut *out, compressed, OpCode::Text, true, false);
     if let Some(first) = out.get_mut(start) {
         *first |= RSV1;
     }
-    true
 }
 
 /// Why [`OutboundQueue::offer_text`] refused a text.
