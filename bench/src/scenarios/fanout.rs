@@ -54,6 +54,10 @@ pub struct FanoutArgs {
     /// With `--v2-rooms K`: how many quiet rooms there are in all (at least K - 1).
     #[arg(long, default_value_t = 0)]
     pub room_pool: usize,
+    /// Chat lines to send (one per line, used in turn after the `t=` stamp), e.g.
+    /// `bench/corpus/chat_lines.txt`; without it a message is the stamp alone.
+    #[arg(long)]
+    pub corpus: Option<std::path::PathBuf>,
 }
 
 impl FanoutArgs {
@@ -205,7 +209,9 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
     eprintln!("fanout: server pid {} on {}", server.pid(), server.addr);
     let load = Load::join(ctx, &[server.addr], args, "fanout", 1).await;
     let cpu_before = server.cpu_time();
+    crate::client::reset_wire_counts();
     let result = load.send(ctx, args).await;
+    let delivered_wire = crate::client::wire_counts();
     let rss = server.rss();
     // Server CPU per delivery: a cost that does not depend on how busy the machine is.
     let server_cpu = match (cpu_before, server.cpu_time()) {
@@ -224,6 +230,14 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
         obj.insert("scenario".into(), json!("fanout"));
         obj.insert("server_rss_bytes".into(), json!(rss));
         obj.insert("server".into(), stop);
+        obj.insert(
+            "delivered_wire".into(),
+            crate::client::wire_json(delivered_wire),
+        );
+        obj.insert(
+            "corpus".into(),
+            json!(args.corpus.as_ref().map(|p| p.display().to_string())),
+        );
     }
     Ok(Outcome { report, ok })
 }
@@ -361,6 +375,20 @@ impl Load {
                 args.m,
                 self.writers.len()
             );
+            let corpus: Vec<String> = match &args.corpus {
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(text) => text
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    Err(e) => {
+                        eprintln!("fanout: cannot read {}: {e}", path.display());
+                        Vec::new()
+                    }
+                },
+                None => Vec::new(),
+            };
             let mut text = Vec::with_capacity(32);
             let start = Instant::now();
             first_send = Some(start);
@@ -382,12 +410,20 @@ impl Load {
                 text.clear();
                 let now = Instant::now();
                 let t = now.duration_since(shared.base).as_nanos();
+                let line = match corpus.len() {
+                    0 => String::new(),
+                    n => format!(" {}", corpus[i as usize % n]),
+                };
                 let _ = match &self.v2_room {
-                    None => write!(text, "t={t}"),
-                    Some(room) => write!(
-                        text,
-                        r#"{{"type":"publish","room":"{room}","id":"p{i}","text":"t={t}"}}"#
-                    ),
+                    None => write!(text, "t={t}{line}"),
+                    Some(room) => {
+                        let body = serde_json::to_string(&format!("t={t}{line}"))
+                            .unwrap_or_else(|_| format!("\"t={t}\""));
+                        write!(
+                            text,
+                            r#"{{"type":"publish","room":"{room}","id":"p{i}","text":{body}}}"#
+                        )
+                    }
                 };
                 let writer = &self.writers[i as usize % self.writers.len()];
                 if let Err(e) = writer.lock().await.text(&text).await {
