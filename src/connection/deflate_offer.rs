@@ -126,14 +126,17 @@ mod tests {
 
     const BOTH: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
-    fn answer(values: &[&str]) -> Option<(Deflate, String)> {
+    /// What an offer gets: the mode and the answer's header value, or no extension.
+    type Answer = Option<(Deflate, String)>;
+
+    fn answer(values: &[&str]) -> Answer {
         negotiate(values.iter().copied()).map(|a| (a.deflate, a.response))
     }
 
     #[test]
     fn offers_and_answers() {
         let on = |response: &str| Some((Deflate::On, response.to_owned()));
-        let table: &[(&[&str], Option<(Deflate, String)>)] = &[
+        let table: &[(&[&str], Answer)] = &[
             // Nothing offered, or another extension only.
             (&[], None),
             (&[""], None),
