@@ -12,6 +12,9 @@ use wsgrace_kit::deflate::{compress_message, compress_message_with, BROWSER_OFFE
 use wsgrace_kit::frame::{encode_frame, RawFrame, OP_CONTINUATION, OP_PING, OP_TEXT, RSV1};
 use wsgrace_kit::raw::RawClient;
 
+/// The server's config with the extension on (it is off by default).
+const ON: &str = "[session]\npermessage_deflate = true\n";
+
 /// What the server answers to every offer it accepts.
 const ANSWER: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
@@ -41,7 +44,7 @@ async fn next_json(client: &mut RawClient) -> (Value, RawFrame) {
 
 #[tokio::test]
 async fn an_offer_is_answered_with_no_context_takeover_both_ways_and_odd_ones_are_declined() {
-    let server = wsgrace().start("");
+    let server = wsgrace().start(ON);
     let cases: &[(&str, Option<String>)] = &[
         (BROWSER_OFFER, Some(ANSWER.to_owned())),
         ("permessage-deflate", Some(ANSWER.to_owned())),
@@ -76,7 +79,8 @@ async fn an_offer_is_answered_with_no_context_takeover_both_ways_and_odd_ones_ar
 
 #[tokio::test]
 async fn with_the_key_off_no_offer_is_answered() {
-    let server = wsgrace().start("[session]\npermessage_deflate = false\n");
+    // Off is the default.
+    let server = wsgrace().start("");
     let (mut client, answer) =
         RawClient::connect_offering(server.addr, "/ws?room=off", BROWSER_OFFER).await;
     assert_eq!(answer, None);
@@ -90,7 +94,7 @@ async fn with_the_key_off_no_offer_is_answered() {
 
 #[tokio::test]
 async fn a_room_message_goes_compressed_to_the_members_that_agreed_and_plain_to_the_others() {
-    let server = wsgrace().start("");
+    let server = wsgrace().start(ON);
     let path = |name: &str| format!("/ws?room=mixed&name={name}");
     let (mut ann, _) = RawClient::connect_offering(server.addr, &path("ann"), BROWSER_OFFER).await;
     let (mut bob, _) = RawClient::connect_offering(server.addr, &path("bob"), BROWSER_OFFER).await;
@@ -151,7 +155,7 @@ async fn a_room_message_goes_compressed_to_the_members_that_agreed_and_plain_to_
 
 #[tokio::test]
 async fn a_fragmented_compressed_message_and_one_ended_with_a_final_block_are_read() {
-    let server = wsgrace().start("");
+    let server = wsgrace().start(ON);
     let (mut ann, _) =
         RawClient::connect_offering(server.addr, "/ws?room=frag&name=ann", BROWSER_OFFER).await;
     assert_eq!(next_json(&mut ann).await.0["type"], "welcome");
@@ -173,7 +177,7 @@ async fn a_fragmented_compressed_message_and_one_ended_with_a_final_block_are_re
 
 #[tokio::test]
 async fn a_deflate_bomb_is_closed_1009_before_it_is_inflated() {
-    let server = wsgrace().start("[session]\nmax_frame_bytes = 65536\n");
+    let server = wsgrace().start("[session]\npermessage_deflate = true\nmax_frame_bytes = 65536\n");
     let (mut client, _) =
         RawClient::connect_offering(server.addr, "/ws?room=bomb", BROWSER_OFFER).await;
     assert_eq!(next_json(&mut client).await.0["type"], "welcome");
@@ -221,7 +225,7 @@ async fn a_deflate_bomb_is_closed_1009_before_it_is_inflated() {
 
 #[tokio::test]
 async fn rsv1_where_it_may_not_be_is_a_protocol_error_and_bad_data_is_1007() {
-    let server = wsgrace().start("");
+    let server = wsgrace().start(ON);
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         (
             "RSV1 on a ping",
@@ -310,4 +314,38 @@ async fn both_ways_in_negotiate_inflate_and_compress() {
         let (_, answer) = RawClient::connect_offering(server.addr, "/ws", BROWSER_OFFER).await;
         assert_eq!(answer, None);
     }
+}
+
+/// A client that offers nothing (tokio-tungstenite, the Rust client's transport) is served
+/// plain frames by a server with the extension on, and chats with members that agreed to it.
+#[tokio::test]
+async fn a_client_without_the_extension_chats_with_members_that_have_it() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = wsgrace().start(ON);
+    let mut plain = wsgrace_kit::ws::connect(server.ws_url("?room=both&name=plain")).await;
+    let (mut squeezed, _) =
+        RawClient::connect_offering(server.addr, "/ws?room=both&name=squeezed", BROWSER_OFFER)
+            .await;
+    assert_eq!(next_json(&mut squeezed).await.0["type"], "welcome");
+    let line = long_line("plain");
+    plain.send(Message::Text(line.clone())).await.expect("send");
+    let (message, frame) = next_json(&mut squeezed).await;
+    assert_eq!(message["text"], line.as_str());
+    assert!(frame.compressed());
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        let next = tokio::time::timeout(wsgrace_kit::DEADLINE, plain.next())
+            .await
+            .expect("a frame before the deadline")
+            .expect("open")
+            .expect("no error");
+        if let Message::Text(text) = next {
+            let value: Value = serde_json::from_str(&text).expect("JSON");
+            if value["type"] == "welcome" || value["type"] == "message" {
+                texts.push(value["type"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    assert_eq!(texts, ["welcome", "message"]);
 }
