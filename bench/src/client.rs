@@ -29,7 +29,7 @@ thread_local! {
     static OFFER_DEFLATE: Cell<bool> = const { Cell::new(false) };
     /// Data messages read, their frames' bytes on the wire (headers included), and their
     /// payload bytes once inflated.
-    static WIRE: Cell<WireCounts> = const { Cell::new(WireCounts { messages: 0, wire_bytes: 0, payload_bytes: 0, compressed: 0 }) };
+    static WIRE: Cell<WireCounts> = const { Cell::new(WireCounts { messages: 0, wire_bytes: 0, payload_bytes: 0, compressed: 0, agreed: 0 }) };
 }
 
 /// What the readers of this thread took off the wire in data messages.
@@ -43,6 +43,8 @@ pub struct WireCounts {
     pub payload_bytes: u64,
     /// How many of them came compressed.
     pub compressed: u64,
+    /// Connections whose upgrade agreed to `permessage-deflate`.
+    pub agreed: u64,
 }
 
 /// New connections offer `permessage-deflate` (the offer browsers make) when `offer` is true.
@@ -81,6 +83,7 @@ pub fn wire_json(counts: WireCounts) -> serde_json::Value {
         "payload_bytes": counts.payload_bytes,
         "wire_bytes_per_message": per(counts.wire_bytes),
         "payload_bytes_per_message": per(counts.payload_bytes),
+        "deflate_agreed_connections": counts.agreed,
     })
 }
 
@@ -187,6 +190,13 @@ pub async fn connect_offering(
     let answered = upgrade_with(server, path, options, subprotocol, offer).await?;
     let inflating = offer.is_some()
         && extensions_answer(&answered.head).is_some_and(|a| a.starts_with("permessage-deflate"));
+    if inflating {
+        WIRE.with(|cell| {
+            let mut counts = cell.get();
+            counts.agreed += 1;
+            cell.set(counts);
+        });
+    }
     if let Some(protocol) = subprotocol {
         let chosen = answered.head.lines().any(|line| {
             line.split_once(':').is_some_and(|(name, value)| {
