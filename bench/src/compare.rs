@@ -103,7 +103,13 @@ fn entry(a: Option<f64>, b: Option<f64>) -> Value {
 /// The comparison line for two reports of the same scenario.
 pub fn ratios(scenario: &str, a_name: &str, a: &Value, b_name: &str, b: &Value) -> Value {
     let mut metrics = Map::new();
-    for pointer in key_metrics(scenario) {
+    // Every scenario's bytes on the wire per data message the clients read (`client_wire`),
+    // and fanout's for the deliveries alone.
+    let wire = [
+        "/client_wire/wire_bytes_per_message",
+        "/delivered_wire/wire_bytes_per_message",
+    ];
+    for pointer in key_metrics(scenario).iter().chain(&wire) {
         let get = |r: &Value| r.pointer(pointer).and_then(Value::as_f64);
         let key = pointer.trim_start_matches('/').replace('/', ".");
         metrics.insert(key, entry(get(a), get(b)));

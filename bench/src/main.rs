@@ -55,6 +55,14 @@ struct Cli {
     /// ratio v2 / v1 (a = v1, b = v2). Not with `--compare`.
     #[arg(long, global = true, conflicts_with = "compare")]
     against_v1: bool,
+    /// Every client offers `permessage-deflate` as browsers do (`Sec-WebSocket-Extensions:
+    /// permessage-deflate; client_max_window_bits`) and inflates what comes compressed.
+    #[arg(long, global = true)]
+    deflate: bool,
+    /// Run the scenario twice in one invocation, clients offering no compression (a) and then
+    /// `permessage-deflate` (b), and print a third JSON line with the ratios on / off.
+    #[arg(long, global = true, conflicts_with_all = ["compare", "against_v1", "deflate"])]
+    deflate_compare: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -160,6 +168,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    client::set_offer_deflate(cli.deflate);
+    if cli.deflate_compare {
+        let (off_code, off_report) = run_once(&cli, &cli.scenario, &cli.server, nofile, &runtime);
+        println!("{off_report}");
+        eprintln!("loadgen: now with permessage-deflate offered");
+        client::set_offer_deflate(true);
+        let (on_code, on_report) = run_once(&cli, &cli.scenario, &cli.server, nofile, &runtime);
+        println!("{on_report}");
+        let name = cli.scenario.name();
+        println!(
+            "{}",
+            compare::ratios(name, "deflate_off", &off_report, "deflate_on", &on_report)
+        );
+        return ExitCode::from(off_code.max(on_code));
+    }
     if cli.against_v1 {
         let Some(v1) = cli.scenario.as_v1() else {
             eprintln!("loadgen: --against-v1 needs hold or fanout with --v2-rooms K > 0");
@@ -216,6 +239,7 @@ fn run_once(
         deadline: tokio::time::Instant::now() + Duration::from_secs(cli.timeout_secs),
         nofile,
     };
+    client::reset_wire_counts();
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(runtime, async {
         match scenario {
@@ -242,6 +266,11 @@ fn run_once(
                 obj.insert("nofile_limit".into(), json!(nofile));
                 obj.insert("timeout_secs".into(), json!(cli.timeout_secs));
                 obj.insert("server_binary".into(), json!(binary));
+                obj.insert("deflate_offered".into(), json!(client::offers_deflate()));
+                obj.insert(
+                    "client_wire".into(),
+                    client::wire_json(client::wire_counts()),
+                );
             }
             (if ok { 0 } else { 1 }, report)
         }

@@ -64,6 +64,10 @@ pub struct FanoutArgs {
     /// costs CPU too: compare CPU per delivery between runs without it.
     #[arg(long, value_name = "DIR")]
     pub perf_record: Option<std::path::PathBuf>,
+    /// Chat lines to send (one per line, used in turn after the `t=` stamp), e.g.
+    /// `bench/corpus/chat_lines.txt`; without it a message is the stamp alone.
+    #[arg(long)]
+    pub corpus: Option<std::path::PathBuf>,
 }
 
 impl FanoutArgs {
@@ -216,7 +220,9 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
     let load = Load::join(ctx, &[server.addr], args, "fanout", 1).await;
     let perf = start_perf(args, server.pid(), &ctx.server.binary).await;
     let cpu_before = server.cpu_time();
+    crate::client::reset_wire_counts();
     let result = load.send(ctx, args).await;
+    let delivered_wire = crate::client::wire_counts();
     let rss = server.rss();
     // Server CPU per delivery: a cost that does not depend on how busy the machine is.
     let server_cpu = match (cpu_before, server.cpu_time()) {
@@ -257,6 +263,14 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
             };
             obj.insert(key.into(), perf);
         }
+        obj.insert(
+            "delivered_wire".into(),
+            crate::client::wire_json(delivered_wire),
+        );
+        obj.insert(
+            "corpus".into(),
+            json!(args.corpus.as_ref().map(|p| p.display().to_string())),
+        );
     }
     Ok(Outcome { report, ok })
 }
@@ -410,6 +424,20 @@ impl Load {
                 args.m,
                 self.writers.len()
             );
+            let corpus: Vec<String> = match &args.corpus {
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(text) => text
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    Err(e) => {
+                        eprintln!("fanout: cannot read {}: {e}", path.display());
+                        Vec::new()
+                    }
+                },
+                None => Vec::new(),
+            };
             let mut text = Vec::with_capacity(32);
             let start = Instant::now();
             first_send = Some(start);
@@ -431,12 +459,20 @@ impl Load {
                 text.clear();
                 let now = Instant::now();
                 let t = now.duration_since(shared.base).as_nanos();
+                let line = match corpus.len() {
+                    0 => String::new(),
+                    n => format!(" {}", corpus[i as usize % n]),
+                };
                 let _ = match &self.v2_room {
-                    None => write!(text, "t={t}"),
-                    Some(room) => write!(
-                        text,
-                        r#"{{"type":"publish","room":"{room}","id":"p{i}","text":"t={t}"}}"#
-                    ),
+                    None => write!(text, "t={t}{line}"),
+                    Some(room) => {
+                        let body = serde_json::to_string(&format!("t={t}{line}"))
+                            .unwrap_or_else(|_| format!("\"t={t}\""));
+                        write!(
+                            text,
+                            r#"{{"type":"publish","room":"{room}","id":"p{i}","text":{body}}}"#
+                        )
+                    }
                 };
                 let writer = &self.writers[i as usize % self.writers.len()];
                 if let Err(e) = writer.lock().await.text(&text).await {

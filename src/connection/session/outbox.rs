@@ -30,9 +30,17 @@ pub struct Outbox {
     pub(super) queue: OutboundQueue,
     pub(super) limit: usize,
     pub(super) session: Addr<Session>,
+    /// The session agreed to `permessage-deflate` and takes compressed messages.
+    pub(super) compressed: bool,
 }
 
 impl Outbox {
+    /// Whether the session takes compressed messages: the fan-out offers it the compressed
+    /// frame of a room message ([`crate::connection::transport::encode_text_compressed`]).
+    pub fn takes_compressed(&self) -> bool {
+        self.compressed
+    }
+
     /// Queues `text` for the peer, or says why not.
     pub fn offer(&self, text: ByteString) -> Result<(), Refused> {
         self.report(self.queue.offer_text(text, self.limit))
