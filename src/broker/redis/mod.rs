@@ -76,7 +76,7 @@
 //! connection for commands (a cluster's pipelines split by room); `subscriber.rs`: the
 //! subscriptions (`SUBSCRIBE`, or `SSUBSCRIBE` on a cluster); `server_api.rs`: a
 //! page of history and an order to every node, for the server API; this file: the
-//! handle the supervisor holds and its [`Broker`] seam.
+//! handle the supervisor holds and its [`Broker`] seam; `settings.rs`: [`RedisSettings`].
 //!
 //! This module must not know sessions or actix: it hands [`BrokerEvent`]s to whoever holds
 //! the receiver.
@@ -94,6 +94,7 @@ mod presence_tests;
 mod publisher;
 mod runs;
 mod server_api;
+mod settings;
 mod subscriber;
 mod target;
 #[cfg(test)]
@@ -120,6 +121,7 @@ use self::presence_script::PresenceCall;
 pub use self::presence_script::PRESENCE_SCRIPT;
 use self::publisher::Publisher;
 use self::runs::Runs;
+pub use self::settings::RedisSettings;
 use self::target::Target;
 use super::local::HistoryLimits;
 use super::{
@@ -127,63 +129,8 @@ use super::{
     JoinRequest, JoinSnapshot, MessageHead, NodeId, Origin, Outgoing, Pending, PresenceLimits,
     PresentName, Publication, Published, ResumeRequest, SentBy, Signal,
 };
-use crate::config::{
-    check_redis_url, redact_url, BrokerSettings, HistorySettings, PresenceSettings, PublishSettings,
-};
+use crate::config::{check_redis_url, redact_url};
 use crate::metrics::metrics;
-
-/// How to reach Redis and what to keep there.
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// `redis://...`, `rediss://...`, `redis+sentinel://...` or `redis+cluster://...`; never
-    /// logged unredacted.
-    pub url: String,
-    /// Every key and channel starts with it.
-    pub key_prefix: String,
-    /// `history.size` and `history.ttl_ms` (`max_bytes` is Redis's own `maxmemory`).
-    pub history: HistoryLimits,
-    /// Messages waiting for the publisher at most; beyond, publishing is refused.
-    pub publish_queue: usize,
-    /// Events waiting for the caller at most; beyond, the broker waits (back-pressure).
-    pub event_queue: usize,
-    /// First delay between connection attempts; doubles up to `backoff_max`.
-    pub backoff_min: Duration,
-    /// Longest delay between connection attempts.
-    pub backoff_max: Duration,
-    /// Connect and response timeout of every Redis request, and the health-check interval.
-    pub timeout: Duration,
-    /// `publish.dedupe_ms`: how long a message's dedupe key marks a repeat (zero: never).
-    pub dedupe: Duration,
-    /// `[presence]`: on or off, the events, and this node's lease (`presence.ttl_ms`).
-    pub presence: PresenceLimits,
-    /// `presence.grace_ms`: the heartbeat comes at least this often (500 ms at the
-    /// fastest), so that a dead node's members are gone within `ttl` + `grace`.
-    pub presence_grace: Duration,
-    /// `broker.wait_replicas`: replicas that must have a message (Redis `WAIT`) before it is
-    /// released to the room and acknowledged; 0 = publish at once.
-    pub wait_replicas: u8,
-}
-
-impl RedisSettings {
-    /// Settings from the `[broker]` and `[history]` tables, with the default queues
-    /// (4096 each), backoff (100 ms to 5 s), timeout (2 s) and `[presence]`.
-    pub fn new(broker: &BrokerSettings, history: &HistorySettings) -> Self {
-        RedisSettings {
-            url: broker.redis_url.clone(),
-            key_prefix: broker.key_prefix.clone(),
-            history: HistoryLimits::from(history),
-            publish_queue: 4_096,
-            event_queue: 4_096,
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
-            timeout: Duration::from_secs(2),
-            dedupe: Duration::from_millis(PublishSettings::default().dedupe_ms),
-            presence: PresenceLimits::default(),
-            presence_grace: Duration::from_millis(PresenceSettings::default().grace_ms),
-            wait_replicas: broker.wait_replicas,
-        }
-    }
-}
 
 pub(super) enum Command {
     Subscribe {
