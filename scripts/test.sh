@@ -10,6 +10,8 @@
 # fails with the install command, it never skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# No test reads standard input; cargo's compiler probe (`rustc -`) would (see .ci/run).
+exec </dev/null
 
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
