@@ -9,7 +9,9 @@
 //!
 //! Every path upgrades. The bind address is the first argument (port 0 picks a free port;
 //! the real one is printed on stdout). What differs from a plain echo server is wsgrace's by
-//! design: a binary message is refused with close 1003, not echoed. Messages up to 16 MiB are
+//! design: a binary message is refused with close 1003, not echoed. `permessage-deflate` is
+//! answered (`SessionConfig::permessage_deflate`, off by default), so the suite's compression
+//! cases run too. Messages up to 16 MiB are
 //! accepted, and the heartbeat is slow (one ping a minute) so that the server's own pings do
 //! not land in the middle of a test case that counts every frame it receives.
 
@@ -39,6 +41,7 @@ fn config() -> SessionConfig {
         heartbeat_interval: Duration::from_secs(60),
         client_timeout: Duration::from_secs(180),
         max_message_bytes: 16 * 1024 * 1024,
+        permessage_deflate: true,
         ..SessionConfig::default()
     }
 }
@@ -62,6 +65,10 @@ async fn main() -> std::io::Result<()> {
             },
         ))
         .client_disconnect_timeout(Duration::ZERO)
+        // An echo is written as soon as it is queued: without TCP_NODELAY the tail segment of a
+        // large message (the compression cases echo 1,000 messages of up to 128 KiB) waits for
+        // the client's delayed ACK, 40 ms a message.
+        .tcp_nodelay(true)
         .bind(&bind)?;
     for addr in server.addrs() {
         println!("listening on {addr}");

@@ -29,7 +29,7 @@
 //! | 6 | [`service`] | the HTTP faces: routes and upgrade checks ([`service::server`]), signals and readiness ([`service::shutdown`]), tokens ([`service::auth`], [`service::expiry`]), the client address, the open-files budget |
 //! | 5 | [`rooms`] | rooms on this node: the [`Supervisor`] (a mailbox that routes), the pure [`rooms::room::Room`] (enrolment, join buffer, line, catch-up), the fan-out shards, the resume merge, the drain plan and report, the chat handler |
 //! | 4 | [`broker`] | the seam both brokers implement ([`broker::Broker`]), [`broker::LocalBroker`], [`broker::RedisBroker`] (keys and scripts, publisher, driver) |
-//! | 3 | [`connection`] | one connection: bytes ⇄ frames ([`connection::transport`]), the session actor ([`connection::session`]), the lingering close, the handshake and the upgrade out of the HTTP dispatcher |
+//! | 3 | [`connection`] | one connection: bytes ⇄ frames ([`connection::transport`], with `permessage-deflate`), the session actor ([`connection::session`]), the lingering close, the handshake (and its `permessage-deflate` offer) and the upgrade out of the HTTP dispatcher |
 //! | 2 | [`client`] | the Rust client: pure policy and wire parsing, a tokio shell |
 //! | 1 | [`protocol`] | the server's frames as plain types, serialized in one place |
 //! | 0 | [`close`], [`config`], [`metrics`] | the ground floor every level uses: the close-state machine, the configuration (one file per TOML table), the metrics |

@@ -25,19 +25,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::failover::{
+    assert_one_message_per_seq_and_no_hole, config, prefix, retryable, watch_member, Seen,
+};
 use common::wsgrace;
-use wsgrace_kit::chat::{assert_contiguous, join, Frame, Msg, Reader, Sender, WAIT};
+use wsgrace_kit::chat::{assert_contiguous, join, Msg, Sender, WAIT};
 use wsgrace_kit::http::wait_status;
 use wsgrace_kit::redis_cluster::RedisCluster;
-
-/// A node's config: the Redis broker at `url` under `prefix`.
-fn config(url: &str, prefix: &str) -> String {
-    format!("[broker]\nkind = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"{prefix}\"\n")
-}
-
-fn prefix(test: &str) -> String {
-    format!("wsgrace-test-{}-{test}", std::process::id())
-}
 
 /// A room's hash and its (sharded) channel: `PREFIX:{ROOM}:room`.
 fn room_key(prefix: &str, room: &str) -> String {
@@ -205,64 +199,6 @@ fn subscriber_count(answer: &str, channel: &str) -> u64 {
     }
 }
 
-/// What one member saw: every message as (epoch, seq, text) in arrival order, the `epoch`
-/// frames, when the first message sent after the kill arrived, and how it ended.
-#[derive(Debug, Default)]
-struct Seen {
-    messages: Vec<(String, u64, String)>,
-    epochs: Vec<(String, u64)>,
-    first_after_kill: Option<Instant>,
-    refused: usize,
-    closed: Option<Option<u16>>,
-}
-
-/// Reads `rx` until the message `end` (or a close), tracking the epoch from `epoch` on.
-/// The first message sent after the kill ("k-N": delivered through the cluster after it)
-/// raises `recovered`; a close raises `closed` (the room's sender stops sending then).
-async fn watch_member(
-    mut rx: Reader,
-    epoch: String,
-    recovered: Arc<AtomicBool>,
-    closed: Arc<AtomicBool>,
-) -> Seen {
-    let mut epoch = epoch;
-    let mut seen = Seen::default();
-    loop {
-        match rx.next().await {
-            Frame::Message(msg) => {
-                if msg.text.starts_with("k-") && seen.first_after_kill.is_none() {
-                    seen.first_after_kill = Some(Instant::now());
-                    recovered.store(true, Ordering::SeqCst);
-                }
-                let end = msg.text == "end";
-                seen.messages.push((epoch.clone(), msg.seq, msg.text));
-                if end {
-                    return seen;
-                }
-            }
-            Frame::Epoch {
-                epoch: new, seq, ..
-            } => {
-                seen.epochs.push((new.clone(), seq));
-                epoch = new;
-            }
-            Frame::Error { code, .. } if code == "unavailable" => seen.refused += 1,
-            Frame::Close(code, _) => {
-                seen.closed = Some(code);
-                closed.store(true, Ordering::SeqCst);
-                return seen;
-            }
-            Frame::Ended(why) => panic!("a session ended without a close frame: {why}"),
-            _ => {}
-        }
-    }
-}
-
-/// Close codes a client retries after (a reconnect and a resume).
-fn retryable(code: Option<u16>) -> bool {
-    matches!(code, Some(1001 | 1011 | 1012 | 1013))
-}
-
 /// One room under traffic: its sender (`sam`, on node a or b) and two more members, one on
 /// each node.
 struct Room {
@@ -338,10 +274,13 @@ async fn a_master_killed_under_traffic_is_followed_and_no_seq_names_two_messages
         let sam = join(&nodes[sender_node], name, "sam", None).await;
         let first_epoch = sam.welcome.epoch.clone();
         let recovered = Arc::new(AtomicBool::new(false));
+        // "k-N": sent after the kill, so delivered through the cluster after it.
+        let after_kill = |text: &str| text.starts_with("k-");
         let sam_closed = Arc::new(AtomicBool::new(false));
         let mut watchers = vec![tokio::spawn(watch_member(
             sam.rx,
             first_epoch.clone(),
+            after_kill,
             recovered.clone(),
             sam_closed.clone(),
         ))];
@@ -355,6 +294,7 @@ async fn a_master_killed_under_traffic_is_followed_and_no_seq_names_two_messages
             watchers.push(tokio::spawn(watch_member(
                 joined.rx,
                 first_epoch.clone(),
+                after_kill,
                 recovered.clone(),
                 member_closed.clone(),
             )));
@@ -606,34 +546,11 @@ impl RoomRun {
     /// member has a hole or a repeat within an epoch (each epoch's seqs are consecutive from
     /// where it began).
     fn assert_one_message_per_seq_and_no_hole(&self) {
-        let room = &self.name;
-        let mut named_by: HashMap<(String, u64), String> = HashMap::new();
-        for (name, member) in self.names.iter().zip(&self.seen) {
-            for (epoch, seq, text) in &member.messages {
-                let first = named_by
-                    .entry((epoch.clone(), *seq))
-                    .or_insert_with(|| text.clone());
-                assert_eq!(
-                    first, text,
-                    "{room}: {name}: epoch {epoch} seq {seq} names two messages"
-                );
-            }
-        }
-        for (name, member) in self.names.iter().zip(&self.seen) {
-            let mut begins: HashMap<String, u64> = HashMap::from([(self.first_epoch.clone(), 0)]);
-            begins.extend(member.epochs.iter().cloned());
-            let mut last: Option<(String, u64)> = None;
-            for (epoch, seq, text) in &member.messages {
-                let expected = match &last {
-                    Some((last_epoch, last_seq)) if last_epoch == epoch => last_seq + 1,
-                    _ => begins[epoch] + 1,
-                };
-                assert_eq!(
-                    *seq, expected,
-                    "{room}: {name}: a hole or a repeat in epoch {epoch} at {text:?}"
-                );
-                last = Some((epoch.clone(), *seq));
-            }
-        }
+        assert_one_message_per_seq_and_no_hole(
+            &self.name,
+            &self.first_epoch,
+            &self.names,
+            &self.seen,
+        );
     }
 }

@@ -14,25 +14,18 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::failover::{
+    assert_one_message_per_seq_and_no_hole, config, prefix, retryable, watch_member, Seen,
+};
 use common::wsgrace;
-use wsgrace_kit::chat::{join, Frame, Member, Reader, WAIT};
+use wsgrace_kit::chat::{join, Frame, Member, WAIT};
 use wsgrace_kit::http::wait_status;
 use wsgrace_kit::sentinel::SentinelSet;
 use wsgrace_kit::server::ServerProcess;
-
-/// A node's config: the Redis broker at `url` under `prefix`.
-fn config(url: &str, prefix: &str) -> String {
-    format!("[broker]\nkind = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"{prefix}\"\n")
-}
-
-fn prefix(test: &str) -> String {
-    format!("wsgrace-test-{}-{test}", std::process::id())
-}
 
 /// A failover takes a few seconds (down-after 1 s, the vote, the promotion); this bounds
 /// every wait for it (reached only on failure).
@@ -78,66 +71,6 @@ async fn a_room_works_through_sentinel_across_two_nodes() {
     }
 }
 
-/// What one member saw: every message as (epoch, seq, text) in arrival order, the `epoch`
-/// frames, when the first message sent after the kill arrived, and how it ended.
-#[derive(Debug, Default)]
-struct Seen {
-    messages: Vec<(String, u64, String)>,
-    epochs: Vec<(String, u64)>,
-    first_after_kill: Option<Instant>,
-    refused: usize,
-    closed: Option<Option<u16>>,
-}
-
-/// Reads `rx` until the message `end` (or a close), tracking the epoch from `epoch` on.
-/// The first message "s-N" with N above `killed_at` (sent after the kill: delivered through
-/// the new master) raises `recovered`.
-async fn watch_member(
-    mut rx: Reader,
-    epoch: String,
-    killed_at: Arc<AtomicU64>,
-    recovered: Arc<AtomicBool>,
-) -> Seen {
-    let mut epoch = epoch;
-    let mut seen = Seen::default();
-    loop {
-        match rx.next().await {
-            Frame::Message(msg) => {
-                let n: Option<u64> = msg.text.strip_prefix("s-").and_then(|n| n.parse().ok());
-                if n.is_some_and(|n| n > killed_at.load(Ordering::SeqCst))
-                    && seen.first_after_kill.is_none()
-                {
-                    seen.first_after_kill = Some(Instant::now());
-                    recovered.store(true, Ordering::SeqCst);
-                }
-                let end = msg.text == "end";
-                seen.messages.push((epoch.clone(), msg.seq, msg.text));
-                if end {
-                    return seen;
-                }
-            }
-            Frame::Epoch {
-                epoch: new, seq, ..
-            } => {
-                seen.epochs.push((new.clone(), seq));
-                epoch = new;
-            }
-            Frame::Error { code, .. } if code == "unavailable" => seen.refused += 1,
-            Frame::Close(code, _) => {
-                seen.closed = Some(code);
-                return seen;
-            }
-            Frame::Ended(why) => panic!("a session ended without a close frame: {why}"),
-            _ => {}
-        }
-    }
-}
-
-/// Close codes a client retries after (a reconnect and a resume).
-fn retryable(code: Option<u16>) -> bool {
-    matches!(code, Some(1001 | 1011 | 1012 | 1013))
-}
-
 /// A failover under traffic, and what everyone saw.
 struct Failover {
     /// sam (the sender, on node a), ann (a), bob and cid (b).
@@ -173,11 +106,19 @@ async fn failover_under_traffic(name: &str, wait_replicas: u8, replicas: usize) 
     let sam = join(&a, "r", "sam", None).await;
     let first_epoch = sam.welcome.epoch.clone();
     let watch = |rx| {
+        let killed_at = killed_at.clone();
+        // "s-N" sent after the kill: N above the count at the kill.
+        let after_kill = move |text: &str| {
+            text.strip_prefix("s-")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > killed_at.load(Ordering::SeqCst))
+        };
         tokio::spawn(watch_member(
             rx,
             first_epoch.clone(),
-            killed_at.clone(),
+            after_kill,
             recovered.clone(),
+            Arc::new(AtomicBool::new(false)),
         ))
     };
     let mut watchers = vec![watch(sam.rx)];
@@ -269,34 +210,7 @@ impl Failover {
     /// member has a hole or a repeat within an epoch (each epoch's seqs are consecutive from
     /// where it began).
     fn assert_one_message_per_seq_and_no_hole(&self) {
-        let mut named_by: HashMap<(String, u64), String> = HashMap::new();
-        for (name, member) in self.names.iter().zip(&self.seen) {
-            for (epoch, seq, text) in &member.messages {
-                let first = named_by
-                    .entry((epoch.clone(), *seq))
-                    .or_insert_with(|| text.clone());
-                assert_eq!(
-                    first, text,
-                    "{name}: epoch {epoch} seq {seq} names two messages"
-                );
-            }
-        }
-        for (name, member) in self.names.iter().zip(&self.seen) {
-            let mut begins: HashMap<String, u64> = HashMap::from([(self.first_epoch.clone(), 0)]);
-            begins.extend(member.epochs.iter().cloned());
-            let mut last: Option<(String, u64)> = None;
-            for (epoch, seq, text) in &member.messages {
-                let expected = match &last {
-                    Some((last_epoch, last_seq)) if last_epoch == epoch => last_seq + 1,
-                    _ => begins[epoch] + 1,
-                };
-                assert_eq!(
-                    *seq, expected,
-                    "{name}: a hole or a repeat in epoch {epoch} at {text:?}"
-                );
-                last = Some((epoch.clone(), *seq));
-            }
-        }
+        assert_one_message_per_seq_and_no_hole("r", &self.first_epoch, &self.names, &self.seen);
     }
 
     /// Each node followed the failover without a restart, and says where it went.

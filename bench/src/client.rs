@@ -4,18 +4,99 @@
 //! frame format are the kit's (`wsgrace_kit::handshake`, `wsgrace_kit::frame`). It knows
 //! nothing of chat or of the scenarios; it must not hide protocol events from them (pings,
 //! closes and the way the TCP connection ended are all reported to the caller).
+//!
+//! With `--deflate` ([`set_offer_deflate`]) every connection offers `permessage-deflate` as a
+//! browser does, and a compressed message is inflated (the kit's one inflater per thread, so
+//! that 10,000 connections keep none) before it is handed out. The bytes of data frames on the
+//! wire and inflated are counted for the whole process ([`wire_counts`]).
 
+use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use wsgrace_kit::deflate::{extensions_answer, inflate_message_into, BROWSER_OFFER};
 use wsgrace_kit::frame::{
     encode_frame_into, parse_header, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG,
-    OP_TEXT,
+    OP_TEXT, RSV1,
 };
-use wsgrace_kit::handshake::{upgrade_offering, SocketOptions};
+use wsgrace_kit::handshake::{upgrade_with, SocketOptions};
+
+thread_local! {
+    /// Whether new connections offer `permessage-deflate` (`--deflate`).
+    static OFFER_DEFLATE: Cell<bool> = const { Cell::new(false) };
+    /// Data messages read, their frames' bytes on the wire (headers included), and their
+    /// payload bytes once inflated.
+    static WIRE: Cell<WireCounts> = const { Cell::new(WireCounts { messages: 0, wire_bytes: 0, payload_bytes: 0, compressed: 0, agreed: 0 }) };
+}
+
+/// What the readers of this thread took off the wire in data messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireCounts {
+    /// Whole data messages handed out.
+    pub messages: u64,
+    /// Their frames' bytes on the wire, headers included.
+    pub wire_bytes: u64,
+    /// Their payloads' bytes, inflated.
+    pub payload_bytes: u64,
+    /// How many of them came compressed.
+    pub compressed: u64,
+    /// Connections whose upgrade agreed to `permessage-deflate`.
+    pub agreed: u64,
+}
+
+/// New connections offer `permessage-deflate` (the offer browsers make) when `offer` is true.
+pub fn set_offer_deflate(offer: bool) {
+    OFFER_DEFLATE.with(|cell| cell.set(offer));
+}
+
+/// Whether new connections offer `permessage-deflate`.
+pub fn offers_deflate() -> bool {
+    OFFER_DEFLATE.with(Cell::get)
+}
+
+/// The counts since the last [`reset_wire_counts`].
+pub fn wire_counts() -> WireCounts {
+    WIRE.with(Cell::get)
+}
+
+/// Starts the counts of [`wire_counts`] from zero.
+pub fn reset_wire_counts() {
+    WIRE.with(|cell| cell.set(WireCounts::default()));
+}
+
+/// `counts` as the reports show them, with the bytes per message.
+pub fn wire_json(counts: WireCounts) -> serde_json::Value {
+    let per = |bytes: u64| {
+        if counts.messages == 0 {
+            0.0
+        } else {
+            (bytes as f64 / counts.messages as f64 * 10.0).round() / 10.0
+        }
+    };
+    serde_json::json!({
+        "data_messages": counts.messages,
+        "compressed_messages": counts.compressed,
+        "wire_bytes": counts.wire_bytes,
+        "payload_bytes": counts.payload_bytes,
+        "wire_bytes_per_message": per(counts.wire_bytes),
+        "payload_bytes_per_message": per(counts.payload_bytes),
+        "deflate_agreed_connections": counts.agreed,
+    })
+}
+
+fn count_message(wire_bytes: usize, payload_bytes: usize, compressed: bool) {
+    WIRE.with(|cell| {
+        let mut counts = cell.get();
+        counts.messages += 1;
+        counts.wire_bytes += wire_bytes as u64;
+        counts.payload_bytes += payload_bytes as u64;
+        counts.compressed += u64::from(compressed);
+        cell.set(counts);
+    });
+}
 
 /// Largest frame the reader accepts; the server's messages are small.
 const MAX_FRAME: usize = 16 << 20;
@@ -64,6 +145,14 @@ pub struct WsReader {
     fragments: Vec<u8>,
     /// Set once a fragmented message completed: the payload lives in `fragments`.
     fragments_ready: bool,
+    /// `permessage-deflate` agreed: RSV1 marks a compressed message.
+    inflating: bool,
+    /// The message being read is compressed (its first frame had RSV1).
+    compressed: bool,
+    /// Wire bytes of the message being read, so far.
+    message_wire: usize,
+    /// The last compressed message, inflated (allocated only with `inflating`).
+    inflated: Vec<u8>,
 }
 
 /// The writing half: masks and writes client frames from a reusable buffer.
@@ -93,11 +182,35 @@ pub async fn connect_offering(
     seed: u64,
     subprotocol: Option<&str>,
 ) -> io::Result<(WsReader, WsWriter)> {
+    connect_measured(server, source, path, seed, subprotocol)
+        .await
+        .map(|(rd, wr, _)| (rd, wr))
+}
+
+/// [`connect_offering`], also returning the bytes of the server's response head (its blank
+/// line included): what an upgrade costs on the wire besides the request.
+pub async fn connect_measured(
+    server: SocketAddr,
+    source: Option<IpAddr>,
+    path: &str,
+    seed: u64,
+    subprotocol: Option<&str>,
+) -> io::Result<(WsReader, WsWriter, usize)> {
     let options = SocketOptions {
         source,
         ..SocketOptions::default()
     };
-    let answered = upgrade_offering(server, path, options, subprotocol).await?;
+    let offer = offers_deflate().then_some(BROWSER_OFFER);
+    let answered = upgrade_with(server, path, options, subprotocol, offer).await?;
+    let inflating = offer.is_some()
+        && extensions_answer(&answered.head).is_some_and(|a| a.starts_with("permessage-deflate"));
+    if inflating {
+        WIRE.with(|cell| {
+            let mut counts = cell.get();
+            counts.agreed += 1;
+            cell.set(counts);
+        });
+    }
     if let Some(protocol) = subprotocol {
         let chosen = answered.head.lines().any(|line| {
             line.split_once(':').is_some_and(|(name, value)| {
@@ -121,13 +234,17 @@ pub async fn connect_offering(
         consumed: 0,
         fragments: Vec::new(),
         fragments_ready: false,
+        inflating,
+        compressed: false,
+        message_wire: 0,
+        inflated: Vec::new(),
     };
     let writer = WsWriter {
         wr,
         out: Vec::with_capacity(256),
         rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
     };
-    Ok((reader, writer))
+    Ok((reader, writer, answered.head.len() + 4))
 }
 
 impl WsReader {
@@ -141,7 +258,7 @@ impl WsReader {
         self.buf.advance(self.consumed);
         self.consumed = 0;
         loop {
-            match server_header(&self.buf) {
+            match server_header(&self.buf, self.inflating) {
                 Ok(Some((fin, opcode, start, len))) => {
                     if len > MAX_FRAME {
                         return Read::End(End::Error);
@@ -174,9 +291,28 @@ impl WsReader {
             }
         }
         // The frame at the front of `buf` (or in `fragments`) is complete.
-        let Ok(Some((_, opcode, start, len))) = server_header(&self.buf) else {
+        let Ok(Some((_, opcode, start, len))) = server_header(&self.buf, self.inflating) else {
             return Read::End(End::Error);
         };
+        if matches!(opcode, OP_TEXT | OP_BINARY | OP_CONTINUATION) {
+            let compressed = std::mem::take(&mut self.compressed);
+            let whole: &[u8] = if opcode == OP_CONTINUATION {
+                &self.fragments
+            } else {
+                &self.buf[start..start + len]
+            };
+            let wire = std::mem::take(&mut self.message_wire);
+            if compressed {
+                if inflate_message_into(whole, &mut self.inflated).is_err() {
+                    return Read::End(End::Error);
+                }
+                count_message(wire, self.inflated.len(), true);
+                return Read::Frame(Frame::Message {
+                    payload: &self.inflated,
+                });
+            }
+            count_message(wire, whole.len(), false);
+        }
         let payload = &self.buf[start..start + len];
         Read::Frame(match opcode {
             OP_PING => Frame::Ping(payload),
@@ -204,6 +340,14 @@ impl WsReader {
     /// Decides what a complete frame at the buffer front means: `Some(true)` = hand it out,
     /// `Some(false)` = a fragment was stored, `None` = protocol error.
     fn classify(&mut self, fin: bool, opcode: u8, start: usize, len: usize) -> Option<bool> {
+        if matches!(opcode, OP_TEXT | OP_BINARY) {
+            // RSV1 (allowed by `server_header` only with the extension) on a first frame.
+            self.compressed = self.buf[0] & 0x40 != 0;
+            self.message_wire = 0;
+        }
+        if matches!(opcode, OP_TEXT | OP_BINARY | OP_CONTINUATION) {
+            self.message_wire += start + len;
+        }
         let payload = &self.buf[start..start + len];
         match opcode {
             OP_TEXT | OP_BINARY if fin => Some(true),
@@ -229,12 +373,15 @@ impl WsReader {
 
 /// A server frame header as the kit parses it, with what this client refuses: `(fin,
 /// opcode, payload_start, payload_len)`, `None` if more bytes are needed, `Err` if the server
-/// masked its frame, used reserved bits or announced more than memory holds.
-fn server_header(buf: &[u8]) -> Result<Option<(bool, u8, usize, usize)>, ()> {
+/// masked its frame, used reserved bits (RSV1 on a data message's first frame is allowed when
+/// `inflating`) or announced more than memory holds.
+fn server_header(buf: &[u8], inflating: bool) -> Result<Option<(bool, u8, usize, usize)>, ()> {
     let Some(header) = parse_header(buf) else {
         return Ok(None);
     };
-    if header.masked || header.rsv != 0 {
+    let compressed_start =
+        inflating && header.rsv == RSV1 && matches!(header.opcode, OP_TEXT | OP_BINARY);
+    if header.masked || (header.rsv != 0 && !compressed_start) {
         return Err(());
     }
     let len = usize::try_from(header.payload_len).map_err(|_| ())?;
@@ -284,9 +431,19 @@ mod tests {
 
     #[test]
     fn masked_frames_and_reserved_bits_are_refused() {
-        assert_eq!(server_header(&[0x81]), Ok(None));
-        assert_eq!(server_header(&[0x81, 5]), Ok(Some((true, OP_TEXT, 2, 5))));
-        assert_eq!(server_header(&[0x81, 0x85]), Err(()));
-        assert_eq!(server_header(&[0xC1, 5]), Err(()));
+        assert_eq!(server_header(&[0x81], false), Ok(None));
+        assert_eq!(
+            server_header(&[0x81, 5], false),
+            Ok(Some((true, OP_TEXT, 2, 5)))
+        );
+        assert_eq!(server_header(&[0x81, 0x85], false), Err(()));
+        assert_eq!(server_header(&[0xC1, 5], false), Err(()));
+        // With permessage-deflate: RSV1 on a data frame only.
+        assert_eq!(
+            server_header(&[0xC1, 5], true),
+            Ok(Some((true, OP_TEXT, 2, 5)))
+        );
+        assert_eq!(server_header(&[0xC9, 0], true), Err(()));
+        assert_eq!(server_header(&[0xE1, 5], true), Err(()));
     }
 }

@@ -20,6 +20,8 @@ fn key_metrics(scenario: &str) -> &'static [&'static str] {
             "/out_of_order",
             "/server_rss_bytes",
             "/server_cpu_ns_per_delivery",
+            "/server_writes/socket_sends",
+            "/server_writes/deliveries_per_write_call",
             "/server/stop_ms",
         ],
         "drain" => &[
@@ -102,7 +104,13 @@ fn entry(a: Option<f64>, b: Option<f64>) -> Value {
 /// The comparison line for two reports of the same scenario.
 pub fn ratios(scenario: &str, a_name: &str, a: &Value, b_name: &str, b: &Value) -> Value {
     let mut metrics = Map::new();
-    for pointer in key_metrics(scenario) {
+    // Every scenario's bytes on the wire per data message the clients read (`client_wire`),
+    // and fanout's for the deliveries alone.
+    let wire = [
+        "/client_wire/wire_bytes_per_message",
+        "/delivered_wire/wire_bytes_per_message",
+    ];
+    for pointer in key_metrics(scenario).iter().chain(&wire) {
         let get = |r: &Value| r.pointer(pointer).and_then(Value::as_f64);
         let key = pointer.trim_start_matches('/').replace('/', ".");
         metrics.insert(key, entry(get(a), get(b)));

@@ -11,6 +11,7 @@ mod api_client;
 mod client;
 mod compare;
 mod launch;
+mod perf;
 mod scenario_redis;
 mod scenarios;
 
@@ -25,7 +26,7 @@ use launch::ServerOpts;
 use scenarios::{Ctx, Outcome};
 
 /// Load generator for wsgrace: hold, fanout, drain, close-latency, cluster-fanout,
-/// mass-resume, rolling and presence-joins scenarios.
+/// mass-resume, rolling, presence-joins, api-publish, failover, v2-joins and v2-resume scenarios.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -54,6 +55,14 @@ struct Cli {
     /// ratio v2 / v1 (a = v1, b = v2). Not with `--compare`.
     #[arg(long, global = true, conflicts_with = "compare")]
     against_v1: bool,
+    /// Every client offers `permessage-deflate` as browsers do (`Sec-WebSocket-Extensions:
+    /// permessage-deflate; client_max_window_bits`) and inflates what comes compressed.
+    #[arg(long, global = true)]
+    deflate: bool,
+    /// Run the scenario twice in one invocation, clients offering no compression (a) and then
+    /// `permessage-deflate` (b), and print a third JSON line with the ratios on / off.
+    #[arg(long, global = true, conflicts_with_all = ["compare", "against_v1", "deflate"])]
+    deflate_compare: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -80,6 +89,16 @@ enum Scenario {
     /// Publishes through the server API (`POST /api/publish`, keep-alive) to N members, on
     /// one node (local broker) and on two nodes (Redis), side by side.
     ApiPublish(scenarios::api_publish::ApiPublishArgs),
+    /// Two nodes on a Sentinel set under steady traffic in many rooms; the master gets
+    /// SIGKILL: the time to the new master, to /readyz 200 and to the first message
+    /// delivered again, and what the senders saw meanwhile.
+    Failover(scenarios::failover::FailoverArgs),
+    /// C wsgrace.v2 connections each join K rooms (then leave them): joins per second,
+    /// latency, server CPU per join, RSS per membership.
+    V2Joins(scenarios::v2_joins::V2JoinsArgs),
+    /// Clients in K rooms over one wsgrace.v2 connection miss N messages per room and
+    /// resume: time, bytes, CPU; with `--v1`, the same with K v1 connections per client.
+    V2Resume(scenarios::v2_resume::V2ResumeArgs),
 }
 
 impl Scenario {
@@ -103,6 +122,9 @@ impl Scenario {
             Scenario::Rolling(_) => "rolling",
             Scenario::PresenceJoins(_) => "presence-joins",
             Scenario::ApiPublish(_) => "api-publish",
+            Scenario::Failover(_) => "failover",
+            Scenario::V2Joins(_) => "v2-joins",
+            Scenario::V2Resume(_) => "v2-resume",
         }
     }
 }
@@ -146,6 +168,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    client::set_offer_deflate(cli.deflate);
+    if cli.deflate_compare {
+        let (off_code, off_report) = run_once(&cli, &cli.scenario, &cli.server, nofile, &runtime);
+        println!("{off_report}");
+        eprintln!("loadgen: now with permessage-deflate offered");
+        client::set_offer_deflate(true);
+        let (on_code, on_report) = run_once(&cli, &cli.scenario, &cli.server, nofile, &runtime);
+        println!("{on_report}");
+        let name = cli.scenario.name();
+        println!(
+            "{}",
+            compare::ratios(name, "deflate_off", &off_report, "deflate_on", &on_report)
+        );
+        return ExitCode::from(off_code.max(on_code));
+    }
     if cli.against_v1 {
         let Some(v1) = cli.scenario.as_v1() else {
             eprintln!("loadgen: --against-v1 needs hold or fanout with --v2-rooms K > 0");
@@ -202,6 +239,7 @@ fn run_once(
         deadline: tokio::time::Instant::now() + Duration::from_secs(cli.timeout_secs),
         nofile,
     };
+    client::reset_wire_counts();
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(runtime, async {
         match scenario {
@@ -214,6 +252,9 @@ fn run_once(
             Scenario::Rolling(args) => scenarios::rolling::run(&ctx, args).await,
             Scenario::PresenceJoins(args) => scenarios::presence_joins::run(&ctx, args).await,
             Scenario::ApiPublish(args) => scenarios::api_publish::run(&ctx, args).await,
+            Scenario::Failover(args) => scenarios::failover::run(&ctx, args).await,
+            Scenario::V2Joins(args) => scenarios::v2_joins::run(&ctx, args).await,
+            Scenario::V2Resume(args) => scenarios::v2_resume::run(&ctx, args).await,
         }
     });
     // Client tasks still alive are dropped with the LocalSet; nothing waits on them.
@@ -225,6 +266,11 @@ fn run_once(
                 obj.insert("nofile_limit".into(), json!(nofile));
                 obj.insert("timeout_secs".into(), json!(cli.timeout_secs));
                 obj.insert("server_binary".into(), json!(binary));
+                obj.insert("deflate_offered".into(), json!(client::offers_deflate()));
+                obj.insert(
+                    "client_wire".into(),
+                    client::wire_json(client::wire_counts()),
+                );
             }
             (if ok { 0 } else { 1 }, report)
         }

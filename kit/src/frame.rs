@@ -112,10 +112,15 @@ pub fn parse_header(buf: &[u8]) -> Option<FrameHeader> {
     })
 }
 
+/// RSV1 in [`FrameHeader::rsv`] and [`RawFrame::rsv`]: a `permessage-deflate` message.
+pub const RSV1: u8 = 0b100;
+
 /// One frame read from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawFrame {
     pub fin: bool,
+    /// The three RSV bits, low bits ([`RSV1`]: compressed).
+    pub rsv: u8,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -134,9 +139,20 @@ impl RawFrame {
         String::from_utf8_lossy(self.payload.get(2..).unwrap_or_default()).into_owned()
     }
 
+    /// The text of a whole text message in one frame, inflated when it is compressed (RSV1).
     pub fn text(&self) -> String {
         assert_eq!(self.opcode, OP_TEXT, "not a text frame: {self:?}");
-        String::from_utf8(self.payload.clone()).expect("server sent invalid UTF-8")
+        let payload = if self.compressed() {
+            crate::deflate::inflate_message(&self.payload)
+        } else {
+            self.payload.clone()
+        };
+        String::from_utf8(payload).expect("server sent invalid UTF-8")
+    }
+
+    /// Whether RSV1 is set: a `permessage-deflate` compressed message.
+    pub fn compressed(&self) -> bool {
+        self.rsv & RSV1 != 0
     }
 }
 
@@ -150,6 +166,7 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     Some((
         RawFrame {
             fin: header.fin,
+            rsv: header.rsv,
             opcode: header.opcode,
             payload,
         },

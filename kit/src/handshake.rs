@@ -24,9 +24,23 @@ pub fn upgrade_request_offering(
     path: &str,
     subprotocol: Option<&str>,
 ) -> String {
-    let offer = subprotocol
+    upgrade_request_with(host, path, subprotocol, None)
+}
+
+/// A valid upgrade request for `path` on `host` that offers `subprotocol` and the
+/// `Sec-WebSocket-Extensions` value `extensions`, each if given.
+pub fn upgrade_request_with(
+    host: impl Display,
+    path: &str,
+    subprotocol: Option<&str>,
+    extensions: Option<&str>,
+) -> String {
+    let mut offer = subprotocol
         .map(|protocol| format!("Sec-WebSocket-Protocol: {protocol}\r\n"))
         .unwrap_or_default();
+    if let Some(extensions) = extensions {
+        offer.push_str(&format!("Sec-WebSocket-Extensions: {extensions}\r\n"));
+    }
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
@@ -127,8 +141,20 @@ pub async fn upgrade_offering(
     options: SocketOptions,
     subprotocol: Option<&str>,
 ) -> io::Result<Answered> {
+    upgrade_with(server, path, options, subprotocol, None).await
+}
+
+/// [`upgrade_offering`], also offering the `Sec-WebSocket-Extensions` value `extensions` if
+/// given (e.g. [`crate::deflate::BROWSER_OFFER`]; the answer is the caller's to read).
+pub async fn upgrade_with(
+    server: SocketAddr,
+    path: &str,
+    options: SocketOptions,
+    subprotocol: Option<&str>,
+    extensions: Option<&str>,
+) -> io::Result<Answered> {
     let socket = socket_for(server, options)?;
-    let request = upgrade_request_offering(server, path, subprotocol);
+    let request = upgrade_request_with(server, path, subprotocol, extensions);
     let answered = send_request(socket, server, request.as_bytes()).await?;
     if answered.status() != Some(101) {
         let status = answered.head.lines().next().unwrap_or_default();

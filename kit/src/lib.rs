@@ -6,7 +6,8 @@
 //!   three sentinels), [`redis_cluster`] (a Redis Cluster), [`server`] (the `wsgrace` binary,
 //!   whose path the caller passes), [`nginx`], and with the `browser` feature
 //!   `browser` (chromedriver and headless Chromium);
-//! - the wire: [`frame`] (encoding client frames, parsing server frames), [`handshake`]
+//! - the wire: [`frame`] (encoding client frames, parsing server frames), [`deflate`]
+//!   (`permessage-deflate` as a client speaks it), [`handshake`]
 //!   (connecting and the opening handshake), [`raw`] (a raw-frame client for what no
 //!   well-behaved client sends), [`chat`] (a chat member reading typed frames),
 //!   [`chat_v2`] (a `wsgrace.v2` connection in many rooms),
@@ -24,6 +25,7 @@ pub mod api;
 pub mod chat;
 pub mod chat_v2;
 pub mod child;
+pub mod deflate;
 mod error;
 pub mod frame;
 pub mod handshake;

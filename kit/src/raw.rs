@@ -12,8 +12,11 @@ use tokio::time::timeout;
 
 use crate::frame::{
     close_payload, encode_frame, parse_server_frame, RawFrame, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT,
+    RSV1,
 };
-use crate::handshake::{send_request, socket_for, upgrade_request, SocketOptions};
+use crate::handshake::{
+    send_request, socket_for, upgrade_request, upgrade_request_with, SocketOptions,
+};
 use crate::DEADLINE;
 
 /// A raw-frame client on an upgraded (or refused) connection.
@@ -26,6 +29,20 @@ impl RawClient {
     /// Connects and upgrades on `path`; panics unless the answer is 101.
     pub async fn connect(addr: SocketAddr, path: &str) -> RawClient {
         Self::connect_with_buffer(addr, path, None).await
+    }
+
+    /// Connects and upgrades on `path` offering the `Sec-WebSocket-Extensions` value
+    /// `extensions` (e.g. [`crate::deflate::BROWSER_OFFER`]); panics unless the answer is 101.
+    /// Returns the client and the answer's `Sec-WebSocket-Extensions`, if any.
+    pub async fn connect_offering(
+        addr: SocketAddr,
+        path: &str,
+        extensions: &str,
+    ) -> (RawClient, Option<String>) {
+        let request = upgrade_request_with(addr, path, None, Some(extensions));
+        let (head, client) = Self::request(addr, request.as_bytes()).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        (client, crate::deflate::extensions_answer(&head))
     }
 
     /// Connects with a small receive buffer, for a client that stops reading.
@@ -108,6 +125,13 @@ impl RawClient {
 
     pub async fn send_text(&mut self, text: &str) {
         self.send_frame(true, OP_TEXT, text.as_bytes()).await;
+    }
+
+    /// Sends `text` as one compressed message (`permessage-deflate`: RSV1, one frame).
+    pub async fn send_compressed_text(&mut self, text: &str) {
+        let payload = crate::deflate::compress_message(text.as_bytes());
+        self.send_raw(&encode_frame(true, RSV1, OP_TEXT, true, &payload))
+            .await;
     }
 
     pub async fn send_close(&mut self, code: Option<u16>, reason: &str) {

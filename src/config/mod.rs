@@ -51,7 +51,7 @@ pub use redis_url::{
     CLUSTER_SCHEME, SENTINEL_SCHEME,
 };
 pub use server::ServerConfig;
-pub use session::{SessionSettings, DEFAULT_SEND_BUFFER_BYTES};
+pub use session::{SessionSettings, DEFAULT_PERMESSAGE_DEFLATE, DEFAULT_SEND_BUFFER_BYTES};
 pub use shutdown::ShutdownSettings;
 
 /// The whole configuration file: one field per TOML table.

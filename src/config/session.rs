@@ -1,7 +1,6 @@
 //! The `[session]` table: per-connection timing and limits (heartbeat, client timeout,
-//! message size, outbound queue, message rate, kernel send buffer, rooms per v2 connection),
-//! with its defaults and
-//! the rules of its keys.
+//! message size, outbound queue, message rate, kernel send buffer, rooms per v2 connection,
+//! `permessage-deflate`), with its defaults and the rules of its keys.
 //!
 //! It must not know about actix or sockets: the session actor and the transport read these
 //! values and carry them out.
@@ -27,6 +26,11 @@ const MAX_MESSAGES_PER_SEC: RangeInclusive<u32> = 0..=1_000_000;
 pub const DEFAULT_SEND_BUFFER_BYTES: usize = 262_144;
 /// Allowed `session.send_buffer_bytes`: 0 (the kernel's default) or 4 KiB to 64 MiB.
 const SEND_BUFFER_BYTES: RangeInclusive<usize> = 4_096..=64 << 20;
+/// The default `session.permessage_deflate`: off. A compression costs ~20 µs however short the
+/// message, paid once per worker thread with members in the room: nothing in a room of 1,000,
+/// several times the CPU per delivery in a room of two, for ~19% fewer bytes on chat text
+/// (BENCHMARKS.md, "permessage-deflate").
+pub const DEFAULT_PERMESSAGE_DEFLATE: bool = false;
 /// Allowed `session.max_rooms`.
 const MAX_ROOMS: RangeInclusive<usize> = 1..=100_000;
 
@@ -54,6 +58,11 @@ pub struct SessionSettings {
     /// `wsgrace.v2` connections: rooms one connection may have joined at once; one more join
     /// is refused with `too_many_rooms`.
     pub max_rooms: usize,
+    /// Answer RFC 7692 `permessage-deflate` offers (with `server_no_context_takeover` and
+    /// `client_no_context_takeover`): a room message is compressed once and its bytes shared by
+    /// every member that agreed; what a client sends compressed is inflated up to
+    /// `max_frame_bytes` (more: 1009, found before inflating past it).
+    pub permessage_deflate: bool,
 }
 
 impl SessionSettings {
@@ -121,6 +130,7 @@ impl Default for SessionSettings {
             max_messages_per_sec: 0,
             send_buffer_bytes: DEFAULT_SEND_BUFFER_BYTES,
             max_rooms: 100,
+            permessage_deflate: DEFAULT_PERMESSAGE_DEFLATE,
         }
     }
 }

@@ -55,6 +55,7 @@ fn shipped_config_names_every_key() {
             "max_messages_per_sec",
             "max_rooms",
             "outbound_queue",
+            "permessage_deflate",
             "send_buffer_bytes"
         ]
     );

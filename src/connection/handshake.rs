@@ -3,12 +3,15 @@
 //! for an HTTP/1.1 GET, and an upgrade request has no body.
 //!
 //! Both ways in use it before they switch protocols: the binary's upgrade out of the
-//! dispatcher ([`super::upgrade::accept`]) and the embedded one ([`super::session::start`]).
-//! It decides nothing about who may connect (that is [`crate::service::server`]).
+//! dispatcher ([`super::upgrade::accept`]) and the embedded one ([`super::session::start`]);
+//! both also answer a `permessage-deflate` offer through [`agree_deflate`]. It decides nothing
+//! about who may connect (that is [`crate::service::server`]).
 
 use actix_http::body::BoxBody;
 use actix_http::header;
 use actix_http::{RequestHead, Response, StatusCode, Version};
+
+use crate::connection::deflate_offer::{self, Agreement};
 
 /// Why a request that asks for a WebSocket upgrade cannot have one, whatever its headers say
 /// otherwise (RFC 6455 §4.1: an HTTP/1.1 GET). actix-http's handshake check does not look at
@@ -53,4 +56,19 @@ pub fn check_framing(head: &RequestHead) -> Result<(), BadFraming> {
         (_, Some(Some(length))) if length > 0 => Err(BadFraming::Body),
         _ => Ok(()),
     }
+}
+
+/// The `permessage-deflate` agreement for `head`'s `Sec-WebSocket-Extensions` offers when
+/// `enabled` (`session.permessage_deflate`); `None`: no extension (not enabled, nothing offered,
+/// or no offer this server can honour: declined, never refused, RFC 7692 §5). A header value
+/// that is not visible ASCII is no offer.
+pub fn agree_deflate(head: &RequestHead, enabled: bool) -> Option<Agreement> {
+    if !enabled {
+        return None;
+    }
+    let offers = head
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .filter_map(|value| value.to_str().ok());
+    deflate_offer::negotiate(offers)
 }

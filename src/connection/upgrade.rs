@@ -19,10 +19,11 @@ use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use futures::SinkExt;
 
-use crate::connection::handshake::{check_framing, BadFraming};
+use crate::connection::handshake::{agree_deflate, check_framing, BadFraming};
 use crate::connection::linger::LingeringStream;
 use crate::connection::request_deadline::HeadTimed;
 use crate::connection::session::{self, SessionConfig, SessionHandle, SessionHandler};
+use crate::connection::transport::Deflate;
 
 /// A connection whose request asks for an upgrade, as the HTTP dispatcher hands it over.
 pub type Upgrading = Framed<HeadTimed<LingeringStream>, h1::Codec>;
@@ -63,7 +64,9 @@ pub async fn accept(
 }
 
 /// [`accept`], answering the 101 with `Sec-WebSocket-Protocol: subprotocol` when given (the
-/// one of the client's offered subprotocols the server chose).
+/// one of the client's offered subprotocols the server chose). With
+/// [`SessionConfig::permessage_deflate`], a `permessage-deflate` offer is answered too
+/// ([`agree_deflate`]).
 pub async fn accept_subprotocol(
     req: Request,
     mut connection: Upgrading,
@@ -78,11 +81,18 @@ pub async fn accept_subprotocol(
         return Err(UpgradeFailed::Framing(bad));
     }
     let accepted = actix_http::ws::handshake(req.head());
+    let agreed = agree_deflate(req.head(), config.permessage_deflate);
     drop(req);
+    let deflate = agreed
+        .as_ref()
+        .map_or(Deflate::Off, |agreed| agreed.deflate);
     let switching = match accepted {
         Ok(mut accepted) => {
             if let Some(subprotocol) = subprotocol {
                 accepted.insert_header((header::SEC_WEBSOCKET_PROTOCOL, subprotocol));
+            }
+            if let Some(agreed) = agreed {
+                accepted.insert_header((header::SEC_WEBSOCKET_EXTENSIONS, agreed.response));
             }
             accepted.finish().drop_body()
         }
@@ -103,7 +113,7 @@ pub async fn accept_subprotocol(
     // read buffer so that the buffer goes now.
     let leftover = Bytes::copy_from_slice(&read_buf);
     drop(read_buf);
-    let (handle, writing) = session::start_on_socket(io, leftover, handler, config);
+    let (handle, writing) = session::start_on_socket(io, leftover, handler, config, deflate);
     Ok((handle, Box::pin(writing)))
 }
 

@@ -5,7 +5,10 @@
 //! [`Deliver`] per shard that has members in the room, instead of one actor message per
 //! member. The shard encodes the frame once in its own thread's memory (so that reference
 //! counts are not shared between cores) and offers it to each local member's [`Outbox`]: a
-//! queue push and an `Rc` clone, no allocation, no cross-thread traffic. A shard's mailbox is
+//! queue push and an `Rc` clone, no allocation, no cross-thread traffic. For the members that
+//! agreed to `permessage-deflate` it also compresses the frame once (on first need, so a thread
+//! whose members in the room all read plain frames compresses nothing), and they share those
+//! bytes the same way: no compressor per connection. A shard's mailbox is
 //! FIFO and the supervisor sends in `seq` order, so every member sees one order. It must not
 //! decide anything about closes: the outbox refuses what may not be sent. The drain's
 //! [`ShutDown`] goes the same way: one message per thread, whose loop writes each idle
@@ -24,7 +27,7 @@ use log::debug;
 
 use crate::close::CloseStatus;
 use crate::connection::session::{local_outbox, Outbox, SessionId, ShutdownFrames};
-use crate::connection::transport::{encode_text, Refused};
+use crate::connection::transport::{encode_text, encode_text_compressed, Refused};
 use crate::metrics::{metrics, DropReason};
 
 thread_local! {
@@ -228,18 +231,40 @@ impl Handler<Deliver> for Shard {
         // Encoded once per thread: each member gets an `Rc` clone of the same frame bytes,
         // copied into its connection's buffer when written (no per-member encoding, no
         // atomic reference counts shared between cores).
+        //
+        // Compressed once per thread too, not once in the supervisor: the supervisor is one
+        // thread that every room message goes through, the shards run on every core; a
+        // compression costs ~24 us (mostly the compressor's reset), which on the supervisor
+        // would cap the process near 40,000 room messages per second, while each worker pays
+        // it in parallel beside its members' writes (BENCHMARKS.md, "permessage-deflate").
         let frame = encode_text(&msg.text);
+        let mut compressed: Option<std::rc::Rc<[u8]>> = None;
         let own = msg
             .except
             .as_ref()
-            .map(|except| (except.session, except.frame.as_deref().map(encode_text)));
+            .map(|except| (except.session, except.frame.as_ref()));
         let (mut sent, mut closed, mut full) = (0u64, 0u64, 0u64);
         for (id, outbox) in &members.list {
-            let frame = match &own {
-                Some((session, own_frame)) if session == id => match own_frame {
-                    Some(own_frame) => own_frame.clone(),
+            let frame = match own {
+                Some((session, own_text)) if session == *id => match own_text {
+                    // The sender's own copy is for it alone: its queue compresses it as it is
+                    // written, if the sender agreed to.
+                    Some(own_text) => {
+                        let offered = if msg.replayed {
+                            outbox.offer_replayed(own_text.clone())
+                        } else {
+                            outbox.offer(own_text.clone())
+                        };
+                        count(offered, &mut sent, &mut closed, &mut full);
+                        continue;
+                    }
                     None => continue,
                 },
+                _ if outbox.takes_compressed() => compressed
+                    .get_or_insert_with(|| {
+                        encode_text_compressed(&msg.text).unwrap_or_else(|| frame.clone())
+                    })
+                    .clone(),
                 _ => frame.clone(),
             };
             let offered = if msg.replayed {
@@ -247,12 +272,7 @@ impl Handler<Deliver> for Shard {
             } else {
                 outbox.offer_encoded(frame)
             };
-            match offered {
-                Ok(()) => sent += 1,
-                Err(Refused::OutputClosed) => closed += 1,
-                // The first refusal is counted by the session when it closes 1008.
-                Err(Refused::Full { first }) => full += u64::from(!first),
-            }
+            count(offered, &mut sent, &mut closed, &mut full);
         }
         metrics().messages_out.inc_by(sent);
         if closed > 0 {
@@ -261,6 +281,16 @@ impl Handler<Deliver> for Shard {
         if full > 0 {
             metrics().dropped(DropReason::SlowConsumer, full);
         }
+    }
+}
+
+/// Counts one offer's outcome: sent, refused after the close frame, refused by a full queue.
+fn count(offered: Result<(), Refused>, sent: &mut u64, closed: &mut u64, full: &mut u64) {
+    match offered {
+        Ok(()) => *sent += 1,
+        Err(Refused::OutputClosed) => *closed += 1,
+        // The first refusal is counted by the session when it closes 1008.
+        Err(Refused::Full { first }) => *full += u64::from(!first),
     }
 }
 

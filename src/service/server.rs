@@ -102,6 +102,7 @@ impl AppState {
             close_timeout: Duration::from_millis(c.close.timeout_ms),
             close_mode: c.mode_for_room(room),
             max_messages_per_sec: c.session.max_messages_per_sec,
+            permessage_deflate: c.session.permessage_deflate,
         }
     }
 }

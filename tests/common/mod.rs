@@ -4,6 +4,8 @@
 //! what its handler sees, and the binary under test as the kit starts it.
 #![allow(dead_code)]
 
+pub mod failover;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

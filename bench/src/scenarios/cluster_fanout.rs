@@ -7,16 +7,22 @@
 //! (`INFO commandstats` before/after the send), and the ratios cross-node / single node.
 //! With `--wait-replicas-compare`: the Redis gets one replica, and the cross-node load runs
 //! with `broker.wait_replicas` 0 and then 1, with the ratios of the second over the first.
+//! With `--redis-cluster-compare`: the many-rooms load (`rooms_load.rs`: N members over
+//! `--rooms` rooms, a sender per room) across the two nodes, first on one Redis, then on a
+//! Redis Cluster of 3 masters (no replicas, like the one Redis), with the ratios cluster /
+//! one Redis; Redis's CPU and `INFO commandstats` are summed over the cluster's masters.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::fanout::{FanoutArgs, Load};
+use super::rooms_load::RoomsLoad;
 use super::{cpu_delta, cpu_sum, ms, stop_json, Ctx, Outcome};
 use crate::launch::{self, Override};
-use crate::scenario_redis::{self, command_stats, commands_json};
+use crate::scenario_redis::{self, command_stats, commands_json, CommandStats};
 use wsgrace_kit::redis::RedisServer;
+use wsgrace_kit::redis_cluster::RedisCluster;
 
 #[derive(Debug, clap::Args)]
 pub struct ClusterFanoutArgs {
@@ -33,6 +39,156 @@ pub struct ClusterFanoutArgs {
     /// (the cost of waiting for the replica: `WAIT 1` per batch before delivery).
     #[arg(long)]
     pub wait_replicas_compare: bool,
+    /// Instead of the single-node comparison: the many-rooms load over one Redis and then
+    /// over a 3-master Redis Cluster, and the ratios cluster / one Redis.
+    #[arg(long, conflicts_with = "wait_replicas_compare")]
+    pub redis_cluster_compare: bool,
+    /// With `--redis-cluster-compare`: the rooms the members are spread over (a sender in
+    /// each; `--window` is then per room).
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+}
+
+/// The Redis of a many-rooms run: one server, or a cluster.
+enum RoomsRedis {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl RoomsRedis {
+    fn url(&self) -> String {
+        match self {
+            RoomsRedis::One(redis) => redis.url(),
+            RoomsRedis::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    fn servers(&self) -> Vec<&RedisServer> {
+        match self {
+            RoomsRedis::One(redis) => vec![redis],
+            RoomsRedis::Cluster(cluster) => cluster.servers().collect(),
+        }
+    }
+
+    /// Each Redis process's CPU time so far.
+    fn cpu_times(&self) -> Vec<Option<Duration>> {
+        self.servers()
+            .into_iter()
+            .map(scenario_redis::cpu_time)
+            .collect()
+    }
+
+    /// `INFO commandstats` summed over the processes.
+    async fn command_stats(&self) -> CommandStats {
+        let mut sum = CommandStats::new();
+        for server in self.servers() {
+            for (name, (calls, usec)) in command_stats(server).await.unwrap_or_default() {
+                let entry = sum.entry(name).or_default();
+                entry.0 += calls;
+                entry.1 += usec;
+            }
+        }
+        sum
+    }
+}
+
+/// The many-rooms load across two nodes on one Redis or on a 3-master cluster.
+async fn rooms_cross_node(
+    ctx: &Ctx,
+    args: &ClusterFanoutArgs,
+    cluster: bool,
+) -> Result<(bool, Value), String> {
+    let redis = if cluster {
+        eprintln!("cluster-fanout: forming a 3-master Redis Cluster");
+        RoomsRedis::Cluster(
+            RedisCluster::builder(3, 0)
+                .program(&args.redis_server)
+                .try_start()
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        RoomsRedis::One(scenario_redis::start(&args.redis_server)?)
+    };
+    // Where the rooms live (asked before any client: the kit's helper blocks).
+    let rooms_per_master: Option<Vec<(u16, usize)>> = match &redis {
+        RoomsRedis::One(_) => None,
+        RoomsRedis::Cluster(c) => {
+            let mut count = std::collections::BTreeMap::<u16, usize>::new();
+            for room in 0..args.rooms {
+                if let Some(master) = c.master_of(&format!("{{r-{room}}}")) {
+                    *count.entry(master).or_default() += 1;
+                }
+            }
+            Some(count.into_iter().collect())
+        }
+    };
+    let o = overrides(&args.load, Some(&redis.url()));
+    let mut a = launch::start_ready(&ctx.server, &o).await?;
+    let mut b = launch::start_ready(&ctx.server, &o).await?;
+    eprintln!(
+        "cluster-fanout: {} on {}, node A pid {} on {}, node B pid {} on {}",
+        if cluster {
+            "Redis Cluster"
+        } else {
+            "one Redis"
+        },
+        redis.url(),
+        a.pid(),
+        a.addr,
+        b.pid(),
+        b.addr
+    );
+    let load = RoomsLoad::join(ctx, &[a.addr, b.addr], &args.load, args.rooms).await;
+    let pids = [a.pid(), b.pid()];
+    let stats_before = redis.command_stats().await;
+    let (cpu_before, redis_before) = (cpu_sum(&pids), redis.cpu_times());
+    let result = load.send(ctx, &args.load).await;
+    let (cpu_after, redis_after) = (cpu_sum(&pids), redis.cpu_times());
+    let stats_after = redis.command_stats().await;
+    let server_cpu = cpu_delta(cpu_before, cpu_after);
+    let redis_cpu: Vec<Duration> = redis_before
+        .iter()
+        .zip(&redis_after)
+        .map(|(a, b)| cpu_delta(*a, *b))
+        .collect();
+    let redis_total: Duration = redis_cpu.iter().sum();
+    let mut report = load.report(&args.load, &result, server_cpu);
+    let stop_a = stop_json(&mut a, Duration::from_secs(15)).await;
+    let stop_b = stop_json(&mut b, Duration::from_secs(15)).await;
+    drop(redis);
+    let per_message = |d: Duration| {
+        if result.sent == 0 {
+            0.0
+        } else {
+            (d.as_nanos() as f64 / result.sent as f64).round()
+        }
+    };
+    if let Some(obj) = report.as_object_mut() {
+        obj.insert(
+            "broker".into(),
+            json!(if cluster {
+                "redis cluster (3 masters), 2 nodes"
+            } else {
+                "one redis, 2 nodes"
+            }),
+        );
+        obj.insert("rooms_per_master".into(), json!(rooms_per_master));
+        obj.insert("redis_cpu_ms".into(), json!(ms(redis_total)));
+        obj.insert(
+            "redis_cpu_ms_per_process".into(),
+            json!(redis_cpu.iter().map(|d| ms(*d)).collect::<Vec<_>>()),
+        );
+        obj.insert(
+            "redis_cpu_ns_per_message".into(),
+            json!(per_message(redis_total)),
+        );
+        obj.insert(
+            "redis_commands".into(),
+            commands_json(&stats_before, &stats_after, result.sent),
+        );
+        obj.insert("server".into(), json!({ "a": stop_a, "b": stop_b }));
+    }
+    Ok((result.ok, report))
 }
 
 /// A replica of `master` (same binary), started and following it.
@@ -201,6 +357,31 @@ pub async fn run(ctx: &Ctx, args: &ClusterFanoutArgs) -> Result<Outcome, String>
         return Err("cluster-fanout needs at least two members (a sender on each node)".into());
     }
     ctx.check_nofile(args.load.n);
+    if args.redis_cluster_compare {
+        let (a_ok, a) = rooms_cross_node(ctx, args, false).await?;
+        let (b_ok, b) = rooms_cross_node(ctx, args, true).await?;
+        let report = json!({
+            "scenario": "cluster-fanout",
+            "n": args.load.n,
+            "m": args.load.m,
+            "rooms": args.rooms,
+            "complete": a_ok && b_ok,
+            "cluster_over_one_redis": {
+                "messages_per_s": ratio(&b, &a, "/messages_per_s"),
+                "deliveries_per_s": ratio(&b, &a, "/deliveries_per_s"),
+                "latency_p50_ms": ratio(&b, &a, "/latency/p50_ms"),
+                "latency_p99_ms": ratio(&b, &a, "/latency/p99_ms"),
+                "server_cpu_ns_per_message": ratio(&b, &a, "/server_cpu_ns_per_message"),
+                "redis_cpu_ns_per_message": ratio(&b, &a, "/redis_cpu_ns_per_message"),
+            },
+            "one_redis": a,
+            "redis_cluster": b,
+        });
+        return Ok(Outcome {
+            report,
+            ok: a_ok && b_ok,
+        });
+    }
     if args.wait_replicas_compare {
         let (a_ok, a) = cross_node(ctx, &args.load, &args.redis_server, Some(0)).await?;
         let (b_ok, b) = cross_node(ctx, &args.load, &args.redis_server, Some(1)).await?;

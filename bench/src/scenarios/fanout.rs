@@ -24,6 +24,7 @@ use super::{
 };
 use crate::client::{Frame, Read, WsReader, WsWriter};
 use crate::launch;
+use crate::perf::Perf;
 use wsgrace_kit::proc_stats::own_rss;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -54,6 +55,19 @@ pub struct FanoutArgs {
     /// With `--v2-rooms K`: how many quiet rooms there are in all (at least K - 1).
     #[arg(long, default_value_t = 0)]
     pub room_pool: usize,
+    /// Count the server's write system calls over the send (`perf stat`), and so the
+    /// deliveries per write call. Tracing system calls slows each one a little: the CPU per
+    /// delivery of such a run is not comparable with a run without it.
+    #[arg(long)]
+    pub count_writes: bool,
+    /// `perf record -g` the server over the send into DIR/<binary>.fanout.perf.data. Sampling
+    /// costs CPU too: compare CPU per delivery between runs without it.
+    #[arg(long, value_name = "DIR")]
+    pub perf_record: Option<std::path::PathBuf>,
+    /// Chat lines to send (one per line, used in turn after the `t=` stamp), e.g.
+    /// `bench/corpus/chat_lines.txt`; without it a message is the stamp alone.
+    #[arg(long)]
+    pub corpus: Option<std::path::PathBuf>,
 }
 
 impl FanoutArgs {
@@ -204,13 +218,21 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
     let mut server = launch::start(&ctx.server, &overrides)?;
     eprintln!("fanout: server pid {} on {}", server.pid(), server.addr);
     let load = Load::join(ctx, &[server.addr], args, "fanout", 1).await;
+    let perf = start_perf(args, server.pid(), &ctx.server.binary).await;
     let cpu_before = server.cpu_time();
+    crate::client::reset_wire_counts();
     let result = load.send(ctx, args).await;
+    let delivered_wire = crate::client::wire_counts();
     let rss = server.rss();
     // Server CPU per delivery: a cost that does not depend on how busy the machine is.
     let server_cpu = match (cpu_before, server.cpu_time()) {
         (Some(before), Some(after)) => after.saturating_sub(before),
         _ => Duration::ZERO,
+    };
+    let perf = match perf {
+        Some(Ok(perf)) => Some(perf.stop().await),
+        Some(Err(e)) => Some(json!({ "error": e })),
+        None => None,
     };
     eprintln!(
         "fanout: {}/{} delivered; stopping the server",
@@ -224,8 +246,49 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Outcome, String> {
         obj.insert("scenario".into(), json!("fanout"));
         obj.insert("server_rss_bytes".into(), json!(rss));
         obj.insert("server".into(), stop);
+        if let Some(mut perf) = perf {
+            // Deliveries per socket send: how many frames the server puts in one write call.
+            let calls = perf.get("socket_sends").and_then(Value::as_u64);
+            if let (Some(calls), Some(m)) = (calls.filter(|c| *c > 0), perf.as_object_mut()) {
+                let per_call = result.received as f64 / calls as f64;
+                m.insert(
+                    "deliveries_per_write_call".into(),
+                    json!((per_call * 100.0).round() / 100.0),
+                );
+            }
+            let key = if args.count_writes {
+                "server_writes"
+            } else {
+                "perf_record"
+            };
+            obj.insert(key.into(), perf);
+        }
+        obj.insert(
+            "delivered_wire".into(),
+            crate::client::wire_json(delivered_wire),
+        );
+        obj.insert(
+            "corpus".into(),
+            json!(args.corpus.as_ref().map(|p| p.display().to_string())),
+        );
     }
     Ok(Outcome { report, ok })
+}
+
+/// `perf` on the server for the send, when asked: `--count-writes` or `--perf-record`.
+async fn start_perf(
+    args: &FanoutArgs,
+    pid: u32,
+    binary: &std::path::Path,
+) -> Option<Result<Perf, String>> {
+    if args.count_writes {
+        return Some(Perf::count_writes(pid).await);
+    }
+    let dir = args.perf_record.as_ref()?;
+    let name = binary
+        .file_name()
+        .map_or("server".into(), |n| n.to_string_lossy().into_owned());
+    Some(Perf::record(pid, &dir.join(format!("{name}.fanout.perf.data"))).await)
 }
 
 /// A member's writer, shared by its reader (pongs, close replies) and the send loop.
@@ -361,6 +424,20 @@ impl Load {
                 args.m,
                 self.writers.len()
             );
+            let corpus: Vec<String> = match &args.corpus {
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(text) => text
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    Err(e) => {
+                        eprintln!("fanout: cannot read {}: {e}", path.display());
+                        Vec::new()
+                    }
+                },
+                None => Vec::new(),
+            };
             let mut text = Vec::with_capacity(32);
             let start = Instant::now();
             first_send = Some(start);
@@ -382,12 +459,20 @@ impl Load {
                 text.clear();
                 let now = Instant::now();
                 let t = now.duration_since(shared.base).as_nanos();
+                let line = match corpus.len() {
+                    0 => String::new(),
+                    n => format!(" {}", corpus[i as usize % n]),
+                };
                 let _ = match &self.v2_room {
-                    None => write!(text, "t={t}"),
-                    Some(room) => write!(
-                        text,
-                        r#"{{"type":"publish","room":"{room}","id":"p{i}","text":"t={t}"}}"#
-                    ),
+                    None => write!(text, "t={t}{line}"),
+                    Some(room) => {
+                        let body = serde_json::to_string(&format!("t={t}{line}"))
+                            .unwrap_or_else(|_| format!("\"t={t}\""));
+                        write!(
+                            text,
+                            r#"{{"type":"publish","room":"{room}","id":"p{i}","text":{body}}}"#
+                        )
+                    }
                 };
                 let writer = &self.writers[i as usize % self.writers.len()];
                 if let Err(e) = writer.lock().await.text(&text).await {

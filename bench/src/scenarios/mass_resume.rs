@@ -42,6 +42,10 @@ pub struct MassResumeArgs {
     /// After the reconnects start, wait at most this long for every last message, in ms.
     #[arg(long, default_value_t = 30_000)]
     pub wait_ms: u64,
+    /// Chat lines for the missed messages (one per line, used in turn after the `t=` stamp),
+    /// e.g. `bench/corpus/chat_lines.txt`; without it a message is the stamp alone.
+    #[arg(long)]
+    pub corpus: Option<std::path::PathBuf>,
 }
 
 /// How one resuming client did.
@@ -223,8 +227,21 @@ async fn one_broker(
 
     // K messages while they are away; the sender's own copies say when all have seqs.
     let mut last = since;
+    let corpus: Vec<String> = match &args.corpus {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(|line| format!(" {line}"))
+            .collect(),
+        None => Vec::new(),
+    };
     for i in 0..args.missed {
-        swr.text(format!("t={i}").as_bytes())
+        let line = match corpus.len() {
+            0 => "",
+            n => corpus[i as usize % n].as_str(),
+        };
+        swr.text(format!("t={i}{line}").as_bytes())
             .await
             .map_err(|e| format!("sender: {e}"))?;
     }

@@ -7,11 +7,15 @@ pub mod api_publish;
 pub mod close_latency;
 pub mod cluster_fanout;
 pub mod drain;
+pub mod failover;
 pub mod fanout;
 pub mod hold;
 pub mod mass_resume;
 pub mod presence_joins;
 pub mod rolling;
+pub mod rooms_load;
+pub mod v2_joins;
+pub mod v2_resume;
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -409,6 +413,40 @@ pub fn frame_type(payload: &[u8]) -> Option<&[u8]> {
     Some(&payload[start..start + len])
 }
 
+/// The raw value of a server frame's first `"key":"..."` (values wsgrace writes without
+/// escapes: room names, refs, epochs); `None` if it has none.
+pub fn str_field<'a>(payload: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let needle = format!("\"{key}\":\"");
+    let start = find(payload, needle.as_bytes())? + needle.len();
+    let len = payload[start..].iter().position(|&b| b == b'"')?;
+    Some(&payload[start..start + len])
+}
+
+/// The value of a server frame's first `"key":<unsigned integer>`.
+pub fn u64_field(payload: &[u8], key: &str) -> Option<u64> {
+    let needle = format!("\"{key}\":");
+    let start = find(payload, needle.as_bytes())? + needle.len();
+    let digits = payload[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&payload[start..start + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The bytes a server frame of `payload_len` bytes takes on the wire (unmasked, header
+/// included).
+pub fn server_frame_bytes(payload_len: usize) -> u64 {
+    let header = match payload_len {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    };
+    (payload_len + header) as u64
+}
+
 /// What a `presence_join` / `presence_leave` frame says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PresenceChange {
@@ -454,5 +492,19 @@ mod tests {
             Some(&b"joined"[..])
         );
         assert_eq!(frame_type(b"not json"), None);
+    }
+
+    #[test]
+    fn fields_of_server_frames() {
+        let joined = br#"{"type":"joined","room":"r-1","epoch":"9c1e","seq":41,"resumed":true,"missed":2,"ref":"7"}"#;
+        assert_eq!(str_field(joined, "room"), Some(&b"r-1"[..]));
+        assert_eq!(str_field(joined, "ref"), Some(&b"7"[..]));
+        assert_eq!(u64_field(joined, "seq"), Some(41));
+        assert_eq!(u64_field(joined, "missed"), Some(2));
+        assert_eq!(u64_field(joined, "since"), None);
+        assert_eq!(str_field(joined, "seq"), None);
+        assert_eq!(server_frame_bytes(125), 127);
+        assert_eq!(server_frame_bytes(126), 130);
+        assert_eq!(server_frame_bytes(70_000), 70_010);
     }
 }

@@ -10,7 +10,8 @@
 //! rate), Redis commands per join, joins answered, join latency (join sent → `joined`), and
 //! the `presence_join` / `presence_leave` frames the members received. `--matrix` runs N and
 //! `--small` members, each with presence on and off, in one invocation, and prints the ratios
-//! on/off and N/small side by side.
+//! on/off and N/small side by side. `--broker local` runs the same on one node with the local
+//! broker and no Redis (every member and join on that node; the Redis columns are null).
 //!
 //! It owns its scenario's load and report only: the connection handling is `mod.rs`'s
 //! (`connect_many`, `frame_type`), Redis's numbers are `scenario_redis.rs`'s; it must not
@@ -102,6 +103,18 @@ pub struct PresenceJoinsArgs {
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: String,
+    /// `redis`: two nodes on a Redis of the scenario's own; `local`: one node, local broker.
+    #[arg(long, value_enum, default_value_t = BrokerKind::Redis)]
+    pub broker: BrokerKind,
+}
+
+/// Where presence lives in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerKind {
+    /// Two nodes on one Redis.
+    Redis,
+    /// One node, the local broker.
+    Local,
 }
 
 /// One pre-opened v2 connection that joins and leaves the room.
@@ -129,7 +142,7 @@ struct Tally {
     leave_latency: RefCell<Option<Histogram<u64>>>,
     /// Joiner time in the room (joined → left), summed.
     in_room: Cell<Duration>,
-    /// Free joiners per node.
+    /// Free joiners per node (the first one only, with one node).
     free: [RefCell<VecDeque<usize>>; 2],
 }
 
@@ -256,12 +269,15 @@ struct Snapshot {
     member_frames: (u64, u64),
 }
 
-async fn snapshot(pids: &[u32], redis: &RedisServer, tally: &Tally) -> Snapshot {
-    let commands = command_stats(redis).await.unwrap_or_default();
+async fn snapshot(pids: &[u32], redis: Option<&RedisServer>, tally: &Tally) -> Snapshot {
+    let commands = match redis {
+        Some(redis) => command_stats(redis).await.unwrap_or_default(),
+        None => CommandStats::default(),
+    };
     Snapshot {
         at: Instant::now(),
         nodes: cpu_sum(pids),
-        redis: scenario_redis::cpu_time(redis),
+        redis: redis.and_then(scenario_redis::cpu_time),
         commands,
         member_frames: tally.member_frames(),
     }
@@ -300,10 +316,10 @@ async fn settle(tally: &Tally, limit: Instant) {
     }
 }
 
-/// Opens `count` connections alternating over `addrs` (connection i on `addrs[i % 2]`),
+/// Opens `count` connections alternating over `addrs` (connection i on `addrs[i % nodes]`),
 /// each handed to `on_connected` with its global index.
 async fn open(
-    addrs: [SocketAddr; 2],
+    addrs: &[SocketAddr],
     count: usize,
     concurrency: usize,
     name: &'static str,
@@ -311,9 +327,10 @@ async fn open(
     on_connected: Rc<dyn Fn(usize, WsReader, WsWriter)>,
     stats: Rc<ConnectStats>,
 ) {
+    let nodes = addrs.len().max(1);
     for (node, addr) in addrs.iter().enumerate() {
-        let here = (count + 1 - node) / 2;
-        let global = move |i: usize| node + 2 * i;
+        let here = (count + nodes - 1 - node) / nodes;
+        let global = move |i: usize| node + nodes * i;
         let path: Rc<dyn Fn(usize) -> String> = match membership {
             Membership::V1 => Rc::new(move |i| format!("/ws?room={ROOM}&name={name}{}", global(i))),
             Membership::V2(_) => Rc::new(move |i| format!("/ws?name={name}{}", global(i))),
@@ -335,40 +352,44 @@ async fn open(
     }
 }
 
-/// One run: its own Redis and two nodes, N members, the joiners, the idle window, the churn.
+/// One run: its own Redis and two nodes (or one node on the local broker), N members, the
+/// joiners, the idle window, the churn.
 async fn run_one(
     ctx: &Ctx,
     args: &PresenceJoinsArgs,
     members: usize,
     presence: Switch,
 ) -> Result<(bool, Value), String> {
-    let mut redis = scenario_redis::start(&args.redis_server)?;
-    let o: Vec<Override> = vec![
+    let mut redis = match args.broker {
+        BrokerKind::Redis => Some(scenario_redis::start(&args.redis_server)?),
+        BrokerKind::Local => None,
+    };
+    let mut o: Vec<Override> = vec![
         (
             "server",
             "max_connections",
             super::max_connections(members + args.joiners),
         ),
-        ("broker", "kind", toml::Value::String("redis".into())),
-        ("broker", "redis_url", toml::Value::String(redis.url())),
         ("presence", "enabled", toml::Value::Boolean(presence.on())),
         ("presence", "events", toml::Value::Boolean(args.events.on())),
     ];
-    let mut a = launch::start_ready(&ctx.server, &o).await?;
-    let mut b = launch::start_ready(&ctx.server, &o).await?;
+    if let Some(redis) = &redis {
+        o.push(("broker", "kind", toml::Value::String("redis".into())));
+        o.push(("broker", "redis_url", toml::Value::String(redis.url())));
+    }
+    let mut nodes = vec![launch::start_ready(&ctx.server, &o).await?];
+    if redis.is_some() {
+        nodes.push(launch::start_ready(&ctx.server, &o).await?);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let pids: Vec<u32> = nodes.iter().map(|n| n.pid()).collect();
     eprintln!(
-        "presence-joins: N={members} presence {} events {}: redis pid {} on {}, node A pid {} on {}, node B pid {} on {}",
+        "presence-joins: N={members} presence {} events {}: redis {:?}, nodes {addrs:?} (pids {pids:?})",
         presence.name(),
         args.events.name(),
-        redis.pid().unwrap_or_default(),
-        redis.addr(),
-        a.pid(),
-        a.addr,
-        b.pid(),
-        b.addr
+        redis.as_ref().map(|r| r.addr()),
     );
-    let addrs = [a.addr, b.addr];
-    let pids = [a.pid(), b.pid()];
+    let node_count = nodes.len();
     let tally = Rc::new(Tally {
         join_latency: RefCell::new(Some(new_histogram())),
         leave_latency: RefCell::new(Some(new_histogram())),
@@ -385,7 +406,7 @@ async fn run_one(
         })
     };
     let filling = open(
-        addrs,
+        &addrs,
         members,
         args.concurrency,
         "m",
@@ -409,19 +430,19 @@ async fn run_one(
         let hold = Duration::from_millis(args.hold_ms);
         Rc::new(move |k, rd, wr| {
             let j = Rc::new(Joiner {
-                node: k % 2,
+                node: k % node_count,
                 wr: Rc::new(Mutex::new(wr)),
                 join_sent: Cell::new(None),
                 joined_at: Cell::new(None),
                 leave_sent: Cell::new(None),
             });
             joiners.borrow_mut()[k] = Some(j.clone());
-            tally.free[k % 2].borrow_mut().push_back(k);
+            tally.free[k % node_count].borrow_mut().push_back(k);
             tokio::task::spawn_local(joiner(k, rd, j, tally.clone(), hold));
         })
     };
     let opening = open(
-        addrs,
+        &addrs,
         args.joiners,
         args.concurrency,
         "j",
@@ -440,11 +461,11 @@ async fn run_one(
     let fill_frames = tally.member_frames();
 
     // The idle window, then the churn.
-    let idle0 = snapshot(&pids, &redis, &tally).await;
+    let idle0 = snapshot(&pids, redis.as_ref(), &tally).await;
     let idle_end =
         (Instant::now() + Duration::from_secs_f64(args.idle_secs.max(0.0))).min(ctx.deadline);
     tokio::time::sleep_until(idle_end).await;
-    let before = snapshot(&pids, &redis, &tally).await;
+    let before = snapshot(&pids, redis.as_ref(), &tally).await;
     let total = (args.rate * args.secs).round().max(0.0) as u64;
     eprintln!(
         "presence-joins: {} joiners open; {total} joins at {}/s",
@@ -463,7 +484,7 @@ async fn run_one(
             break;
         }
         tokio::time::sleep_until(at).await;
-        let node = (i % 2) as usize;
+        let node = (i % node_count as u64) as usize;
         let Some(k) = tally.free[node].borrow_mut().pop_front() else {
             skipped += 1;
             continue;
@@ -485,14 +506,18 @@ async fn run_one(
     while tally.leaves_answered.get() + tally.errors.get() < sent && Instant::now() < limit {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let after = snapshot(&pids, &redis, &tally).await;
+    let after = snapshot(&pids, redis.as_ref(), &tally).await;
     let members_ended = tally.members_ended.get();
     let churn_secs = after.at.saturating_duration_since(before.at).as_secs_f64();
     let idle_secs = before.at.saturating_duration_since(idle0.at).as_secs_f64();
 
-    let stop_a = stop_json(&mut a, Duration::from_secs(10)).await;
-    let stop_b = stop_json(&mut b, Duration::from_secs(10)).await;
-    redis.kill();
+    let mut stops = Vec::new();
+    for node in &mut nodes {
+        stops.push(stop_json(node, Duration::from_secs(10)).await);
+    }
+    if let Some(redis) = &mut redis {
+        redis.kill();
+    }
 
     let joins = tally.joins_answered.get();
     let as_ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
@@ -550,7 +575,11 @@ async fn run_one(
             "node_cpu_ms_per_s": node_idle.map(round2),
             "redis_cpu_ms_per_s": redis_idle.map(round2),
         },
-        "redis_commands": commands_json(&before.commands, &after.commands, joins),
+        "redis_commands": if redis.is_some() {
+            commands_json(&before.commands, &after.commands, joins)
+        } else {
+            Value::Null
+        },
         "member_presence_frames": {
             "join": frames.0,
             "leave": frames.1,
@@ -558,7 +587,8 @@ async fn run_one(
         },
         "joiner_presence_frames": tally.joiner_presence_frames.get(),
         "members_ended_before_the_end": members_ended,
-        "nodes": { "a": stop_a, "b": stop_b },
+        "broker": if node_count == 1 { "local, 1 node" } else { "redis, 2 nodes" },
+        "nodes": stops,
     });
     Ok((ok, report))
 }

@@ -30,11 +30,6 @@ pub(super) enum Conn {
 }
 
 impl Conn {
-    /// Whether this is a Redis Cluster (channels are sharded: `SPUBLISH`, `SSUBSCRIBE`).
-    pub(super) fn is_cluster(&self) -> bool {
-        matches!(self, Conn::Cluster(_))
-    }
-
     /// Loads the script `code` into the script cache (of every master, on a cluster; not of
     /// the replicas, so that a replica down does not stop the broker: a promoted one gets
     /// it when the broker connects again).

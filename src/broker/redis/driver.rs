@@ -26,8 +26,10 @@ use super::keys::{
 };
 use super::presence::PresenceJob;
 use super::presence_script::{Notice, PRESENCE_SCRIPT};
+use super::publisher::BROKEN_BEFORE_RECONNECT;
+use super::runs::Runs;
 use super::subscriber::{Incoming, Subscriber};
-use super::target::{run_id, Switches, Target};
+use super::target::{cluster_runs, run_id, Switches, Target};
 use super::{hold_arg, Command, Job, Link, RedisSettings};
 use crate::metrics::metrics;
 
@@ -75,20 +77,21 @@ const SWEEP_SLOT: Duration = Duration::from_millis(250);
 /// A sweep comes this long after the kept connection's time, so that it is surely over.
 const SWEEP_MARGIN: Duration = Duration::from_millis(50);
 
-/// Through Sentinel or on a Redis Cluster, connection attempts come at least this often: asking the sentinels is
-/// cheap, and a failover is over a moment after they name the new master.
-const SENTINEL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Through Sentinel or on a Redis Cluster, connection attempts come at least this often:
+/// asking the sentinels (or a cluster node) is cheap, and a failover is over a moment after
+/// they name the new master (with 1 s, recovery came up to a second after that).
+const SENTINEL_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// How long one sentinel may take to accept the `+switch-master` subscription (the driver
 /// waits for it after each connect; a sentinel on the network answers in milliseconds).
 const SWITCHES_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A connection made: to `described` (for logs), whose `run_id` is `run` (`?` on a
-/// cluster: the scripts read their shard's).
+/// A connection made: to `described` (for logs), whose master's `run_id` is `run` (per
+/// slot range on a cluster).
 struct Connection {
     connection: Conn,
     subscriber: Subscriber,
-    run: Arc<str>,
+    run: Runs,
     described: String,
 }
 
@@ -181,14 +184,12 @@ impl Driver {
         for code in [PUBLISH_SCRIPT, SNAPSHOT_SCRIPT, PRESENCE_SCRIPT] {
             connection.load_script(&self.keys.script_text(code)).await?;
         }
-        let run: Arc<str> = if connection.is_cluster() {
-            Arc::from("?")
-        } else {
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .query_async(&mut connection)
-                .await?;
-            Arc::from(run_id(&info)?)
+        let run = match &mut connection {
+            Conn::Cluster(cluster) => cluster_runs(cluster).await?,
+            Conn::Single(single) => {
+                let info: String = redis::cmd("INFO").arg("server").query_async(single).await?;
+                Runs::One(Arc::from(run_id(&info)?))
+            }
         };
         Ok(Connection {
             connection,
@@ -234,7 +235,7 @@ impl Driver {
                     }
                 }
             }
-            Command::Suspect | Command::Readonly => {}
+            Command::Suspect | Command::Readonly | Command::Reconnect(_) => {}
         }
     }
 
@@ -258,10 +259,14 @@ impl Driver {
             described,
         } = connected;
         // With `wait_replicas` > 0 a failover keeps the epochs: the scripts get no run_id.
-        let script_run: Arc<str> = if self.settings.wait_replicas > 0 {
-            Arc::from("")
+        let script_run = if self.settings.wait_replicas > 0 {
+            Runs::One(Arc::from(""))
         } else {
             run.clone()
+        };
+        let run = match &run {
+            Runs::One(run) => format!("run_id {run}"),
+            Runs::Shards(ranges) => format!("the run_ids of {} slot ranges", ranges.len()),
         };
         // Re-subscribe every room with local members, then find the rooms whose epoch changed.
         let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
@@ -289,7 +294,7 @@ impl Driver {
         metrics().broker_up.set(1);
         // The address and run_id only: never the URL's password.
         info!(
-            "broker up: connected to {} ({described}, run_id {run}; {} rooms subscribed)",
+            "broker up: connected to {} ({described}, {run}; {} rooms subscribed)",
             self.redacted_url,
             rooms.len()
         );
@@ -350,7 +355,7 @@ impl Driver {
     async fn command(
         &mut self,
         command: Command,
-        run: &str,
+        run: &Runs,
         connection: &mut Conn,
         subscriber: &mut Subscriber,
     ) -> Result<(), String> {
@@ -399,6 +404,10 @@ impl Driver {
             Command::Readonly => {
                 Err("a write met READONLY: the server is a replica now".to_owned())
             }
+            Command::Reconnect(why) => Err(format!(
+                "{BROKEN_BEFORE_RECONNECT} pipelines in a row with a room's messages broke \
+                 while the connection answered its health checks; the last: {why}"
+            )),
         }
     }
 
@@ -411,7 +420,7 @@ impl Driver {
     async fn check_epochs(
         &mut self,
         rooms: &[Arc<str>],
-        run: &str,
+        run: &Runs,
         connection: &mut Conn,
         subscriber: &mut Subscriber,
     ) -> Result<(), String> {
@@ -424,7 +433,7 @@ impl Driver {
                 .key(self.keys.pending(room))
                 .arg(Epoch::random().as_str())
                 .arg(self.settings.history.ttl.as_millis() as u64)
-                .arg(run)
+                .arg(run.for_key(&self.keys.room(room)))
                 .arg(hold_arg(self.settings.wait_replicas > 0))
                 .invoke_async(connection)
                 .await;

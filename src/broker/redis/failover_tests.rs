@@ -8,7 +8,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{Script, Value};
 use wsgrace_kit::redis::{RedisNode, RedisServer};
 
-use super::super::BrokerEvent;
+use super::super::{BrokerEvent, BrokerEvents};
 use super::keys::{snapshot_base, snapshot_head, PUBLISH_SCRIPT, RELEASE_SCRIPT, SNAPSHOT_SCRIPT};
 use super::tests::{next_message, next_room_event, settings, start, wait_health};
 use crate::broker::BrokerHealth;
@@ -281,18 +281,25 @@ async fn held_messages_are_released_once_in_seq_order_whichever_node_releases() 
     );
 }
 
-#[tokio::test]
-async fn with_wait_replicas_a_message_is_sent_once_a_replica_has_it() {
+/// A master, its replica not started yet, and a broker with `wait_replicas = 1` whose
+/// room `r` is subscribed.
+async fn held_room() -> (RedisServer, RedisServer, super::RedisBroker, BrokerEvents) {
     let master = RedisServer::start();
-    let mut replica = RedisNode::new()
+    let replica = RedisNode::new()
         .args(["--replicaof", "127.0.0.1", &master.port().to_string()])
         .stopped();
-    let (broker, mut events) = start(super::RedisSettings {
+    let (broker, events) = start(super::RedisSettings {
         wait_replicas: 1,
         ..settings(&master.url(), 100)
     });
     wait_health(&broker, BrokerHealth::Up).await;
     broker.subscribe("r").await.unwrap();
+    (master, replica, broker, events)
+}
+
+#[tokio::test]
+async fn with_wait_replicas_a_message_is_sent_once_a_replica_has_it() {
+    let (_master, mut replica, broker, mut events) = held_room().await;
     // No replica: WAIT does not confirm; the sender is told its fate is unknown, and the
     // message is held, not delivered.
     let refused = broker.publish("r", "ann", "held").await;
@@ -331,16 +338,7 @@ async fn with_wait_replicas_a_message_is_sent_once_a_replica_has_it() {
 #[tokio::test]
 async fn with_wait_replicas_a_repeat_is_acknowledged_only_once_its_first_message_went_out() {
     use crate::broker::{BrokerError, Outgoing, Publication};
-    let master = RedisServer::start();
-    let mut replica = RedisNode::new()
-        .args(["--replicaof", "127.0.0.1", &master.port().to_string()])
-        .stopped();
-    let (broker, mut events) = start(super::RedisSettings {
-        wait_replicas: 1,
-        ..settings(&master.url(), 100)
-    });
-    wait_health(&broker, BrokerHealth::Up).await;
-    broker.subscribe("r").await.unwrap();
+    let (_master, mut replica, broker, mut events) = held_room().await;
     let once = || Outgoing {
         from: "ann",
         text: "once",
@@ -373,5 +371,75 @@ async fn with_wait_replicas_a_repeat_is_acknowledged_only_once_its_first_message
     assert!(
         matches!(answer, Publication::Repeat { seq: 1, .. }),
         "{answer:?}"
+    );
+}
+
+/// On a Redis Cluster the scripts get `MYID:RUN_ID` of the master the broker knows for the
+/// room's slot: run there, they behave as with one Redis; run on another node (a failover the
+/// broker has not followed yet), they refuse with READONLY before writing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_script_run_by_another_master_than_the_one_named_refuses() {
+    let cluster =
+        tokio::task::block_in_place(|| wsgrace_kit::redis_cluster::RedisCluster::start(3, 0));
+    let port = tokio::task::block_in_place(|| cluster.master_of("t:{r}:room")).unwrap();
+    let other = cluster
+        .master_ports()
+        .into_iter()
+        .find(|p| *p != port)
+        .unwrap();
+    let cli = |port: u16, args: &[&str]| {
+        tokio::task::block_in_place(|| cluster.command(port, args)).unwrap()
+    };
+    let myid = cli(port, &["CLUSTER", "MYID"]).trim().to_owned();
+    let other_id = cli(other, &["CLUSTER", "MYID"]).trim().to_owned();
+    let info = cli(port, &["INFO", "server"]);
+    let run = super::target::run_id(&info).unwrap();
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let named = format!("{myid}:{run}");
+    assert_eq!(publish(&mut con, &named, "e1").await, ("e1".to_owned(), 1));
+    assert_eq!(publish(&mut con, &named, "xx").await, ("e1".to_owned(), 2));
+    assert_eq!(publish(&mut con, "?", "xx").await, ("e1".to_owned(), 3));
+    assert_eq!(
+        snapshot(&mut con, &named, "xx").await,
+        ("e1".to_owned(), 3, 0)
+    );
+    // The broker's map names another node for this slot: refused, nothing written.
+    for script in [PUBLISH_SCRIPT, SNAPSHOT_SCRIPT] {
+        let wrong = format!("{other_id}:{run}");
+        let script_object = Script::new(script);
+        let mut invocation = script_object.prepare_invoke();
+        if script == PUBLISH_SCRIPT {
+            invocation
+                .key("t:{r}:room")
+                .key("t:{r}:history")
+                .key("t:{r}:pending")
+                .arg("t:{r}:room")
+                .arg("{")
+                .arg("e9")
+                .arg(100)
+                .arg(60_000)
+                .arg("")
+                .arg(0)
+                .arg(&wrong)
+                .arg("0")
+                .arg(3);
+        } else {
+            invocation
+                .key("t:{r}:room")
+                .key("t:{r}:history")
+                .key("t:{r}:pending")
+                .arg("e9")
+                .arg(60_000)
+                .arg(&wrong)
+                .arg("0");
+        }
+        let refused = invocation.invoke_async::<Value>(&mut con).await;
+        let err = refused.expect_err("a script run by another master than the one named");
+        assert!(super::keys::is_readonly(&err), "{err}");
+    }
+    assert_eq!(
+        snapshot(&mut con, &named, "xx").await,
+        ("e1".to_owned(), 3, 0)
     );
 }

@@ -52,12 +52,17 @@ impl Publisher {
             .req_packed_commands(&pipe, 0, batch.len() + 1)
             .await;
         let mut values = match answers {
-            Ok(values) if values.len() == batch.len() + 1 => values,
+            Ok(values) if values.len() == batch.len() + 1 => {
+                self.answered(batch);
+                values
+            }
             other => {
-                if let Err(err) = &other {
-                    debug!("broker: sending {} jobs failed: {err}", batch.len());
-                }
-                self.broken(batch);
+                let why = match &other {
+                    Err(err) => err.to_string(),
+                    Ok(_) => "a short answer".to_owned(),
+                };
+                debug!("broker: sending {} jobs failed: {why}", batch.len());
+                self.broken(batch, why);
                 return;
             }
         };

@@ -19,8 +19,9 @@ use super::PublishJob;
 /// dedupe key when the message has one. ARGV: channel, frame head, a fresh epoch (used if
 /// the room is new, or last written by another Redis process), history size, ttl in ms, the
 /// origin (`NODE.SESSION.ID` or empty), dedupe window in ms, the master's `run_id` (empty
-/// with `broker.wait_replicas` > 0: no check; `?` on a Redis Cluster, where each shard has
-/// its own master: the script reads it with `INFO server`), hold (`1` with `wait_replicas` > 0), the
+/// with `broker.wait_replicas` > 0: no check; on a Redis Cluster `MYID:RUN_ID` of the master
+/// the broker knows for the room's slot, refused with `READONLY` on another node, see
+/// `runs.rs`; `?`: the script reads it with `INFO server`), hold (`1` with `wait_replicas` > 0), the
 /// most messages that may be held in a room.
 ///
 /// **Seq safety across a failover**: the room hash keeps the `run_id` of the Redis that last
@@ -43,6 +44,14 @@ pub const PUBLISH_SCRIPT: &str = r#"
 local run = ARGV[8]
 if run == '?' then
   run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+else
+  local colon = string.find(run, ':', 1, true)
+  if colon then
+    if redis.call('CLUSTER', 'MYID') ~= string.sub(run, 1, colon - 1) then
+      return redis.error_reply('READONLY this is not the master the broker knows for the room')
+    end
+    run = string.sub(run, colon + 1)
+  end
 end
 local room = redis.call('HMGET', KEYS[1], 'epoch', 'run', 'seq')
 local epoch = room[1]
@@ -137,13 +146,22 @@ return released
 
 /// The join script. KEYS: room hash, history stream, pending list. ARGV: a fresh epoch (used
 /// if the room is new, or last written by another Redis process: see [`PUBLISH_SCRIPT`]),
-/// ttl in ms, the master's `run_id` (empty: no check; `?`: read it, as in [`PUBLISH_SCRIPT`]), hold (`1` with `wait_replicas` > 0).
+/// ttl in ms, the master's `run_id` (empty: no check; `MYID:RUN_ID` or `?` as in
+/// [`PUBLISH_SCRIPT`]), hold (`1` with `wait_replicas` > 0).
 /// Returns `{epoch, seq, base}` (`base`: the seq the epoch began after). When holding, `seq`
 /// is the last seq released: held messages come live later.
 pub const SNAPSHOT_SCRIPT: &str = r#"
 local run = ARGV[3]
 if run == '?' then
   run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+else
+  local colon = string.find(run, ':', 1, true)
+  if colon then
+    if redis.call('CLUSTER', 'MYID') ~= string.sub(run, 1, colon - 1) then
+      return redis.error_reply('READONLY this is not the master the broker knows for the room')
+    end
+    run = string.sub(run, colon + 1)
+  end
 end
 local room = redis.call('HMGET', KEYS[1], 'epoch', 'run', 'seq', 'base', 'released')
 local epoch = room[1]

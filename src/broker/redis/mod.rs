@@ -92,6 +92,7 @@ mod presence_script;
 #[cfg(test)]
 mod presence_tests;
 mod publisher;
+mod runs;
 mod server_api;
 mod subscriber;
 mod target;
@@ -118,6 +119,7 @@ use self::presence::{heartbeat_interval, Book, PresenceJob, PresenceWorker};
 use self::presence_script::PresenceCall;
 pub use self::presence_script::PRESENCE_SCRIPT;
 use self::publisher::Publisher;
+use self::runs::Runs;
 use self::target::Target;
 use super::local::HistoryLimits;
 use super::{
@@ -196,6 +198,10 @@ pub(super) enum Command {
     /// A write was refused with `READONLY`: the server is a replica now (a failover); the
     /// driver reconnects, and asks the sentinels again.
     Readonly,
+    /// The publisher's pipelines broke several times in a row while the connection answers
+    /// its health checks (a cluster node the client cannot use any more, whatever the
+    /// cause): the driver makes everything again.
+    Reconnect(String),
 }
 
 /// The connection to the master, and the master's `run_id` (passed to the scripts: a room
@@ -204,7 +210,7 @@ pub(super) enum Command {
 #[derive(Clone)]
 struct Link {
     connection: Conn,
-    run: Arc<str>,
+    run: Runs,
 }
 
 /// The scripts' hold argument: `1` when messages wait for `WAIT` (`broker.wait_replicas` > 0).
@@ -273,7 +279,7 @@ impl Shared {
     async fn room_head(
         &self,
         connection: &mut Conn,
-        run: &str,
+        run: &Runs,
         room: &str,
     ) -> Result<(String, u64), BrokerError> {
         let value: Value = self
@@ -283,7 +289,7 @@ impl Shared {
             .key(self.keys.pending(room))
             .arg(Epoch::random().as_str())
             .arg(self.history.ttl.as_millis() as u64)
-            .arg(run)
+            .arg(run.for_key(&self.keys.room(room)))
             .arg(hold_arg(self.hold))
             .invoke_async(connection)
             .await
@@ -360,6 +366,7 @@ impl RedisBroker {
             dedupe_ms: u64::try_from(settings.dedupe.as_millis()).unwrap_or(u64::MAX),
             wait_replicas: settings.wait_replicas,
             unreleased: HashMap::new(),
+            broken_rooms: HashMap::new(),
             // Half the response timeout: WAIT answers (with fewer replicas) before the
             // connection would take the request for lost.
             wait_timeout_ms: u64::try_from(settings.timeout.as_millis() / 2)

@@ -19,6 +19,7 @@ use super::held::{MAX_HELD, RETRY_HELD};
 use super::keys::{origin_field, parse_published, Keys, PUBLISH_SCRIPT};
 use super::presence::PresenceWorker;
 use super::presence_script::PRESENCE_SCRIPT;
+use super::runs::Runs;
 use super::{hold_arg, Command, Job, Link, PublishJob};
 use crate::metrics::metrics;
 
@@ -43,7 +44,16 @@ pub(super) struct Publisher {
     /// tried again every [`RETRY_HELD`].
     pub(super) unreleased: HashMap<Arc<str>, u64>,
     pub(super) presence: PresenceWorker,
+    /// Per room, the pipelines with its messages that broke since one was answered (see
+    /// [`BROKEN_BEFORE_RECONNECT`]).
+    pub(super) broken_rooms: HashMap<Arc<str>, u32>,
 }
+
+/// Once this many pipelines with a room's messages broke in a row, the driver is asked to
+/// make the connection again even if it answers its PINGs (a cluster client stuck on a
+/// shard: after a failover, a shard's rooms stayed refused while the node reported up, and
+/// the other rooms' messages went through).
+pub(super) const BROKEN_BEFORE_RECONNECT: u32 = 3;
 
 impl Publisher {
     pub(super) async fn run(mut self) {
@@ -143,6 +153,7 @@ impl Publisher {
         let answers = connection.req_packed_commands(&pipe, 0, batch.len()).await;
         match answers {
             Ok(values) if values.len() == batch.len() => {
+                self.answered(batch);
                 let mut reload = false;
                 let mut readonly = false;
                 let mut reload_presence = false;
@@ -167,10 +178,12 @@ impl Publisher {
                     .await;
             }
             Ok(_) | Err(_) => {
-                if let Err(err) = &answers {
-                    debug!("broker: sending {} jobs failed: {err}", batch.len());
-                }
-                self.broken(batch);
+                let why = match &answers {
+                    Err(err) => err.to_string(),
+                    Ok(_) => "a short answer".to_owned(),
+                };
+                debug!("broker: sending {} jobs failed: {why}", batch.len());
+                self.broken(batch, why);
             }
         }
     }
@@ -201,10 +214,36 @@ impl Publisher {
         }
     }
 
-    /// The pipeline of `batch` broke: its jobs' fate is unknown; the driver checks the
+    /// The pipeline of `batch` was answered: its rooms reach Redis.
+    pub(super) fn answered(&mut self, batch: &[Job]) {
+        if self.broken_rooms.is_empty() {
+            return;
+        }
+        for job in batch {
+            if let Job::Publish(job) = job {
+                self.broken_rooms.remove(&job.room);
+            }
+        }
+    }
+
+    /// The pipeline of `batch` broke (`why`): its jobs' fate is unknown; the driver checks the
     /// connection.
-    pub(super) fn broken(&mut self, batch: &mut Vec<Job>) {
-        let _ = self.commands.unbounded_send(Command::Suspect);
+    pub(super) fn broken(&mut self, batch: &mut Vec<Job>, why: String) {
+        let mut stuck = false;
+        for job in batch.iter() {
+            if let Job::Publish(job) = job {
+                let count = self.broken_rooms.entry(job.room.clone()).or_default();
+                *count += 1;
+                stuck |= *count >= BROKEN_BEFORE_RECONNECT;
+            }
+        }
+        let command = if stuck {
+            self.broken_rooms.clear();
+            Command::Reconnect(why)
+        } else {
+            Command::Suspect
+        };
+        let _ = self.commands.unbounded_send(command);
         for job in batch.drain(..) {
             match job {
                 Job::Publish(job) => {
@@ -220,7 +259,7 @@ impl Publisher {
     }
 
     /// The publish script's call for `job`, added to `pipe`.
-    fn publish_command(&self, pipe: &mut Pipeline, job: &PublishJob, run: &str) {
+    fn publish_command(&self, pipe: &mut Pipeline, job: &PublishJob, run: &Runs) {
         let ttl_ms = self.history.ttl.as_millis() as u64;
         let command = pipe
             .cmd("EVALSHA")
@@ -240,7 +279,7 @@ impl Publisher {
             .arg(ttl_ms)
             .arg(origin_field(job.sent_by.as_ref()))
             .arg(self.dedupe_ms)
-            .arg(run)
+            .arg(run.for_key(&self.keys.room(&job.room)))
             .arg(hold_arg(self.wait_replicas > 0))
             .arg(MAX_HELD);
     }

@@ -25,7 +25,10 @@ use redis::{
     RedisConnectionInfo, RedisError, RedisResult, Value,
 };
 
+use std::sync::Arc;
+
 use super::conn::Conn;
+use super::runs::{parse_cluster_slots, Runs};
 use super::subscriber::Subscriber;
 use crate::config::{parse_cluster_url, parse_sentinel_url, CLUSTER_SCHEME, SENTINEL_SCHEME};
 
@@ -260,6 +263,52 @@ async fn open_cluster(
         },
         described: "a Redis Cluster".to_owned(),
     })
+}
+
+/// The `run` of every slot range of the cluster as the broker connects (see `runs.rs`):
+/// `MYID:RUN_ID` of the range's master, from `CLUSTER SLOTS` and every master's
+/// `INFO server`. A range whose master's run_id is not read is left out (its rooms' scripts
+/// read it themselves).
+pub(super) async fn cluster_runs(
+    connection: &mut redis::cluster_async::ClusterConnection,
+) -> RedisResult<Runs> {
+    let slots: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(connection)
+        .await?;
+    let infos: Value = connection
+        .route_command(
+            redis::cmd("INFO").arg("server"),
+            RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+        )
+        .await?;
+    let mut run_ids: HashMap<String, String> = HashMap::new();
+    if let Value::Map(answers) = infos {
+        for (addr, info) in answers {
+            let text = match (addr, info) {
+                (Value::BulkString(addr), Value::BulkString(info)) => {
+                    (String::from_utf8(addr).ok(), String::from_utf8(info).ok())
+                }
+                (Value::BulkString(addr), Value::VerbatimString { text, .. }) => {
+                    (String::from_utf8(addr).ok(), Some(text))
+                }
+                _ => (None, None),
+            };
+            if let (Some(addr), Some(info)) = text {
+                if let Ok(run) = run_id(&info) {
+                    run_ids.insert(addr, run);
+                }
+            }
+        }
+    }
+    let ranges: Vec<(u16, u16, Arc<str>)> = parse_cluster_slots(&slots)
+        .into_iter()
+        .filter_map(|(start, end, addr, id)| {
+            let run = run_ids.get(&addr)?;
+            Some((start, end, Arc::from(format!("{id}:{run}"))))
+        })
+        .collect();
+    Ok(Runs::Shards(Arc::from(ranges)))
 }
 
 /// PINGs every master of the cluster: an error unless all of them answered.

@@ -36,6 +36,10 @@ pub struct SessionConfig {
     /// Incoming messages per second, with bursts of one second's worth; more: close 1008.
     /// 0 = no limit.
     pub max_messages_per_sec: u32,
+    /// Answer a client's RFC 7692 `permessage-deflate` offer (`session.permessage_deflate`):
+    /// its compressed messages are inflated (bounded by `max_message_bytes`), and messages to it
+    /// above a threshold go compressed, a room message compressed once for all its members.
+    pub permessage_deflate: bool,
 }
 
 impl Default for SessionConfig {
@@ -48,6 +52,7 @@ impl Default for SessionConfig {
             close_timeout: Duration::from_millis(5000),
             close_mode: CloseMode::Awaited,
             max_messages_per_sec: 0,
+            permessage_deflate: crate::config::DEFAULT_PERMESSAGE_DEFLATE,
         }
     }
 }

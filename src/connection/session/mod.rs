@@ -33,8 +33,8 @@ use crate::close::{
 };
 use crate::connection::linger::{LingerSwitch, LingeringStream};
 use crate::connection::transport::{
-    self, InFlight, Inbound, InboundError, InboundFrames, OutboundBody, OutboundQueue, Refused,
-    SocketReader,
+    self, Deflate, InFlight, Inbound, InboundError, InboundFrames, OutboundBody, OutboundQueue,
+    Refused, SocketReader,
 };
 use crate::metrics::{metrics, DropReason};
 
@@ -60,7 +60,9 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// dispatcher (for apps that embed wsgrace in their own actix-web server).
 ///
 /// Answers the handshake error as an HTTP error (400) when `req` is no valid upgrade, or one
-/// framed as no upgrade may be ([`super::handshake::check_framing`]: HTTP/1.0, a body).
+/// framed as no upgrade may be ([`super::handshake::check_framing`]: HTTP/1.0, a body). With
+/// [`SessionConfig::permessage_deflate`], a `permessage-deflate` offer is answered
+/// ([`super::handshake::agree_deflate`]).
 pub fn start(
     req: &HttpRequest,
     payload: web::Payload,
@@ -74,10 +76,20 @@ pub fn start(
         actix_web::error::InternalError::from_response(bad, answer)
     })?;
     let mut response = actix_web_actors::ws::handshake(req)?;
+    let agreed = crate::connection::handshake::agree_deflate(req.head(), config.permessage_deflate);
+    let deflate = agreed
+        .as_ref()
+        .map_or(Deflate::Off, |agreed| agreed.deflate);
+    if let Some(agreed) = agreed {
+        response.insert_header((
+            actix_web::http::header::SEC_WEBSOCKET_EXTENSIONS,
+            agreed.response,
+        ));
+    }
     // An app that serves through `linger::LingeringStream` puts the connection's switch into
     // the connection data (`on_connect_ext`), so that an aborted session skips the linger.
     let linger = req.conn_data::<LingerSwitch>().cloned();
-    let (handle, body) = spawn(payload, linger, Weak::new(), handler, config);
+    let (handle, body) = spawn(payload, linger, Weak::new(), handler, config, deflate);
     Ok((handle, response.streaming(body)))
 }
 
@@ -85,17 +97,25 @@ pub fn start(
 /// response (the binary's server, [`crate::service::server`]): a new session actor reads `socket`,
 /// starting with `leftover` (bytes read past the upgrade request), and the returned future writes
 /// the session's frames until the session ends, then closes the connection. Neither holds a buffer
-/// while the connection is idle.
+/// while the connection is idle. `deflate`: what the 101 answer agreed to for `permessage-deflate`.
 pub fn start_on_socket(
     socket: LingeringStream,
     leftover: Bytes,
     handler: impl SessionHandler,
     config: SessionConfig,
+    deflate: Deflate,
 ) -> (SessionHandle, impl std::future::Future<Output = ()>) {
     let socket = Rc::new(socket);
     let reader = SocketReader::new(socket.clone(), leftover);
     let switch = Some(socket.switch());
-    let (handle, body) = spawn(reader, switch, Rc::downgrade(&socket), handler, config);
+    let (handle, body) = spawn(
+        reader,
+        switch,
+        Rc::downgrade(&socket),
+        handler,
+        config,
+        deflate,
+    );
     (handle, transport::write_out(socket, body))
 }
 
@@ -108,11 +128,13 @@ fn spawn<S>(
     socket: Weak<LingeringStream>,
     handler: impl SessionHandler,
     config: SessionConfig,
+    deflate: Deflate,
 ) -> (SessionHandle, OutboundBody)
 where
     S: futures::Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
 {
     let (queue, body) = transport::outbound();
+    let body = body.compressing(deflate.outbound());
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let max_message_bytes = config.max_message_bytes;
     let max_messages_per_sec = config.max_messages_per_sec;
@@ -121,11 +143,10 @@ where
     let handle_in_flight = in_flight.clone();
     let shared_state = state.clone();
     let addr = Session::create(move |ctx| {
-        ctx.add_stream(InboundFrames::new(
-            inbound,
-            max_message_bytes,
-            Some(in_flight.clone()),
-        ));
+        ctx.add_stream(
+            InboundFrames::new(inbound, max_message_bytes, Some(in_flight.clone()))
+                .inflating(deflate.inbound()),
+        );
         Session {
             id,
             handle: SessionHandle {
@@ -151,6 +172,7 @@ where
             dropped_slow_consumer: 0,
             linger,
             socket,
+            deflate,
         }
     });
     let handle = SessionHandle {
@@ -186,6 +208,8 @@ pub struct Session {
     linger: Option<LingerSwitch>,
     /// The connection, when the session owns it ([`start_on_socket`]), for its outbox.
     socket: Weak<LingeringStream>,
+    /// What the upgrade agreed to for `permessage-deflate`.
+    deflate: Deflate,
 }
 
 impl Session {
@@ -391,6 +415,7 @@ impl Actor for Session {
             session: ctx.address(),
             state: self.handle.state.clone(),
             socket: self.socket.clone(),
+            compressed: self.deflate.outbound(),
         };
         outbox::register(self.id, outbox);
         metrics().connections_open.inc();

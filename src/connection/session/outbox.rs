@@ -44,9 +44,17 @@ pub struct Outbox {
     /// last frames straight to it. Weak: the connection closes when its session's writer lets
     /// go of it, not when the shard forgets the outbox.
     pub(super) socket: Weak<LingeringStream>,
+    /// The session agreed to `permessage-deflate` and takes compressed messages.
+    pub(super) compressed: bool,
 }
 
 impl Outbox {
+    /// Whether the session takes compressed messages: the fan-out offers it the compressed
+    /// frame of a room message ([`crate::connection::transport::encode_text_compressed`]).
+    pub fn takes_compressed(&self) -> bool {
+        self.compressed
+    }
+
     /// Queues `text` for the peer, or says why not.
     pub fn offer(&self, text: ByteString) -> Result<(), Refused> {
         self.report(self.queue.offer_text(text, self.limit))

@@ -4,6 +4,12 @@
 //! classifies every failure as an [`InboundError`] whose close code is decided in one place
 //! ([`InboundError::close_code`]). [`SocketReader`] reads an upgraded connection's socket
 //! without keeping a buffer while the connection is idle.
+//!
+//! With `permessage-deflate` agreed ([`InboundFrames::inflating`]), a data message whose first
+//! frame has RSV1 set is compressed: actix-http's codec refuses any reserved bit, so the bit is
+//! read and cleared here before the codec sees the frame, and the message is inflated once it
+//! is whole ([`super::deflate::inflate`], bounded by the message limit). RSV1 on a control
+//! frame or a continuation frame, or without the extension, is a protocol error (RFC 7692 §6).
 
 use std::pin::Pin;
 use std::rc::Rc;
@@ -16,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures::Stream;
 
+use super::deflate::{self, InflateError};
 use super::InFlight;
 use crate::close::CloseStatus;
 use crate::connection::linger::LingeringStream;
@@ -49,6 +56,9 @@ pub enum InboundError {
     /// A binary message: the chat protocol has none.
     #[error("binary messages are not accepted")]
     Binary,
+    /// A compressed message whose data is no valid DEFLATE stream.
+    #[error("compressed message cannot be inflated: {0}")]
+    BadCompression(String),
     /// The connection failed underneath (reset, I/O error).
     #[error("transport error: {0}")]
     Transport(String),
@@ -60,7 +70,9 @@ impl InboundError {
     pub fn close_code(&self) -> Option<u16> {
         match self {
             InboundError::Protocol(_) => Some(1002),
-            InboundError::InvalidUtf8 => Some(1007),
+            // RFC 6455 §7.4.1: "data within a message that was not consistent with the type
+            // of the message", as for invalid UTF-8 (RFC 7692 names no code of its own).
+            InboundError::InvalidUtf8 | InboundError::BadCompression(_) => Some(1007),
             InboundError::TooBig(_) => Some(1009),
             InboundError::Binary => Some(1003),
             InboundError::Transport(_) => None,
@@ -74,6 +86,7 @@ impl InboundError {
             InboundError::InvalidUtf8 => "invalid utf-8",
             InboundError::TooBig(_) => "message too big",
             InboundError::Binary => "binary messages not accepted",
+            InboundError::BadCompression(_) => "invalid compressed data",
             InboundError::Transport(_) => "",
         }
     }
@@ -132,6 +145,37 @@ fn check_header(buf: &[u8], limit: usize) -> Result<(), InboundError> {
     }
 }
 
+/// The most a compressed message may take on the wire beyond the message limit: DEFLATE's
+/// stored blocks (what incompressible text becomes) cost 5 bytes per 64 KiB, and a sync flush
+/// a few more; a message within the limit must not be refused for them.
+fn wire_allowance(max_message_bytes: usize) -> usize {
+    max_message_bytes / 65_535 * 5 + 64
+}
+
+/// Reads RSV1 off the frame at the front of `buf` when the connection inflates: `Ok(true)` when
+/// it was set on a data frame (the bit is cleared for the codec, and the message is compressed),
+/// `Ok(false)` when it was not (or the codec's own checks come first: other reserved bits, an
+/// unknown opcode), `Err` when it may not be set there.
+fn take_rsv1(buf: &mut BytesMut) -> Result<bool, InboundError> {
+    let Some(first) = buf.first_mut() else {
+        return Ok(false);
+    };
+    if *first & 0x70 != 0x40 {
+        return Ok(false);
+    }
+    match *first & 0x0f {
+        0x1 | 0x2 => {
+            *first &= !0x40;
+            Ok(true)
+        }
+        0x0 => Err(InboundError::Protocol(
+            "RSV1 set on a continuation frame".into(),
+        )),
+        0x8..=0xA => Err(InboundError::Protocol("RSV1 set on a control frame".into())),
+        _ => Ok(false),
+    }
+}
+
 /// Decodes a request payload into [`Inbound`] events.
 pub struct InboundFrames<S> {
     payload: S,
@@ -139,6 +183,12 @@ pub struct InboundFrames<S> {
     buf: BytesMut,
     /// The text message being reassembled from fragments.
     partial: Option<BytesMut>,
+    /// Whether `partial` is compressed (its first frame had RSV1).
+    partial_compressed: bool,
+    /// The frame at the front of `buf` had RSV1, already cleared for the codec.
+    head_compressed: bool,
+    /// `permessage-deflate` agreed: RSV1 marks a compressed message.
+    inflating: bool,
     /// No more is read while this many messages are on their way.
     in_flight: Option<InFlight>,
     max_message_bytes: usize,
@@ -158,6 +208,9 @@ where
             codec: Codec::new().max_size(max_message_bytes),
             buf: BytesMut::new(),
             partial: None,
+            partial_compressed: false,
+            head_compressed: false,
+            inflating: false,
             in_flight,
             max_message_bytes,
             eof: false,
@@ -165,10 +218,38 @@ where
         }
     }
 
+    /// Accepts compressed messages (RFC 7692 `permessage-deflate`, agreed at the upgrade) when
+    /// `inflating` is true: a frame may then be up to a few bytes over the message limit on the
+    /// wire (DEFLATE's overhead on incompressible text), and the limit bounds what a message
+    /// inflates to.
+    pub fn inflating(mut self, inflating: bool) -> Self {
+        self.inflating = inflating;
+        if inflating {
+            let wire = self.wire_limit();
+            self.codec = Codec::new().max_size(wire);
+        }
+        self
+    }
+
+    /// The most bytes one frame, or a compressed message's frames together, may have.
+    fn wire_limit(&self) -> usize {
+        if self.inflating {
+            self.max_message_bytes
+                .saturating_add(wire_allowance(self.max_message_bytes))
+        } else {
+            self.max_message_bytes
+        }
+    }
+
     /// Turns one decoded frame into an event; `None` while a fragmented message is incomplete.
-    fn assemble(&mut self, frame: Frame) -> Option<Result<Inbound, InboundError>> {
+    /// `compressed`: the frame had RSV1 (only a data message's first frame gets here with it).
+    fn assemble(
+        &mut self,
+        frame: Frame,
+        compressed: bool,
+    ) -> Option<Result<Inbound, InboundError>> {
         match frame {
-            Frame::Text(data) => Some(text(data.into())),
+            Frame::Text(data) => Some(self.message(data.into(), compressed)),
             Frame::Binary(_) | Frame::Continuation(Item::FirstBinary(_)) => {
                 Some(Err(InboundError::Binary))
             }
@@ -176,25 +257,53 @@ where
             Frame::Pong(_) => Some(Ok(Inbound::Pong)),
             Frame::Close(reason) => Some(close(reason)),
             Frame::Continuation(Item::FirstText(data)) => {
-                self.partial = Some(BytesMut::from(&data[..]));
-                None
+                self.partial = Some(BytesMut::new());
+                self.partial_compressed = compressed;
+                self.extend(&data).err().map(Err)
             }
             Frame::Continuation(Item::Continue(data)) => self.extend(&data).err().map(Err),
             Frame::Continuation(Item::Last(data)) => match self.extend(&data) {
                 Err(e) => Some(Err(e)),
-                Ok(()) => Some(text(self.partial.take().unwrap_or_default())),
+                Ok(()) => {
+                    let whole = self.partial.take().unwrap_or_default();
+                    let compressed = std::mem::take(&mut self.partial_compressed);
+                    Some(self.message(whole, compressed))
+                }
             },
+        }
+    }
+
+    /// A whole text message: inflated when `compressed`, its size checked, UTF-8 checked.
+    fn message(&self, data: BytesMut, compressed: bool) -> Result<Inbound, InboundError> {
+        if !compressed {
+            // Within the wire limit, which may be a little above the message limit.
+            if data.len() > self.max_message_bytes {
+                return Err(InboundError::TooBig(self.max_message_bytes));
+            }
+            return text(data);
+        }
+        match deflate::inflate(&data, self.max_message_bytes) {
+            Ok(inflated) => ByteString::try_from(Bytes::from(inflated))
+                .map(Inbound::Text)
+                .map_err(|_| InboundError::InvalidUtf8),
+            Err(InflateError::TooBig(limit)) => Err(InboundError::TooBig(limit)),
+            Err(InflateError::Corrupt(why)) => Err(InboundError::BadCompression(why)),
         }
     }
 
     fn extend(&mut self, data: &[u8]) -> Result<(), InboundError> {
         // The codec refuses a continuation without a start, so `partial` is set here; a
         // missing one is still answered as the protocol error it would be.
+        let cap = if self.partial_compressed {
+            self.wire_limit()
+        } else {
+            self.max_message_bytes
+        };
         let partial = self
             .partial
             .as_mut()
             .ok_or_else(|| InboundError::Protocol("continuation without a start".into()))?;
-        if partial.len() + data.len() > self.max_message_bytes {
+        if partial.len() + data.len() > cap {
             return Err(InboundError::TooBig(self.max_message_bytes));
         }
         partial.extend_from_slice(data);
@@ -230,13 +339,27 @@ where
             if this.done {
                 return Poll::Ready(None);
             }
-            if let Err(err) = check_header(&this.buf, this.max_message_bytes) {
+            if this.inflating && !this.head_compressed {
+                match take_rsv1(&mut this.buf) {
+                    Ok(compressed) => this.head_compressed = compressed,
+                    Err(err) => {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                }
+            }
+            if let Err(err) = check_header(&this.buf, this.wire_limit()) {
                 this.done = true;
+                let err = match err {
+                    InboundError::TooBig(_) => InboundError::TooBig(this.max_message_bytes),
+                    other => other,
+                };
                 return Poll::Ready(Some(Err(err)));
             }
             match this.codec.decode(&mut this.buf) {
                 Ok(Some(frame)) => {
-                    if let Some(event) = this.assemble(frame) {
+                    let compressed = std::mem::take(&mut this.head_compressed);
+                    if let Some(event) = this.assemble(frame, compressed) {
                         this.done = event.is_err();
                         return Poll::Ready(Some(event));
                     }

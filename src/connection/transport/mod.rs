@@ -18,18 +18,27 @@
 //! This module knows nothing of close states or of the chat: it must not decide anything
 //! beyond "these bytes are (not) a valid frame".
 //!
+//! With `permessage-deflate` agreed ([`Deflate`]), inbound inflates compressed messages and
+//! outbound compresses texts; [`deflate`] holds the per-thread compressor and inflater, so that
+//! no connection keeps any compression state.
+//!
 //! The parts: [`inbound`] (bytes to events), [`mod@outbound`] (the queue and the writing),
-//! [`in_flight`] (the flood gate); here, the socket options of every accepted connection.
+//! [`in_flight`] (the flood gate), [`deflate`] (RFC 7692's bytes); here, the socket options of
+//! every accepted connection.
 
 use std::any::Any;
 
+pub mod deflate;
 pub mod in_flight;
 pub mod inbound;
 pub mod outbound;
 
+pub use deflate::Deflate;
 pub use in_flight::{InFlight, InFlightToken, MAX_MESSAGES_IN_FLIGHT};
 pub use inbound::{Inbound, InboundError, InboundFrames, SocketReader};
-pub use outbound::{encode_text, outbound, write_out, OutboundBody, OutboundQueue, Refused};
+pub use outbound::{
+    encode_text, encode_text_compressed, outbound, write_out, OutboundBody, OutboundQueue, Refused,
+};
 
 /// Socket options set on every accepted connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,11 @@
 //! Outbound: the session's bounded queue of frames not yet written ([`OutboundQueue`]) and
 //! what drains it ([`OutboundBody`]): as the response body the dispatcher polls, or through
 //! [`write_out`] straight to the socket. A text for many recipients is encoded once
-//! ([`encode_text`]). The queue is the one check of every outgoing frame: nothing after a
-//! close frame, and no more than the limit (pings and pongs count too).
+//! ([`encode_text`], and compressed once for those that agreed to `permessage-deflate`:
+//! [`encode_text_compressed`]). A text queued for one session is compressed when it is written,
+//! if the session agreed to it ([`OutboundBody::compressing`]). The queue is the one check of
+//! every outgoing frame: nothing after a close frame, and no more than the limit (pings and
+//! pongs count too).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -16,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures::Stream;
 
+use super::deflate::{self, COMPRESS_MIN_BYTES};
 use crate::connection::linger::LingeringStream;
 
 /// Writes what the session queues to its upgraded connection until the session ends it: then
@@ -99,6 +103,51 @@ pub fn encode_text(text: &str) -> Rc<[u8]> {
     Rc::from(&out[..])
 }
 
+/// The RSV1 bit of a frame's first byte: "this message is compressed" (RFC 7692 §6).
+const RSV1: u8 = 0x40;
+
+/// Encodes `text` as a compressed text frame (`permessage-deflate`: RSV1 set, the payload one
+/// message's DEFLATE data), to be offered to the sessions that agreed to the extension. `None`
+/// when compressing does not pay: below [`COMPRESS_MIN_BYTES`], or when the compressed payload
+/// is not smaller; those sessions then get [`encode_text`]'s frame (RFC 7692 lets any message
+/// go uncompressed).
+pub fn encode_text_compressed(text: &str) -> Option<Rc<[u8]>> {
+    if text.len() < COMPRESS_MIN_BYTES {
+        return None;
+    }
+    let compressed = deflate::compress(text.as_bytes())?;
+    if compressed.len() >= text.len() {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(compressed.len() + 10);
+    write_compressed_frame(&mut out, &compressed);
+    Some(Rc::from(&out[..]))
+}
+
+/// Appends `text`'s compressed frame to `out` when compressing pays (see
+/// [`encode_text_compressed`]); false, and `out` untouched, when not. A text queued for one
+/// session is often queued for others on this thread too (a replay after a drain): its
+/// compressed copy is taken from this thread's recent ones ([`deflate::compress_recent`]).
+fn write_compressed(out: &mut BytesMut, text: &str) -> bool {
+    if text.len() < COMPRESS_MIN_BYTES {
+        return false;
+    }
+    let Some(compressed) = deflate::compress_recent(text) else {
+        return false;
+    };
+    write_compressed_frame(out, &compressed);
+    true
+}
+
+/// Appends a text frame with RSV1 whose payload is `compressed`.
+fn write_compressed_frame(out: &mut BytesMut, compressed: &[u8]) {
+    let start = out.len();
+    actix_http::ws::Parser::write_message(&mut *out, compressed, OpCode::Text, true, false);
+    if let Some(first) = out.get_mut(start) {
+        *first |= RSV1;
+    }
+}
+
 /// Why [`OutboundQueue::offer_text`] refused a text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -122,6 +171,8 @@ pub struct OutboundQueue {
 pub struct OutboundBody {
     shared: Rc<RefCell<Shared>>,
     codec: Codec,
+    /// The session agreed to `permessage-deflate`: texts queued for it alone go compressed.
+    compress: bool,
 }
 
 /// Most bytes encoded per poll: large enough to batch many chat messages into one write, small
@@ -145,6 +196,7 @@ pub fn outbound() -> (OutboundQueue, OutboundBody) {
         OutboundBody {
             shared,
             codec: Codec::new(),
+            compress: false,
         },
     )
 }
@@ -304,6 +356,14 @@ struct EncodeFailed;
 impl actix_web::ResponseError for EncodeFailed {}
 
 impl OutboundBody {
+    /// Texts queued for this session alone (its welcome, a replay, answers) are compressed as
+    /// they are written when `compress` is true (the session agreed to `permessage-deflate` and
+    /// takes compressed messages); texts encoded for many sessions come already encoded.
+    pub fn compressing(mut self, compress: bool) -> Self {
+        self.compress = compress;
+        self
+    }
+
     /// The session aborted the connection: nothing more is written, and it does not linger.
     pub fn aborted(&self) -> bool {
         self.shared.borrow().end == OutboundEnd::Abort
@@ -330,6 +390,8 @@ impl Stream for OutboundBody {
             match taken {
                 None => break,
                 Some(Outgoing::Encoded(frame)) => out.extend_from_slice(&frame),
+                Some(Outgoing::Frame(Message::Text(text)))
+                    if this.compress && write_compressed(&mut out, &text) => {}
                 Some(Outgoing::Frame(frame)) => {
                     if let Err(err) = this.codec.encode(frame, &mut out) {
                         log::error!("encoding an outbound frame failed: {err}");
@@ -463,6 +525,46 @@ mod tests {
         assert!(!queue.close_at_once(b"bye", |_| panic!("written before a queued frame")));
         queue.push(Message::Close(None));
         assert!(!queue.close_at_once(b"bye", |_| panic!("a second close")));
+    }
+
+    #[test]
+    fn a_compressed_text_is_a_text_frame_with_rsv1_that_inflates_back() {
+        let text = "{\"type\":\"message\",\"text\":\"".to_owned() + &"ha".repeat(200) + "\"}";
+        let frame = encode_text_compressed(&text).expect("compressed");
+        // FIN, RSV1, text; unmasked, a 16-bit or 7-bit length.
+        assert_eq!(frame[0], 0xC1);
+        let (start, len) = match frame[1] {
+            126 => (4, usize::from(u16::from_be_bytes([frame[2], frame[3]]))),
+            n => (2, usize::from(n)),
+        };
+        assert_eq!(frame.len(), start + len);
+        let inflated = deflate::inflate(&frame[start..], text.len()).expect("inflated");
+        assert_eq!(inflated, text.as_bytes());
+        // Short texts go plain.
+        assert_eq!(encode_text_compressed("hi"), None);
+        assert_eq!(
+            encode_text_compressed(&"x".repeat(COMPRESS_MIN_BYTES - 1)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_session_that_compresses_gets_its_own_texts_compressed() {
+        let (queue, body) = outbound();
+        let mut body = body.compressing(true);
+        let long = "word ".repeat(100);
+        queue
+            .offer_text(ByteString::from(long.clone()), 10)
+            .expect("queued");
+        queue
+            .offer_text(ByteString::from_static("short"), 10)
+            .expect("queued");
+        let written = futures::executor::block_on(futures::StreamExt::next(&mut body))
+            .expect("a chunk")
+            .expect("bytes");
+        let compressed = encode_text_compressed(&long).expect("compressed");
+        assert_eq!(&written[..compressed.len()], &compressed[..]);
+        assert_eq!(&written[compressed.len()..], &encode_text("short")[..]);
     }
 
     #[test]
