@@ -38,6 +38,7 @@ fn key_metrics(scenario: &str) -> &'static [&'static str] {
             "/deaf_clients/got_close",
             "/deaf_clients/tcp_end_after_signal/max_ms",
             "/server_exit_ms",
+            "/server_cpu_drain_ms",
         ],
         "hold" => &[
             "/connect/connected",

@@ -54,7 +54,20 @@ fn run(ledger: &mut Ledger, step: &Step) -> Vec<PresenceChange> {
             ledger.restore(node, &counts, at, Some(at + TTL), &mut changes)
         }
     }
+    assert_deadlines_indexed(ledger);
     changes
+}
+
+/// The deadline index holds exactly the holders' deadlines.
+fn assert_deadlines_indexed(ledger: &Ledger) {
+    let mut expected: Vec<(Millis, Holder)> = ledger
+        .holders
+        .iter()
+        .filter_map(|(holder, holding)| holding.deadline.map(|deadline| (deadline, *holder)))
+        .collect();
+    expected.sort_unstable();
+    let indexed: Vec<(Millis, Holder)> = ledger.deadlines.iter().copied().collect();
+    assert_eq!(indexed, expected);
 }
 
 fn present(ledger: &Ledger) -> Vec<(String, u32)> {
@@ -353,4 +366,42 @@ fn a_kept_connection_that_ran_out_with_its_name_back_is_counted_as_rejoined() {
     ledger.sweep(1_000, &mut changes);
     assert_eq!(ledger.take_rejoined(), 1, "ann came back, bob did not");
     assert_eq!(ledger.take_rejoined(), 0);
+}
+
+#[test]
+fn a_drain_of_many_kept_connections_ends_them_in_holder_order() {
+    // A drain keeps every session for its own delay: the sweep that ends them all reports
+    // the names in the order of their holders, whatever their deadlines.
+    let mut ledger = Ledger::default();
+    let mut changes = Vec::new();
+    let names: Vec<String> = (0..1000).map(|i| format!("n{i:04}")).collect();
+    for name in &names {
+        ledger.join(A, name, 0, None, &mut changes);
+    }
+    changes.clear();
+    for (session, name) in names.iter().enumerate() {
+        let until = 5000 - (session as Millis * 7) % 5000;
+        ledger.keep(A, session as u64, name, 1, until, &mut changes);
+    }
+    assert!(changes.is_empty());
+    assert_deadlines_indexed(&ledger);
+    let earliest = (0..1000).map(|session| 5000 - (session * 7) % 5000).min();
+    assert_eq!(ledger.next_deadline(), earliest);
+    ledger.sweep(2500, &mut changes);
+    let early = changes.len();
+    assert!(early > 0 && early < 1000, "{early}");
+    ledger.sweep(5000, &mut changes);
+    let expected: Vec<PresenceChange> = {
+        let mut by_deadline: Vec<(bool, usize)> = (0..1000)
+            .map(|session| (5000 - (session as Millis * 7) % 5000 > 2500, session))
+            .collect();
+        by_deadline.sort_unstable();
+        by_deadline
+            .into_iter()
+            .map(|(_, session)| left(&names[session]))
+            .collect()
+    };
+    assert_eq!(changes, expected);
+    assert!(ledger.is_empty());
+    assert_deadlines_indexed(&ledger);
 }

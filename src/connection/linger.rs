@@ -129,6 +129,12 @@ impl LingeringStream {
         }
     }
 
+    /// Writes what the socket takes now from `buf`, without waiting (`WouldBlock` when it takes
+    /// nothing): for a caller that writes many connections' last frames in one loop (a drain).
+    pub fn try_write_shared(&self, buf: &[u8]) -> io::Result<usize> {
+        self.shared_stream()?.try_write(buf)
+    }
+
     /// Half-closes through a shared reference: the FIN follows the last byte written, and the
     /// connection lingers when dropped.
     pub fn shutdown_write(&self) -> io::Result<()> {

@@ -122,10 +122,21 @@ pub fn error_json(code: &str, text: &str) -> Result<ByteString, FrameError> {
 
 /// `{"type":"going_away","reconnect_after_ms":D}`: sent right before a shutdown close frame.
 pub fn going_away_json(reconnect_after: Duration) -> ByteString {
-    ByteString::from(format!(
+    let mut text = String::new();
+    write_going_away(&mut text, reconnect_after);
+    ByteString::from(text)
+}
+
+/// Appends [`going_away_json`]'s text to `out`, for a caller that reuses its buffer (a drain
+/// writes one to each of thousands of sessions).
+pub fn write_going_away(out: &mut String, reconnect_after: Duration) {
+    use std::fmt::Write;
+    // Writing to a String does not fail.
+    let _ = write!(
+        out,
         "{{\"type\":\"going_away\",\"reconnect_after_ms\":{}}}",
         reconnect_after.as_millis()
-    ))
+    );
 }
 
 #[derive(Serialize)]

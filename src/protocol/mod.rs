@@ -10,4 +10,6 @@
 pub mod frames;
 pub mod v2;
 
-pub use frames::{epoch_json, error_json, going_away_json, FrameError, MessageHead, Welcome};
+pub use frames::{
+    epoch_json, error_json, going_away_json, write_going_away, FrameError, MessageHead, Welcome,
+};

@@ -11,8 +11,9 @@
 //! bytes the same way: no compressor per connection. A shard's mailbox is
 //! FIFO and the supervisor sends in `seq` order, so every member sees one order. It must not
 //! decide anything about closes: the outbox refuses what may not be sent. The drain's
-//! [`ShutDown`] goes the same way (one message per thread, then a local message to each
-//! session, which decides its close itself).
+//! [`ShutDown`] goes the same way: one message per thread, whose loop writes each idle
+//! session's `going_away` and close frame straight to its socket and tells the session, which
+//! decides its close mode itself ([`Outbox::shut_down_at_once`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use bytestring::ByteString;
 use log::debug;
 
 use crate::close::CloseStatus;
-use crate::connection::session::{local_outbox, Outbox, SessionId};
+use crate::connection::session::{local_outbox, Outbox, SessionId, ShutdownFrames};
 use crate::connection::transport::{encode_text, encode_text_compressed, Refused};
 use crate::metrics::{metrics, DropReason};
 
@@ -209,10 +210,12 @@ impl Handler<ShutDown> for Shard {
     type Result = ();
 
     fn handle(&mut self, msg: ShutDown, _: &mut Self::Context) {
-        // Same thread: each message is a local queue push, no wake-up of another thread.
+        // Same thread: each session's frames go to its socket in this loop, one write each, the
+        // first right away; each message is a local queue push, no wake-up of another thread.
+        let mut frames = ShutdownFrames::new(msg.status);
         for (id, reconnect_after) in msg.sessions {
             if let Some(outbox) = local_outbox(id) {
-                outbox.shut_down(msg.status.clone(), reconnect_after);
+                outbox.shut_down_at_once(&mut frames, reconnect_after);
             }
         }
     }

@@ -2,7 +2,11 @@
 //! frame (they still answer pings); then SIGTERM. Measures, from the signal: the first and
 //! last close frame, how each connection ended (clean = the shutdown code arrived, our
 //! reply went out, then the server's FIN; 1006-like = the TCP ended without a close
-//! frame), and when and how the server process exited.
+//! frame), when and how the server process exited, and the CPU time the server used from the
+//! signal to its exit (`server_cpu_drain_ms`: its threads' time before the signal, from
+//! /proc, subtracted from its whole time, from the rusage of reaped children), and the load
+//! generator's own CPU time over the same drain (`loadgen_cpu_drain_ms`, until every client
+//! saw its end: the two share the machine's cores).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -175,6 +179,9 @@ pub async fn run(ctx: &Ctx, args: &DrainArgs) -> Result<Outcome, String> {
     let ended_before_signal = outcomes.borrow().len();
     eprintln!("drain: {connected} connected; SIGTERM");
 
+    let cpu_before_signal = threads_cpu_time(server.pid());
+    let own_before_signal = threads_cpu_time(std::process::id());
+    let children_before = children_cpu_time();
     let signal = Instant::now();
     let signalled = server.try_signal(Signal::Term);
     let exit = server
@@ -182,6 +189,13 @@ pub async fn run(ctx: &Ctx, args: &DrainArgs) -> Result<Outcome, String> {
         .await;
     let exit_after = signal.elapsed();
     let exited = exit.is_some();
+    // Reaped: its whole CPU time is now in this process's children's rusage.
+    let server_cpu_drain = match (exited, cpu_before_signal) {
+        (true, Some(before)) => children_cpu_time()
+            .checked_sub(children_before)
+            .and_then(|total| total.checked_sub(before)),
+        _ => None,
+    };
     let exit = match exit {
         Some(status) => Stopped {
             code: status.code(),
@@ -194,6 +208,11 @@ pub async fn run(ctx: &Ctx, args: &DrainArgs) -> Result<Outcome, String> {
     while outcomes.borrow().len() < connected && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Every client has seen its end (or the settling gave up): what answering them cost here,
+    // on the cores the server used too.
+    let own_cpu_drain = threads_cpu_time(std::process::id())
+        .zip(own_before_signal)
+        .and_then(|(after, before)| after.checked_sub(before));
     let drain_log = drain_line(&server).await;
 
     let all = outcomes.borrow();
@@ -228,9 +247,37 @@ pub async fn run(ctx: &Ctx, args: &DrainArgs) -> Result<Outcome, String> {
         "deaf_clients": deaf_json(&deaf, signal),
         "clients_unfinished": unfinished,
         "server_exit_ms": exited.then(|| ms(exit_after)),
+        "server_cpu_drain_ms": server_cpu_drain.map(ms),
+        "loadgen_cpu_drain_ms": own_cpu_drain.map(ms),
         "server_exit_code": exit.code,
         "server_killed": exit.killed,
         "drain_log": drain_log,
     });
     Ok(Outcome { report, ok })
+}
+
+/// The CPU time process `pid`'s threads have run so far (the sum of their schedstat run times,
+/// in nanoseconds: finer than the clock ticks of /proc/PID/stat).
+fn threads_cpu_time(pid: u32) -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let stat = std::fs::read_to_string(path).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// The user and system time of this process's reaped children, all together.
+fn children_cpu_time() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }

@@ -10,7 +10,7 @@
 //! into its queue; `rate_limit`: its message rate.
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,8 +47,8 @@ pub use handle::{
     Abort, Close, CloseOutput, SendText, SessionConfig, SessionEnd, SessionHandle, SessionHandler,
     SessionId, Shutdown,
 };
-use outbox::Overflowed;
-pub use outbox::{local_outbox, Outbox};
+pub use outbox::{local_outbox, Outbox, ShutdownFrames};
+use outbox::{Overflowed, ShutdownWritten};
 // Where it was before 0.2 (see CHANGELOG.md).
 #[doc(hidden)]
 pub use crate::protocol::going_away_json;
@@ -89,7 +89,7 @@ pub fn start(
     // An app that serves through `linger::LingeringStream` puts the connection's switch into
     // the connection data (`on_connect_ext`), so that an aborted session skips the linger.
     let linger = req.conn_data::<LingerSwitch>().cloned();
-    let (handle, body) = spawn(payload, linger, handler, config, deflate);
+    let (handle, body) = spawn(payload, linger, Weak::new(), handler, config, deflate);
     Ok((handle, response.streaming(body)))
 }
 
@@ -107,15 +107,25 @@ pub fn start_on_socket(
 ) -> (SessionHandle, impl std::future::Future<Output = ()>) {
     let socket = Rc::new(socket);
     let reader = SocketReader::new(socket.clone(), leftover);
-    let (handle, body) = spawn(reader, Some(socket.switch()), handler, config, deflate);
+    let switch = Some(socket.switch());
+    let (handle, body) = spawn(
+        reader,
+        switch,
+        Rc::downgrade(&socket),
+        handler,
+        config,
+        deflate,
+    );
     (handle, transport::write_out(socket, body))
 }
 
 /// Starts a session actor reading `inbound`; returns its handle and the stream of bytes to
-/// write to the peer.
+/// write to the peer. `socket`: the connection, when the session owns it (the reader and
+/// the writer hold it; the session does not keep it open).
 fn spawn<S>(
     inbound: S,
     linger: Option<LingerSwitch>,
+    socket: Weak<LingeringStream>,
     handler: impl SessionHandler,
     config: SessionConfig,
     deflate: Deflate,
@@ -161,6 +171,7 @@ where
             delivered_after_close: 0,
             dropped_slow_consumer: 0,
             linger,
+            socket,
             deflate,
         }
     });
@@ -195,6 +206,8 @@ pub struct Session {
     dropped_slow_consumer: u64,
     /// The connection's lingering close, when the server provides one ([`crate::service::server`]).
     linger: Option<LingerSwitch>,
+    /// The connection, when the session owns it ([`start_on_socket`]), for its outbox.
+    socket: Weak<LingeringStream>,
     /// What the upgrade agreed to for `permessage-deflate`.
     deflate: Deflate,
 }
@@ -400,6 +413,8 @@ impl Actor for Session {
             queue: self.queue.clone(),
             limit: self.config.outbound_queue,
             session: ctx.address(),
+            state: self.handle.state.clone(),
+            socket: self.socket.clone(),
             compressed: self.deflate.outbound(),
         };
         outbox::register(self.id, outbox);
@@ -567,16 +582,18 @@ impl Handler<Abort> for Session {
     }
 }
 
-impl Handler<Shutdown> for Session {
-    type Result = ();
-
-    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
-        if self.machine.state() != CloseState::Open {
-            return;
-        }
+impl Session {
+    /// Closes for shutdown with `status`, in the mode the handler chooses; `going_away`: the
+    /// delay of the `going_away` text to queue first (the drain may have written it already).
+    fn shut_down(
+        &mut self,
+        status: Option<CloseStatus>,
+        going_away: Option<Duration>,
+        ctx: &mut Context<Self>,
+    ) {
         let mode = self.handler.shutdown_mode(self.config.close_mode);
         debug!("session={} shutting down, {mode}", self.id);
-        if let Some(delay) = msg.reconnect_after {
+        if let Some(delay) = going_away {
             // A full outbox refuses it (the session is closing as a slow consumer anyway).
             let _ = self.send_text(going_away_json(delay), ctx);
         }
@@ -585,14 +602,41 @@ impl Handler<Shutdown> for Session {
                 // Nobody waits on this close: the end is reported through the handler.
                 let waiter = self.next_waiter;
                 self.next_waiter += 1;
-                Input::Close {
-                    waiter,
-                    status: msg.status,
-                }
+                Input::Close { waiter, status }
             }
-            CloseMode::FireAndForget => Input::CloseOutput(msg.status),
+            CloseMode::FireAndForget => Input::CloseOutput(status),
         };
         self.feed_infallible(input, ctx);
+    }
+}
+
+impl Handler<Shutdown> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
+        if self.machine.state() != CloseState::Open {
+            return;
+        }
+        self.shut_down(msg.status, msg.reconnect_after, ctx);
+    }
+}
+
+impl Handler<ShutdownWritten> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: ShutdownWritten, ctx: &mut Self::Context) {
+        if msg.going_away {
+            metrics().messages_out.inc();
+        }
+        // The frames are out (the queue holds what the socket did not take at once, and takes
+        // nothing after it): the machine's close frame is not queued again. A close the peer
+        // started meanwhile crossed ours (RFC 6455 allows both at once) and has ended the
+        // session already.
+        if self.machine.state() != CloseState::Open {
+            debug!("session={} shutdown frames crossed a close", self.id);
+            return;
+        }
+        self.shut_down(msg.status, None, ctx);
     }
 }
 

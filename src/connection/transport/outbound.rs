@@ -279,9 +279,40 @@ impl OutboundQueue {
         }
     }
 
-    /// Drops every queued frame; returns how many text messages were among them.
+    /// The connection's last frames at once, for a drain: when nothing is queued and the writer
+    /// waits for frames with nothing in hand, `frames` (encoded, a close frame last) are
+    /// offered to `write` (a write that does not wait), what it does not take is queued for the
+    /// writer, and nothing may be queued after them. Returns false, doing nothing, otherwise
+    /// (frames waiting, a close frame already queued, the output ended, the writer busy with a
+    /// chunk): the caller closes the usual way. Either way no byte is written out of order.
+    pub fn close_at_once(
+        &self,
+        frames: &[u8],
+        write: impl FnOnce(&[u8]) -> std::io::Result<usize>,
+    ) -> bool {
+        let mut shared = self.shared.borrow_mut();
+        let idle = shared.frames.is_empty() && shared.waker.is_some();
+        if shared.close_queued || shared.end != OutboundEnd::Running || !idle {
+            return false;
+        }
+        shared.close_queued = true;
+        // A failed write leaves everything to the writer, which meets the same error and ends
+        // the connection.
+        let written = write(frames).unwrap_or(0);
+        if let Some(rest) = frames.get(written..).filter(|rest| !rest.is_empty()) {
+            Self::enqueue(&mut shared, Outgoing::Encoded(Rc::from(rest)));
+        }
+        true
+    }
+
+    /// Drops every queued frame; returns how many text messages were among them. Once a close
+    /// frame is queued nothing is dropped: what is queued is the peer's last frames, which
+    /// [`close_at_once`](Self::close_at_once) may have started to write.
     pub fn discard(&self) -> usize {
         let mut shared = self.shared.borrow_mut();
+        if shared.close_queued {
+            return 0;
+        }
         let texts = shared
             .frames
             .iter()
@@ -437,6 +468,63 @@ mod tests {
             queue.offer_control(Message::Pong(Bytes::new()), 100),
             Err(Refused::OutputClosed)
         );
+    }
+
+    /// A body polled until it waits for frames, as the writer does when it has nothing to write.
+    fn parked(body: &mut OutboundBody) {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(body).poll_next(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn closing_at_once_writes_only_when_the_writer_has_nothing_in_hand() {
+        let (queue, mut body) = outbound();
+        // The writer has not waited yet: it may hold a chunk.
+        assert!(!queue.close_at_once(b"bye", |_| panic!("written while busy")));
+        parked(&mut body);
+        let mut written = Vec::new();
+        assert!(queue.close_at_once(b"bye", |bytes| {
+            written.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }));
+        assert_eq!(written, b"bye");
+        assert!(queue.shared.borrow().frames.is_empty());
+        // Nothing follows the close frame, and nothing of it is dropped.
+        let text = || ByteString::from_static("x");
+        assert_eq!(queue.offer_text(text(), 8), Err(Refused::OutputClosed));
+        assert_eq!(queue.discard(), 0);
+        assert!(!queue.close_at_once(b"again", |_| panic!("a second close")));
+        queue.end();
+        let rest = futures::executor::block_on(futures::StreamExt::next(&mut body));
+        assert!(rest.is_none());
+    }
+
+    #[test]
+    fn what_the_socket_does_not_take_at_once_is_written_next() {
+        let (queue, mut body) = outbound();
+        parked(&mut body);
+        assert!(queue.close_at_once(b"going away, then close", |_| Ok(6)));
+        assert_eq!(queue.discard(), 0);
+        let rest = futures::executor::block_on(futures::StreamExt::next(&mut body));
+        assert_eq!(&rest.unwrap().unwrap()[..], b"away, then close");
+
+        let (queue, mut body) = outbound();
+        parked(&mut body);
+        let would_block = || Err(std::io::ErrorKind::WouldBlock.into());
+        assert!(queue.close_at_once(b"all of it", |_| would_block()));
+        let rest = futures::executor::block_on(futures::StreamExt::next(&mut body));
+        assert_eq!(&rest.unwrap().unwrap()[..], b"all of it");
+    }
+
+    #[test]
+    fn frames_waiting_close_the_usual_way() {
+        let (queue, mut body) = outbound();
+        parked(&mut body);
+        assert_eq!(queue.offer_text(ByteString::from_static("x"), 8), Ok(()));
+        assert!(!queue.close_at_once(b"bye", |_| panic!("written before a queued frame")));
+        queue.push(Message::Close(None));
+        assert!(!queue.close_at_once(b"bye", |_| panic!("a second close")));
     }
 
     #[test]

@@ -2,17 +2,33 @@
 //! `going_away`), the deadline's aborts, a second signal's, and the report. The plan and the
 //! report's counting are [`crate::rooms::drain`]'s; this is the carrying out.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{ActorContext, AsyncContext, Context, Handler, ResponseFuture, SpawnHandle};
 use futures::channel::oneshot;
 use log::{debug, info, warn};
 
-use super::{AbortAll, Drain, Supervisor};
+use super::{AbortAll, Drain, ShardRef, Supervisor};
 use crate::close::CloseStatus;
 use crate::connection::session::{SessionHandle, SessionId};
 use crate::rooms::drain::{batch_schedule, DrainReport};
-use crate::rooms::fanout::{PerShard, ShutDown};
+use crate::rooms::fanout::ShutDown;
+
+/// Sessions in a shard's first [`ShutDown`] message of a batch: few enough that the shard
+/// starts writing close frames a fraction of a millisecond after the drain starts, while the
+/// supervisor sorts out the rest, which follow in one message. (Messages of 128 throughout
+/// cost 17-31 % more CPU in drain 10000: the shard's loop broke into pieces between which its
+/// thread took up the acks that had come in, a few at a time.)
+const FIRST_CHUNK: usize = 64;
+
+/// One shard's part of a batch being told: its sessions not sent yet (each with its
+/// `going_away` delay), and whether its first message went.
+struct Orders {
+    shard: ShardRef,
+    sessions: Vec<(SessionId, Option<Duration>)>,
+    first_sent: bool,
+}
 
 /// A drain under way (and, once answered, the flag that turns late joins away).
 pub(super) struct DrainState {
@@ -86,23 +102,51 @@ impl Supervisor {
         }
     }
 
-    /// Tells `ids` to shut down: one [`ShutDown`] per shard (thread), not one cross-thread
-    /// message per session. The shard finds each session by its id (no address cloned).
+    /// Tells `ids` to shut down: two [`ShutDown`]s per shard (thread), the first with
+    /// [`FIRST_CHUNK`] of its sessions, not one cross-thread message per session. The shard
+    /// finds each session by its id (no address cloned).
     fn shut_down_batch(&mut self, ids: &[SessionId], status: &Option<CloseStatus>) {
         let spread = self.drain.as_ref().and_then(|drain| drain.reconnect_spread);
-        let mut per_shard = PerShard::default();
+        let mut per_shard: Vec<Orders> = Vec::new();
         for id in ids {
-            if let Some(member) = self.members.get_mut(id) {
-                // Remembered for presence: it stays present until it could be back.
-                member.going_away = reconnect_delay(spread);
-                per_shard.add(member.shard.clone(), (*id, member.going_away));
+            let Some(member) = self.members.get_mut(id) else {
+                continue;
+            };
+            // Remembered for presence: it stays present until it could be back.
+            member.going_away = reconnect_delay(spread);
+            let group = match per_shard
+                .iter()
+                .position(|orders| Arc::ptr_eq(&orders.shard, &member.shard))
+            {
+                Some(group) => group,
+                None => {
+                    per_shard.push(Orders {
+                        shard: member.shard.clone(),
+                        sessions: Vec::with_capacity(FIRST_CHUNK),
+                        first_sent: false,
+                    });
+                    per_shard.len() - 1
+                }
+            };
+            let Some(orders) = per_shard.get_mut(group) else {
+                continue;
+            };
+            orders.sessions.push((*id, member.going_away));
+            if !orders.first_sent && orders.sessions.len() >= FIRST_CHUNK {
+                orders.first_sent = true;
+                orders.shard.do_send(ShutDown {
+                    status: status.clone(),
+                    sessions: std::mem::take(&mut orders.sessions),
+                });
             }
         }
-        for (shard, sessions) in per_shard.0 {
-            shard.do_send(ShutDown {
-                status: status.clone(),
-                sessions,
-            });
+        for orders in per_shard {
+            if !orders.sessions.is_empty() {
+                orders.shard.do_send(ShutDown {
+                    status: status.clone(),
+                    sessions: orders.sessions,
+                });
+            }
         }
     }
 }
@@ -139,6 +183,9 @@ impl Handler<Drain> for Supervisor {
         });
 
         let mut ids: Vec<SessionId> = self.members.keys().copied().collect();
+        // Batches go in session order. So do the shards' loops, which is also the order their
+        // sessions' memory (and the kernel's sockets) were allocated in: in the registry's hash
+        // order drain 10000 took ~17 % more CPU.
         ids.sort_unstable();
         let (batches, compressed) = batch_schedule(ids.len(), &plan);
         if compressed {

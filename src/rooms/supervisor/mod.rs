@@ -124,6 +124,8 @@ pub struct Supervisor {
     publishing: usize,
     /// `presence.grace_ms`.
     presence_grace: Duration,
+    /// Rooms to sweep when their kept members' time runs out.
+    sweeps: presence::Sweeps,
 }
 
 /// The frame of one delivery; `own` is the session it goes to, whose own copy of a v2
@@ -208,6 +210,7 @@ impl Supervisor {
             presence_grace: Duration::from_millis(
                 crate::config::PresenceSettings::default().grace_ms,
             ),
+            sweeps: presence::Sweeps::default(),
         }
     }
 

@@ -6,14 +6,18 @@
 //! answered from the broker. When the broker comes back after being unreachable, this node
 //! tells it again who of its members is in each room.
 //!
+//! A member kept present is swept out of its room's book at its time; the times of all rooms
+//! wait in one ordered list under one timer ([`Sweeps`]), not one timer each: an actor polls
+//! every one of its timers each time it wakes, and a drain keeps thousands of members.
+//!
 //! The rules of who counts and when an event is due are the broker's
 //! ([`crate::broker::presence`]); this file must not decide them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use actix::{AsyncContext, Context, Handler};
+use actix::{AsyncContext, Context, Handler, SpawnHandle};
 use log::debug;
 
 use super::{tell, AskPresence, Supervisor};
@@ -27,6 +31,13 @@ use crate::rooms::fanout::{Deliver, Exception};
 /// How long after a kept member's time the supervisor sweeps its room (the broker's clock
 /// and this process's may differ by a little).
 const SWEEP_MARGIN: Duration = Duration::from_millis(20);
+
+/// When rooms are to be swept, earliest first, and the one timer armed for the earliest.
+#[derive(Default)]
+pub(super) struct Sweeps {
+    due: BTreeSet<(Instant, Arc<str>)>,
+    timer: Option<(Instant, SpawnHandle)>,
+}
 
 /// How a session that ended leaves the rooms it was in: a drained session (it was given a
 /// `going_away` delay) stays present for that delay plus `grace`, so that its client can come
@@ -92,13 +103,52 @@ impl Supervisor {
         self.broker.presence_leave(room, name, origin, departure);
         if let Departure::Keep(time) = departure {
             metrics().presence_kept.inc();
-            let room = room.clone();
-            ctx.run_later(time.saturating_add(SWEEP_MARGIN), move |act, ctx| {
-                act.broker.presence_sweep(&room);
-                act.take_ready_events(ctx);
-            });
+            let at = Instant::now() + time.saturating_add(SWEEP_MARGIN);
+            self.sweeps.due.insert((at, room.clone()));
+            self.arm_sweeps(ctx);
         }
         self.take_ready_events(ctx);
+    }
+
+    /// Makes the one sweep timer fire at the earliest time due, if it would not already.
+    fn arm_sweeps(&mut self, ctx: &mut Context<Self>) {
+        let Some(&(next, _)) = self.sweeps.due.first() else {
+            return;
+        };
+        if let Some((armed, handle)) = self.sweeps.timer {
+            if armed <= next {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let wait = next.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(wait, |act, ctx| {
+            act.sweeps.timer = None;
+            act.sweep_due(ctx);
+        });
+        self.sweeps.timer = Some((next, handle));
+    }
+
+    /// Sweeps every room with a kept member whose time has come (each room once), then waits
+    /// for the next.
+    fn sweep_due(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let mut rooms = Vec::new();
+        while let Some((at, _)) = self.sweeps.due.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, room)) = self.sweeps.due.pop_first() {
+                rooms.push(room);
+            }
+        }
+        rooms.sort_unstable();
+        rooms.dedup();
+        for room in &rooms {
+            self.broker.presence_sweep(room);
+        }
+        self.take_ready_events(ctx);
+        self.arm_sweeps(ctx);
     }
 
     /// A name arrived in a room with members here, or is gone: its members are told, but
