@@ -117,6 +117,11 @@ pub struct Metrics {
     /// Kept connections whose time ran out while their name was present again (a rejoin in
     /// time, or another tab): the leave nobody saw.
     pub presence_kept_rejoined: Counter,
+    /// Presence events not queued for a member that was behind on reading (its queue half
+    /// full): it gets the room's whole list once it has caught up instead.
+    pub presence_deferred: Counter,
+    /// Rooms' lists sent to members that were behind (`presence` frames with no `ref`).
+    pub presence_resyncs: Counter,
     /// Presence operations sent to Redis, by operation.
     pub presence_redis_ops: Family<OpLabels, Counter>,
     /// Server API requests, by endpoint and HTTP status.
@@ -212,6 +217,8 @@ impl Metrics {
             presence_members: Gauge::default(),
             presence_kept: Counter::default(),
             presence_kept_rejoined: Counter::default(),
+            presence_deferred: Counter::default(),
+            presence_resyncs: Counter::default(),
             presence_redis_ops: Family::default(),
             registry: Registry::default(),
         };
@@ -339,6 +346,16 @@ impl Metrics {
             "wsgrace_presence_kept_rejoined",
             "Kept sessions whose time ran out with their name present again: leaves nobody saw",
             metrics.presence_kept_rejoined.clone(),
+        );
+        registry.register(
+            "wsgrace_presence_deferred",
+            "Presence events not queued for a member behind on reading; it gets the room's list once caught up",
+            metrics.presence_deferred.clone(),
+        );
+        registry.register(
+            "wsgrace_presence_resyncs",
+            "Rooms' presence lists sent to members that were behind on reading",
+            metrics.presence_resyncs.clone(),
         );
         registry.register(
             "wsgrace_presence_redis_ops",

@@ -276,3 +276,115 @@ async fn with_presence_off_nobody_is_listed_or_told() {
         Vec::<(String, u64)>::new()
     );
 }
+
+/// What a v1 client that keeps a room's member list makes of the frames it reads: a
+/// `presence` list replaces it, `presence_join` adds a name, `presence_leave` removes one.
+#[derive(Default)]
+struct ListKeeper {
+    names: std::collections::BTreeSet<String>,
+    lists: usize,
+    messages: usize,
+    ended: bool,
+}
+
+impl ListKeeper {
+    fn read(&mut self, frame: &Value) {
+        let name = || frame["name"].as_str().expect("a name").to_owned();
+        match frame["type"].as_str() {
+            Some("presence") => {
+                self.lists += 1;
+                self.names = frame["members"]
+                    .as_array()
+                    .expect("members")
+                    .iter()
+                    .map(|member| member["name"].as_str().expect("a name").to_owned())
+                    .collect();
+            }
+            Some("presence_join") => {
+                self.names.insert(name());
+            }
+            Some("presence_leave") => {
+                self.names.remove(&name());
+            }
+            Some("message") if frame["text"] == "end" => self.ended = true,
+            Some("message") => self.messages += 1,
+            _ => {}
+        }
+    }
+}
+
+/// A join storm does not close a member that reads slower than the server writes as a slow
+/// consumer: presence events are not queued for a member whose queue is half full; once it
+/// has caught up it gets the room's list (`presence`, no `ref`), and the events after it.
+/// Members keep arriving and leaving while it catches up: the list it ends with is the room's.
+/// Without the deferral the member is closed 1008 (its queue of 64 overflows).
+#[tokio::test]
+async fn a_member_behind_on_reading_gets_the_rooms_list_instead_of_a_storm_of_events() {
+    use wsgrace_kit::frame::{OP_CLOSE, OP_TEXT};
+
+    let server = wsgrace().start("[session]\noutbound_queue = 64\nsend_buffer_bytes = 4096\n");
+    // `slow` reads nothing until the storm is over; its socket's buffers are small.
+    let mut slow =
+        RawClient::connect_with_buffer(server.addr, "/ws?room=storm&name=slow", Some(4096)).await;
+    let mut talker = join(&server, "storm", "talker", None).await;
+    // Messages that fill slow's socket buffers: what follows waits in its queue.
+    let big = "x".repeat(16 * 1024);
+    for _ in 0..8 {
+        talker.tx.send(&big).await;
+    }
+    talker.rx.messages_through(8).await;
+
+    // The storm: 150 names arrive, at once; 50 of them leave again.
+    let names: Vec<String> = (0..150).map(|i| format!("j{i}")).collect();
+    let arrivals = names.iter().map(|name| join(&server, "storm", name, None));
+    let mut joiners: Vec<_> = futures::future::join_all(arrivals).await;
+    let leaving: Vec<_> = joiners.drain(..50).collect();
+    futures::future::join_all(leaving.into_iter().map(|member| member.leave())).await;
+    until("presence events deferred", WAIT, || async {
+        (metric(server.addr, "wsgrace_presence_deferred_total").await > 0.0).then_some(())
+    })
+    .await;
+
+    // slow reads again while members keep coming and going: the race between its list and
+    // the events of the moment.
+    let reading = tokio::spawn(async move {
+        let mut keeper = ListKeeper::default();
+        while !(keeper.ended && keeper.lists > 0) {
+            let frame = tokio::time::timeout(WAIT, slow.next_frame())
+                .await
+                .expect("slow is not starved")
+                .expect("slow's connection is open");
+            assert_ne!(
+                frame.opcode, OP_CLOSE,
+                "slow was closed: {:?}",
+                frame.payload
+            );
+            if frame.opcode == OP_TEXT {
+                let text: Value = serde_json::from_slice(&frame.payload).expect("JSON");
+                keeper.read(&text);
+            }
+        }
+        keeper
+    });
+    let late_names: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    let late = late_names
+        .iter()
+        .map(|name| join(&server, "storm", name, None));
+    let (late, ()) = tokio::join!(futures::future::join_all(late), async {
+        let leaving: Vec<_> = joiners.drain(..10).collect();
+        futures::future::join_all(leaving.into_iter().map(|member| member.leave())).await;
+    });
+    // Every arrival and departure is counted in presence before the last message.
+    metric_reaches(server.addr, "wsgrace_presence_members", 2.0 + 90.0 + 20.0).await;
+    talker.tx.send("end").await;
+    let keeper = reading.await.expect("the reader");
+
+    let mut expected: std::collections::BTreeSet<String> =
+        ["slow", "talker"].iter().map(|n| n.to_string()).collect();
+    expected.extend((50..150).skip(10).map(|i| format!("j{i}")));
+    expected.extend((0..20).map(|i| format!("k{i}")));
+    assert_eq!(keeper.names, expected);
+    assert_eq!(keeper.messages, 8, "every message reached slow");
+    assert!(metric(server.addr, "wsgrace_presence_resyncs_total").await >= 1.0);
+    drop((late, joiners, talker));
+}

@@ -125,7 +125,9 @@
 //     delivered {room, id, seq, duplicate?}  a publish was confirmed by its copy (or by an
 //                                     `ack`: `duplicate: true`) and left the queue
 //     signal    {room, from, text}    another member's signal (not kept, not replayed)
-//     presence  {room, members: [{name, connections}]}   the answer to presence(room)
+//     presence  {room, members: [{name, connections}]}   the answer to presence(room), or
+//                                     the room's list sent unasked after a storm of events
+//                                     this client was too slow for: it replaces the list
 //     presence_join, presence_leave {room, name}
 //     epoch     {room, epoch, seq}    the room's history was reset; seqs continue from seq+1
 //     error     {code, text, room?, ref?, id?, request?, retryInMs?, dropped?}  a refusal

@@ -25,6 +25,11 @@ pub(super) struct LocalPresence {
 }
 
 impl LocalPresence {
+    /// What `[presence]` says.
+    pub(super) fn limits(&self) -> PresenceLimits {
+        self.limits
+    }
+
     pub(super) fn new(limits: PresenceLimits) -> Self {
         LocalPresence {
             limits,

@@ -77,6 +77,10 @@ impl Broker for LocalBroker {
             .leave(room, name, origin, how, Instant::now(), out);
     }
 
+    fn presence_limits(&self) -> PresenceLimits {
+        self.presence.limits()
+    }
+
     fn presence(&mut self, room: &Arc<str>) -> Pending<Vec<PresentName>> {
         let members = self.presence.members(room, Instant::now(), &mut self.ready);
         Pending::Ready(Ok(members))

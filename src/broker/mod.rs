@@ -477,6 +477,9 @@ pub trait Broker {
     /// Who is in `room`, on every node, by name.
     fn presence(&mut self, room: &Arc<str>) -> Pending<Vec<PresentName>>;
 
+    /// What `[presence]` says (which rooms are told of changes).
+    fn presence_limits(&self) -> PresenceLimits;
+
     /// Ends the presence of the members of `room` whose time ran out (the supervisor calls it
     /// when a [`Departure::Keep`] it asked for is over; any presence call does it too).
     fn presence_sweep(&mut self, room: &Arc<str>);

@@ -120,8 +120,9 @@ pub enum RoomEvent {
         from: String,
         text: String,
     },
-    /// The answer to [`RoomsClient::presence`](super::RoomsClient::presence): who is in the
-    /// room, each name with its number of connections.
+    /// Who is in the room, each name with its number of connections: the answer to
+    /// [`RoomsClient::presence`](super::RoomsClient::presence), or sent unasked after a storm
+    /// of presence events this client was too slow to be sent (it replaces the list).
     Presence { room: String, members: Vec<Member> },
     /// A name's first connection joined the room.
     PresenceJoin { room: String, name: String },

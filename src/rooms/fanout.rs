@@ -14,6 +14,11 @@
 //! [`ShutDown`] goes the same way: one message per thread, whose loop writes each idle
 //! session's `going_away` and close frame straight to its socket and tells the session, which
 //! decides its close mode itself ([`Outbox::shut_down_at_once`]).
+//!
+//! Presence events yield to a member that is behind on reading ([`Outbox::behind`]): the shard
+//! notes the room instead of queuing the event, and once the member has caught up asks the
+//! supervisor for the room's list ([`ResyncPresence`]), which comes back through this same
+//! mailbox ([`PresenceList`]), in order with the room's later events.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,7 +26,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Context, Handler, Message};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, Recipient};
 use bytestring::ByteString;
 use log::debug;
 
@@ -45,10 +50,21 @@ pub fn local_shard() -> Addr<Shard> {
     })
 }
 
+/// How often a shard looks whether its members that fell behind have caught up.
+const BEHIND_CHECK: Duration = Duration::from_millis(50);
+
 /// The fan-out actor of one worker thread.
 #[derive(Default)]
 pub struct Shard {
     rooms: HashMap<Arc<str>, Members<Rc<Outbox>>>,
+    /// Members whose presence events were not queued because they were behind on reading
+    /// ([`Outbox::behind`]), with the rooms they missed events of; each gets those rooms'
+    /// lists once caught up.
+    behind: HashMap<SessionId, Vec<Arc<str>>>,
+    /// Where to ask for those lists (the supervisor), learnt from the presence events.
+    resync: Option<Recipient<ResyncPresence>>,
+    /// A check of [`Shard::behind`] is due.
+    checking: bool,
 }
 
 /// A room's local members: a list to deliver along and an index for O(1) removal (a room of
@@ -137,6 +153,37 @@ pub struct Deliver {
     /// One member that gets another frame, or none: the sender of a v2 message (its own copy
     /// carries its id), or of a signal (it does not get it).
     pub except: Option<Exception>,
+    /// A presence event (`presence_join`, `presence_leave`): not queued for a member that is
+    /// behind on reading, which instead gets the room's list from here once it caught up.
+    pub presence: Option<Recipient<ResyncPresence>>,
+}
+
+/// The shard's request for the presence lists of `rooms` for `session`, which missed events
+/// of theirs while it was behind on reading and has caught up. The answer is a
+/// [`PresenceList`] per room, through the session's shard, so that it comes in order with the
+/// room's later events.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ResyncPresence {
+    /// The session.
+    pub session: SessionId,
+    /// The rooms.
+    pub rooms: Vec<Arc<str>>,
+}
+
+/// A room's presence list for one member (`{"type":"presence","room":R,"members":[...]}`,
+/// no `ref`), the answer to [`ResyncPresence`]: it replaces what the client knew.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct PresenceList {
+    /// The room.
+    pub room: Arc<str>,
+    /// The session.
+    pub session: SessionId,
+    /// The frame.
+    pub text: ByteString,
+    /// Where to ask again should the session be behind once more.
+    pub resync: Recipient<ResyncPresence>,
 }
 
 /// A member of a [`Deliver`]'s room that gets `frame` instead of the room's (`None`:
@@ -224,7 +271,7 @@ impl Handler<ShutDown> for Shard {
 impl Handler<Deliver> for Shard {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         let Some(members) = self.rooms.get(&msg.room) else {
             return;
         };
@@ -244,7 +291,12 @@ impl Handler<Deliver> for Shard {
             .as_ref()
             .map(|except| (except.session, except.frame.as_ref()));
         let (mut sent, mut closed, mut full) = (0u64, 0u64, 0u64);
+        let mut deferred = 0u64;
         for (id, outbox) in &members.list {
+            if msg.presence.is_some() && defers_presence(&mut self.behind, *id, outbox, &msg.room) {
+                deferred += 1;
+                continue;
+            }
             let frame = match own {
                 Some((session, own_text)) if session == *id => match own_text {
                     // The sender's own copy is for it alone: its queue compresses it as it is
@@ -280,6 +332,92 @@ impl Handler<Deliver> for Shard {
         }
         if full > 0 {
             metrics().dropped(DropReason::SlowConsumer, full);
+        }
+        if deferred > 0 {
+            metrics().presence_deferred.inc_by(deferred);
+            self.resync = msg.presence;
+            self.check_behind_later(ctx);
+        }
+    }
+}
+
+/// Whether a presence event of `room` is held back from member `id`: it is behind on reading,
+/// or missed one of the room's events already (the room's list will replace them all). Marks
+/// it behind in `room` in `behind`.
+fn defers_presence(
+    behind: &mut HashMap<SessionId, Vec<Arc<str>>>,
+    id: SessionId,
+    outbox: &Outbox,
+    room: &Arc<str>,
+) -> bool {
+    if let Some(rooms) = behind.get_mut(&id) {
+        if rooms.contains(room) {
+            return true;
+        }
+        if outbox.behind() {
+            rooms.push(room.clone());
+            return true;
+        }
+        return false;
+    }
+    if outbox.behind() {
+        behind.insert(id, vec![room.clone()]);
+        return true;
+    }
+    false
+}
+
+impl Shard {
+    /// Arms the check of the members that are behind, unless it is armed.
+    fn check_behind_later(&mut self, ctx: &mut Context<Self>) {
+        if self.checking || self.behind.is_empty() {
+            return;
+        }
+        self.checking = true;
+        ctx.run_later(BEHIND_CHECK, |shard, ctx| {
+            shard.checking = false;
+            shard.check_behind(ctx);
+        });
+    }
+
+    /// Asks for the lists of the rooms each caught-up member missed events of; forgets the
+    /// members that are gone.
+    fn check_behind(&mut self, ctx: &mut Context<Self>) {
+        let Some(resync) = self.resync.clone() else {
+            self.behind.clear();
+            return;
+        };
+        self.behind.retain(|id, rooms| match local_outbox(*id) {
+            None => false,
+            Some(outbox) if outbox.caught_up() => {
+                resync.do_send(ResyncPresence {
+                    session: *id,
+                    rooms: std::mem::take(rooms),
+                });
+                false
+            }
+            Some(_) => true,
+        });
+        self.check_behind_later(ctx);
+    }
+}
+
+impl Handler<PresenceList> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: PresenceList, ctx: &mut Self::Context) {
+        let Some(outbox) = local_outbox(msg.session) else {
+            return;
+        };
+        self.resync = Some(msg.resync);
+        if defers_presence(&mut self.behind, msg.session, &outbox, &msg.room) {
+            metrics().presence_deferred.inc();
+            self.check_behind_later(ctx);
+            return;
+        }
+        if outbox.offer(msg.text).is_ok() {
+            metrics().messages_out.inc();
+            metrics().presence_resyncs.inc();
         }
     }
 }

@@ -625,6 +625,10 @@ impl Broker for RedisBroker {
         });
     }
 
+    fn presence_limits(&self) -> PresenceLimits {
+        self.presence
+    }
+
     fn presence(&mut self, room: &Arc<str>) -> Pending<Vec<PresentName>> {
         if !self.presence.enabled {
             return Pending::Ready(Ok(Vec::new()));

@@ -66,6 +66,20 @@ impl Outbox {
         self.report(self.queue.offer_encoded(frame, self.limit))
     }
 
+    /// Whether the session is behind on reading: half of `session.outbound_queue` waits.
+    /// Presence events are not queued for it then ([`crate::rooms::fanout`]): in a join storm
+    /// they would be what closes a client that reads, only slower than the server writes, as
+    /// a slow consumer.
+    pub fn behind(&self) -> bool {
+        self.queue.backlog() >= self.limit / 2
+    }
+
+    /// Whether the session has caught up after being [`behind`](Self::behind): a quarter of
+    /// `session.outbound_queue` or less waits.
+    pub fn caught_up(&self) -> bool {
+        self.queue.backlog() <= self.limit / 4
+    }
+
     /// Queues a replayed text (missed messages of a resume or a catch-up): not counted
     /// against `session.outbound_queue` (the replay is bounded by `history.size`).
     pub fn offer_replayed(&self, text: ByteString) -> Result<(), Refused> {

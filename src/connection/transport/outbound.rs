@@ -249,6 +249,12 @@ impl OutboundQueue {
         Ok(())
     }
 
+    /// Frames waiting that count against the limit (a replay's are not counted).
+    pub fn backlog(&self) -> usize {
+        let shared = self.shared.borrow();
+        shared.frames.len().saturating_sub(shared.allowance)
+    }
+
     /// Queues a ping or pong the server owes its peer, counted against `limit` like a text: a
     /// peer that sends pings and reads nothing fills the queue (and is closed as a slow
     /// consumer) instead of growing it without bound.

@@ -126,6 +126,9 @@ pub struct Supervisor {
     presence_grace: Duration,
     /// Rooms to sweep when their kept members' time runs out.
     sweeps: presence::Sweeps,
+    /// Rooms' presence lists for members that were behind on reading, until the room's next
+    /// change.
+    presence_lists: presence::Lists,
 }
 
 /// The frame of one delivery; `own` is the session it goes to, whose own copy of a v2
@@ -211,6 +214,7 @@ impl Supervisor {
                 crate::config::PresenceSettings::default().grace_ms,
             ),
             sweeps: presence::Sweeps::default(),
+            presence_lists: presence::Lists::default(),
         }
     }
 
@@ -312,6 +316,7 @@ impl Supervisor {
             self.carry_out(room, ctx);
             if self.rooms.get(room).is_some_and(Room::is_empty) {
                 self.rooms.remove(room);
+                self.presence_lists.forget(room);
                 metrics().rooms_open.dec();
             }
         }
@@ -377,10 +382,11 @@ impl Supervisor {
                         text: signal.json.clone(),
                         replayed: false,
                         except: except.clone(),
+                        presence: None,
                     });
                 }
             }
-            BrokerEvent::Presence(event) => self.on_presence(event),
+            BrokerEvent::Presence(event) => self.on_presence(event, ctx),
             BrokerEvent::Control(control) => self.on_control(control),
             BrokerEvent::Health(BrokerHealth::Up) => {
                 self.catch_up(ctx);
@@ -492,6 +498,7 @@ impl Supervisor {
                             text: text.clone(),
                             replayed,
                             except: except.clone(),
+                            presence: None,
                         });
                     }
                 }

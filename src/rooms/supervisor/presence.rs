@@ -13,20 +13,21 @@
 //! The rules of who counts and when an event is due are the broker's
 //! ([`crate::broker::presence`]); this file must not decide them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{AsyncContext, Context, Handler, SpawnHandle};
+use bytestring::ByteString;
 use log::debug;
 
-use super::{tell, AskPresence, Supervisor};
-use crate::broker::{Departure, Origin, PresenceChange, PresenceEvent};
+use super::{tell, AskPresence, ShardRef, Supervisor};
+use crate::broker::{Departure, Origin, PresenceChange, PresenceEvent, PresentName};
 use crate::close::{CloseResult, Initiator};
 use crate::connection::session::{SessionEnd, SessionId};
 use crate::metrics::{metrics, KindLabels};
 use crate::protocol::v2::{presence_change_json, presence_json, PresentMember};
-use crate::rooms::fanout::{Deliver, Exception};
+use crate::rooms::fanout::{Deliver, Exception, PresenceList, ResyncPresence};
 
 /// How long after a kept member's time the supervisor sweeps its room (the broker's clock
 /// and this process's may differ by a little).
@@ -37,6 +38,54 @@ const SWEEP_MARGIN: Duration = Duration::from_millis(20);
 pub(super) struct Sweeps {
     due: BTreeSet<(Instant, Arc<str>)>,
     timer: Option<(Instant, SpawnHandle)>,
+}
+
+/// Rooms' presence lists as sent to members that were behind on reading: in a storm many of
+/// a room's members catch up between two of its changes, and each gets the same bytes, read
+/// and serialized once. A room's entry goes at its next change (or once a read started
+/// before that change answers).
+#[derive(Default)]
+pub(super) struct Lists {
+    rooms: HashMap<Arc<str>, List>,
+    reads: u64,
+}
+
+enum List {
+    /// Read from the broker by the read of this number; not answered yet.
+    Reading(u64),
+    /// The frame; `None`: the room has more names than `presence.events_max_members`, so
+    /// nobody in it is told of changes and no list is sent either.
+    Ready(Option<ByteString>),
+}
+
+impl Lists {
+    /// The room changed: its list is no longer current.
+    pub(super) fn forget(&mut self, room: &str) {
+        self.rooms.remove(room);
+    }
+
+    fn ready(&self, room: &str) -> Option<&Option<ByteString>> {
+        match self.rooms.get(room) {
+            Some(List::Ready(list)) => Some(list),
+            _ => None,
+        }
+    }
+
+    /// A read of `room`'s list starts: its number.
+    fn reading(&mut self, room: &Arc<str>) -> u64 {
+        self.reads += 1;
+        self.rooms.insert(room.clone(), List::Reading(self.reads));
+        self.reads
+    }
+
+    /// Read `read` answered `list`: kept unless the room changed since it started.
+    fn answered(&mut self, room: &Arc<str>, read: u64, list: &Option<ByteString>) {
+        if let Some(entry) = self.rooms.get_mut(room) {
+            if matches!(entry, List::Reading(started) if *started == read) {
+                *entry = List::Ready(list.clone());
+            }
+        }
+    }
 }
 
 /// How a session that ended leaves the rooms it was in: a drained session (it was given a
@@ -153,7 +202,8 @@ impl Supervisor {
 
     /// A name arrived in a room with members here, or is gone: its members are told, but
     /// not the session whose join it was.
-    pub(super) fn on_presence(&mut self, event: PresenceEvent) {
+    pub(super) fn on_presence(&mut self, event: PresenceEvent, ctx: &mut Context<Self>) {
+        self.presence_lists.forget(&event.room);
         let Some(room) = self.rooms.get(&event.room) else {
             return;
         };
@@ -184,12 +234,14 @@ impl Supervisor {
             .presence_events
             .get_or_create(&KindLabels { kind })
             .inc();
+        let resync = ctx.address().recipient();
         for shard in room.shards() {
             shard.do_send(Deliver {
                 room: event.room.clone(),
                 text: text.clone(),
                 replayed: false,
                 except: except.clone(),
+                presence: Some(resync.clone()),
             });
         }
     }
@@ -208,12 +260,92 @@ impl Supervisor {
                     .or_insert(0) += 1;
             }
         }
+        self.presence_lists = Lists::default();
         debug!("presence: restoring {} rooms", rooms.len());
         for (room, names) in rooms {
             self.broker
                 .presence_restore(&room, names.into_iter().collect());
         }
         self.take_ready_events(ctx);
+    }
+}
+
+/// The broker's list of a room's present names, as the `presence` frame lists them.
+fn listed(members: Vec<PresentName>) -> Vec<PresentMember> {
+    members
+        .into_iter()
+        .map(|member| PresentMember {
+            name: member.name.to_string(),
+            connections: u64::from(member.connections),
+        })
+        .collect()
+}
+
+impl Handler<ResyncPresence> for Supervisor {
+    type Result = ();
+
+    /// A member that was behind on reading missed presence events of `rooms`: each room's
+    /// list goes to it through its shard, after the events already sent there and before
+    /// later ones. A room it left meanwhile is skipped; a list the broker cannot give now is
+    /// not sent (the client's list is stale until the next change).
+    fn handle(&mut self, msg: ResyncPresence, ctx: &mut Context<Self>) {
+        let session = msg.session;
+        for room in msg.rooms {
+            let Some(member) = self.members.get(&session) else {
+                return;
+            };
+            if !member
+                .membership(&room)
+                .is_some_and(|membership| membership.present)
+            {
+                continue;
+            }
+            let shard = member.shard.clone();
+            if let Some(list) = self.presence_lists.ready(&room) {
+                send_list(&shard, room, session, list.clone(), ctx);
+                continue;
+            }
+            let read = self.presence_lists.reading(&room);
+            let pending = self.broker.presence(&room);
+            self.when_answered(pending, ctx, move |act, members, ctx| {
+                act.take_ready_events(ctx);
+                let members = match members {
+                    Ok(members) => members,
+                    Err(err) => {
+                        act.presence_lists.forget(&room);
+                        debug!("session={session}: presence of room {room} unavailable: {err}");
+                        return;
+                    }
+                };
+                let list = if act.broker.presence_limits().tells(members.len()) {
+                    presence_json(&room, &listed(members), None)
+                        .map_err(|err| log::error!("serializing a presence list failed: {err}"))
+                        .ok()
+                } else {
+                    None
+                };
+                act.presence_lists.answered(&room, read, &list);
+                send_list(&shard, room, session, list, ctx);
+            });
+        }
+    }
+}
+
+/// Sends `list` (if any) to `session` through its shard.
+fn send_list(
+    shard: &ShardRef,
+    room: Arc<str>,
+    session: SessionId,
+    list: Option<ByteString>,
+    ctx: &mut Context<Supervisor>,
+) {
+    if let Some(text) = list {
+        shard.do_send(PresenceList {
+            room,
+            session,
+            text,
+            resync: ctx.address().recipient(),
+        });
     }
 }
 
@@ -234,14 +366,7 @@ impl Handler<AskPresence> for Supervisor {
             let reference = msg.reference.as_deref();
             match members {
                 Ok(members) => {
-                    let members: Vec<PresentMember> = members
-                        .into_iter()
-                        .map(|member| PresentMember {
-                            name: member.name.to_string(),
-                            connections: u64::from(member.connections),
-                        })
-                        .collect();
-                    tell(&session, presence_json(&room, &members, reference));
+                    tell(&session, presence_json(&room, &listed(members), reference));
                 }
                 Err(err) => {
                     debug!("presence of room {room} unavailable: {err}");
@@ -311,5 +436,36 @@ mod tests {
                 "{ended:?} {going_away:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_list_is_kept_until_the_rooms_next_change_and_never_from_a_read_older_than_one() {
+        let room: Arc<str> = Arc::from("r");
+        let list = Some(ByteString::from_static("{\"type\":\"presence\"}"));
+        let mut lists = Lists::default();
+        assert!(lists.ready(&room).is_none());
+        let read = lists.reading(&room);
+        assert!(lists.ready(&room).is_none(), "not before the answer");
+        lists.answered(&room, read, &list);
+        assert_eq!(lists.ready(&room), Some(&list));
+        lists.forget(&room);
+        assert!(lists.ready(&room).is_none());
+
+        // A change while a read is on its way: its answer may be older than the change.
+        let read = lists.reading(&room);
+        lists.forget(&room);
+        lists.answered(&room, read, &list);
+        assert!(lists.ready(&room).is_none());
+        // Two reads: only the later one's answer is kept.
+        let first = lists.reading(&room);
+        let second = lists.reading(&room);
+        lists.answered(&room, first, &list);
+        assert!(lists.ready(&room).is_none());
+        lists.answered(&room, second, &None);
+        assert_eq!(
+            lists.ready(&room),
+            Some(&None),
+            "a room too big: nothing to send"
+        );
     }
 }
