@@ -58,6 +58,15 @@ async fn the_key_is_required_and_never_logged() {
     assert_eq!(answer.body, json!({"room": "r", "members": []}));
     let answer = api.get("/api/nothing").await;
     assert_eq!(answer.status, 404, "{}", answer.raw);
+    // Another method on an endpoint: 405, with the method to use (and 401 without the key).
+    let answer = api.get("/api/publish").await;
+    assert_eq!(answer.status, 405, "{}", answer.raw);
+    assert_eq!(answer.header("allow"), Some("POST"), "{}", answer.head);
+    let answer = api.post("/api/rooms/r/history", &json!({})).await;
+    assert_eq!(answer.status, 405, "{}", answer.raw);
+    assert_eq!(answer.header("allow"), Some("GET"), "{}", answer.head);
+    let answer = api.request("DELETE", "/api/publish", &[], b"").await;
+    assert_eq!(answer.status, 401, "{}", answer.raw);
     assert_eq!(
         metric(
             server.addr,

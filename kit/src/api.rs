@@ -19,12 +19,24 @@ pub struct Api {
     pub key: String,
 }
 
-/// An API answer: the status and the body (JSON, or `Value::Null` with the text in `raw`).
+/// An API answer: the status, the head (status line and headers) and the body (JSON, or
+/// `Value::Null` with the text in `raw`).
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
+    pub head: String,
     pub body: Value,
     pub raw: String,
+}
+
+impl Answer {
+    /// The value of header `name` (any case), if the answer has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
 }
 
 impl Api {
@@ -98,6 +110,7 @@ impl Api {
         let status = status_of(head).unwrap_or_else(|| panic!("bad status line in {head:?}"));
         Answer {
             status,
+            head: head.to_owned(),
             body: serde_json::from_str(raw).unwrap_or(Value::Null),
             raw: raw.to_owned(),
         }

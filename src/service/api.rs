@@ -429,18 +429,65 @@ fn room_of(req: &HttpRequest) -> Result<String, ApiError> {
 }
 
 async fn unknown(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
-    let result = check_key(&req, &state).and(Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        "no such endpoint: POST /api/publish, POST /api/disconnect, GET /api/rooms/R/history, \
-         GET /api/rooms/R/presence",
-    )));
-    respond("other", result)
+    let allowed = allowed_method(req.path());
+    let refusal = match allowed {
+        Some(method) => ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{} {} is not an endpoint: use {method}",
+                req.method(),
+                req.path()
+            ),
+        ),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such endpoint: POST /api/publish, POST /api/disconnect, GET /api/rooms/R/history, \
+             GET /api/rooms/R/presence",
+        ),
+    };
+    let result = check_key(&req, &state).and(Err(refusal));
+    let mut response = respond("other", result);
+    if let (Some(method), StatusCode::METHOD_NOT_ALLOWED) = (allowed, response.status()) {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(method));
+    }
+    response
+}
+
+/// The method of the API endpoint at `path`, if `path` is one (for a 405's `Allow`).
+fn allowed_method(path: &str) -> Option<&'static str> {
+    match path {
+        "/api/publish" | "/api/disconnect" => return Some("POST"),
+        _ => {}
+    }
+    let (room, what) = path.strip_prefix("/api/rooms/")?.split_once('/')?;
+    (!room.is_empty() && matches!(what, "history" | "presence")).then_some("GET")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::broker::{Epoch, Published};
+
+    #[test]
+    fn another_method_on_an_endpoint_is_told_the_right_one() {
+        assert_eq!(allowed_method("/api/publish"), Some("POST"));
+        assert_eq!(allowed_method("/api/disconnect"), Some("POST"));
+        assert_eq!(allowed_method("/api/rooms/lobby/history"), Some("GET"));
+        assert_eq!(allowed_method("/api/rooms/lobby/presence"), Some("GET"));
+        for path in [
+            "/api/rooms//history",
+            "/api/rooms/lobby",
+            "/api/rooms/lobby/members",
+            "/api/rooms/a/b/history",
+            "/api/publish/",
+            "/api/nothing",
+            "/",
+        ] {
+            assert_eq!(allowed_method(path), None, "{path}");
+        }
+    }
 
     #[test]
     fn a_history_page_shows_each_message_as_sent() {
