@@ -31,7 +31,7 @@ use bytestring::ByteString;
 use log::debug;
 
 use crate::close::CloseStatus;
-use crate::connection::session::{local_outbox, Outbox, SessionId, ShutdownFrames};
+use crate::connection::session::{local_outbox, Outbox, SessionHandle, SessionId, ShutdownFrames};
 use crate::connection::transport::{encode_text, encode_text_compressed, Refused};
 use crate::metrics::{metrics, DropReason};
 
@@ -156,6 +156,18 @@ pub struct Deliver {
     /// A presence event (`presence_join`, `presence_leave`): not queued for a member that is
     /// behind on reading, which instead gets the room's list from here once it caught up.
     pub presence: Option<Recipient<ResyncPresence>>,
+}
+
+/// An answer of the supervisor's to one session (a refusal, a repeat's `ack`, a presence list
+/// it asked for), queued behind what the supervisor sent this shard before it: a drain's
+/// [`ShutDown`] that follows finds it queued and closes after it.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct AnswerFrame {
+    /// The session.
+    pub session: SessionHandle,
+    /// The frame.
+    pub text: ByteString,
 }
 
 /// The shard's request for the presence lists of `rooms` for `session`, which missed events
@@ -399,6 +411,25 @@ impl Shard {
             Some(_) => true,
         });
         self.check_behind_later(ctx);
+    }
+}
+
+impl Handler<AnswerFrame> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: AnswerFrame, _: &mut Self::Context) {
+        match local_outbox(msg.session.id()) {
+            // A full queue closes the session (1008); after its close frame nothing is sent.
+            Some(outbox) => match outbox.offer(msg.text) {
+                Ok(()) => {
+                    metrics().messages_out.inc();
+                }
+                Err(Refused::OutputClosed) => metrics().dropped(DropReason::OutputClosed, 1),
+                Err(Refused::Full { .. }) => {}
+            },
+            // A session without an outbox on this thread: its own mailbox.
+            None => msg.session.deliver(msg.text),
+        }
     }
 }
 

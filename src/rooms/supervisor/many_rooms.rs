@@ -43,7 +43,7 @@ impl Supervisor {
         let mut refusal =
             Refusal::new(ErrorCode::NotJoined, "join the room first").about(Some(room), reference);
         refusal.id = message_id.map(str::to_owned);
-        tell(&member.session, refusal.to_json());
+        tell(&member.shard, &member.session, refusal.to_json());
         None
     }
 }
@@ -67,7 +67,7 @@ impl Handler<JoinRoom> for Supervisor {
         };
         if let Some((code, text)) = refusal {
             let refusal = Refusal::new(code, text).about(Some(&msg.room), msg.reference.as_deref());
-            tell(&member.session, refusal.to_json());
+            tell(&member.shard, &member.session, refusal.to_json());
             return;
         }
         let answer = Answer::Joined {
@@ -91,7 +91,7 @@ impl Handler<LeaveRoom> for Supervisor {
         else {
             let refusal = Refusal::new(ErrorCode::NotJoined, "join the room first")
                 .about(Some(&msg.room), msg.reference.as_deref());
-            tell(&member.session, refusal.to_json());
+            tell(&member.shard, &member.session, refusal.to_json());
             return;
         };
         let membership = member.rooms.remove(position);

@@ -39,7 +39,7 @@ use crate::connection::transport::InFlightToken;
 use crate::metrics::{metrics, DropReason};
 use crate::protocol::v2::{ack_json, with_id, ErrorCode, Joined, Refusal};
 use crate::protocol::{error_json, Welcome};
-use crate::rooms::fanout::{Admit, Deliver, Exception, Removals, Remove, Shard};
+use crate::rooms::fanout::{Admit, AnswerFrame, Deliver, Exception, Removals, Remove, Shard};
 use crate::rooms::resume::Delivery;
 use crate::rooms::room::{Action, JoinAnswer, Room, MAX_JOIN_BUFFER};
 
@@ -173,10 +173,19 @@ fn try_again_later() -> Option<CloseStatus> {
     CloseStatus::new(1013, "try again later").ok()
 }
 
-/// Sends `frame` to `session` (an answer of its own, not a room's message).
-fn tell(session: &SessionHandle, frame: Result<ByteString, impl std::fmt::Display>) {
+/// Sends `frame` to `session` (an answer of its own, not a room's message) through its
+/// `shard`: in order with the room messages and the drain's `ShutDown` sent there before and
+/// after it, so that an answer given before a drain goes out before its `going_away`.
+fn tell(
+    shard: &ShardRef,
+    session: &SessionHandle,
+    frame: Result<ByteString, impl std::fmt::Display>,
+) {
     match frame {
-        Ok(json) => session.deliver(json),
+        Ok(text) => shard.do_send(AnswerFrame {
+            session: session.clone(),
+            text,
+        }),
         Err(err) => log::error!("serializing an answer failed: {err}"),
     }
 }
@@ -567,7 +576,7 @@ impl Supervisor {
                     "the broker is unavailable: the room was not joined; try again",
                 )
                 .about(Some(room_name), reference.as_deref());
-                tell(&registered.session, refusal.to_json());
+                tell(&registered.shard, &registered.session, refusal.to_json());
                 registered.rooms.remove(position);
                 self.leave_room(member, room_name, ctx);
             }

@@ -357,7 +357,11 @@ impl Handler<AskPresence> for Supervisor {
         else {
             return;
         };
-        let Some(session) = self.members.get(&msg.session).map(|m| m.session.clone()) else {
+        let Some((shard, session)) = self
+            .members
+            .get(&msg.session)
+            .map(|m| (m.shard.clone(), m.session.clone()))
+        else {
             return;
         };
         let pending = self.broker.presence(&room);
@@ -366,7 +370,11 @@ impl Handler<AskPresence> for Supervisor {
             let reference = msg.reference.as_deref();
             match members {
                 Ok(members) => {
-                    tell(&session, presence_json(&room, &listed(members), reference));
+                    tell(
+                        &shard,
+                        &session,
+                        presence_json(&room, &listed(members), reference),
+                    );
                 }
                 Err(err) => {
                     debug!("presence of room {room} unavailable: {err}");
@@ -375,7 +383,7 @@ impl Handler<AskPresence> for Supervisor {
                         "the broker is unavailable: presence cannot be read now",
                     )
                     .about(Some(&room), reference);
-                    tell(&session, refusal.to_json());
+                    tell(&shard, &session, refusal.to_json());
                 }
             }
         });

@@ -21,6 +21,7 @@ impl Supervisor {
         };
         let room = request.room;
         let sender = member.session.clone();
+        let shard = member.shard.clone();
         let dedupe_key = request
             .id
             .as_ref()
@@ -41,6 +42,7 @@ impl Supervisor {
         let pending = self.broker.publish(&room, message);
         let answer = PublishAnswer {
             sender,
+            shard,
             room,
             id: request.id,
             reference: request.reference,
@@ -87,6 +89,8 @@ pub(super) struct PublishRequest {
 /// Who is told what a publish came to.
 struct PublishAnswer {
     sender: SessionHandle,
+    /// The sender's shard, which its answer goes through.
+    shard: ShardRef,
     room: Arc<str>,
     id: Option<String>,
     reference: Option<String>,
@@ -103,6 +107,7 @@ impl PublishAnswer {
                 metrics().publishes_deduplicated.inc();
                 let id = self.id.as_deref().unwrap_or_default();
                 tell(
+                    &self.shard,
                     &self.sender,
                     ack_json(&self.room, id, seq, self.reference.as_deref()),
                 );
@@ -125,9 +130,9 @@ impl PublishAnswer {
             let mut refusal = Refusal::new(ErrorCode::Unavailable, text)
                 .about(Some(&self.room), self.reference.as_deref());
             refusal.id = self.id;
-            tell(&self.sender, refusal.to_json());
+            tell(&self.shard, &self.sender, refusal.to_json());
         } else {
-            tell(&self.sender, error_json("unavailable", text));
+            tell(&self.shard, &self.sender, error_json("unavailable", text));
         }
     }
 }
