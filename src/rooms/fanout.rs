@@ -194,8 +194,6 @@ pub struct PresenceList {
     pub session: SessionId,
     /// The frame.
     pub text: ByteString,
-    /// Where to ask again should the session be behind once more.
-    pub resync: Recipient<ResyncPresence>,
 }
 
 /// A member of a [`Deliver`]'s room that gets `frame` instead of the room's (`None`:
@@ -440,7 +438,8 @@ impl Handler<PresenceList> for Shard {
         let Some(outbox) = local_outbox(msg.session) else {
             return;
         };
-        self.resync = Some(msg.resync);
+        // Behind once more: asked again later (`resync` is known: this list answers a request
+        // made after a deferral).
         if defers_presence(&mut self.behind, msg.session, &outbox, &msg.room) {
             metrics().presence_deferred.inc();
             self.check_behind_later(ctx);

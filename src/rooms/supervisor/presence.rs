@@ -302,7 +302,7 @@ impl Handler<ResyncPresence> for Supervisor {
             }
             let shard = member.shard.clone();
             if let Some(list) = self.presence_lists.ready(&room) {
-                send_list(&shard, room, session, list.clone(), ctx);
+                send_list(&shard, room, session, list.clone());
                 continue;
             }
             let read = self.presence_lists.reading(&room);
@@ -325,26 +325,19 @@ impl Handler<ResyncPresence> for Supervisor {
                     None
                 };
                 act.presence_lists.answered(&room, read, &list);
-                send_list(&shard, room, session, list, ctx);
+                send_list(&shard, room, session, list);
             });
         }
     }
 }
 
 /// Sends `list` (if any) to `session` through its shard.
-fn send_list(
-    shard: &ShardRef,
-    room: Arc<str>,
-    session: SessionId,
-    list: Option<ByteString>,
-    ctx: &mut Context<Supervisor>,
-) {
+fn send_list(shard: &ShardRef, room: Arc<str>, session: SessionId, list: Option<ByteString>) {
     if let Some(text) = list {
         shard.do_send(PresenceList {
             room,
             session,
             text,
-            resync: ctx.address().recipient(),
         });
     }
 }
