@@ -416,18 +416,24 @@ impl Handler<AnswerFrame> for Shard {
     type Result = ();
 
     fn handle(&mut self, msg: AnswerFrame, _: &mut Self::Context) {
-        match local_outbox(msg.session.id()) {
-            // A full queue closes the session (1008); after its close frame nothing is sent.
-            Some(outbox) => match outbox.offer(msg.text) {
-                Ok(()) => {
-                    metrics().messages_out.inc();
-                }
-                Err(Refused::OutputClosed) => metrics().dropped(DropReason::OutputClosed, 1),
-                Err(Refused::Full { .. }) => {}
-            },
-            // A session without an outbox on this thread: its own mailbox.
-            None => msg.session.deliver(msg.text),
-        }
+        offer_own(&msg.session, msg.text);
+    }
+}
+
+/// Queues `text`, a frame for `session` alone, behind what is queued for it already; call it
+/// on the session's own thread. Counted as [`crate::connection::session::SendText`] counts.
+pub fn offer_own(session: &SessionHandle, text: ByteString) {
+    match local_outbox(session.id()) {
+        // A full queue closes the session (1008); after its close frame nothing is sent.
+        Some(outbox) => match outbox.offer(text) {
+            Ok(()) => {
+                metrics().messages_out.inc();
+            }
+            Err(Refused::OutputClosed) => metrics().dropped(DropReason::OutputClosed, 1),
+            Err(Refused::Full { .. }) => {}
+        },
+        // A session without an outbox on this thread: its own mailbox.
+        None => session.deliver(text),
     }
 }
 

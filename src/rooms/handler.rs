@@ -13,10 +13,10 @@ use actix::Addr;
 use bytestring::ByteString;
 
 use crate::broker::{Epoch, JoinRequest, ResumeRequest};
-use crate::connection::session::{local_outbox, SessionEnd, SessionHandle, SessionHandler};
+use crate::connection::session::{SessionEnd, SessionHandle, SessionHandler};
 use crate::metrics::{metrics, ProtocolLabels};
 use crate::protocol::v2::{hello_json, parse_client_frame, ClientFrame, ErrorCode, Refusal};
-use crate::rooms::fanout::local_shard;
+use crate::rooms::fanout::{local_shard, offer_own};
 use crate::rooms::supervisor::{
     AskPresence, Broadcast, Connect, Join, JoinRoom, Leave, LeaveBatch, LeaveRoom, Publish,
     SendSignal, Supervisor,
@@ -205,13 +205,7 @@ impl MultiRoomHandler {
 /// Queues `frame` for `session` on its own thread, behind what is queued already.
 fn send_own(session: &SessionHandle, frame: Result<ByteString, impl std::fmt::Display>) {
     match frame {
-        Ok(json) => match local_outbox(session.id()) {
-            // A full queue closes the session (1008); nothing more to do here.
-            Some(outbox) => {
-                let _ = outbox.offer(json);
-            }
-            None => session.deliver(json),
-        },
+        Ok(json) => offer_own(session, json),
         Err(err) => log::error!(
             "session={}: serializing a frame failed: {err}",
             session.id()
