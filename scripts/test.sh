@@ -10,7 +10,9 @@
 # fails with the install command, it never skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# No test reads standard input; cargo's compiler probe (`rustc -`) would (see .ci/run).
+# Cargo's compiler probe (`rustc -`) reads /dev/null; see the script for why it may need mending.
+scripts/repair-dev-null.sh
+# Nothing here reads standard input.
 exec </dev/null
 
 missing=()
