@@ -62,6 +62,7 @@ async fn main() -> std::io::Result<()> {
             wsgrace::connection::transport::SocketTuning {
                 user_timeout: config().client_timeout,
                 send_buffer: 0,
+                no_delay: true,
             },
         ))
         .client_disconnect_timeout(Duration::ZERO)

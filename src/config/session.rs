@@ -1,6 +1,6 @@
 //! The `[session]` table: per-connection timing and limits (heartbeat, client timeout,
 //! message size, outbound queue, message rate, kernel send buffer, rooms per v2 connection,
-//! `permessage-deflate`), with its defaults and the rules of its keys.
+//! `permessage-deflate`, `TCP_NODELAY`), with its defaults and the rules of its keys.
 //!
 //! It must not know about actix or sockets: the session actor and the transport read these
 //! values and carry them out.
@@ -63,6 +63,10 @@ pub struct SessionSettings {
     /// every member that agreed; what a client sends compressed is inflated up to
     /// `max_frame_bytes` (more: 1009, found before inflating past it).
     pub permessage_deflate: bool,
+    /// Set `TCP_NODELAY` on every connection: a frame goes out when it is written, instead of
+    /// waiting (Nagle's algorithm) for the acknowledgement of the one before, which a client
+    /// that sends nothing meanwhile delays by ~40 ms (its delayed ACK).
+    pub tcp_nodelay: bool,
 }
 
 impl SessionSettings {
@@ -131,6 +135,7 @@ impl Default for SessionSettings {
             send_buffer_bytes: DEFAULT_SEND_BUFFER_BYTES,
             max_rooms: 100,
             permessage_deflate: DEFAULT_PERMESSAGE_DEFLATE,
+            tcp_nodelay: true,
         }
     }
 }

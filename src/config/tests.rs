@@ -56,7 +56,8 @@ fn shipped_config_names_every_key() {
             "max_rooms",
             "outbound_queue",
             "permessage_deflate",
-            "send_buffer_bytes"
+            "send_buffer_bytes",
+            "tcp_nodelay"
         ]
     );
     assert_eq!(

@@ -351,6 +351,7 @@ pub async fn serve_listening(
         tuning: SocketTuning {
             user_timeout: Duration::from_millis(config.session.client_timeout_ms),
             send_buffer: config.session.send_buffer_bytes,
+            no_delay: config.session.tcp_nodelay,
         },
         linger: LingerBounds {
             time: Duration::from_millis(config.close.linger_ms),

@@ -118,6 +118,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const TUNING: wsgrace::transport::SocketTuning = wsgrace::transport::SocketTuning {
     user_timeout: Duration::from_secs(15),
     send_buffer: 0,
+    no_delay: true,
 };
 
 /// Runs `serve` on a thread of its own, in an actix system; `serve` sends the address it

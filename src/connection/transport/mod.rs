@@ -48,6 +48,9 @@ pub struct SocketTuning {
     pub user_timeout: std::time::Duration,
     /// `SO_SNDBUF` in bytes; 0 leaves the kernel's default (autotuned).
     pub send_buffer: usize,
+    /// `TCP_NODELAY`: write each frame at once rather than hold it for the acknowledgement of
+    /// the one before (Nagle's algorithm).
+    pub no_delay: bool,
 }
 
 /// Applies `tuning` to an accepted socket.
@@ -63,6 +66,11 @@ pub fn tune_socket(tcp: &actix_web::rt::net::TcpStream, tuning: SocketTuning) {
     let socket = socket2::SockRef::from(tcp);
     if let Err(err) = socket.set_tcp_user_timeout(Some(tuning.user_timeout)) {
         log::warn!("cannot set TCP_USER_TIMEOUT on a new connection: {err}");
+    }
+    if tuning.no_delay {
+        if let Err(err) = tcp.set_nodelay(true) {
+            log::warn!("cannot set TCP_NODELAY on a new connection: {err}");
+        }
     }
     if tuning.send_buffer > 0 {
         if let Err(err) = socket.set_send_buffer_size(tuning.send_buffer) {
@@ -80,5 +88,32 @@ pub fn on_connect(
         if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
             tune_socket(tcp, tuning);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback connection's accepted end, tuned with `no_delay`: `TCP_NODELAY` as read back
+    /// from the kernel.
+    async fn nodelay_after_tuning(no_delay: bool) -> std::io::Result<bool> {
+        let listener = actix_web::rt::net::TcpListener::bind("127.0.0.1:0").await?;
+        let _client = actix_web::rt::net::TcpStream::connect(listener.local_addr()?).await?;
+        let (accepted, _) = listener.accept().await?;
+        let tuning = SocketTuning {
+            user_timeout: std::time::Duration::from_secs(15),
+            send_buffer: 0,
+            no_delay,
+        };
+        tune_socket(&accepted, tuning);
+        accepted.nodelay()
+    }
+
+    #[actix_rt::test]
+    async fn no_delay_sets_tcp_nodelay_and_its_absence_leaves_nagle_on() -> std::io::Result<()> {
+        assert!(nodelay_after_tuning(true).await?);
+        assert!(!nodelay_after_tuning(false).await?);
+        Ok(())
     }
 }
