@@ -122,6 +122,9 @@ pub struct Metrics {
     pub presence_deferred: Counter,
     /// Rooms' lists sent to members that were behind (`presence` frames with no `ref`).
     pub presence_resyncs: Counter,
+    /// Such lists read again because the room changed while they were read (with Redis the
+    /// read's answer could be older than an event already sent).
+    pub presence_list_rereads: Counter,
     /// Presence operations sent to Redis, by operation.
     pub presence_redis_ops: Family<OpLabels, Counter>,
     /// Server API requests, by endpoint and HTTP status.
@@ -219,6 +222,7 @@ impl Metrics {
             presence_kept_rejoined: Counter::default(),
             presence_deferred: Counter::default(),
             presence_resyncs: Counter::default(),
+            presence_list_rereads: Counter::default(),
             presence_redis_ops: Family::default(),
             registry: Registry::default(),
         };
@@ -356,6 +360,11 @@ impl Metrics {
             "wsgrace_presence_resyncs",
             "Rooms' presence lists sent to members that were behind on reading",
             metrics.presence_resyncs.clone(),
+        );
+        registry.register(
+            "wsgrace_presence_list_rereads",
+            "Presence lists for members that were behind, read again because the room changed during the read",
+            metrics.presence_list_rereads.clone(),
         );
         registry.register(
             "wsgrace_presence_redis_ops",

@@ -18,6 +18,7 @@ use wsgrace_kit::chat::join;
 use wsgrace_kit::chat_v2::V2Client;
 use wsgrace_kit::http::metric;
 use wsgrace_kit::raw::RawClient;
+use wsgrace_kit::redis::RedisServer;
 use wsgrace_kit::server::ServerProcess;
 use wsgrace_kit::wait::until;
 
@@ -320,14 +321,53 @@ impl ListKeeper {
 /// Without the deferral the member is closed 1008 (its queue of 64 overflows).
 #[tokio::test]
 async fn a_member_behind_on_reading_gets_the_rooms_list_instead_of_a_storm_of_events() {
+    let server = wsgrace().start(STORM_CONFIG);
+    storm_then_catch_up(&server, 1, 20, 10).await;
+}
+
+/// The same on a node whose broker is Redis, where a list is read from Redis (on one
+/// connection, through the broker's job queue) while the events come over pub/sub (on
+/// another): five members catch up at once while 60 names arrive and 30 leave. Every one of
+/// them ends with exactly the room's names. Before one read per room was shared by every
+/// member waiting for it and a failed read was tried again, a member could end the storm with
+/// no list at all (knowing only the slow members: 1 run in 20 failed so); a list read
+/// while its room changes is read again (`wsgrace_presence_list_rereads_total`), then sent
+/// followed by the events that came during the read.
+#[tokio::test]
+async fn with_redis_a_list_read_while_the_room_changes_is_not_older_than_the_events_sent() {
+    let redis = RedisServer::start();
+    let prefix = format!("wsgrace-presence-storm-{}", std::process::id());
+    let server = wsgrace()
+        .start_ready(&format!(
+            "{STORM_CONFIG}[broker]\nkind = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\n",
+            redis.url()
+        ))
+        .await;
+    storm_then_catch_up(&server, 5, 60, 30).await;
+}
+
+/// A small outbound queue and send buffer, so that a member that does not read falls behind.
+const STORM_CONFIG: &str = "[session]\noutbound_queue = 64\nsend_buffer_bytes = 4096\n";
+
+/// `slow_members` members of room `storm` read nothing while 150 names arrive and 50 leave;
+/// then they read again while `late` more arrive and `leave` of the others leave. None is
+/// closed, each gets every room message, and each ends with exactly the room's names.
+async fn storm_then_catch_up(
+    server: &ServerProcess,
+    slow_members: usize,
+    late: usize,
+    leave: usize,
+) {
     use wsgrace_kit::frame::{OP_CLOSE, OP_TEXT};
 
-    let server = wsgrace().start("[session]\noutbound_queue = 64\nsend_buffer_bytes = 4096\n");
-    // `slow` reads nothing until the storm is over; its socket's buffers are small.
-    let mut slow =
-        RawClient::connect_with_buffer(server.addr, "/ws?room=storm&name=slow", Some(4096)).await;
-    let mut talker = join(&server, "storm", "talker", None).await;
-    // Messages that fill slow's socket buffers: what follows waits in its queue.
+    // The slow members read nothing until the storm is over; their sockets' buffers are small.
+    let mut slow = Vec::new();
+    for i in 0..slow_members {
+        let path = format!("/ws?room=storm&name=slow{i}");
+        slow.push(RawClient::connect_with_buffer(server.addr, &path, Some(4096)).await);
+    }
+    let mut talker = join(server, "storm", "talker", None).await;
+    // Messages that fill the slow members' socket buffers: what follows waits in their queues.
     let big = "x".repeat(16 * 1024);
     for _ in 0..8 {
         talker.tx.send(&big).await;
@@ -336,7 +376,7 @@ async fn a_member_behind_on_reading_gets_the_rooms_list_instead_of_a_storm_of_ev
 
     // The storm: 150 names arrive, at once; 50 of them leave again.
     let names: Vec<String> = (0..150).map(|i| format!("j{i}")).collect();
-    let arrivals = names.iter().map(|name| join(&server, "storm", name, None));
+    let arrivals = names.iter().map(|name| join(server, "storm", name, None));
     let mut joiners: Vec<_> = futures::future::join_all(arrivals).await;
     let leaving: Vec<_> = joiners.drain(..50).collect();
     futures::future::join_all(leaving.into_iter().map(|member| member.leave())).await;
@@ -345,46 +385,61 @@ async fn a_member_behind_on_reading_gets_the_rooms_list_instead_of_a_storm_of_ev
     })
     .await;
 
-    // slow reads again while members keep coming and going: the race between its list and
-    // the events of the moment.
-    let reading = tokio::spawn(async move {
-        let mut keeper = ListKeeper::default();
-        while !(keeper.ended && keeper.lists > 0) {
-            let frame = tokio::time::timeout(WAIT, slow.next_frame())
-                .await
-                .expect("slow is not starved")
-                .expect("slow's connection is open");
-            assert_ne!(
-                frame.opcode, OP_CLOSE,
-                "slow was closed: {:?}",
-                frame.payload
-            );
-            if frame.opcode == OP_TEXT {
-                let text: Value = serde_json::from_slice(&frame.payload).expect("JSON");
-                keeper.read(&text);
-            }
-        }
-        keeper
-    });
-    let late_names: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
-    let late = late_names
+    // What the room holds at the end.
+    let late_names: Vec<String> = (0..late).map(|i| format!("k{i}")).collect();
+    let mut expected: std::collections::BTreeSet<String> =
+        (0..slow_members).map(|i| format!("slow{i}")).collect();
+    expected.insert("talker".to_owned());
+    expected.extend((50..150).skip(leave).map(|i| format!("j{i}")));
+    expected.extend(late_names.iter().cloned());
+
+    // The slow members read again while members keep coming and going: the race between
+    // their lists and the events of the moment. Each reads until it has the last message and
+    // the room's names (a member behind again after the last message is sent its list later),
+    // or until nothing more comes: then the assertion below shows what it ended with.
+    let readers: Vec<_> = slow
+        .into_iter()
+        .map(|mut client| {
+            let expected = expected.clone();
+            tokio::spawn(async move {
+                let mut keeper = ListKeeper::default();
+                while !(keeper.ended && keeper.lists > 0 && keeper.names == expected) {
+                    let Ok(frame) = tokio::time::timeout(WAIT, client.next_frame()).await else {
+                        break;
+                    };
+                    let frame = frame.expect("a slow member's connection is open");
+                    assert_ne!(
+                        frame.opcode, OP_CLOSE,
+                        "a slow member was closed: {:?}",
+                        frame.payload
+                    );
+                    if frame.opcode == OP_TEXT {
+                        let text: Value = serde_json::from_slice(&frame.payload).expect("JSON");
+                        keeper.read(&text);
+                    }
+                }
+                keeper
+            })
+        })
+        .collect();
+    let arrivals = late_names
         .iter()
-        .map(|name| join(&server, "storm", name, None));
-    let (late, ()) = tokio::join!(futures::future::join_all(late), async {
-        let leaving: Vec<_> = joiners.drain(..10).collect();
+        .map(|name| join(server, "storm", name, None));
+    let (late_members, ()) = tokio::join!(futures::future::join_all(arrivals), async {
+        let leaving: Vec<_> = joiners.drain(..leave).collect();
         futures::future::join_all(leaving.into_iter().map(|member| member.leave())).await;
     });
     // Every arrival and departure is counted in presence before the last message.
-    metric_reaches(server.addr, "wsgrace_presence_members", 2.0 + 90.0 + 20.0).await;
+    let present = slow_members + 1 + 100 - leave + late;
+    metric_reaches(server.addr, "wsgrace_presence_members", present as f64).await;
     talker.tx.send("end").await;
-    let keeper = reading.await.expect("the reader");
 
-    let mut expected: std::collections::BTreeSet<String> =
-        ["slow", "talker"].iter().map(|n| n.to_string()).collect();
-    expected.extend((50..150).skip(10).map(|i| format!("j{i}")));
-    expected.extend((0..20).map(|i| format!("k{i}")));
-    assert_eq!(keeper.names, expected);
-    assert_eq!(keeper.messages, 8, "every message reached slow");
+    for (i, reader) in readers.into_iter().enumerate() {
+        let keeper = reader.await.expect("a reader");
+        assert!(keeper.ended, "slow{i} got the last message");
+        assert_eq!(keeper.names, expected, "slow{i}'s list");
+        assert_eq!(keeper.messages, 8, "every message reached slow{i}");
+    }
     assert!(metric(server.addr, "wsgrace_presence_resyncs_total").await >= 1.0);
-    drop((late, joiners, talker));
+    drop((late_members, joiners, talker));
 }

@@ -194,6 +194,11 @@ pub struct PresenceList {
     pub session: SessionId,
     /// The frame.
     pub text: ByteString,
+    /// Presence events of the room to send right after the list: those that came while the
+    /// list was read, which it may be older than (see the supervisor's `Lists`). Applied
+    /// after it in order they leave the client's list right, whichever side of the read
+    /// they were.
+    pub then: Vec<ByteString>,
 }
 
 /// A member of a [`Deliver`]'s room that gets `frame` instead of the room's (`None`:
@@ -454,6 +459,11 @@ impl Handler<PresenceList> for Shard {
         if outbox.offer(msg.text).is_ok() {
             metrics().messages_out.inc();
             metrics().presence_resyncs.inc();
+            for event in msg.then {
+                if outbox.offer(event).is_ok() {
+                    metrics().messages_out.inc();
+                }
+            }
         }
     }
 }

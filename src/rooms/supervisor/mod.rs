@@ -48,6 +48,7 @@ mod draining;
 mod many_rooms;
 mod messages;
 mod presence;
+mod presence_lists;
 mod publishing;
 
 use draining::{shut_down, DrainState};
@@ -128,7 +129,7 @@ pub struct Supervisor {
     sweeps: presence::Sweeps,
     /// Rooms' presence lists for members that were behind on reading, until the room's next
     /// change.
-    presence_lists: presence::Lists,
+    presence_lists: presence_lists::Lists,
 }
 
 /// The frame of one delivery; `own` is the session it goes to, whose own copy of a v2
@@ -223,7 +224,7 @@ impl Supervisor {
                 crate::config::PresenceSettings::default().grace_ms,
             ),
             sweeps: presence::Sweeps::default(),
-            presence_lists: presence::Lists::default(),
+            presence_lists: presence_lists::Lists::default(),
         }
     }
 
@@ -325,7 +326,7 @@ impl Supervisor {
             self.carry_out(room, ctx);
             if self.rooms.get(room).is_some_and(Room::is_empty) {
                 self.rooms.remove(room);
-                self.presence_lists.forget(room);
+                self.presence_lists.remove(room);
                 metrics().rooms_open.dec();
             }
         }

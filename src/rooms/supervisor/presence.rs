@@ -13,7 +13,7 @@
 //! The rules of who counts and when an event is due are the broker's
 //! ([`crate::broker::presence`]); this file must not decide them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ use actix::{AsyncContext, Context, Handler, SpawnHandle};
 use bytestring::ByteString;
 use log::debug;
 
-use super::{tell, AskPresence, ShardRef, Supervisor};
+use super::presence_lists::{Then, Wait};
+use super::{tell, AskPresence, Supervisor};
 use crate::broker::{Departure, Origin, PresenceChange, PresenceEvent, PresentName};
 use crate::close::{CloseResult, Initiator};
 use crate::connection::session::{SessionEnd, SessionId};
@@ -38,54 +39,6 @@ const SWEEP_MARGIN: Duration = Duration::from_millis(20);
 pub(super) struct Sweeps {
     due: BTreeSet<(Instant, Arc<str>)>,
     timer: Option<(Instant, SpawnHandle)>,
-}
-
-/// Rooms' presence lists as sent to members that were behind on reading: in a storm many of
-/// a room's members catch up between two of its changes, and each gets the same bytes, read
-/// and serialized once. A room's entry goes at its next change (or once a read started
-/// before that change answers).
-#[derive(Default)]
-pub(super) struct Lists {
-    rooms: HashMap<Arc<str>, List>,
-    reads: u64,
-}
-
-enum List {
-    /// Read from the broker by the read of this number; not answered yet.
-    Reading(u64),
-    /// The frame; `None`: the room has more names than `presence.events_max_members`, so
-    /// nobody in it is told of changes and no list is sent either.
-    Ready(Option<ByteString>),
-}
-
-impl Lists {
-    /// The room changed: its list is no longer current.
-    pub(super) fn forget(&mut self, room: &str) {
-        self.rooms.remove(room);
-    }
-
-    fn ready(&self, room: &str) -> Option<&Option<ByteString>> {
-        match self.rooms.get(room) {
-            Some(List::Ready(list)) => Some(list),
-            _ => None,
-        }
-    }
-
-    /// A read of `room`'s list starts: its number.
-    fn reading(&mut self, room: &Arc<str>) -> u64 {
-        self.reads += 1;
-        self.rooms.insert(room.clone(), List::Reading(self.reads));
-        self.reads
-    }
-
-    /// Read `read` answered `list`: kept unless the room changed since it started.
-    fn answered(&mut self, room: &Arc<str>, read: u64, list: &Option<ByteString>) {
-        if let Some(entry) = self.rooms.get_mut(room) {
-            if matches!(entry, List::Reading(started) if *started == read) {
-                *entry = List::Ready(list.clone());
-            }
-        }
-    }
 }
 
 /// How a session that ended leaves the rooms it was in: a drained session (it was given a
@@ -203,7 +156,6 @@ impl Supervisor {
     /// A name arrived in a room with members here, or is gone: its members are told, but
     /// not the session whose join it was.
     pub(super) fn on_presence(&mut self, event: PresenceEvent, ctx: &mut Context<Self>) {
-        self.presence_lists.forget(&event.room);
         let Some(room) = self.rooms.get(&event.room) else {
             return;
         };
@@ -215,6 +167,7 @@ impl Supervisor {
         let text = match presence_change_json(kind, &event.room, name) {
             Ok(text) => text,
             Err(err) => {
+                self.presence_lists.changed(&event.room, None);
                 log::error!("serializing a presence frame failed: {err}");
                 return;
             }
@@ -226,6 +179,13 @@ impl Supervisor {
                 session: origin.session,
                 frame: None,
             });
+        self.presence_lists.changed(
+            &event.room,
+            Some((
+                text.clone(),
+                except.as_ref().map(|exception| exception.session),
+            )),
+        );
         let recipients = room.members().saturating_sub(usize::from(except.is_some()));
         if recipients == 0 {
             return;
@@ -260,7 +220,7 @@ impl Supervisor {
                     .or_insert(0) += 1;
             }
         }
-        self.presence_lists = Lists::default();
+        self.presence_lists.forget_all();
         debug!("presence: restoring {} rooms", rooms.len());
         for (room, names) in rooms {
             self.broker
@@ -286,58 +246,99 @@ impl Handler<ResyncPresence> for Supervisor {
 
     /// A member that was behind on reading missed presence events of `rooms`: each room's
     /// list goes to it through its shard, after the events already sent there and before
-    /// later ones. A room it left meanwhile is skipped; a list the broker cannot give now is
-    /// not sent (the client's list is stale until the next change).
+    /// later ones (see [`super::presence_lists`]).
     fn handle(&mut self, msg: ResyncPresence, ctx: &mut Context<Self>) {
-        let session = msg.session;
         for room in msg.rooms {
-            let Some(member) = self.members.get(&session) else {
-                return;
-            };
-            if !member
-                .membership(&room)
-                .is_some_and(|membership| membership.present)
-            {
+            if !self.is_present(msg.session, &room) {
                 continue;
             }
-            let shard = member.shard.clone();
-            if let Some(list) = self.presence_lists.ready(&room) {
-                send_list(&shard, room, session, list.clone());
-                continue;
+            match self.presence_lists.wait_for(&room, msg.session) {
+                Wait::Ready(list) => self.send_list(msg.session, &room, list.as_ref(), &[]),
+                Wait::Read(read) => self.read_list(room, read, ctx),
+                Wait::Joined => {}
             }
-            let read = self.presence_lists.reading(&room);
-            let pending = self.broker.presence(&room);
-            self.when_answered(pending, ctx, move |act, members, ctx| {
-                act.take_ready_events(ctx);
-                let members = match members {
-                    Ok(members) => members,
-                    Err(err) => {
-                        act.presence_lists.forget(&room);
-                        debug!("session={session}: presence of room {room} unavailable: {err}");
-                        return;
-                    }
-                };
-                let list = if act.broker.presence_limits().tells(members.len()) {
-                    presence_json(&room, &listed(members), None)
-                        .map_err(|err| log::error!("serializing a presence list failed: {err}"))
-                        .ok()
-                } else {
-                    None
-                };
-                act.presence_lists.answered(&room, read, &list);
-                send_list(&shard, room, session, list);
-            });
         }
     }
 }
 
-/// Sends `list` (if any) to `session` through its shard.
-fn send_list(shard: &ShardRef, room: Arc<str>, session: SessionId, list: Option<ByteString>) {
-    if let Some(text) = list {
-        shard.do_send(PresenceList {
-            room,
+impl Supervisor {
+    fn is_present(&self, session: SessionId, room: &str) -> bool {
+        self.members.get(&session).is_some_and(|member| {
+            member
+                .membership(room)
+                .is_some_and(|membership| membership.present)
+        })
+    }
+
+    /// Reads `room`'s list (read number `read`) for the members waiting for it; what then is
+    /// [`super::presence_lists::Lists::answered`]'s to say.
+    fn read_list(&mut self, room: Arc<str>, read: u64, ctx: &mut Context<Self>) {
+        let pending = self.broker.presence(&room);
+        self.when_answered(pending, ctx, move |act, members, ctx| {
+            act.take_ready_events(ctx);
+            let list = match members {
+                Ok(members) if act.broker.presence_limits().tells(members.len()) => Some(
+                    presence_json(&room, &listed(members), None)
+                        .map_err(|err| log::error!("serializing a presence list failed: {err}"))
+                        .ok(),
+                ),
+                Ok(_) => Some(None),
+                Err(err) => {
+                    debug!("presence of room {room} unavailable: {err}");
+                    None
+                }
+            };
+            let sent = list.clone().flatten();
+            match act.presence_lists.answered(&room, read, list) {
+                Then::Send { waiters, events } => {
+                    for session in waiters {
+                        act.send_list(session, &room, sent.as_ref(), &events);
+                    }
+                }
+                Then::ReadAgain(again) => {
+                    metrics().presence_list_rereads.inc();
+                    act.read_list(room, again, ctx);
+                }
+                Then::RetryAfter(ms) => {
+                    ctx.run_later(Duration::from_millis(ms), move |act, ctx| {
+                        if let Some(again) = act.presence_lists.retry(&room) {
+                            act.read_list(room, again, ctx);
+                        }
+                    });
+                }
+                Then::Nothing => {}
+            }
+        });
+    }
+
+    /// Sends `list` (if any) to `session` through its shard, if it is still present in
+    /// `room`, followed by `events` (but those not for it).
+    fn send_list(
+        &self,
+        session: SessionId,
+        room: &Arc<str>,
+        list: Option<&ByteString>,
+        events: &[(ByteString, Option<SessionId>)],
+    ) {
+        let Some(text) = list else {
+            return;
+        };
+        if !self.is_present(session, room) {
+            return;
+        }
+        let Some(member) = self.members.get(&session) else {
+            return;
+        };
+        let then = events
+            .iter()
+            .filter(|(_, except)| *except != Some(session))
+            .map(|(text, _)| text.clone())
+            .collect();
+        member.shard.do_send(PresenceList {
+            room: room.clone(),
             session,
-            text,
+            text: text.clone(),
+            then,
         });
     }
 }
@@ -437,36 +438,5 @@ mod tests {
                 "{ended:?} {going_away:?}"
             );
         }
-    }
-
-    #[test]
-    fn a_list_is_kept_until_the_rooms_next_change_and_never_from_a_read_older_than_one() {
-        let room: Arc<str> = Arc::from("r");
-        let list = Some(ByteString::from_static("{\"type\":\"presence\"}"));
-        let mut lists = Lists::default();
-        assert!(lists.ready(&room).is_none());
-        let read = lists.reading(&room);
-        assert!(lists.ready(&room).is_none(), "not before the answer");
-        lists.answered(&room, read, &list);
-        assert_eq!(lists.ready(&room), Some(&list));
-        lists.forget(&room);
-        assert!(lists.ready(&room).is_none());
-
-        // A change while a read is on its way: its answer may be older than the change.
-        let read = lists.reading(&room);
-        lists.forget(&room);
-        lists.answered(&room, read, &list);
-        assert!(lists.ready(&room).is_none());
-        // Two reads: only the later one's answer is kept.
-        let first = lists.reading(&room);
-        let second = lists.reading(&room);
-        lists.answered(&room, first, &list);
-        assert!(lists.ready(&room).is_none());
-        lists.answered(&room, second, &None);
-        assert_eq!(
-            lists.ready(&room),
-            Some(&None),
-            "a room too big: nothing to send"
-        );
     }
 }
