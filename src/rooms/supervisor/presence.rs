@@ -323,10 +323,11 @@ impl Supervisor {
         let Some(text) = list else {
             return;
         };
-        if !self.is_present(session, room) {
-            return;
-        }
-        let Some(member) = self.members.get(&session) else {
+        let Some(member) = self.members.get(&session).filter(|member| {
+            member
+                .membership(room)
+                .is_some_and(|membership| membership.present)
+        }) else {
             return;
         };
         let then = events
