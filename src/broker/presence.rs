@@ -1,7 +1,7 @@
 //! Presence: who is in a room, by name with a count of connections, and when to tell the
 //! room that a name arrived or is gone. [`Ledger`] is one room's book, a pure value (time is
 //! an input) that both brokers follow: the local broker keeps one per room in memory
-//! ([`LocalPresence`]), and the Redis broker's presence script keeps the same book in Redis
+//! (`LocalPresence`), and the Redis broker's presence script keeps the same book in Redis
 //! with the same rules (its tests run both side by side).
 //!
 //! # The rules

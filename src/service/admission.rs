@@ -319,7 +319,7 @@ enum Protocol {
     V2,
 }
 
-/// The header a probe ([`Attempt::Probe`]) names its protocol with, in place of
+/// The header a probe (`Attempt::Probe`) names its protocol with, in place of
 /// `Sec-WebSocket-Protocol`, which a browser's fetch cannot send.
 pub const PROBE_PROTOCOL_HEADER: &str = "x-wsgrace-protocol";
 

@@ -103,7 +103,7 @@ impl Outbox {
     /// [`Outbox::shut_down`], with the `going_away` (when `reconnect_after`) and the close frame
     /// of `frames` written to the socket now, from the caller's loop, when the session is open
     /// and its connection idle (nothing queued, nothing being written): the session then only
-    /// takes note ([`ShutdownWritten`]), choosing its close mode as for [`Shutdown`]. A drain
+    /// takes note (`ShutdownWritten`), choosing its close mode as for [`Shutdown`]. A drain
     /// that tells a thread's thousands of sessions in one loop gets each one's frames out
     /// without waiting for the others' turns, and without waking its writer. Otherwise (a
     /// session that is busy writing, closing or not on its own socket) it is told

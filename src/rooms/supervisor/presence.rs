@@ -246,7 +246,7 @@ impl Handler<ResyncPresence> for Supervisor {
 
     /// A member that was behind on reading missed presence events of `rooms`: each room's
     /// list goes to it through its shard, after the events already sent there and before
-    /// later ones (see [`super::presence_lists`]).
+    /// later ones (see the `presence_lists` module).
     fn handle(&mut self, msg: ResyncPresence, ctx: &mut Context<Self>) {
         for room in msg.rooms {
             if !self.is_present(msg.session, &room) {
