@@ -13,12 +13,9 @@
 set -u
 [ -c /dev/null ] && exit 0
 
-if [ "$(id -u)" = 0 ]; then
-    as_root=()
-elif command -v sudo >/dev/null 2>&1; then
+as_root=()
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then
     as_root=(sudo)
-else
-    as_root=()
 fi
 if "${as_root[@]}" rm -f /dev/null && "${as_root[@]}" mknod -m 666 /dev/null c 1 3; then
     echo "/dev/null was a regular file: made it the null device again" >&2

@@ -249,7 +249,7 @@ impl Handler<ResyncPresence> for Supervisor {
     /// later ones (see the `presence_lists` module).
     fn handle(&mut self, msg: ResyncPresence, ctx: &mut Context<Self>) {
         for room in msg.rooms {
-            if !self.is_present(msg.session, &room) {
+            if self.present_member(msg.session, &room).is_none() {
                 continue;
             }
             match self.presence_lists.wait_for(&room, msg.session) {
@@ -262,8 +262,9 @@ impl Handler<ResyncPresence> for Supervisor {
 }
 
 impl Supervisor {
-    fn is_present(&self, session: SessionId, room: &str) -> bool {
-        self.members.get(&session).is_some_and(|member| {
+    /// Session `session`, if it counts as present in `room`.
+    fn present_member(&self, session: SessionId, room: &str) -> Option<&super::Member> {
+        self.members.get(&session).filter(|member| {
             member
                 .membership(room)
                 .is_some_and(|membership| membership.present)
@@ -288,11 +289,14 @@ impl Supervisor {
                     None
                 }
             };
-            let sent = list.clone().flatten();
             match act.presence_lists.answered(&room, read, list) {
-                Then::Send { waiters, events } => {
+                Then::Send {
+                    list,
+                    waiters,
+                    events,
+                } => {
                     for session in waiters {
-                        act.send_list(session, &room, sent.as_ref(), &events);
+                        act.send_list(session, &room, list.as_ref(), &events);
                     }
                 }
                 Then::ReadAgain(again) => {
@@ -323,11 +327,7 @@ impl Supervisor {
         let Some(text) = list else {
             return;
         };
-        let Some(member) = self.members.get(&session).filter(|member| {
-            member
-                .membership(room)
-                .is_some_and(|membership| membership.present)
-        }) else {
+        let Some(member) = self.present_member(session, room) else {
             return;
         };
         let then = events

@@ -53,8 +53,8 @@ enum List {
 
 /// A read of a room's list on its way (or waiting to be retried).
 struct Read {
-    /// Its number; 0 while waiting to be retried.
-    number: u64,
+    /// Its number; `None` while waiting to be retried.
+    number: Option<u64>,
     /// The members waiting for the list.
     waiters: Vec<SessionId>,
     /// The room's events since the read was sent.
@@ -79,9 +79,10 @@ pub(super) enum Wait {
 /// What [`Lists::answered`] asks of the caller.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Then {
-    /// Send the list to these members, each followed by `events` (but those marked as not for
-    /// it).
+    /// Send `list` (if any) to these members, each followed by `events` (but those marked as
+    /// not for it).
     Send {
+        list: Option<ByteString>,
         waiters: Vec<SessionId>,
         events: Vec<(ByteString, Option<SessionId>)>,
     },
@@ -109,7 +110,7 @@ impl Lists {
                 self.rooms.insert(
                     room.clone(),
                     List::Reading(Read {
-                        number: self.reads,
+                        number: Some(self.reads),
                         waiters: vec![session],
                         events: Vec::new(),
                         lost: false,
@@ -130,7 +131,7 @@ impl Lists {
             Some(List::Ready(_)) => {
                 self.rooms.remove(room);
             }
-            Some(List::Reading(read)) if read.number != 0 => match event {
+            Some(List::Reading(read)) if read.number.is_some() => match event {
                 Some(event) if read.events.len() < WINDOW_EVENTS => read.events.push(event),
                 _ => {
                     read.events.clear();
@@ -163,11 +164,11 @@ impl Lists {
         let Some(List::Reading(read)) = self.rooms.get_mut(room) else {
             return Then::Nothing;
         };
-        if read.number != number {
+        if read.number != Some(number) {
             return Then::Nothing;
         }
         let Some(list) = list else {
-            read.number = 0;
+            read.number = None;
             if read.retries_left == 0 {
                 self.rooms.remove(room);
                 return Then::Nothing;
@@ -180,7 +181,7 @@ impl Lists {
         if !current && read.rereads_left > 0 {
             read.rereads_left -= 1;
             self.reads += 1;
-            read.number = self.reads;
+            read.number = Some(self.reads);
             read.events.clear();
             read.lost = false;
             return Then::ReadAgain(self.reads);
@@ -188,11 +189,15 @@ impl Lists {
         let events = std::mem::take(&mut read.events);
         let waiters = std::mem::take(&mut read.waiters);
         if current {
-            self.rooms.insert(room.clone(), List::Ready(list));
+            self.rooms.insert(room.clone(), List::Ready(list.clone()));
         } else {
             self.rooms.remove(room);
         }
-        Then::Send { waiters, events }
+        Then::Send {
+            list,
+            waiters,
+            events,
+        }
     }
 
     /// The wait after a failed read of `room` is over: the number to read it with, unless
@@ -201,11 +206,11 @@ impl Lists {
         let Some(List::Reading(read)) = self.rooms.get_mut(room) else {
             return None;
         };
-        if read.number != 0 {
+        if read.number.is_some() {
             return None;
         }
         self.reads += 1;
-        read.number = self.reads;
+        read.number = Some(self.reads);
         read.events.clear();
         read.lost = false;
         Some(self.reads)
@@ -250,6 +255,7 @@ mod tests {
         assert_eq!(
             lists.answered(&room, read, Some(list())),
             Then::Send {
+                list: list(),
                 waiters: vec![1, 2],
                 events: Vec::new()
             }
@@ -284,6 +290,7 @@ mod tests {
         assert_eq!(
             lists.answered(&room, read, Some(list())),
             Then::Send {
+                list: list(),
                 waiters: vec![1],
                 events: vec![event("b"), (ByteString::from_static("c"), Some(7))]
             }
